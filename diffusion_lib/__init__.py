@@ -1,0 +1,39 @@
+"""diffusion_lib: the complete, small implementation behind every chapter of the course.
+
+One idea per module:
+
+| module        | what it holds                                                      |
+| ------------- | ------------------------------------------------------------------ |
+| `schedules`   | linear and cosine noise schedules (betas, alpha-bars, SNR, ...)    |
+| `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
+| `samplers`    | DDPM ancestral sampling, DDIM, DDIM inversion                      |
+| `guidance`    | classifier-free guidance as a wrapper around the model             |
+| `ideal`       | exact denoisers for finite and Gaussian data sets                  |
+| `unet`, `mlp`, `pixelcnn` | the networks                                           |
+| `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
+| `data`        | MNIST in [-1, 1] and 2-D toy data sets                             |
+| `training`    | the DDPM loss, EMA, the resumable (and distributable) training loop |
+| `checkpoint`  | safetensors checkpoints with their config                          |
+| `pipeline`    | checkpoint -> samples in one call (used by the command line)       |
+| `runtime`     | device choice and the course's fast mode                           |
+
+Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
+"""
+
+from .checkpoint import CheckpointError, load_model, load_weights, save_model
+from .data import load_mnist, make_toy
+from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,
+                      x0_from_eps, x0_from_v)
+from .guidance import guided_eps_fn
+from .ideal import gaussian_eps_fn, gaussian_x0, ideal_eps_fn, ideal_x0
+from .mlp import MLPConfig, MLPDenoiser
+from .models import as_eps_fn, as_eps_model, build_model
+from .pipeline import generate
+from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
+from .runtime import by_mode, fast_mode, pick_device
+from .samplers import Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, sample_loop
+from .schedules import Schedule, make_schedule
+from .training import EMA, TrainConfig, diffusion_loss, train
+from .unet import UNet, UNetConfig, timestep_embedding
+
+__version__ = "0.1.0"

@@ -1,0 +1,125 @@
+"""Checkpoints: weights plus the config that rebuilds the model, in safetensors.
+
+safetensors holds only tensors and a string-to-string header, so loading a checkpoint can
+never run code (unlike pickle). The header carries:
+
+| key       | value                                                        |
+| --------- | ------------------------------------------------------------ |
+| `format`  | `diffusion_course/1`                                         |
+| `arch`    | `unet`, `mlp` or `pixelcnn` (see `models.ARCHITECTURES`)     |
+| `config`  | the model config as JSON                                     |
+| `info`    | JSON of whatever else a sampler needs (schedule, T, prediction, data, step, ...) |
+
+Files are written atomically: to a temporary file in the same folder, then renamed over
+the target, so an interrupted write never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import arch_of, build_model, config_from_dict, config_to_dict
+
+FORMAT = "diffusion_course/1"
+MODEL_PREFIX = "model."
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint for what was asked."""
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file and its header, turning every failure into a CheckpointError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train one with 'python -m diffusion_lib train --out DIR'")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {error}. "
+            "Re-download it or retrain it."
+        ) from error
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a diffusion_course checkpoint (no '{FORMAT}' header)")
+    return tensors, metadata
+
+
+def save_model(path: str | Path, model: nn.Module, info: dict | None = None) -> None:
+    """Save a model's weights, its architecture and config, and `info` (JSON-able) to `path`."""
+    metadata = {"format": FORMAT, "arch": arch_of(model), "config": json.dumps(config_to_dict(model.config)),
+                "info": json.dumps(info or {})}
+    save_tensors(path, {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}, metadata)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model stored at `path` (a file, or a folder holding model.safetensors).
+
+    Returns (model in eval mode on `device`, info dict).
+    """
+    tensors, metadata = read_tensors(path)
+    try:
+        model = build_model(metadata["arch"], config_from_dict(metadata["arch"], json.loads(metadata["config"])))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: its architecture header cannot be rebuilt: {error}") from error
+    _load_state(model, tensors, path)
+    return model.to(device).eval(), json.loads(metadata.get("info", "{}"))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict:
+    """Load the weights at `path` into an existing `model`, checking it has the same architecture and config."""
+    tensors, metadata = read_tensors(path)
+    arch, config = arch_of(model), config_to_dict(model.config)
+    if metadata.get("arch") != arch:
+        raise CheckpointError(f"{path} holds a {metadata.get('arch')!r} model, but the model given is a {arch!r}")
+    try:
+        stored = config_to_dict(config_from_dict(arch, json.loads(metadata.get("config", "{}"))))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: its config header cannot be read: {error}") from error
+    if stored != config:
+        diff = {k: (stored.get(k), v) for k, v in config.items() if stored.get(k) != v}
+        raise CheckpointError(f"{path} was saved from a model with another config; (stored, given) per field: {diff}")
+    _load_state(model, tensors, path)
+    return json.loads(metadata.get("info", "{}"))
+
+
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+    state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}"
+        )
+    model.load_state_dict(state)

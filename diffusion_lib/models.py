@@ -1,0 +1,68 @@
+"""The model zoo by name, and the adapter from any parametrisation to the `eps_fn` samplers use.
+
+| name       | class          | config         | what it models                       |
+| ---------- | -------------- | -------------- | ------------------------------------ |
+| `unet`     | `UNet`         | `UNetConfig`   | eps (or x0, v) for images            |
+| `mlp`      | `MLPDenoiser`  | `MLPConfig`    | eps (or x0, v) for 2-D points        |
+| `pixelcnn` | `PixelCNN`     | `PixelCNNConfig` | Bernoulli logits, pixel by pixel   |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .forward import to_eps
+from .mlp import MLPConfig, MLPDenoiser
+from .pixelcnn import PixelCNN, PixelCNNConfig
+from .schedules import Schedule
+from .unet import UNet, UNetConfig
+
+ARCHITECTURES = {"unet": (UNet, UNetConfig), "mlp": (MLPDenoiser, MLPConfig), "pixelcnn": (PixelCNN, PixelCNNConfig)}
+
+
+def arch_of(model: nn.Module) -> str:
+    """The registry name of a model's class."""
+    for name, (cls, _) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not one of this library's models ({', '.join(ARCHITECTURES)})")
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(arch: str, values: dict):
+    """Rebuild a config dataclass from its dict (lists from JSON become tuples); unknown keys are an error."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    config_cls = ARCHITECTURES[arch][1]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; valid fields: {sorted(fields)}")
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def build_model(arch: str, config: dict | object | None = None) -> nn.Module:
+    """Instantiate architecture `arch` from a config dataclass, a dict of its fields, or the defaults."""
+    if isinstance(config, dict) or config is None:
+        config = config_from_dict(arch, config or {})
+    return ARCHITECTURES[arch][0](config)
+
+
+def as_eps_fn(model: nn.Module, schedule: Schedule, prediction: str = "eps", labels=None):
+    """`eps_fn(xt, t)` for samplers, from a network that predicts eps, x0 or v (`forward.to_eps`).
+
+    With `labels` (B,) the model is called conditionally; use `guidance.guided_eps_fn` with
+    `as_eps_model` for classifier-free guidance.
+    """
+    eps_model = as_eps_model(model, schedule, prediction)
+    return lambda xt, t: eps_model(xt, t, labels)
+
+
+def as_eps_model(model: nn.Module, schedule: Schedule, prediction: str = "eps"):
+    """`eps_model(xt, t, labels)` returning eps whatever the network's parametrisation."""
+    return lambda xt, t, labels=None: to_eps(prediction, model(xt, t, labels), xt, t, schedule)

@@ -1,0 +1,68 @@
+"""From a checkpoint to samples in one call: what the command line and the chapters use.
+
+`generate` reads the schedule, parametrisation and data kind from the checkpoint's info,
+builds the `eps_fn` (with classifier-free guidance for a class-conditional model) and runs a
+sampler from `samplers`. Nothing here is new mathematics; it only wires the pieces together.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .guidance import guided_eps_fn
+from .models import as_eps_fn, as_eps_model
+from .samplers import SAMPLERS, sample_loop
+from .schedules import make_schedule
+
+
+def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Tensor | None:
+    """'0,3,7' -> those labels repeated to n; 'all' -> 0, 1, ..., cycling; None -> None."""
+    if text is None:
+        return None
+    if not num_classes:
+        raise ValueError("labels were given, but this model is unconditional: drop --labels")
+    if text == "all":
+        values = list(range(num_classes))
+    else:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"labels must be 'all' or comma-separated integers like 0,3,7, got {text!r}") from None
+    if any(v < 0 or v >= num_classes for v in values):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {text!r}")
+    return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
+
+
+def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, guidance=None, labels=None,
+             seed=0, progress=None, return_trajectory=False):
+    """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
+
+    `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);
+    `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
+    Images come back clipped to [-1, 1]. Returns (samples, labels or None[, trajectory]).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    schedule = make_schedule(info["schedule"], info["T"])
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    num_classes = model.config.num_classes
+    is_image = info["data"] == "mnist"
+    shape = (n, model.config.image_channels, 28, 28) if is_image else (n, model.config.data_dim)
+    if num_classes:
+        if labels is None:
+            labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+        eps_fn = guided_eps_fn(as_eps_model(model, schedule, info["prediction"]), labels.to(device),
+                               1.0 if guidance is None else guidance, null_label=num_classes)
+    else:
+        if labels is not None or guidance is not None:
+            raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
+        eps_fn = as_eps_fn(model, schedule, info["prediction"])
+    out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
+                      clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
+    samples, trajectory = out if return_trajectory else (out, None)
+    if is_image:
+        samples = samples.clamp(-1, 1)
+    return (samples, labels, trajectory) if return_trajectory else (samples, labels)

@@ -1,0 +1,44 @@
+"""Where code runs and how much of it: the device, and the course's fast mode.
+
+- `pick_device()`: an explicit argument, else the environment variable
+  `DIFFUSION_COURSE_DEVICE`, else cuda, then mps, then cpu.
+- `fast_mode()`: true when `DIFFUSION_COURSE_FAST=1`; chapters and tests use it to shrink
+  step counts and sample sizes so the whole course executes in minutes.
+  `by_mode(full, fast)` picks between two values accordingly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to use: `device` if given, else $DIFFUSION_COURSE_DEVICE, else cuda > mps > cpu."""
+    choice = device if device is not None else os.environ.get("DIFFUSION_COURSE_DEVICE") or None
+    if choice is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        choice = torch.device(choice)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {choice!r}: use 'cpu', 'cuda', 'cuda:0' or 'mps'") from error
+    if choice.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available: use 'cpu'")
+    if choice.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but Apple's MPS is not available: use 'cpu'")
+    return choice
+
+
+def fast_mode() -> bool:
+    """True when the environment variable DIFFUSION_COURSE_FAST is set to 1 (or true/yes)."""
+    return os.environ.get("DIFFUSION_COURSE_FAST", "").strip().lower() in ("1", "true", "yes")
+
+
+def by_mode(full, fast):
+    """`fast` in fast mode, `full` otherwise: `steps = by_mode(full=2000, fast=20)`."""
+    return fast if fast_mode() else full

@@ -1,0 +1,175 @@
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM, and DDIM inversion.
+
+Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"):
+
+| code            | symbol                                                        |
+| --------------- | ------------------------------------------------------------- |
+| `eps`           | epsilon_theta(x_t, t), the network's noise prediction         |
+| `x0_hat`        | predicted x_0 (DDIM Eq. 12, first term)                       |
+| `t`, `t_prev`   | tau_i and tau_{i-1} of a DDIM subsequence; `t_prev = -1` is x_0 |
+| `sigma_t`       | sigma_tau_i(eta), DDIM Eq. 16                                 |
+
+Samplers are plain functions over an `eps_fn(xt, t) -> eps` callable, where `t` is a
+LongTensor (B,). Guidance and the eps/x0/v parametrisation are wrappers that build such a
+callable (`guidance.py`, `models.as_eps_fn`), so nothing here changes for them.
+Code timestep `t` in 0..T-1 is the paper's t+1 (see `schedules`).
+Randomness comes from a `torch.Generator` or an explicit `noise=` tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .forward import eps_from_x0, q_posterior, x0_from_eps
+from .schedules import Schedule
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha-bar at code timesteps t, with alpha-bar_{-1} = 1 (the clean data)."""
+    values = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])[t.cpu() + 1]
+    return values.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _predict_x0(eps, xt, t, schedule, clip_x0):
+    """x-hat_0 from eps, optionally clipped to [-1, 1]; returns (x0_hat, eps consistent with it)."""
+    x0_hat = x0_from_eps(xt, t, eps, schedule)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps = eps_from_x0(xt, t, x0_hat, schedule)
+    return x0_hat, eps
+
+
+def ddpm_step(eps, xt, t, schedule: Schedule, noise=None, generator=None, clip_x0=False):
+    """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t). DDPM Algorithm 2, line 4.
+
+    Uses the posterior mean of q(x_{t-1} | x_t, x-hat_0) (DDPM Eq. 7, which equals Eq. 11's
+    1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) when x-hat_0 is not clipped) and
+    sigma_t^2 = beta-tilde_t, so no noise is added at the last step (t = 0).
+    Shapes: eps, xt (B, ...), t (B,). Returns (x_prev, x0_hat).
+    """
+    x0_hat, _ = _predict_x0(eps, xt, t, schedule, clip_x0)
+    mean, variance = q_posterior(x0_hat, xt, t, schedule)
+    if noise is None:
+        noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+    return mean + variance.sqrt() * noise, x0_hat
+
+
+def ddim_sigma(t, t_prev, schedule: Schedule, eta: float, like: torch.Tensor) -> torch.Tensor:
+    """sigma = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev). DDIM Eq. 16."""
+    alpha_bar = _alpha_bar(schedule, t, like)
+    alpha_bar_prev = _alpha_bar(schedule, t_prev, like)
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
+
+
+def ddim_step(eps, xt, t, t_prev, schedule: Schedule, eta=0.0, noise=None, generator=None, clip_x0=False):
+    """One DDIM step x_t -> x_{t_prev}. DDIM Eq. 12.
+
+    x_prev = sqrt(ab_prev) x-hat_0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z.
+    eta = 0 is deterministic DDIM; eta = 1 with t_prev = t - 1 is DDPM's ancestral step.
+    Shapes: eps, xt (B, ...), t and t_prev (B,), t_prev = -1 for the final step to x_0.
+    Returns (x_prev, x0_hat).
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    schedule.check_timesteps(t_prev, allow_minus_one=True)
+    if bool((t_prev >= t).any()):
+        raise ValueError("t_prev must be smaller than t: DDIM steps go from noise towards data")
+    x0_hat, eps = _predict_x0(eps, xt, t, schedule, clip_x0)
+    alpha_bar_prev = _alpha_bar(schedule, t_prev, xt)
+    sigma = ddim_sigma(t, t_prev, schedule, eta, xt)
+    direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
+    x_prev = alpha_bar_prev.sqrt() * x0_hat + direction
+    if eta > 0:
+        if noise is None:
+            noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_hat
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """An evenly spaced decreasing subsequence of `steps` timesteps ending at 0. DDIM Sec. 4.2."""
+    if not isinstance(steps, int) or steps < 1 or steps > T:
+        raise ValueError(f"steps must be an integer between 1 and T={T}, got {steps!r}")
+    # round((T-1) * i / (steps-1)) hits both ends; with steps == 1 we start from the noisiest step.
+    if steps == 1:
+        return [T - 1]
+    return sorted({round((T - 1) * i / (steps - 1)) for i in range(steps)}, reverse=True)
+
+
+@dataclass
+class Trajectory:
+    """What a sampling loop visited: `xs[i]` is the latent before step i, `x0_hats[i]` its prediction."""
+
+    timesteps: list[int] = field(default_factory=list)
+    xs: list[torch.Tensor] = field(default_factory=list)
+    x0_hats: list[torch.Tensor] = field(default_factory=list)
+
+
+def _start(shape, generator, device, x_T):
+    if x_T is not None:
+        return x_T
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def sample_loop(eps_fn, shape, schedule: Schedule, sampler="ddim", steps=None, eta=0.0, generator=None,
+                device="cpu", x_T=None, clip_x0=False, return_trajectory=False, progress=None):
+    """Draw samples by running `sampler` ("ddpm" or "ddim") from pure noise to data.
+
+    "ddpm" is Algorithm 2 over all T steps (`steps` None or T). With fewer `steps` it runs the
+    ancestral sampler on an evenly respaced chain (Improved DDPM Sec. 4), which is DDIM with
+    eta = 1 on that subsequence. "ddim" takes `steps` (default 50) and `eta`.
+    `x_T` fixes the starting noise (shape `shape`); otherwise it is drawn from `generator`.
+    `progress` is an optional wrapper such as `tqdm`. Returns x_0 (shape), or
+    (x_0, Trajectory) when `return_trajectory` is true.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if sampler == "ddpm" and eta != 0.0:
+        raise ValueError("eta applies to the ddim sampler only (ddim with eta=1 is DDPM-like)")
+    if steps is None:
+        steps = schedule.T if sampler == "ddpm" else min(50, schedule.T)
+    timesteps = ddim_timesteps(schedule.T, steps)
+    full_ddpm = sampler == "ddpm" and steps == schedule.T
+    eta = 1.0 if sampler == "ddpm" else eta
+    x = _start(shape, generator, device, x_T)
+    trajectory = Trajectory()
+    pairs = list(zip(timesteps, timesteps[1:] + [-1]))
+    for t_int, t_prev_int in progress(pairs) if progress else pairs:
+        t = torch.full((shape[0],), t_int, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            eps = eps_fn(x, t)
+        if full_ddpm:
+            x_next, x0_hat = ddpm_step(eps, x, t, schedule, generator=generator, clip_x0=clip_x0)
+        else:
+            t_prev = torch.full_like(t, t_prev_int)
+            x_next, x0_hat = ddim_step(eps, x, t, t_prev, schedule, eta, generator=generator, clip_x0=clip_x0)
+        if return_trajectory:
+            trajectory.timesteps.append(t_int)
+            trajectory.xs.append(x)
+            trajectory.x0_hats.append(x0_hat)
+        x = x_next
+    return (x, trajectory) if return_trajectory else x
+
+
+def ddim_invert(eps_fn, x0, schedule: Schedule, steps=50):
+    """Deterministic DDIM run backwards, image -> noise (DDIM Sec. 4.3; Dhariwal & Nichol 2021, App. F).
+
+    Each step x_{t_prev} -> x_t reuses Eq. 12 with eta = 0 in the other direction, evaluating
+    eps at (x_{t_prev}, t) as the usual approximation. `ddim` sampling from the result with the
+    same `steps` and eta = 0 approximately gives x0 back. Returns x_T of x0's shape.
+    """
+    timesteps = ddim_timesteps(schedule.T, steps)[::-1]
+    x = x0
+    for t_prev_int, t_int in zip([-1] + timesteps[:-1], timesteps):
+        t = torch.full((len(x0),), t_int, dtype=torch.long, device=x0.device)
+        with torch.no_grad():
+            eps = eps_fn(x, t)
+        alpha_bar_prev = _alpha_bar(schedule, torch.full_like(t, t_prev_int), x)
+        alpha_bar = _alpha_bar(schedule, t, x)
+        x0_hat = (x - (1 - alpha_bar_prev).sqrt() * eps) / alpha_bar_prev.sqrt()
+        x = alpha_bar.sqrt() * x0_hat + (1 - alpha_bar).sqrt() * eps
+    return x

@@ -1,0 +1,267 @@
+"""Training a noise predictor: the simple DDPM loss, EMA, and a resumable, distributable loop.
+
+DDPM Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I);
+gradient step on ||eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t)||^2 } (Eq. 14, "L_simple").
+The target can instead be x_0 or v (`forward.training_target`).
+
+| code            | symbol / meaning                                              |
+| --------------- | ------------------------------------------------------------- |
+| `t`             | t ~ Uniform{0..T-1} (the paper's 1..T)                        |
+| `label_dropout` | p_uncond, the chance a label is replaced by the null class (Ho & Salimans 2022, Alg. 1) |
+| `ema_decay`     | the exponential moving average of the weights used for sampling |
+
+All randomness of a run (batches, t, eps, label dropout) comes from one `torch.Generator`
+seeded by `TrainConfig.seed` and saved in the training state, so a run that is interrupted
+and resumed gives the same weights as one that is not. Under `torchrun` every process draws
+the same global batch and keeps its own slice, so N processes compute the same update as
+one process with the whole batch (DistributedDataParallel averages the gradients).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, read_tensors, save_model, save_tensors
+from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
+from .forward import PREDICTIONS, q_sample, training_target
+from .models import build_model
+from .runtime import pick_device
+from .schedules import SCHEDULES, make_schedule
+
+MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
+TOY_POINTS, TOY_SEED = 20000, 1234
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ("steps", "save_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `model` overrides fields of the architecture's config dataclass."""
+
+    data: str = "mnist"
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    schedule: str = "linear"
+    T: int = 1000
+    prediction: str = "eps"
+    conditional: bool = False
+    label_dropout: float = 0.1
+    seed: int = 0
+    save_every: int = 500
+    model: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = [
+            (self.data in DATASETS, f"unknown data {self.data!r}: choose one of {', '.join(DATASETS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
+            (self.prediction in PREDICTIONS, f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
+            (self.steps >= 1 and self.batch_size >= 1 and self.T >= 1, "steps, batch_size and T must be >= 1"),
+            (self.lr > 0 and 0 <= self.ema_decay < 1, "lr must be > 0 and ema_decay in [0, 1)"),
+            (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
+            (not (self.conditional and self.data in TOY_DATASETS), f"--conditional needs labelled data (mnist), not {self.data!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def arch(self) -> str:
+        return "mlp" if self.data in TOY_DATASETS else "unet"
+
+    def model_config(self) -> dict:
+        return {**({"num_classes": 10} if self.conditional else {}), **self.model}
+
+    def info(self) -> dict:
+        """What a sampler needs to know about the model, stored in the checkpoint."""
+        return {"schedule": self.schedule, "T": self.T, "prediction": self.prediction, "data": self.data,
+                "train_config": dataclasses.asdict(self)}
+
+
+def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean"):
+    """L_simple (DDPM Eq. 14) for target `prediction`; `reduction="none"` gives one loss per example (B,)."""
+    xt = q_sample(x0, t, schedule, noise)
+    per_example = F.mse_loss(model(xt, t, labels), training_target(prediction, x0, noise, t, schedule), reduction="none")
+    per_example = per_example.flatten(1).mean(1)  # (B,)
+    return per_example.mean() if reduction == "mean" else per_example
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay.
+
+    decay_k = min(ema_decay, (1 + k) / (10 + k)) at update k, so early weights are forgotten quickly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if ema_p.dtype.is_floating_point:
+                ema_p.lerp_(p, 1 - decay)
+            else:
+                ema_p.copy_(p)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema_model: nn.Module
+    losses: list[float]
+    step: int
+
+
+def load_training_data(config: TrainConfig):
+    """(x (N, ...) float32, labels (N,) or None) for the configured data set."""
+    if config.data == "mnist":
+        return load_mnist(train=True)
+    return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
+
+
+def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
+    """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`."""
+    B = config.batch_size
+    idx = torch.randint(0, len(data), (B,), generator=generator)
+    t = torch.randint(0, config.T, (B,), generator=generator)
+    noise = torch.randn((B, *data.shape[1:]), generator=generator)
+    batch_labels = None
+    if config.conditional:
+        drop = torch.rand(B, generator=generator) < config.label_dropout
+        null_label = config.model_config()["num_classes"]
+        batch_labels = torch.where(drop, torch.full((B,), null_label), labels[idx])
+    return data[idx], t, noise, batch_labels
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, progress: bool = True,
+          callback=None) -> TrainResult:
+    """Train (or resume, when `out_dir` holds a training state) and return the model, EMA model and losses.
+
+    `callback(step, loss, result)` runs every step on rank 0 (for live plots). Checkpoints go to
+    `out_dir/model.safetensors` (EMA weights, for sampling) and `out_dir/train_state.safetensors`
+    (everything needed to resume) every `save_every` steps and at the end.
+    """
+    rank, world = _distributed()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+    device = pick_device(f"cuda:{rank}" if world > 1 and torch.cuda.is_available() else device)
+    torch.manual_seed(config.seed)  # initial weights
+    model = build_model(config.arch, config.model_config()).to(device)
+    ema = EMA(model, config.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    result = TrainResult(model, ema.model, [], 0)
+    if out_dir is not None and (Path(out_dir) / STATE_FILE).exists():
+        result.step = _load_state(Path(out_dir) / STATE_FILE, config, model, ema, optimizer, generator, result.losses)
+    schedule = make_schedule(config.schedule, config.T)
+    data, labels = load_training_data(config)
+    data = data.to(device)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    bar = _progress_bar(config.steps, result.step, enabled=progress and rank == 0)
+    while result.step < config.steps:
+        loss = _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, result.step, rank, world)
+        result.step += 1
+        result.losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if callback is not None and rank == 0:
+            callback(result.step, loss, result)
+        if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or result.step == config.steps):
+            save_training(out_dir, config, model, ema, optimizer, generator, result)
+    bar.close()
+    return result
+
+
+def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, step, rank, world) -> float:
+    x0, t, noise, batch_labels = draw_batch(data, labels, config, generator)
+    shard = slice(rank * len(t) // world, (rank + 1) * len(t) // world)
+    device = data.device
+    x0, t, noise = x0[shard], t[shard].to(device), noise[shard].to(device)
+    batch_labels = None if batch_labels is None else batch_labels[shard].to(device)
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
+    net.train()
+    loss = diffusion_loss(net, x0, t, noise, schedule, config.prediction, batch_labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    ema.update(model, step)
+    loss = loss.detach()
+    if world > 1:
+        dist.all_reduce(loss)
+        loss = loss / world
+    return float(loss)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="training", unit="step")
+
+
+def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, generator, result: TrainResult) -> None:
+    """Write the EMA model for sampling, then the full training state for resuming."""
+    out_dir = Path(out_dir)
+    info = {**config.info(), "step": result.step}
+    save_model(out_dir / MODEL_FILE, ema.model, info)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+    for i, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optim.{i}.{k}": v.reshape(-1) if v.ndim == 0 else v for k, v in state.items()})
+    tensors["rng.generator"] = generator.get_state()
+    tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
+    metadata = {"format": "diffusion_course/1", "kind": "train_state", "step": str(result.step),
+                "train_config": json.dumps(dataclasses.asdict(config))}
+    save_tensors(out_dir / STATE_FILE, tensors, metadata)
+
+
+def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
+    tensors, metadata = read_tensors(path)
+    if metadata.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a training state")
+    stored = json.loads(metadata["train_config"])
+    current = dataclasses.asdict(config)
+    changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES}
+    if changed:
+        raise CheckpointError(
+            f"{path.parent} holds a run with other settings, (stored, now): {changed}. "
+            "Resume with the same settings (only --steps may change) or choose another --out folder."
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optim_state = optimizer.state_dict()
+    for i, p in enumerate(model.parameters()):
+        optim_state["state"][i] = {
+            "step": tensors[f"optim.{i}.step"].reshape(()),
+            "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
+            "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device),
+        }
+    optimizer.load_state_dict(optim_state)
+    generator.set_state(tensors["rng.generator"])
+    losses.extend(tensors["history.loss"].tolist())
+    return int(metadata["step"])

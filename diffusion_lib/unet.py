@@ -1,0 +1,173 @@
+"""A small U-Net noise predictor for 28x28 images, sized to train on a laptop CPU.
+
+Architecture (DDPM Appendix B, shrunk; Ronneberger et al. 2015 for the U shape):
+
+    x (B, C, H, W) --conv--> [ResBlock x n, Downsample] per level --> middle (ResBlock, Attention, ResBlock)
+      --> [ResBlock x (n+1) on concat(skip), Upsample] per level --> GroupNorm, SiLU, conv --> (B, C, H, W)
+
+Every ResBlock adds a projection of the timestep embedding (sinusoidal, as in
+"Attention is all you need" Sec. 3.5, then an MLP) and, for a class-conditional model,
+a learned label embedding. Label `num_classes` is the null class used for classifier-free
+guidance (Ho & Salimans 2022). Code timestep `t` in 0..T-1 is the paper's t+1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to rebuild a U-Net; stored in checkpoints."""
+
+    image_channels: int = 1
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 1, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (2,)  # indices into channel_mults; 2 = 7x7 at 28x28
+    groups: int = 8
+    num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1 plus null
+
+    @property
+    def time_dim(self) -> int:
+        return 4 * self.base_channels
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps: (B,) -> (B, dim). Vaswani et al. 2017, Sec. 3.5."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, plus the conditioning embedding, twice; with a skip connection."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # (B, HW, C) each
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+        return x + self.out(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t[, label]): (B, C, H, W), (B,)[, (B,)] -> (B, C, H, W)."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = c = config
+        chans = [c.base_channels * m for m in c.channel_mults]
+        self.time_mlp = nn.Sequential(nn.Linear(c.base_channels, c.time_dim), nn.SiLU(), nn.Linear(c.time_dim, c.time_dim))
+        self.label_emb = nn.Embedding(c.num_classes + 1, c.time_dim) if c.num_classes else None
+        self.stem = nn.Conv2d(c.image_channels, chans[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_chans, ch = [chans[0]], chans[0]
+        for level, out_ch in enumerate(chans):
+            for _ in range(c.num_res_blocks):
+                self.down.append(self._block(ch, out_ch, level))
+                ch = out_ch
+                skip_chans.append(ch)
+            if level < len(chans) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skip_chans.append(ch)
+
+        self.mid1 = ResBlock(ch, ch, c.time_dim, c.groups)
+        self.mid_attn = Attention(ch, c.groups)
+        self.mid2 = ResBlock(ch, ch, c.time_dim, c.groups)
+
+        self.up = nn.ModuleList()
+        for level, out_ch in reversed(list(enumerate(chans))):
+            for _ in range(c.num_res_blocks + 1):
+                self.up.append(self._block(ch + skip_chans.pop(), out_ch, level))
+                ch = out_ch
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+
+        self.head = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(), nn.Conv2d(ch, c.image_channels, 3, padding=1))
+
+    def _block(self, in_ch: int, out_ch: int, level: int) -> nn.Module:
+        block = ResBlock(in_ch, out_ch, self.config.time_dim, self.config.groups)
+        if level in self.config.attention_levels:
+            return nn.ModuleList([block, Attention(out_ch, self.config.groups)])
+        return nn.ModuleList([block])
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.config.channel_mults) - 1)
+
+    def check_input(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.image_channels:
+            raise ValueError(f"expected images of shape (B, {c.image_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % self.downsampling or x.shape[3] % self.downsampling:
+            raise ValueError(
+                f"image height and width must be multiples of {self.downsampling} for this U-Net "
+                f"({len(c.channel_mults)} levels), got {x.shape[2]}x{x.shape[3]}; pad or resize the images"
+            )
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image, got {tuple(t.shape)}")
+        if labels is not None and not c.num_classes:
+            raise ValueError("this U-Net is unconditional (num_classes=None): pass labels=None")
+        if labels is not None and (labels.shape != t.shape or int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
+            raise ValueError(
+                f"labels must have shape ({x.shape[0]},) with values in 0..{c.num_classes - 1} "
+                f"(or {c.num_classes} for the null class), got shape {tuple(labels.shape)}"
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x, t, labels)
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, time_dim)
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full_like(t, self.config.num_classes)  # no label given: the null class
+            emb = emb + self.label_emb(labels)
+        h = self.stem(x)
+        skips = [h]
+        for layer in self.down:
+            h = self._run(layer, h, emb)
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self._run(layer, h, emb)
+        return self.head(h)
+
+    @staticmethod
+    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if not isinstance(layer, nn.ModuleList):
+            return layer(h)  # down- or upsampling
+        h = layer[0](h, emb)
+        return layer[1](h) if len(layer) > 1 else h
