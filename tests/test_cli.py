@@ -1,0 +1,87 @@
+"""The command line as a person uses it: train, sample, help, and one-line errors for bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "diffusion_lib", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def mnist_runs(tmp_path_factory):
+    """An unconditional and a conditional MNIST run of a few steps each (fast, not good)."""
+    root = tmp_path_factory.mktemp("runs")
+    small = ["--batch-size", "16", "--quiet", "--model-config", '{"base_channels": 16}']
+    for name, extra in (("uncond", []), ("cond", ["--conditional"])):
+        result = run("train", "--data", "mnist", "--steps", "3", "--out", str(root / name), *small, *extra)
+        assert result.returncode == 0, result.stderr
+        assert "trained to step 3" in result.stdout
+    return root
+
+
+def test_sample_writes_the_documented_npz(mnist_runs, tmp_path):
+    out = tmp_path / "s.npz"
+    result = run("sample", "--checkpoint", str(mnist_runs / "uncond" / "model.safetensors"), "--sampler", "ddim",
+                 "--steps", "10", "--n", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = np.load(out)
+    assert set(data.files) == {"images"}
+    images = data["images"]
+    assert images.shape == (8, 1, 28, 28) and images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_same_seed_same_images_and_labels_cycle(mnist_runs, tmp_path):
+    common = ["--checkpoint", str(mnist_runs / "cond"), "--sampler", "ddpm", "--steps", "5", "--n", "12",
+              "--labels", "all", "--guidance", "3"]
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert run("sample", *common, "--seed", seed, "--out", str(tmp_path / f"{name}.npz")).returncode == 0
+    a, b, c = (np.load(tmp_path / f"{n}.npz") for n in "abc")
+    assert a["labels"].dtype == np.int64 and a["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert np.array_equal(a["images"], b["images"]) and not np.array_equal(a["images"], c["images"])
+
+
+def test_help_documents_every_option():
+    for command, options in (("train", ["--data", "--steps", "--out", "--conditional", "--batch-size", "--lr",
+                                        "--schedule", "--seed"]),
+                             ("sample", ["--checkpoint", "--sampler", "--steps", "--eta", "--n", "--guidance",
+                                         "--labels", "--seed", "--out"])):
+        result = run(command, "--help")
+        assert result.returncode == 0 and all(option in result.stdout for option in options)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "mnist", "--steps", "0", "--out", "x"], "must be a positive integer"),
+    (["train", "--data", "cifar", "--steps", "3", "--out", "x"], "invalid choice: 'cifar'"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--conditional"], "needs labelled data"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--wat"], "unrecognized arguments: --wat"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "euler", "--n", "2", "--out", "x.npz"], "invalid choice: 'euler'"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--eta", "-1", "--out", "x.npz"], "must be >= 0"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--steps", "1001", "--n", "2", "--out", "x.npz"], "between 1 and T=1000"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--labels", "3", "--out", "x.npz"], "unconditional"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--guidance", "2", "--out", "x.npz"], "class-conditional"),
+    (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "3,12", "--out", "x.npz"], r"labels must lie in 0\.\.9"),
+    (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "three", "--out", "x.npz"], "comma-separated integers"),
+    (["sample", "--checkpoint", "COND", "--sampler", "ddpm", "--eta", "0.5", "--n", "2", "--out", "x.npz"], "ddim only"),
+    (["sample", "--checkpoint", "pyproject.toml", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "truncated or corrupt"),
+])
+def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, message):
+    import re
+
+    args = [str(mnist_runs / "uncond") if a == "CKPT" else str(mnist_runs / "cond") if a == "COND" else a for a in args]
+    args = [str(tmp_path / a) if a in ("x", "x.npz") else a for a in args]
+    result = run(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), result.stderr

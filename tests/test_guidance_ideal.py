@@ -1,0 +1,67 @@
+"""Classifier-free guidance at its two anchor points, and the exact denoiser of a finite data set."""
+
+import pytest
+import torch
+
+from diffusion_lib import (UNet, UNetConfig, as_eps_model, gaussian_x0, guided_eps_fn, ideal_eps_fn, ideal_x0,
+                           make_schedule, q_sample, sample_loop)
+
+
+@pytest.fixture(scope="module")
+def conditional_unet():
+    torch.manual_seed(0)
+    return UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_classes=10)).eval()
+
+
+def test_guidance_zero_is_unconditional_and_one_is_conditional(conditional_unet):
+    s = make_schedule("linear", 1000)
+    model = as_eps_model(conditional_unet, s)
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([3, 300, 600, 999]), torch.tensor([0, 3, 7, 9])
+    null = torch.full_like(labels, 10)
+    with torch.no_grad():
+        eps_cond, eps_uncond = model(x, t, labels), model(x, t, null)
+        assert not torch.allclose(eps_cond, eps_uncond)  # the label matters, so the checks below can fail
+        assert torch.allclose(guided_eps_fn(model, labels, 0.0, 10)(x, t), eps_uncond, atol=1e-5)
+        assert torch.allclose(guided_eps_fn(model, labels, 1.0, 10)(x, t), eps_cond, atol=1e-5)
+        guided = guided_eps_fn(model, labels, 3.0, 10)(x, t)
+        assert torch.allclose(guided, eps_uncond + 3.0 * (eps_cond - eps_uncond), atol=1e-5)
+    with pytest.raises(ValueError, match="guidance scale w must be >= 0"):
+        guided_eps_fn(model, labels, -1.0, 10)
+
+
+def test_ideal_denoiser_is_the_posterior_average():
+    s = make_schedule("linear", 1000)
+    data = torch.randn(5, 3, dtype=torch.float64)
+    xt, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([10, 200, 500, 999])
+    ab = s.alpha_bars[t][:, None, None]
+    log_lik = -((xt[:, None, :] - ab.sqrt() * data[None]) ** 2).sum(-1) / (2 * (1 - ab[:, :, 0]))  # (B, N)
+    expected = torch.softmax(log_lik, dim=1) @ data
+    assert torch.allclose(ideal_x0(xt, t, data, s), expected)
+
+
+def test_ideal_denoiser_memorises_at_low_noise_and_averages_at_high_noise():
+    s = make_schedule("linear", 1000)
+    data = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    t_low = torch.full((8,), 5)
+    xt = q_sample(data, t_low, s)
+    assert torch.allclose(ideal_x0(xt, t_low, data, s), data, atol=1e-6)  # snaps back to its own image
+    t_high = torch.full((8,), 999)
+    assert torch.allclose(ideal_x0(torch.randn_like(data), t_high, data, s), data.mean(0).expand_as(data), atol=0.05)
+    samples = sample_loop(ideal_eps_fn(data, s), (16, 1, 4, 4), s, "ddim", 50, x_T=torch.randn(16, 1, 4, 4, dtype=torch.float64))
+    distance_to_nearest = torch.cdist(samples.flatten(1), data.flatten(1)).min(1).values
+    assert distance_to_nearest.max() < 1e-3  # every sample is a training image
+
+
+def test_gaussian_posterior_mean_matches_the_finite_formula_for_many_points():
+    """A large sample of N(mu, var) makes the finite-set denoiser approach the Gaussian one."""
+    s = make_schedule("linear", 1000)
+    mu, var = torch.tensor([1.0], dtype=torch.float64), 0.5
+    data = mu + var**0.5 * torch.randn(200000, 1, dtype=torch.float64)
+    xt, t = torch.tensor([[0.2], [1.5], [-1.0]], dtype=torch.float64), torch.tensor([100, 400, 800])
+    assert torch.allclose(ideal_x0(xt, t, data, s), gaussian_x0(xt, t, mu, var, s), atol=0.02)
+
+
+def test_ideal_denoiser_rejects_mismatched_shapes():
+    s = make_schedule("linear", 10)
+    with pytest.raises(ValueError, match="data points have shape"):
+        ideal_x0(torch.randn(2, 3), torch.tensor([1, 2]), torch.randn(5, 4), s)

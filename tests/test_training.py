@@ -1,0 +1,155 @@
+"""The loss, EMA, checkpoints (round trip, corruption, mismatch), resuming, and 2-process DDP."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion_lib import (EMA, CheckpointError, MLPDenoiser, PixelCNN, TrainConfig, UNet, UNetConfig, diffusion_loss,
+                           load_model, load_weights, make_schedule, save_model, train)
+from diffusion_lib.training import MODEL_FILE, STATE_FILE
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MLP = {"hidden": 16, "layers": 1}
+
+
+def _same_weights(a, b, atol=0.0):
+    return all(torch.allclose(x, y, atol=atol, rtol=0) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_loss_is_mse_to_the_noise():
+    s = make_schedule("linear", 100)
+    model = lambda x, t, labels=None: torch.zeros_like(x)
+    x0, noise, t = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 10, 50, 99])
+    assert torch.allclose(diffusion_loss(model, x0, t, noise, s), noise.pow(2).mean())
+    assert torch.allclose(diffusion_loss(model, x0, t, noise, s, "x0", reduction="none"), x0.pow(2).mean(1))
+    perfect = lambda x, t, labels=None: noise
+    assert diffusion_loss(perfect, x0, t, noise, s).item() == 0
+
+
+def test_ema_is_a_moving_average():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=1000)  # past the warm-up, the decay is 0.9
+    assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * model.weight)
+    assert not ema.model.weight.requires_grad
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = UNet(UNetConfig(base_channels=16, num_classes=10))
+    save_model(tmp_path / "m.safetensors", model, {"schedule": "cosine", "T": 10})
+    loaded, info = load_model(tmp_path / "m.safetensors")
+    assert info == {"schedule": "cosine", "T": 10} and loaded.config == model.config and _same_weights(loaded, model)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    assert torch.equal(loaded(x, t), model.eval()(x, t))
+    fresh = UNet(UNetConfig(base_channels=16, num_classes=10))
+    load_weights(fresh, tmp_path / "m.safetensors")
+    assert _same_weights(fresh, model)
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file may be left behind"
+
+
+def test_bad_checkpoints_raise_errors_that_name_the_problem(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(path, UNet(UNetConfig(base_channels=16)), {})
+    with pytest.raises(CheckpointError, match="holds a 'unet' model, but the model given is a 'mlp'"):
+        load_weights(MLPDenoiser(), path)
+    with pytest.raises(CheckpointError, match="another config.*base_channels"):
+        load_weights(UNet(UNetConfig(base_channels=32)), path)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(truncated)
+    garbage = tmp_path / "notes.safetensors"
+    garbage.write_text("these are my notes, not weights")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a diffusion_course checkpoint"):
+        load_model(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    config = TrainConfig(data="moons", steps=12, batch_size=32, T=50, seed=3, save_every=100, model=TINY_MLP)
+    whole = train(config, tmp_path / "whole", progress=False)
+    train(TrainConfig(**{**config.__dict__, "steps": 5}), tmp_path / "split", progress=False)
+    resumed = train(config, tmp_path / "split", progress=False)
+    assert resumed.step == 12 and len(resumed.losses) == 12
+    assert _same_weights(whole.model, resumed.model) and _same_weights(whole.ema_model, resumed.ema_model)
+    assert whole.losses == resumed.losses
+    fresh = train(TrainConfig(**{**config.__dict__, "seed": 4}), tmp_path / "other", progress=False)
+    assert not _same_weights(whole.model, fresh.model)  # the comparison can tell runs apart
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    config = TrainConfig(data="moons", steps=3, batch_size=8, T=50, model=TINY_MLP)
+    train(config, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="other settings.*lr"):
+        train(TrainConfig(**{**config.__dict__, "steps": 6, "lr": 0.1}), tmp_path, progress=False)
+
+
+def _cli(*args, **kwargs):
+    env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL a CLI training run after its first checkpoint, resume it, and compare with an unbroken run."""
+    args = ["--data", "moons", "--steps", "4000", "--batch-size", "16", "--T", "50", "--save-every", "100",
+            "--model-config", '{"hidden": 16, "layers": 1}', "--quiet"]
+    env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_lib", "train", *args, "--out", str(tmp_path / "killed")],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / STATE_FILE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_model(tmp_path / "killed" / MODEL_FILE)[1]["step"]
+    assert stopped_at < 4000, "the run finished before it could be killed; raise --steps"
+    assert _cli("diffusion_lib", "train", *args, "--out", str(tmp_path / "killed")).returncode == 0
+    assert _cli("diffusion_lib", "train", *args, "--out", str(tmp_path / "whole")).returncode == 0
+    killed, whole = load_model(tmp_path / "killed"), load_model(tmp_path / "whole")
+    assert killed[1]["step"] == whole[1]["step"] == 4000 and _same_weights(killed[0], whole[0])
+
+
+def test_two_process_ddp_equals_single_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo), each on half of the global batch, matches one process."""
+    args = ["--data", "moons", "--steps", "20", "--batch-size", "64", "--T", "50", "--quiet",
+            "--model-config", '{"hidden": 32, "layers": 2}']
+    single = _cli("diffusion_lib", "train", *args, "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    ddp = _cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "diffusion_lib", "train", *args,
+               "--out", str(tmp_path / "ddp"))
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = load_model(tmp_path / "single")[0], load_model(tmp_path / "ddp")[0]
+    assert _same_weights(a, b, atol=1e-5)
+    assert _cli("diffusion_lib", "train", *args, "--seed", "1", "--out", str(tmp_path / "seed1")).returncode == 0
+    assert not _same_weights(a, load_model(tmp_path / "seed1")[0], atol=1e-5)  # the comparison has teeth
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="unknown data 'cifar'"):
+        TrainConfig(data="cifar")
+    with pytest.raises(ValueError, match="--conditional needs labelled data"):
+        TrainConfig(data="moons", conditional=True)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainConfig(schedule="sigmoid")
+
+
+def test_pixelcnn_checkpoints_too(tmp_path):
+    model = PixelCNN()
+    save_model(tmp_path / "p.safetensors", model, {"data": "mnist"})
+    loaded, _ = load_model(tmp_path / "p.safetensors")
+    assert isinstance(loaded, PixelCNN) and _same_weights(loaded, model)
