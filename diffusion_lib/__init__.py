@@ -13,14 +13,17 @@ One idea per module:
 | `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
 | `data`        | MNIST in [-1, 1] and 2-D toy data sets                             |
 | `training`    | the DDPM loss, EMA, the resumable (and distributable) training loop |
-| `checkpoint`  | safetensors checkpoints with their config                          |
+| `checkpoint`  | safetensors checkpoints with their config; the committed models    |
+| `classifier`  | a small MNIST classifier, the judge of generated digits            |
+| `course`      | the chapters' widget callbacks, measurements and exercise checks   |
 | `pipeline`    | checkpoint -> samples in one call (used by the command line)       |
 | `runtime`     | device choice and the course's fast mode                           |
 
 Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
 """
 
-from .checkpoint import CheckpointError, load_model, load_weights, save_model
+from .checkpoint import CheckpointError, load_model, load_weights, pretrained, save_model
+from .classifier import Classifier, ClassifierConfig, classify
 from .data import load_mnist, make_toy
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,
                       x0_from_eps, x0_from_v)

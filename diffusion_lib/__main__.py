@@ -72,6 +72,8 @@ def build_parser() -> Parser:
     tr.add_argument("--grad-clip", type=_non_negative_float, default=defaults.grad_clip, help="gradient norm clip, 0 = off (default %(default)s)")
     tr.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, batches and noise (default %(default)s)")
     tr.add_argument("--save-every", type=_positive_int, default=defaults.save_every, help="checkpoint interval in steps (default %(default)s)")
+    tr.add_argument("--arch", choices=("unet", "mlp", "pixelcnn", "classifier"), default=None,
+                    help="model to train (default: unet for mnist, mlp for 2-D data); pixelcnn and classifier use mnist")
     tr.add_argument("--model-config", type=_json_object, default={}, help="JSON overriding fields of the model config, e.g. '{\"base_channels\": 24}'")
     tr.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,7 +101,7 @@ def run_train(args) -> None:
     config = TrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, conditional=args.conditional, label_dropout=args.label_dropout,
-                         seed=args.seed, save_every=args.save_every, model=args.model_config)
+                         seed=args.seed, save_every=args.save_every, model=args.model_config, arch=args.arch)
     start = time.perf_counter()
     result = train(config, args.out, device=args.device, progress=not args.quiet)
     last = result.losses[-1] if result.losses else float("nan")
@@ -111,6 +113,9 @@ def run_sample(args) -> None:
     if args.sampler == "ddpm" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
     model, info = load_model(args.checkpoint, pick_device(args.device))
+    if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
+        raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model; "
+                         "sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python")
     labels = parse_labels(args.labels, args.n, model.config.num_classes)
     if args.guidance is not None and not model.config.num_classes:
         raise ValueError("--guidance needs a class-conditional checkpoint (trained with --conditional)")

@@ -29,6 +29,7 @@ from torch import nn
 from .models import arch_of, build_model, config_from_dict, config_to_dict
 
 FORMAT = "diffusion_course/1"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "checkpoints"
 MODEL_PREFIX = "model."
 
 
@@ -43,8 +44,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -93,6 +97,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise CheckpointError(f"{path}: its architecture header cannot be rebuilt: {error}") from error
     _load_state(model, tensors, path)
     return model.to(device).eval(), json.loads(metadata.get("info", "{}"))
+
+
+def pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load a model committed with the course (`diffusion_lib/checkpoints/NAME/model.safetensors`).
+
+    Each folder's README.md records the exact `python -m diffusion_lib train` command that made it.
+    """
+    available = sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/model.safetensors"))
+    if name not in available:
+        raise CheckpointError(f"no pretrained model {name!r}; available: {', '.join(available) or 'none'}. "
+                              f"Its folder {PRETRAINED_DIR / name} should hold model.safetensors")
+    return load_model(PRETRAINED_DIR / name / "model.safetensors", device)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict:

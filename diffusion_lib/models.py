@@ -5,6 +5,7 @@
 | `unet`     | `UNet`         | `UNetConfig`   | eps (or x0, v) for images            |
 | `mlp`      | `MLPDenoiser`  | `MLPConfig`    | eps (or x0, v) for 2-D points        |
 | `pixelcnn` | `PixelCNN`     | `PixelCNNConfig` | Bernoulli logits, pixel by pixel   |
+| `classifier` | `Classifier` | `ClassifierConfig` | MNIST digit logits (the judge)    |
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import dataclasses
 
 from torch import nn
 
+from .classifier import Classifier, ClassifierConfig
 from .forward import to_eps
 from .mlp import MLPConfig, MLPDenoiser
 from .pixelcnn import PixelCNN, PixelCNNConfig
 from .schedules import Schedule
 from .unet import UNet, UNetConfig
 
-ARCHITECTURES = {"unet": (UNet, UNetConfig), "mlp": (MLPDenoiser, MLPConfig), "pixelcnn": (PixelCNN, PixelCNNConfig)}
+ARCHITECTURES = {"unet": (UNet, UNetConfig), "mlp": (MLPDenoiser, MLPConfig), "pixelcnn": (PixelCNN, PixelCNNConfig),
+                 "classifier": (Classifier, ClassifierConfig)}
 
 
 def arch_of(model: nn.Module) -> str:

@@ -89,6 +89,9 @@ def pixelcnn_sample(model: PixelCNN, n: int, height: int = 28, width: int = 28, 
                     snapshot_every: int = 0):
     """Sample n images pixel by pixel in raster order: one network call per pixel.
 
+    Each call sees only the rows up to the current one: by the masks, pixels below it cannot
+    change its logit, so this halves the work on average without changing any probability.
+
     Returns (images (n, 1, H, W) in {0, 1}, snapshots), where `snapshots` holds the canvas
     after every `snapshot_every` pixels (empty when 0), for showing the image fill in.
     """
@@ -97,7 +100,7 @@ def pixelcnn_sample(model: PixelCNN, n: int, height: int = 28, width: int = 28, 
     snapshots = []
     for i in range(height * width):
         row, col = divmod(i, width)
-        probs = torch.sigmoid(model(x)[:, 0, row, col])  # (n,)
+        probs = torch.sigmoid(model(x[:, :, :row + 1])[:, 0, row, col])  # (n,); rows below cannot matter
         x[:, 0, row, col] = torch.bernoulli(probs, generator=generator)
         if snapshot_every and (i + 1) % snapshot_every == 0:
             snapshots.append(x.clone())

@@ -10,6 +10,10 @@ The target can instead be x_0 or v (`forward.training_target`).
 | `label_dropout` | p_uncond, the chance a label is replaced by the null class (Ho & Salimans 2022, Alg. 1) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling |
 
+The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
+log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels), so every
+committed model comes from the one `python -m diffusion_lib train` command.
+
 All randomness of a run (batches, t, eps, label dropout) comes from one `torch.Generator`
 seeded by `TrainConfig.seed` and saved in the training state, so a run that is interrupted
 and resumed gives the same weights as one that is not. Under `torchrun` every process draws
@@ -31,10 +35,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .classifier import classifier_loss
 from .checkpoint import CheckpointError, read_tensors, save_model, save_tensors
 from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
 from .models import build_model
+from .pixelcnn import binarize, pixelcnn_loss
 from .runtime import pick_device
 from .schedules import SCHEDULES, make_schedule
 
@@ -42,6 +48,7 @@ MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("steps", "save_every")
+DENOISERS, IMAGE_MODELS = ("unet", "mlp"), ("pixelcnn", "classifier")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500
     model: dict = field(default_factory=dict)
+    arch: str | None = None  # None: the data's denoiser (unet for mnist, mlp for 2-D); or pixelcnn, classifier
 
     def __post_init__(self):
         checks = [
@@ -73,13 +81,18 @@ class TrainConfig:
             (self.lr > 0 and 0 <= self.ema_decay < 1, "lr must be > 0 and ema_decay in [0, 1)"),
             (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
             (not (self.conditional and self.data in TOY_DATASETS), f"--conditional needs labelled data (mnist), not {self.data!r}"),
+            (self.arch in (None,) + DENOISERS + IMAGE_MODELS, f"unknown arch {self.arch!r}: choose one of {', '.join(DENOISERS + IMAGE_MODELS)}"),
+            (self.arch not in IMAGE_MODELS or (self.data == "mnist" and not self.conditional),
+             f"arch {self.arch!r} trains on mnist and takes no --conditional"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
     @property
-    def arch(self) -> str:
+    def model_arch(self) -> str:
+        if self.arch is not None:
+            return self.arch
         return "mlp" if self.data in TOY_DATASETS else "unet"
 
     def model_config(self) -> dict:
@@ -135,7 +148,10 @@ def load_training_data(config: TrainConfig):
 
 
 def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
-    """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`."""
+    """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`.
+
+    Labels are returned for a conditional model (with label dropout applied) and for the classifier.
+    """
     B = config.batch_size
     idx = torch.randint(0, len(data), (B,), generator=generator)
     t = torch.randint(0, config.T, (B,), generator=generator)
@@ -145,6 +161,8 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
         drop = torch.rand(B, generator=generator) < config.label_dropout
         null_label = config.model_config()["num_classes"]
         batch_labels = torch.where(drop, torch.full((B,), null_label), labels[idx])
+    elif config.model_arch == "classifier":
+        batch_labels = labels[idx]
     return data[idx], t, noise, batch_labels
 
 
@@ -169,7 +187,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     device = pick_device(f"cuda:{rank}" if world > 1 and torch.cuda.is_available() else device)
     torch.manual_seed(config.seed)  # initial weights
-    model = build_model(config.arch, config.model_config()).to(device)
+    model = build_model(config.model_arch, config.model_config()).to(device)
     ema = EMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
@@ -204,7 +222,7 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
     net.train()
-    loss = diffusion_loss(net, x0, t, noise, schedule, config.prediction, batch_labels)
+    loss = objective(net, config, x0, t, noise, batch_labels, schedule)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
@@ -216,6 +234,15 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
         dist.all_reduce(loss)
         loss = loss / world
     return float(loss)
+
+
+def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch.Tensor:
+    """The loss of one batch for the configured architecture."""
+    if config.model_arch == "pixelcnn":
+        return pixelcnn_loss(net, binarize(x0))
+    if config.model_arch == "classifier":
+        return classifier_loss(net, x0, labels)
+    return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

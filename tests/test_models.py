@@ -82,6 +82,16 @@ def test_pixelcnn_output_at_pixel_i_depends_only_on_earlier_pixels():
         assert i == 0 or grad[:i].sum() > 0, f"pixel {i} sees none of the pixels before it"
 
 
+def test_pixelcnn_logits_of_a_row_ignore_the_rows_below():
+    """What lets the sampler crop the image below the current row."""
+    model = PixelCNN(PixelCNNConfig(channels=8, num_blocks=2))
+    x = torch.rand(2, 1, 10, 10).round()
+    with torch.no_grad():
+        full = model(x)
+        for row in (0, 4, 9):
+            assert torch.allclose(model(x[:, :, :row + 1])[:, :, row], full[:, :, row], atol=1e-6)
+
+
 def test_pixelcnn_samples_one_call_per_pixel_and_learns():
     torch.manual_seed(0)
     model = PixelCNN(PixelCNNConfig(channels=8, num_blocks=1))

@@ -1,0 +1,279 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 3: Noise prediction — learning to undo the damage
+#
+# Chapter 2 destroyed images on purpose: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$.
+# To generate, we must run that backwards, and for that a network only has to answer one question
+# at each step: **which noise was added?**
+#
+# **After this chapter you can**
+# - recover an estimate $\hat x_0$ from $x_t$ and a noise estimate, and convert between the $\varepsilon$, $x_0$ and $v$ parametrisations;
+# - compute the *ideal* denoiser $\mathbb E[x_0 \mid x_t]$ of a finite data set, and explain why it can only reproduce its training images;
+# - compare a trained noise predictor with the ideal one across timesteps, and read a loss-by-timestep curve.
+#
+# **Assumes**: chapter 2 (the closed form $q(x_t \mid x_0)$), the softmax, mean squared error.
+
+# %%
+# Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "diffusion_lib @ git+https://github.com/diffusion-course/diffusion-course"
+    pass
+
+# %%
+import time
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import display
+
+import diffusion_lib as dl
+from diffusion_lib.course import ch03, exercises
+from diffusion_lib.course.plots import show_grid
+from diffusion_lib.training import load_training_data
+
+chapter_start = time.perf_counter()
+FAST = dl.fast_mode()
+print("fast mode" if FAST else "full mode")
+torch.manual_seed(0)
+schedule = dl.make_schedule("linear", 1000)
+test_images, _ = dl.load_mnist(train=False)
+train_images, _ = dl.load_mnist(train=True)
+
+# %% [markdown]
+# ## 1. Why predict the noise?
+#
+# Given $x_t$ and the noise $\varepsilon$ that made it, the clean image follows by rearranging the
+# closed form (DDPM Eq. 15):
+#
+# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon}{\sqrt{\bar\alpha_t}} .$$
+#
+# So a network $\varepsilon_\theta(x_t, t)$ that predicts the noise gives us $\hat x_0$ for free.
+# Predicting $\varepsilon$ is a well-scaled regression at every $t$: the target always has unit
+# variance, while $x_0$ is nearly invisible at large $t$. Two other targets are common: $x_0$ itself,
+# and the "velocity" $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ (Salimans & Ho 2022).
+# All three carry the same information given $x_t$. First by hand, then with the library:
+
+# %%
+x0 = test_images[:4]
+t = torch.tensor([10, 250, 600, 950])
+eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+xt = dl.q_sample(x0, t, schedule, eps)
+ab = schedule.alpha_bars.float()[t].reshape(-1, 1, 1, 1)
+x0_by_hand = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+print(f"x0 recovered by hand, largest error:         {(x0_by_hand - x0).abs().max().item():.1e}")
+print(f"library x0_from_eps vs by hand:              {(dl.x0_from_eps(xt, t, eps, schedule) - x0_by_hand).abs().max().item():.1e}")
+print(f"library v target vs by hand:                 {(dl.v_from_eps_x0(eps, x0, t, schedule) - v).abs().max().item():.1e}")
+print(f"eps recovered from v, largest error:         {(dl.eps_from_v(xt, t, v, schedule) - eps).abs().max().item():.1e}")
+print(f"x0 recovered from v, largest error:          {(dl.x0_from_v(xt, t, v, schedule) - x0).abs().max().item():.1e}")
+
+# %% [markdown]
+# (The tiny non-zero errors are float32 rounding, amplified by dividing by $\sqrt{\bar\alpha_t}$, which is small at large $t$.)
+#
+# ## 2. The ideal denoiser, and why it is not what we want
+#
+# Suppose the training set has $N$ points $x^{(1)}, \dots, x^{(N)}$. Seeing $x_t$, which one was it?
+# Bayes' rule with the Gaussian likelihood $q(x_t \mid x^{(i)})$ gives softmax weights, and the
+# best possible (minimum squared error) estimate is their weighted average:
+#
+# $$p(i \mid x_t) = \operatorname{softmax}_i\!\Big(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(i)}\rVert^2}{2(1-\bar\alpha_t)}\Big),
+# \qquad \mathbb E[x_0 \mid x_t] = \sum_i p(i \mid x_t)\, x^{(i)} .$$
+#
+# A network trained to perfection on these $N$ points would output exactly the $\varepsilon$ this
+# implies. Let us build it for eight 2-D points by hand, compare with `dl.ideal_x0`, and watch where it sends noisy points.
+
+# %%
+points = dl.make_toy("moons", 8, torch.Generator().manual_seed(0)).double()
+xt_2d = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True, sharey=True)
+for ax, t_value in zip(axes, [900, 300, 30]):
+    steps = torch.full((500,), t_value)
+    ab_t = schedule.alpha_bars[t_value]
+    logits = -((xt_2d[:, None, :] - ab_t.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab_t))  # (500, 8)
+    by_hand = torch.softmax(logits, dim=1) @ points
+    assert torch.allclose(by_hand, dl.ideal_x0(xt_2d, steps, points, schedule))
+    ax.scatter(*by_hand.T, s=8, alpha=0.5, label="E[x0 | x_t] of 500 noisy points")
+    ax.scatter(*points.T, marker="x", color="k", s=60, label="the 8 training points")
+    ax.set(title=f"t = {t_value}, alpha-bar = {ab_t.item():.3f}", xlabel="x1")
+axes[0].set_ylabel("x2")
+axes[0].legend(fontsize=8, loc="lower left")
+plt.show()
+
+# %% [markdown]
+# At high noise the estimate is the average of all points; as $t$ falls it snaps onto the single
+# nearest training point. Sampling with it (DDIM from chapter 5, here only as a black box) therefore
+# can only return training images. Try it on MNIST with a small training set:
+
+# %%
+memory = train_images[: (64 if FAST else 512)].double()
+ideal_eps = dl.ideal_eps_fn(memory, schedule)
+samples = dl.sample_loop(ideal_eps, (16, 1, 28, 28), schedule, "ddim", steps=(20 if FAST else 50),
+                         generator=torch.Generator().manual_seed(3), x_T=torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+nearest = torch.cdist(samples.flatten(1), memory.flatten(1)).min(1).values
+print(f"{len(samples)} samples from the ideal denoiser of {len(memory)} training images: "
+      f"distance to the nearest training image: max {nearest.max().item():.2e} (pixels span 2.0)")
+display(show_grid(samples, "samples from the ideal denoiser: every one is a training image", ncols=8))
+
+# %% [markdown]
+# That is **memorisation**. A generative model should produce *new* digits, so we do not want the
+# minimiser of the training loss over all functions; we want a smooth network whose limited
+# capacity and inductive biases make it *generalise*: close to the ideal denoiser where data are
+# dense (high noise), and interpolating between training images where they are not (low noise).
+#
+# ## 3. A learned noise predictor next to the ideal one
+#
+# **2-D first.** Train the library's MLP on two moons for a few seconds with the loss of DDPM
+# (Algorithm 1): $\lVert \varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon, t)\rVert^2$.
+# Then measure, at each $t$, the noise-prediction error on **held-out** points, for the network and
+# for the ideal denoiser of the training set (the function the network would become if it memorised perfectly).
+
+# %%
+moons_config = dl.TrainConfig(data="moons", steps=(300 if FAST else 3000), batch_size=256, lr=3e-3, T=1000, ema_decay=0.99, seed=0)
+moons = dl.train(moons_config, progress=False)
+moons_train, _ = load_training_data(moons_config)  # the exact points it trained on
+held_out = dl.make_toy("moons", 2000, torch.Generator().manual_seed(7))
+timesteps = np.linspace(0, 999, 12 if FAST else 25).astype(int)
+learned_2d = dl.as_eps_fn(moons.ema_model, schedule)
+ideal_2d = dl.ideal_eps_fn(moons_train[:2000], schedule)
+errors_2d = {name: ch03.eps_error_by_timestep(fn, held_out, schedule, timesteps, torch.Generator().manual_seed(8))
+             for name, fn in (("learned MLP", learned_2d), ("ideal for 2,000 training points", ideal_2d))}
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for name, errors in errors_2d.items():
+    ax.plot(timesteps, errors, "o-", label=name)
+ax.axhline(1.0, color="gray", ls=":", label="predicting eps = 0")
+ax.set(xlabel="t", ylabel="noise-prediction MSE on held-out points", yscale="log", title="two moons: error by timestep")
+ax.legend()
+plt.show()
+print(f"at t={timesteps[1]}: learned {errors_2d['learned MLP'][1]:.3f}, ideal-for-training-set "
+      f"{errors_2d['ideal for 2,000 training points'][1]:.3f}")
+
+# %% [markdown]
+# The memorising ideal denoiser does badly on new points at low noise: it pulls them onto the
+# nearest *training* point. The network, too small and trained too briefly to memorise its
+# training set, does better there. At high noise both approach the same curve.
+#
+# **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
+# `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). Its loss by
+# timestep on test digits, next to the ideal denoiser of a training subset:
+
+# %%
+unet, info = dl.pretrained("mnist_cond")
+print(f"U-Net: {sum(p.numel() for p in unet.parameters()):,} parameters, trained {info['step']} steps")
+learned = dl.as_eps_fn(unet, schedule, info["prediction"])
+subset = train_images[: (500 if FAST else 5000)]
+ideal = dl.ideal_eps_fn(subset, schedule)
+probe = test_images[: (32 if FAST else 256)]
+timesteps = np.linspace(0, 999, 8 if FAST else 20).astype(int)
+errors = {name: ch03.eps_error_by_timestep(fn, probe, schedule, timesteps, torch.Generator().manual_seed(9))
+          for name, fn in (("learned U-Net", learned), (f"ideal for {len(subset):,} training digits", ideal))}
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for name, values in errors.items():
+    ax.plot(timesteps, values, "o-", label=name)
+ax.axhline(1.0, color="gray", ls=":", label="predicting eps = 0")
+ax.set(xlabel="t", ylabel="noise-prediction MSE on test digits", yscale="log", title="MNIST: error (the loss) by timestep")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# The shape of the learned curve is the typical loss-by-timestep of a diffusion model: the noise
+# is hard to tell apart from fine detail at small $t$ (the image is almost clean and the noise tiny),
+# easy to estimate at large $t$ (where $x_t$ is almost all noise). Training samples $t$
+# uniformly, so all these errors are averaged into the one loss number you will watch in chapter 4.
+#
+# ## 4. Drag the timestep
+#
+# For one test digit: $x_t$, the true noise, each denoiser's predicted noise (with its error), and
+# the $\hat x_0$ it implies. Watch the ideal denoiser's $\hat x_0$ jump to a training digit.
+
+# %%
+digit = test_images[7:8]
+digit_noise = torch.randn(digit.shape, generator=torch.Generator().manual_seed(10))
+denoisers = {"learned U-Net": learned, "ideal (memorising)": ideal}
+
+
+def show_denoising(t=400):
+    return ch03.denoise_view(t, digit, digit_noise, denoisers, schedule)
+
+
+widgets.interact(show_denoising, t=widgets.IntSlider(value=400, min=0, max=999, step=1, continuous_update=False));
+
+# %% [markdown]
+# (The slider needs a running kernel; the same view at $t = 400$ for readers of the static page:)
+
+# %%
+display(show_denoising(400))
+
+# %% [markdown]
+# ## Summary
+#
+# - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
+# - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
+# - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
+# - The loss depends strongly on $t$; the training loss is its average over uniformly drawn $t$.
+#
+# ## Exercises
+#
+# **Exercise 1 (implement).** Write `my_x0_from_eps(xt, t, eps, alpha_bars)` returning $\hat x_0$.
+
+# %% tags=["solution"]
+def my_x0_from_eps(xt, t, eps, alpha_bars):
+    ab = alpha_bars[t].reshape(-1, *([1] * (xt.ndim - 1)))
+    return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
+# %%
+exercises.check_x0_from_eps(my_x0_from_eps)
+
+# %% [markdown]
+# **Exercise 2 (implement).** Write `my_ideal_x0(xt, t, data, alpha_bars)`: $\mathbb E[x_0 \mid x_t]$
+# for `xt` of shape (B, D), `data` of shape (N, D). Use `torch.softmax` for numerical safety.
+
+# %% tags=["solution"]
+def my_ideal_x0(xt, t, data, alpha_bars):
+    import torch
+
+    ab = alpha_bars[t][:, None, None]  # (B, 1, 1)
+    sq_dist = ((xt[:, None, :] - ab.sqrt() * data[None]) ** 2).sum(-1)  # (B, N)
+    weights = torch.softmax(-sq_dist / (2 * (1 - ab[:, :, 0])), dim=1)
+    return weights @ data
+
+
+# %%
+exercises.check_ideal_x0(my_ideal_x0)
+
+# %% [markdown]
+# **Exercise 3 (predict, then check).** A lazy network always outputs $\varepsilon_\theta = 0$.
+# What is its loss (the mean squared error against the true noise), at any $t$? Predict the number, then check.
+
+# %% tags=["solution"]
+zero_predictor_loss = 1.0
+
+# %%
+exercises.check_zero_predictor_loss(zero_predictor_loss)
+
+# %% [markdown]
+# **Exercise 4 (open question).** The ideal denoiser memorises; the network generalises. What
+# would you expect to happen to the learned curve in section 3 if you trained a much larger network
+# for much longer on only 500 MNIST digits? How could you detect it from samples alone?
+
+# %%
+print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

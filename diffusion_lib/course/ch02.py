@@ -1,0 +1,44 @@
+"""Chapter 2 helpers: a photograph to noise, and the timestep slider's view."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..forward import q_sample
+from ..schedules import make_schedule
+from .plots import to_numpy_image
+
+
+def load_photo(size: int = 128) -> torch.Tensor:
+    """Grace Hopper's portrait, shipped with matplotlib, as a (1, 1, size, size) grey image in [-1, 1]."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        image = Image.open(f).convert("L")
+        side = min(image.size)
+        image = image.crop((0, 0, side, side)).resize((size, size))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)[None, None]
+
+
+def noising_view(t: int, schedule_name: str, images: list[torch.Tensor], noises: list[torch.Tensor]) -> Figure:
+    """x_t of each image (fixed noise, so dragging t shows one trajectory), and alpha-bar and SNR with t marked."""
+    schedule = make_schedule(schedule_name, 1000)
+    if not 0 <= t < schedule.T:
+        raise ValueError(f"t must lie in 0..{schedule.T - 1}, got {t}")
+    fig = Figure(figsize=(3.0 * (len(images) + 2), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(images) + 2)
+    steps = torch.full((1,), t)
+    for ax, image, noise in zip(axes, images, noises):
+        ax.imshow(to_numpy_image(q_sample(image, steps, schedule, noise)), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"x_t at t={t}")
+        ax.axis("off")
+    ts = np.arange(schedule.T)
+    curves = ((schedule.alpha_bars.numpy(), "alpha-bar_t", "linear"), (schedule.snr.numpy(), "SNR_t", "log"))
+    for ax, (values, name, yscale) in zip(axes[len(images):], curves):
+        ax.plot(ts, values)
+        ax.plot([t], [values[t]], "o", color="C3")
+        ax.set(xlabel="t", ylabel=name, yscale=yscale, title=f"{name} = {values[t]:.3g} ({schedule_name})")
+    return fig

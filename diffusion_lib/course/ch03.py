@@ -1,0 +1,41 @@
+"""Chapter 3 helpers: the noise-prediction slider's view, and a model's error across timesteps."""
+
+from __future__ import annotations
+
+import torch
+from matplotlib.figure import Figure
+
+from ..forward import q_sample, x0_from_eps
+from ..schedules import Schedule
+from .plots import to_numpy_image
+
+
+def denoise_view(t: int, x0: torch.Tensor, noise: torch.Tensor, eps_fns: dict, schedule: Schedule) -> Figure:
+    """One row per denoiser: x_t, the true eps, its predicted eps, and x0_hat, for one image x0 (1, C, H, W)."""
+    steps = torch.full((1,), t)
+    xt = q_sample(x0, steps, schedule, noise)
+    fig = Figure(figsize=(9, 2.4 * len(eps_fns) + 0.4), layout="constrained")
+    axes = fig.subplots(len(eps_fns), 4, squeeze=False)
+    for row, (name, eps_fn) in zip(axes, eps_fns.items()):
+        with torch.no_grad():
+            eps = eps_fn(xt, steps)
+        x0_hat = x0_from_eps(xt, steps, eps, schedule).clamp(-1, 1)
+        error = (eps - noise).pow(2).mean().item()
+        panels = ((xt, "x_t"), (noise / 3, "true eps"), (eps / 3, f"{name} eps (MSE {error:.3f})"), (x0_hat, "x0_hat"))
+        for ax, (image, title) in zip(row, panels):
+            ax.imshow(to_numpy_image(image), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"t = {t}, alpha-bar_t = {schedule.alpha_bars[t]:.3f}")
+    return fig
+
+
+@torch.no_grad()
+def eps_error_by_timestep(eps_fn, x0: torch.Tensor, schedule: Schedule, timesteps, generator=None) -> list[float]:
+    """Mean squared error of eps_fn's noise prediction at each timestep, over the batch x0 (the loss by t)."""
+    errors = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        steps = torch.full((len(x0),), int(t))
+        errors.append((eps_fn(q_sample(x0, steps, schedule, noise), steps) - noise).pow(2).mean().item())
+    return errors

@@ -1,0 +1,150 @@
+"""Checks for the chapters' exercises: each prints a clear pass or a hint, and returns True or False.
+
+A check compares the learner's answer with the library's own implementation (or with a
+number the library computes), on inputs it draws itself, so no answer is stored here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..forward import q_sample, x0_from_eps
+from ..ideal import ideal_x0
+from ..pixelcnn import MaskedConv2d
+from ..schedules import make_schedule
+
+
+def _report(ok: bool, success: str, hint: str) -> bool:
+    print(f"PASS: {success}" if ok else f"NOT YET: {hint}")
+    return ok
+
+
+def _call(fn, *args):
+    """Run the learner's function; turn its exception into a hint instead of a traceback."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, "the function still raises NotImplementedError: replace the stub with your code"
+    except Exception as error:  # noqa: BLE001 - any error in the learner's code becomes a hint
+        return None, f"your function raised {type(error).__name__}: {error}"
+
+
+# Chapter 1 -----------------------------------------------------------------------------
+
+def check_raster_mask(make_mask) -> bool:
+    """`make_mask(kernel_size, mask_type)` -> (k, k) tensor of 0s and 1s, as MaskedConv2d's mask."""
+    for k in (3, 5, 7):
+        for mask_type in ("A", "B"):
+            mask, error = _call(make_mask, k, mask_type)
+            if error:
+                return _report(False, "", error)
+            expected = MaskedConv2d(mask_type, 1, 1, k).mask[0, 0]
+            if not isinstance(mask, torch.Tensor) or mask.shape != (k, k):
+                return _report(False, "", f"make_mask({k}, {mask_type!r}) must return a ({k}, {k}) tensor")
+            if torch.equal(mask.float(), expected):
+                continue
+            centre = k // 2
+            if mask[centre + 1:].abs().sum() > 0:
+                hint = "rows below the centre come later in raster order: they must be 0"
+            elif mask_type == "A" and mask[centre, centre] != 0:
+                hint = "mask 'A' (the first layer) must hide the centre pixel itself: it is the one being predicted"
+            elif mask_type == "B" and mask[centre, centre] != 1:
+                hint = "mask 'B' keeps the centre: in later layers that position holds only information from before it"
+            else:
+                hint = f"for kernel {k}, type {mask_type!r}: within the centre row, pixels right of the centre come later"
+            return _report(False, "", hint)
+    return _report(True, "your masks equal MaskedConv2d's for kernels 3, 5, 7 and types A and B", "")
+
+
+def check_pixelcnn_calls(answer) -> bool:
+    """Calls needed to sample one 64x64 RGB image when each colour value of each pixel is one step."""
+    expected = 64 * 64 * 3
+    if answer == 64 * 64:
+        return _report(False, "", "that counts pixels; each of the 3 colour values of a pixel is its own step")
+    return _report(answer == expected, f"{expected} calls: one per colour value, and it grows with the pixel count",
+                   "count the values generated one after another: height x width x channels")
+
+
+# Chapter 2 -----------------------------------------------------------------------------
+
+def check_q_sample(my_q_sample) -> bool:
+    """`my_q_sample(x0, t, noise, alpha_bars)` -> x_t, as `diffusion_lib.q_sample` (DDPM Eq. 4)."""
+    schedule = make_schedule("linear", 1000)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 1, 6, 6, generator=generator) * 2 - 1
+    noise = torch.randn(4, 1, 6, 6, generator=generator)
+    t = torch.tensor([0, 100, 500, 999])
+    got, error = _call(my_q_sample, x0, t, noise, schedule.alpha_bars.float())
+    if error:
+        return _report(False, "", error)
+    expected = q_sample(x0, t, schedule, noise)
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return _report(False, "", f"return a tensor of x0's shape {tuple(x0.shape)}; gather alpha_bars[t] and "
+                                  "reshape it to (B, 1, 1, 1) so it broadcasts over each image")
+    if torch.allclose(got, expected, atol=1e-5):
+        return _report(True, "your q_sample matches the library's for t = 0, 100, 500 and 999", "")
+    ab = schedule.alpha_bars.float()[t].reshape(-1, 1, 1, 1)
+    if torch.allclose(got, ab * x0 + (1 - ab) * noise, atol=1e-5):
+        return _report(False, "", "the coefficients are square roots: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps")
+    return _report(False, "", "x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise, with alpha_bar_t "
+                              "taken at each image's own t")
+
+
+def check_half_signal_step(answer) -> bool:
+    """The first t at which the linear schedule's alpha-bar drops below 0.5 (signal and noise variance equal)."""
+    alpha_bars = make_schedule("linear", 1000).alpha_bars
+    expected = int((alpha_bars < 0.5).nonzero()[0])
+    if answer == 500:
+        return _report(False, "", "the betas grow with t, so alpha-bar falls faster than linearly: it is not halfway")
+    close = isinstance(answer, int) and abs(answer - expected) <= 2
+    return _report(close, f"t = {expected}: alpha-bar_t = {alpha_bars[expected]:.3f}, so {expected / len(alpha_bars):.0%} "
+                          "of the way into the chain the noise already carries half the variance",
+                   "compute it: (make_schedule('linear').alpha_bars < 0.5).nonzero()[0]")
+
+
+# Chapter 3 -----------------------------------------------------------------------------
+
+def check_x0_from_eps(my_x0_from_eps) -> bool:
+    """`my_x0_from_eps(xt, t, eps, alpha_bars)` -> x0_hat, as `diffusion_lib.x0_from_eps` (DDPM Eq. 15)."""
+    schedule = make_schedule("cosine", 1000)
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 1, 5, 5, generator=generator) * 2 - 1
+    eps = torch.randn(4, 1, 5, 5, generator=generator)
+    t = torch.tensor([0, 200, 600, 990])
+    xt = q_sample(x0, t, schedule, eps)
+    got, error = _call(my_x0_from_eps, xt, t, eps, schedule.alpha_bars.float())
+    if error:
+        return _report(False, "", error)
+    if not isinstance(got, torch.Tensor) or got.shape != x0.shape:
+        return _report(False, "", f"return a tensor of xt's shape {tuple(xt.shape)}")
+    if torch.allclose(got, x0_from_eps(xt, t, eps, schedule), atol=1e-4):
+        return _report(True, "with the true noise, your x0_hat recovers x0 exactly at every t", "")
+    return _report(False, "", "solve x_t = sqrt(ab) x0 + sqrt(1 - ab) eps for x0: subtract the noise term, "
+                              "then divide by sqrt(ab)")
+
+
+def check_ideal_x0(my_ideal_x0) -> bool:
+    """`my_ideal_x0(xt, t, data, alpha_bars)` -> E[x0 | xt] for x0 uniform over `data` (N, D)."""
+    schedule = make_schedule("linear", 1000)
+    generator = torch.Generator().manual_seed(2)
+    data = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    xt = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    t = torch.tensor([5, 100, 300, 600, 999])
+    got, error = _call(my_ideal_x0, xt, t, data, schedule.alpha_bars)
+    if error:
+        return _report(False, "", error)
+    if not isinstance(got, torch.Tensor) or got.shape != xt.shape:
+        return _report(False, "", f"return one average point per row of xt: shape {tuple(xt.shape)}")
+    if torch.allclose(got, ideal_x0(xt, t, data, schedule), atol=1e-6):
+        return _report(True, "your posterior mean matches the library's from t = 5 to t = 999", "")
+    return _report(False, "", "weights are softmax over i of -||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab)); "
+                              "note the sqrt(ab) in front of each data point, and normalise over the data points")
+
+
+def check_zero_predictor_loss(answer) -> bool:
+    """The MSE loss of a network that always predicts eps = 0, at any t (measured here)."""
+    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
+    measured = noise.pow(2).mean().item()
+    ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
+    return _report(ok, f"the loss is E[eps^2] = 1 (measured {measured:.3f}): a trained model must beat 1.0 to have learned anything",
+                   "the target eps ~ N(0, I), so the error of predicting 0 is the variance of eps")

@@ -1,0 +1,42 @@
+"""Figures without pyplot's global state: each function returns a new `matplotlib.figure.Figure`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """(1, H, W) or (H, W) tensor in [-1, 1] -> (H, W) array in [0, 1] for imshow."""
+    return ((image.detach().float().cpu().reshape(image.shape[-2:]) + 1) / 2).clamp(0, 1).numpy()
+
+
+def image_grid(images: torch.Tensor, ncols: int = 8, pad: int = 2) -> np.ndarray:
+    """(N, 1, H, W) in [-1, 1] -> one (rows*(H+pad), ncols*(W+pad)) array in [0, 1]."""
+    n, _, h, w = images.shape
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad))
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = to_numpy_image(images[i])
+    return grid
+
+
+def show_grid(images: torch.Tensor, title: str, ncols: int = 8, captions: list[str] | None = None,
+              size: float = 1.1) -> Figure:
+    """A grid of images with a title and optional per-image captions."""
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(size * ncols, size * nrows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(to_numpy_image(images[i]), cmap="gray", vmin=0, vmax=1)
+            if captions:
+                ax.set_title(captions[i], fontsize=8)
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,135 @@
+"""The chapters as files: pairs in sync, kernelspec, stored outputs, widget callbacks and exercise checks.
+
+nbval runs the notebooks themselves (see pyproject.toml); this file checks what nbval cannot.
+"""
+
+from pathlib import Path
+
+import jupytext
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import diffusion_lib as dl
+from diffusion_lib.course import ch01, ch02, ch03, exercises
+
+CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
+NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
+
+
+def test_every_chapter_is_present():
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+    assert len(NOTEBOOKS) >= 3
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_pair_is_in_sync_with_kernelspec_and_outputs(notebook):
+    paired = notebook.with_suffix(".py")
+    assert paired.exists(), f"{notebook.name} has no paired .py: run 'jupytext --sync {notebook}'"
+    nb, py = jupytext.read(notebook), jupytext.read(paired)
+    assert [c.source.strip() for c in nb.cells] == [c.source.strip() for c in py.cells], \
+        f"{notebook.name} and {paired.name} differ: run 'jupytext --sync {notebook}'"
+    assert [c.metadata.get("tags", []) for c in nb.cells] == [c.metadata.get("tags", []) for c in py.cells]
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert sum(bool(c.get("outputs")) for c in code) >= len(code) // 2, "commit the notebook executed in full mode"
+    assert not any("Traceback" in str(c.get("outputs")) for c in code), "a stored output holds an error"
+    assert sum("tags" in c.metadata and "solution" in c.metadata["tags"] for c in nb.cells) >= 2
+    printed = [o.get("text", "") for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    assert any(t.startswith("full mode") for t in printed) and not any(t.startswith("fast mode") for t in printed), \
+        "the stored outputs must come from a full-mode run"
+
+
+def solutions(notebook_stem: str) -> dict:
+    """Execute a chapter's cells tagged `solution` (each is self-contained) and return what they define."""
+    namespace = {"dl": dl, "torch": torch, "np": np}
+    for cell in jupytext.read(CHAPTERS / f"{notebook_stem}.py").cells:
+        if "solution" in cell.metadata.get("tags", []):
+            exec(cell.source, namespace)
+    return namespace
+
+
+def _image_of(fig: Figure, axis: int = 0) -> np.ndarray:
+    return np.asarray(fig.axes[axis].images[0].get_array())
+
+
+def test_noising_view_changes_with_t_and_schedule():
+    digit, photo = dl.load_mnist(train=False)[0][:1], ch02.load_photo(32)
+    noises = [torch.randn_like(digit), torch.randn_like(photo)]
+    views = {(t, s): ch02.noising_view(t, s, [digit, photo], noises) for t in (0, 300, 999) for s in ("linear", "cosine")}
+    assert all(isinstance(v, Figure) for v in views.values())
+    assert not np.allclose(_image_of(views[0, "linear"]), _image_of(views[300, "linear"]))
+    assert not np.allclose(_image_of(views[300, "linear"]), _image_of(views[300, "cosine"]))
+    assert np.allclose(_image_of(views[0, "linear"]), (digit[0, 0].numpy() + 1) / 2, atol=0.05)  # t=0: barely noised
+    with pytest.raises(ValueError, match="t must lie in 0..999"):
+        ch02.noising_view(1000, "linear", [digit], noises[:1])
+
+
+def test_raster_view_shows_the_canvas_filling_in():
+    model = dl.PixelCNN(dl.PixelCNNConfig(channels=8, num_blocks=1))
+    _, snapshots = dl.pixelcnn_sample(model, 2, 8, 8, generator=torch.Generator().manual_seed(0), snapshot_every=8)
+    first, last = ch01.raster_view(snapshots, 0, 8), ch01.raster_view(snapshots, 7, 8)
+    assert "after 8 of 64 pixels" in first._suptitle.get_text() and "after 64 of 64" in last._suptitle.get_text()
+    assert (_image_of(first)[1:] == 0).all()  # (in [0, 1] display units) rows after the first are still blank
+    with pytest.raises(ValueError, match="index must lie in 0..7"):
+        ch01.raster_view(snapshots, 8, 8)
+
+
+def test_denoise_view_and_error_by_timestep():
+    schedule = dl.make_schedule("linear", 1000)
+    data = dl.load_mnist(train=False)[0][:20].double()
+    x0, noise = data[:1], torch.randn(1, 1, 28, 28, dtype=torch.float64)
+    denoisers = {"ideal": dl.ideal_eps_fn(data, schedule), "zero": lambda x, t: torch.zeros_like(x)}
+    early, late = ch03.denoise_view(5, x0, noise, denoisers, schedule), ch03.denoise_view(900, x0, noise, denoisers, schedule)
+    assert len(early.axes) == 8 and not np.allclose(_image_of(early), _image_of(late))
+    assert np.allclose(_image_of(early, 3), (x0[0, 0].numpy() + 1) / 2, atol=1e-3)  # the ideal x0_hat is the digit
+    errors = ch03.eps_error_by_timestep(denoisers["zero"], data, schedule, [0, 500, 999], torch.Generator().manual_seed(0))
+    assert all(0.8 < e < 1.2 for e in errors)  # predicting 0 costs E[eps^2] = 1
+    ideal_errors = ch03.eps_error_by_timestep(denoisers["ideal"], data, schedule, [10, 999], torch.Generator().manual_seed(0))
+    assert ideal_errors[0] < 0.01  # on its own data the ideal denoiser is exact at low noise
+
+
+def _shifted_mask(k, mask_type):
+    mask = torch.ones(k, k)
+    mask[k // 2 + 1:] = 0
+    mask[k // 2, k // 2 + 1:] = 0  # keeps the centre for "A" too
+    return mask
+
+
+CHECKS = {
+    "01_autoregressive_vs_diffusion": [
+        ("make_mask", exercises.check_raster_mask, _shifted_mask),
+        ("colour_calls", exercises.check_pixelcnn_calls, 64 * 64),
+    ],
+    "02_forward_noising": [
+        ("my_q_sample", exercises.check_q_sample,
+         lambda x0, t, noise, ab: ab[t].reshape(-1, 1, 1, 1) * x0 + (1 - ab[t].reshape(-1, 1, 1, 1)) * noise),
+        ("half_signal_step", exercises.check_half_signal_step, 500),
+    ],
+    "03_noise_prediction": [
+        ("my_x0_from_eps", exercises.check_x0_from_eps,
+         lambda xt, t, eps, ab: (xt - (1 - ab[t].reshape(-1, 1, 1, 1)) * eps) / ab[t].reshape(-1, 1, 1, 1)),
+        ("my_ideal_x0", exercises.check_ideal_x0,
+         lambda xt, t, data, ab: torch.softmax(-torch.cdist(xt, data) ** 2 / (2 * (1 - ab[t][:, None])), 1) @ data),
+        ("zero_predictor_loss", exercises.check_zero_predictor_loss, 0.0),
+    ],
+}
+
+
+@pytest.mark.parametrize("stem,name,check,wrong", [(stem, *row) for stem, rows in CHECKS.items() for row in rows],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_exercise_checks_pass_reference_and_fail_wrong_answers(stem, name, check, wrong, capsys):
+    reference = solutions(stem)[name]
+    assert check(reference) is True
+    assert "PASS" in capsys.readouterr().out
+    assert check(wrong) is False
+    assert "NOT YET" in capsys.readouterr().out
+
+
+def test_checks_turn_a_stub_into_a_hint(capsys):
+    def stub(*args):
+        raise NotImplementedError
+
+    assert exercises.check_q_sample(stub) is False
+    assert "replace the stub" in capsys.readouterr().out
