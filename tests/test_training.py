@@ -153,3 +153,23 @@ def test_pixelcnn_checkpoints_too(tmp_path):
     save_model(tmp_path / "p.safetensors", model, {"data": "mnist"})
     loaded, _ = load_model(tmp_path / "p.safetensors")
     assert isinstance(loaded, PixelCNN) and _same_weights(loaded, model)
+
+
+@pytest.mark.parametrize("arch", ["pixelcnn", "classifier"])
+def test_the_train_command_trains_the_other_mnist_models(arch):
+    """A few steps lower the loss of the PixelCNN's likelihood and the classifier's cross-entropy."""
+    config = TrainConfig(data="mnist", arch=arch, steps=40, batch_size=32, lr=3e-3, warmup=1, seed=0,
+                         model={"channels": 8} if arch == "pixelcnn" else {"channels": 8, "feature_dim": 32})
+    result = train(config, progress=False)
+    assert sum(result.losses[-5:]) / 5 < 0.7 * sum(result.losses[:5]) / 5, (result.losses[:5], result.losses[-5:])
+    with pytest.raises(ValueError, match="trains on mnist and takes no --conditional"):
+        TrainConfig(data="moons", arch=arch)
+    with pytest.raises(ValueError, match="unknown arch 'gan'"):
+        TrainConfig(arch="gan")
+
+
+def test_pretrained_names_what_is_available():
+    from diffusion_lib import pretrained
+
+    with pytest.raises(CheckpointError, match="no pretrained model 'mnist_gan'; available: .*mnist_classifier"):
+        pretrained("mnist_gan")
