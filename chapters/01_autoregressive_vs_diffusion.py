@@ -76,6 +76,7 @@ n_samples = 4 if FAST else 32
 # information from earlier pixels):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 for mask_type in ("A", "B"):
     print(f"mask {mask_type} (5x5):\n{dl.pixelcnn.MaskedConv2d(mask_type, 1, 1, 5).mask[0, 0].int().numpy()}")
 print(f"\ncommitted PixelCNN: {sum(p.numel() for p in pixelcnn.parameters()):,} parameters")
@@ -226,6 +227,7 @@ def make_mask(kernel_size, mask_type):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_raster_mask(make_mask)
 
 # %% [markdown]
@@ -237,6 +239,7 @@ exercises.check_raster_mask(make_mask)
 colour_calls = 64 * 64 * 3
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_pixelcnn_calls(colour_calls)
 
 # %% [markdown]

@@ -72,6 +72,7 @@ photo = ch02.load_photo(128)  # (1, 1, 128, 128), Grace Hopper, shipped with mat
 # Here is the chain written out by hand, next to the library's `q_step`, fed the same noise.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 schedule = dl.make_schedule("linear", 1000)
 betas = schedule.betas.float()
 x_by_hand, x_library = digit.clone(), digit.clone()
@@ -98,6 +99,7 @@ print(f"largest difference between the hand-written chain and dl.q_step after 10
 # one pixel through 1000 chained steps, and compare with one jump.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 mean_coef, variance = 1.0, 0.0
 for t in range(schedule.T):
     mean_coef, variance = mean_coef * schedule.alphas[t].sqrt().item(), schedule.alphas[t].item() * variance + schedule.betas[t].item()
@@ -226,6 +228,7 @@ def my_q_sample(x0, t, noise, alpha_bars):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_q_sample(my_q_sample)
 
 # %% [markdown]
@@ -237,6 +240,7 @@ exercises.check_q_sample(my_q_sample)
 half_signal_step = int((dl.make_schedule("linear", 1000).alpha_bars < 0.5).nonzero()[0])
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_half_signal_step(half_signal_step)
 
 # %% [markdown]

@@ -73,6 +73,7 @@ train_images, _ = dl.load_mnist(train=True)
 # All three carry the same information given $x_t$. First by hand, then with the library:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 x0 = test_images[:4]
 t = torch.tensor([10, 250, 600, 950])
 eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
@@ -156,13 +157,7 @@ learned_2d = dl.as_eps_fn(moons.ema_model, schedule)
 ideal_2d = dl.ideal_eps_fn(moons_train[:2000], schedule)
 errors_2d = {name: ch03.eps_error_by_timestep(fn, held_out, schedule, timesteps, torch.Generator().manual_seed(8))
              for name, fn in (("learned MLP", learned_2d), ("ideal for 2,000 training points", ideal_2d))}
-fig, ax = plt.subplots(figsize=(6, 3.4))
-for name, errors in errors_2d.items():
-    ax.plot(timesteps, errors, "o-", label=name)
-ax.axhline(1.0, color="gray", ls=":", label="predicting eps = 0")
-ax.set(xlabel="t", ylabel="noise-prediction MSE on held-out points", yscale="log", title="two moons: error by timestep")
-ax.legend()
-plt.show()
+ch03.plot_error_by_timestep(timesteps, errors_2d, "noise-prediction MSE on held-out points", "two moons: error by timestep")
 print(f"at t={timesteps[1]}: learned {errors_2d['learned MLP'][1]:.3f}, ideal-for-training-set "
       f"{errors_2d['ideal for 2,000 training points'][1]:.3f}")
 
@@ -185,13 +180,7 @@ probe = test_images[: (32 if FAST else 256)]
 timesteps = np.linspace(0, 999, 8 if FAST else 20).astype(int)
 errors = {name: ch03.eps_error_by_timestep(fn, probe, schedule, timesteps, torch.Generator().manual_seed(9))
           for name, fn in (("learned U-Net", learned), (f"ideal for {len(subset):,} training digits", ideal))}
-fig, ax = plt.subplots(figsize=(6, 3.4))
-for name, values in errors.items():
-    ax.plot(timesteps, values, "o-", label=name)
-ax.axhline(1.0, color="gray", ls=":", label="predicting eps = 0")
-ax.set(xlabel="t", ylabel="noise-prediction MSE on test digits", yscale="log", title="MNIST: error (the loss) by timestep")
-ax.legend()
-plt.show()
+ch03.plot_error_by_timestep(timesteps, errors, "noise-prediction MSE on test digits", "MNIST: error (the loss) by timestep")
 
 # %% [markdown]
 # The shape of the learned curve is the typical loss-by-timestep of a diffusion model: the noise
@@ -241,6 +230,7 @@ def my_x0_from_eps(xt, t, eps, alpha_bars):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_x0_from_eps(my_x0_from_eps)
 
 # %% [markdown]
@@ -258,6 +248,7 @@ def my_ideal_x0(xt, t, data, alpha_bars):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_ideal_x0(my_ideal_x0)
 
 # %% [markdown]
@@ -268,6 +259,7 @@ exercises.check_ideal_x0(my_ideal_x0)
 zero_predictor_loss = 1.0
 
 # %%
+# NBVAL_CHECK_OUTPUT
 exercises.check_zero_predictor_loss(zero_predictor_loss)
 
 # %% [markdown]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
@@ -39,3 +40,14 @@ def eps_error_by_timestep(eps_fn, x0: torch.Tensor, schedule: Schedule, timestep
         steps = torch.full((len(x0),), int(t))
         errors.append((eps_fn(q_sample(x0, steps, schedule, noise), steps) - noise).pow(2).mean().item())
     return errors
+
+
+def plot_error_by_timestep(timesteps, errors: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """One curve per denoiser of its noise-prediction error against t, with the eps = 0 baseline."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, values in errors.items():
+        ax.plot(timesteps, values, "o-", label=name)
+    ax.axhline(1.0, color="gray", ls=":", label="predicting eps = 0")
+    ax.set(xlabel="t", ylabel=ylabel, yscale="log", title=title)
+    ax.legend()
+    plt.show()

@@ -29,6 +29,21 @@ def _call(fn, *args):
         return None, f"your function raised {type(error).__name__}: {error}"
 
 
+def _compare(fn, args, expected, atol, shape_hint, success, hint, near_misses=()) -> bool:
+    """Run `fn(*args)` and compare with `expected`; `near_misses` are (wrong result, its specific hint) pairs."""
+    got, error = _call(fn, *args)
+    if error:
+        return _report(False, "", error)
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return _report(False, "", shape_hint)
+    if torch.allclose(got.to(expected.dtype), expected, atol=atol):
+        return _report(True, success, "")
+    for wrong, specific_hint in near_misses:
+        if torch.allclose(got.to(expected.dtype), wrong, atol=atol):
+            return _report(False, "", specific_hint)
+    return _report(False, "", hint)
+
+
 # Chapter 1 -----------------------------------------------------------------------------
 
 def check_raster_mask(make_mask) -> bool:
@@ -74,20 +89,13 @@ def check_q_sample(my_q_sample) -> bool:
     x0 = torch.rand(4, 1, 6, 6, generator=generator) * 2 - 1
     noise = torch.randn(4, 1, 6, 6, generator=generator)
     t = torch.tensor([0, 100, 500, 999])
-    got, error = _call(my_q_sample, x0, t, noise, schedule.alpha_bars.float())
-    if error:
-        return _report(False, "", error)
-    expected = q_sample(x0, t, schedule, noise)
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-        return _report(False, "", f"return a tensor of x0's shape {tuple(x0.shape)}; gather alpha_bars[t] and "
-                                  "reshape it to (B, 1, 1, 1) so it broadcasts over each image")
-    if torch.allclose(got, expected, atol=1e-5):
-        return _report(True, "your q_sample matches the library's for t = 0, 100, 500 and 999", "")
     ab = schedule.alpha_bars.float()[t].reshape(-1, 1, 1, 1)
-    if torch.allclose(got, ab * x0 + (1 - ab) * noise, atol=1e-5):
-        return _report(False, "", "the coefficients are square roots: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps")
-    return _report(False, "", "x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise, with alpha_bar_t "
-                              "taken at each image's own t")
+    return _compare(my_q_sample, (x0, t, noise, schedule.alpha_bars.float()), q_sample(x0, t, schedule, noise), 1e-5,
+                    f"return a tensor of x0's shape {tuple(x0.shape)}; gather alpha_bars[t] and reshape it to "
+                    "(B, 1, 1, 1) so it broadcasts over each image",
+                    "your q_sample matches the library's for t = 0, 100, 500 and 999",
+                    "x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise, with alpha_bar_t taken at each image's own t",
+                    [(ab * x0 + (1 - ab) * noise, "the coefficients are square roots: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps")])
 
 
 def check_half_signal_step(answer) -> bool:
@@ -112,15 +120,10 @@ def check_x0_from_eps(my_x0_from_eps) -> bool:
     eps = torch.randn(4, 1, 5, 5, generator=generator)
     t = torch.tensor([0, 200, 600, 990])
     xt = q_sample(x0, t, schedule, eps)
-    got, error = _call(my_x0_from_eps, xt, t, eps, schedule.alpha_bars.float())
-    if error:
-        return _report(False, "", error)
-    if not isinstance(got, torch.Tensor) or got.shape != x0.shape:
-        return _report(False, "", f"return a tensor of xt's shape {tuple(xt.shape)}")
-    if torch.allclose(got, x0_from_eps(xt, t, eps, schedule), atol=1e-4):
-        return _report(True, "with the true noise, your x0_hat recovers x0 exactly at every t", "")
-    return _report(False, "", "solve x_t = sqrt(ab) x0 + sqrt(1 - ab) eps for x0: subtract the noise term, "
-                              "then divide by sqrt(ab)")
+    return _compare(my_x0_from_eps, (xt, t, eps, schedule.alpha_bars.float()), x0_from_eps(xt, t, eps, schedule), 1e-4,
+                    f"return a tensor of xt's shape {tuple(xt.shape)}",
+                    "with the true noise, your x0_hat recovers x0 exactly at every t",
+                    "solve x_t = sqrt(ab) x0 + sqrt(1 - ab) eps for x0: subtract the noise term, then divide by sqrt(ab)")
 
 
 def check_ideal_x0(my_ideal_x0) -> bool:
@@ -130,15 +133,11 @@ def check_ideal_x0(my_ideal_x0) -> bool:
     data = torch.randn(6, 3, generator=generator, dtype=torch.float64)
     xt = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     t = torch.tensor([5, 100, 300, 600, 999])
-    got, error = _call(my_ideal_x0, xt, t, data, schedule.alpha_bars)
-    if error:
-        return _report(False, "", error)
-    if not isinstance(got, torch.Tensor) or got.shape != xt.shape:
-        return _report(False, "", f"return one average point per row of xt: shape {tuple(xt.shape)}")
-    if torch.allclose(got, ideal_x0(xt, t, data, schedule), atol=1e-6):
-        return _report(True, "your posterior mean matches the library's from t = 5 to t = 999", "")
-    return _report(False, "", "weights are softmax over i of -||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab)); "
-                              "note the sqrt(ab) in front of each data point, and normalise over the data points")
+    return _compare(my_ideal_x0, (xt, t, data, schedule.alpha_bars), ideal_x0(xt, t, data, schedule), 1e-6,
+                    f"return one average point per row of xt: shape {tuple(xt.shape)}",
+                    "your posterior mean matches the library's from t = 5 to t = 999",
+                    "weights are softmax over i of -||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab)); note the sqrt(ab) in "
+                    "front of each data point, and normalise over the data points")
 
 
 def check_zero_predictor_loss(answer) -> bool:
