@@ -15,6 +15,7 @@ One idea per module:
 | `training`    | the DDPM loss, EMA, the resumable (and distributable) training loop |
 | `checkpoint`  | safetensors checkpoints with their config; the committed models    |
 | `classifier`  | a small MNIST classifier, the judge of generated digits            |
+| `evaluation`  | MNIST-FID, class accuracy, histogram and diversity of samples      |
 | `course`      | the chapters' widget callbacks, measurements and exercise checks   |
 | `pipeline`    | checkpoint -> samples in one call (used by the command line)       |
 | `runtime`     | device choice and the course's fast mode                           |

@@ -1,0 +1,81 @@
+"""MNIST-FID and friends behave as a quality measure must: near the baseline for real digits, far for bad ones."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffusion_lib as dl
+from diffusion_lib import evaluation
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return dl.pretrained("mnist_classifier")[0]
+
+
+@pytest.fixture(scope="module")
+def real_digits():
+    images, labels = dl.load_mnist(train=True)
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(123))[:1000]
+    return images[index], labels[index]
+
+
+def test_frechet_distance_of_gaussians():
+    mu, cov = torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert evaluation.frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-9)
+    # 1-D closed form: (m1 - m2)^2 + (s1 - s2)^2
+    one = torch.ones(1, 1, dtype=torch.float64)
+    assert evaluation.frechet_distance(torch.zeros(1, dtype=torch.float64), one, torch.full((1,), 2.0, dtype=torch.float64),
+                                       4 * one) == pytest.approx(4 + 1)
+
+
+def test_fid_ranks_real_blurred_and_noise(classifier, real_digits):
+    images, _ = real_digits
+    real = evaluation.mnist_fid(images, classifier)
+    baseline = evaluation.real_baseline_fid(len(images), classifier)
+    blurred = evaluation.mnist_fid(torch.nn.functional.avg_pool2d(images, 3, 1, 1), classifier)
+    noise = evaluation.mnist_fid(torch.rand_like(images) * 2 - 1, classifier)
+    assert real < 1.5 * baseline, (real, baseline)  # another random real set sits at the baseline
+    assert blurred > 3 * real and noise > 2 * blurred, (real, blurred, noise)
+
+
+def test_accuracy_histogram_and_diversity(classifier):
+    images, labels = dl.load_mnist(train=False)
+    result = evaluation.evaluate(images[:1000], labels[:1000], classifier)
+    assert result["accuracy"] > 0.98 and sum(result["class_histogram"]) == 1000
+    assert min(result["class_histogram"]) > 50  # every digit occurs in the test set
+    copies = images[:1].expand(10, -1, -1, -1)
+    assert evaluation.diversity(copies, torch.zeros(10, dtype=torch.long)) == 0  # ten copies: no diversity
+    assert result["diversity"] > 5
+
+
+def test_evaluate_rejects_bad_input(classifier):
+    with pytest.raises(ValueError, match=r"MNIST-shaped images \(N, 1, 28, 28\)"):
+        evaluation.evaluate(torch.zeros(4, 28, 28), classifier=classifier)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        evaluation.evaluate(torch.full((4, 1, 28, 28), 255.0), classifier=classifier)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        evaluation.evaluate(torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long), classifier)
+
+
+def test_evaluate_command_prints_json(tmp_path):
+    images, labels = dl.load_mnist(train=False)
+    np.savez(tmp_path / "real.npz", images=images[:200].numpy(), labels=labels[:200].numpy())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "diffusion_lib", "evaluate", str(tmp_path / "real.npz")],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert set(result) == {"n", "mnist_fid", "real_baseline_fid", "class_histogram", "diversity", "accuracy"}
+    assert result["n"] == 200 and result["accuracy"] > 0.95
+    missing = subprocess.run([sys.executable, "-m", "diffusion_lib", "evaluate", str(tmp_path / "nope.npz")],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "no samples file" in missing.stderr
