@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..forward import q_sample, x0_from_eps
+from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
 from ..pixelcnn import MaskedConv2d
 from ..schedules import make_schedule
@@ -147,3 +148,36 @@ def check_zero_predictor_loss(answer) -> bool:
     ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
     return _report(ok, f"the loss is E[eps^2] = 1 (measured {measured:.3f}): a trained model must beat 1.0 to have learned anything",
                    "the target eps ~ N(0, I), so the error of predicting 0 is the variance of eps")
+
+
+# Chapter 6 -----------------------------------------------------------------------------
+
+def check_guided_eps(my_guided_eps) -> bool:
+    """`my_guided_eps(eps_cond, eps_uncond, w)` -> classifier-free guided eps, as `diffusion_lib.guided_eps_fn`."""
+    generator = torch.Generator().manual_seed(4)
+    eps_cond, eps_uncond = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
+    labels, null = torch.zeros(3, dtype=torch.long), 10
+    # a stand-in model whose conditional and unconditional outputs are the two tensors (the batch may be doubled)
+    model = lambda x, t, labels: torch.where(labels[:, None, None, None] == null,  # noqa: E731
+                                             eps_uncond.repeat(len(x) // 3, 1, 1, 1), eps_cond.repeat(len(x) // 3, 1, 1, 1))
+    for w in (0.0, 1.0, 3.0):
+        expected = guided_eps_fn(model, labels, w, null)(eps_cond, labels)
+        got, error = _call(my_guided_eps, eps_cond, eps_uncond, w)
+        if error:
+            return _report(False, "", error)
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return _report(False, "", "return a tensor shaped like eps_cond")
+        if not torch.allclose(got, expected, atol=1e-6):
+            if torch.allclose(got, eps_cond + w * (eps_cond - eps_uncond), atol=1e-6):
+                return _report(False, "", "the base point is eps_uncond, not eps_cond: w = 0 must give the unconditional model")
+            return _report(False, "", f"at w = {w:g} your result differs: start from eps_uncond and move w times "
+                                      "the difference (eps_cond - eps_uncond)")
+    return _report(True, "w = 0 gives the unconditional model, w = 1 the conditional one, w = 3 extrapolates past it", "")
+
+
+def check_unguided_accuracy(answer, measured: float) -> bool:
+    """Predict the accuracy at w = 0 (labels ignored); `measured` is the chapter's own measurement."""
+    ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.1
+    return _report(ok, f"at w = 0 the label is ignored, so a sample matches its requested digit by chance: "
+                       f"about 1 in 10 (measured {measured:.2f})",
+                   "at w = 0 the model never sees the label: how often would a random digit match the one you asked for?")
