@@ -35,7 +35,7 @@ from .models import as_eps_fn, as_eps_model, build_model
 from .pipeline import generate
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
-from .samplers import Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, sample_loop
+from .samplers import Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, sample_loop, slerp
 from .schedules import Schedule, make_schedule
 from .training import EMA, TrainConfig, diffusion_loss, train
 from .unet import UNet, UNetConfig, timestep_embedding

@@ -173,3 +173,16 @@ def ddim_invert(eps_fn, x0, schedule: Schedule, steps=50):
         x0_hat = (x - (1 - alpha_bar_prev).sqrt() * eps) / alpha_bar_prev.sqrt()
         x = alpha_bar.sqrt() * x0_hat + (1 - alpha_bar).sqrt() * eps
     return x
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors (Shoemake 1985; DDIM Sec. 5.3 interpolates this way).
+
+    Gaussian noise in many dimensions lies near a sphere, so a straight line between two draws
+    passes through low-norm points a sampler never saw; the great circle keeps the norm.
+    """
+    a, b = z0.flatten(), z1.flatten()
+    theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+    if theta.abs() < 1e-6:
+        return (1 - alpha) * z0 + alpha * z1
+    return (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / torch.sin(theta)

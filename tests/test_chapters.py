@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 import diffusion_lib as dl
 import functools
 
-from diffusion_lib.course import ch01, ch02, ch03, ch06, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch05, ch06, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -101,6 +101,22 @@ def test_guidance_view_changes_with_w_and_rejects_unknown_digits():
         ch06.guidance_view(1.0, 10, model, info)
 
 
+def test_sampler_and_trajectory_views():
+    model, info = dl.pretrained("mnist_cond")
+    few, deterministic = ch05.sampler_view(3, 0.0, model, info, n=2), ch05.sampler_view(3, 0.0, model, info, n=2)
+    noisy = ch05.sampler_view(3, 1.0, model, info, n=2)
+    assert isinstance(few[0], Figure) and few[1] > 0 and "3 steps, eta = 1" in noisy[0]._suptitle.get_text()
+    assert np.allclose(_image_of(few[0]), _image_of(deterministic[0]))  # a fixed seed redraws the same images
+    assert not np.allclose(_image_of(few[0]), _image_of(noisy[0]))  # eta changes them
+    schedule = dl.make_schedule("linear", 1000)
+    _, trajectory = dl.sample_loop(lambda x, t: torch.zeros_like(x), (1, 1, 8, 8), schedule, "ddim", 4,
+                                   return_trajectory=True)
+    first, last = ch05.trajectory_view(trajectory, 0), ch05.trajectory_view(trajectory, 3)
+    assert "t = 999" in first.axes[0].get_title() and "t = 0" in last.axes[0].get_title()
+    with pytest.raises(ValueError, match="index must lie in 0..3"):
+        ch05.trajectory_view(trajectory, 4)
+
+
 def _shifted_mask(k, mask_type):
     mask = torch.ones(k, k)
     mask[k // 2 + 1:] = 0
@@ -124,6 +140,11 @@ CHECKS = {
         ("my_ideal_x0", exercises.check_ideal_x0,
          lambda xt, t, data, ab: torch.softmax(-torch.cdist(xt, data) ** 2 / (2 * (1 - ab[t][:, None])), 1) @ data),
         ("zero_predictor_loss", exercises.check_zero_predictor_loss, 0.0),
+    ],
+    "05_ddim": [
+        ("my_ddim_step", exercises.check_ddim_step,
+         lambda xt, eps, ab, ab_prev: ab_prev.sqrt() * (xt - (1 - ab).sqrt() * eps) / ab.sqrt()),
+        ("guided_ddim_predictions", exercises.check_guided_ddim_calls, 50),
     ],
     "06_guidance": [
         ("my_guided_eps", exercises.check_guided_eps, lambda cond, uncond, w: cond + w * (cond - uncond)),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import gaussian_tolerance
-from diffusion_lib import (ddim_invert, ddim_step, ddim_timesteps, ddpm_step, gaussian_eps_fn, ideal_eps_fn,
+from diffusion_lib import (ddim_invert, ddim_step, ddim_timesteps, ddpm_step, gaussian_eps_fn, ideal_eps_fn, slerp,
                            make_schedule, sample_loop)
 
 
@@ -109,3 +109,12 @@ def test_trajectory_and_bad_arguments():
         sample_loop(eps_fn, (2, 2), s, "ddim", 101)
     with pytest.raises(ValueError, match="t_prev must be smaller than t"):
         ddim_step(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([5]), torch.tensor([5]), s)
+
+
+def test_slerp_ends_and_norm():
+    z0, z1 = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)
+    assert torch.allclose(slerp(z0, z1, 0.0), z0, atol=1e-5) and torch.allclose(slerp(z0, z1, 1.0), z1, atol=1e-5)
+    middle = slerp(z0, z1, 0.5)
+    linear = 0.5 * (z0 + z1)
+    assert abs(middle.norm() - (z0.norm() + z1.norm()) / 2) < 0.05 * z0.norm()  # keeps the norm ...
+    assert linear.norm() < 0.8 * middle.norm()  # ... where the straight line loses about 30% of it

@@ -12,6 +12,7 @@ from ..forward import q_sample, x0_from_eps
 from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
 from ..pixelcnn import MaskedConv2d
+from ..samplers import ddim_step
 from ..schedules import make_schedule
 
 
@@ -181,3 +182,29 @@ def check_unguided_accuracy(answer, measured: float) -> bool:
     return _report(ok, f"at w = 0 the label is ignored, so a sample matches its requested digit by chance: "
                        f"about 1 in 10 (measured {measured:.2f})",
                    "at w = 0 the model never sees the label: how often would a random digit match the one you asked for?")
+
+
+# Chapter 5 -----------------------------------------------------------------------------
+
+def check_ddim_step(my_ddim_step) -> bool:
+    """`my_ddim_step(xt, eps, alpha_bar_t, alpha_bar_prev)` -> x_prev for eta = 0 (DDIM Eq. 12)."""
+    schedule = make_schedule("linear", 1000)
+    generator = torch.Generator().manual_seed(5)
+    xt, eps = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
+    t, t_prev = torch.full((3,), 600), torch.full((3,), 400)
+    expected, _ = ddim_step(eps, xt, t, t_prev, schedule, eta=0.0)
+    ab, ab_prev = schedule.alpha_bars[600].float(), schedule.alpha_bars[400].float()
+    x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    return _compare(my_ddim_step, (xt, eps, ab, ab_prev), expected, 1e-5, "return a tensor shaped like xt",
+                    "your deterministic DDIM step matches the library's ddim_step from t = 600 to t = 400",
+                    "x_prev = sqrt(ab_prev) * x0_hat + sqrt(1 - ab_prev) * eps, with x0_hat from x_t and eps",
+                    [(ab_prev.sqrt() * x0_hat, "you dropped the direction term sqrt(1 - ab_prev) * eps: "
+                                               "without it the sample loses its noise level too early")])
+
+
+def check_guided_ddim_calls(answer) -> bool:
+    """Network evaluations for one batch of DDIM-50 with classifier-free guidance (both branches, separate calls)."""
+    expected = 2 * 50
+    return _report(answer == expected, f"{expected}: each of the 50 steps needs the conditional and the unconditional "
+                                       "prediction (the library batches the two into one call of twice the size)",
+                   "guidance combines two predictions at every step")
