@@ -42,6 +42,16 @@ def _non_negative_float(text):
     return value
 
 
+def _step_list(text):
+    try:
+        steps = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated step numbers like 100,500,2000, got {text!r}") from None
+    if any(v < 1 for v in steps):
+        raise argparse.ArgumentTypeError(f"steps must be positive, got {text!r}")
+    return steps
+
+
 def _json_object(text):
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -73,6 +83,8 @@ def build_parser() -> Parser:
     tr.add_argument("--grad-clip", type=_non_negative_float, default=defaults.grad_clip, help="gradient norm clip, 0 = off (default %(default)s)")
     tr.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, batches and noise (default %(default)s)")
     tr.add_argument("--save-every", type=_positive_int, default=defaults.save_every, help="checkpoint interval in steps (default %(default)s)")
+    tr.add_argument("--snapshots", type=_step_list, default=(),
+                    help="comma-separated steps at which to keep the EMA model in OUT/snapshots/, e.g. 100,500,2000")
     tr.add_argument("--arch", choices=("unet", "mlp", "pixelcnn", "classifier"), default=None,
                     help="model to train (default: unet for mnist, mlp for 2-D data); pixelcnn and classifier use mnist")
     tr.add_argument("--model-config", type=_json_object, default={}, help="JSON overriding fields of the model config, e.g. '{\"base_channels\": 24}'")
@@ -123,7 +135,8 @@ def run_train(args) -> None:
     config = TrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, conditional=args.conditional, label_dropout=args.label_dropout,
-                         seed=args.seed, save_every=args.save_every, model=args.model_config, arch=args.arch)
+                         seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
+                         arch=args.arch)
     start = time.perf_counter()
     result = train(config, args.out, device=args.device, progress=not args.quiet)
     last = result.losses[-1] if result.losses else float("nan")

@@ -47,7 +47,7 @@ from .schedules import SCHEDULES, make_schedule
 MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("steps", "save_every")
+RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
 DENOISERS, IMAGE_MODELS = ("unet", "mlp"), ("pixelcnn", "classifier")
 
 
@@ -69,6 +69,7 @@ class TrainConfig:
     label_dropout: float = 0.1
     seed: int = 0
     save_every: int = 500
+    snapshots: tuple[int, ...] = ()  # steps at which to keep a copy of the EMA model in OUT/snapshots/
     model: dict = field(default_factory=dict)
     arch: str | None = None  # None: the data's denoiser (unet for mnist, mlp for 2-D); or pixelcnn, classifier
 
@@ -180,7 +181,9 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
 
     `callback(step, loss, result)` runs every step on rank 0 (for live plots). Checkpoints go to
     `out_dir/model.safetensors` (EMA weights, for sampling) and `out_dir/train_state.safetensors`
-    (everything needed to resume) every `save_every` steps and at the end.
+    (everything needed to resume) every `save_every` steps and at the end; the EMA model at each
+    step listed in `snapshots` is kept in `out_dir/snapshots/step_NNNNNN.safetensors`, for showing
+    how samples improve during training.
     """
     rank, world = _distributed()
     if config.batch_size % world:
@@ -209,6 +212,9 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
             callback(result.step, loss, result)
         if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or result.step == config.steps):
             save_training(out_dir, config, model, ema, optimizer, generator, result)
+        if out_dir is not None and rank == 0 and result.step in config.snapshots:
+            save_model(Path(out_dir) / "snapshots" / f"step_{result.step:06d}.safetensors", ema.model,
+                       {**config.info(), "step": result.step})
     bar.close()
     return result
 

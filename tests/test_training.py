@@ -173,3 +173,12 @@ def test_pretrained_names_what_is_available():
 
     with pytest.raises(CheckpointError, match="no pretrained model 'mnist_gan'; available: .*mnist_classifier"):
         pretrained("mnist_gan")
+
+
+def test_snapshots_keep_the_ema_model_at_the_listed_steps(tmp_path):
+    config = TrainConfig(data="moons", steps=8, batch_size=8, T=50, save_every=100, snapshots=(2, 5), model=TINY_MLP)
+    result = train(config, tmp_path, progress=False)
+    files = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert files == ["step_000002.safetensors", "step_000005.safetensors"]
+    early, info = load_model(tmp_path / "snapshots" / files[0])
+    assert info["step"] == 2 and not _same_weights(early, result.ema_model)
