@@ -130,6 +130,7 @@ for name, sampler, steps, batch in (("DDIM-50", "ddim", 50, n_samples), ("DDPM-1
     calls[name] = len(counter)
     if name == "DDIM-50":
         diffusion_samples = out.clamp(-1, 1)
+print(f"U-Net: {sum(p.numel() for p in unet.parameters()):,} parameters; PixelCNN: {sum(p.numel() for p in pixelcnn.parameters()):,}")
 print(f"{'sampler':<10} {'network calls':>14} {'seconds per image':>18}")
 for name in calls:
     print(f"{name:<10} {calls[name]:>14} {timings[name]:>18.3f}")
@@ -158,10 +159,10 @@ for side in sides:
           f"  DDIM-50: 50 calls x {costs[side][0] * 1e3:6.2f} ms = {costs[side][0] * 50:6.2f} s")
 
 # %% [markdown]
-# Read the figure, not a slogan: per call, both networks cost roughly in proportion to the pixel
-# count. The diffusion samplers' curves therefore grow with the pixel count, while the PixelCNN's
-# grows with its *square* (calls x cost per call). Whatever the ordering at 28x28, the gap opens
-# at every doubling of the side.
+# Read the figure, not a slogan: the cost of one call of either network grows with the pixel count
+# (the printed milliseconds). A diffusion sampler multiplies that by a fixed number of calls; the
+# PixelCNN multiplies it by the pixel count again, so its curve is steeper, and whatever the
+# ordering at 28x28, the gap widens with every doubling of the side.
 #
 # ## 3. Does it look like a digit? Measure it
 #
