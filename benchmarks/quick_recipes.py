@@ -25,6 +25,8 @@ RECIPES = {
     "base16, linear, v, 800 steps": dict(steps=800, schedule="linear", prediction="v", model={"base_channels": 16}),
     "base16, cosine, x0, 800 steps": dict(steps=800, schedule="cosine", prediction="x0", model={"base_channels": 16}),
     "base16, cosine, v, 800 steps": dict(steps=800, schedule="cosine", prediction="v", model={"base_channels": 16}),
+    "base16, cosine, v, 1600 steps": dict(steps=1600, schedule="cosine", prediction="v", model={"base_channels": 16}),
+    "base32, cosine, v, 800 steps": dict(steps=800, schedule="cosine", prediction="v", model={"base_channels": 32}),
 }
 
 

@@ -25,7 +25,9 @@ Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
 
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, save_model
 from .classifier import Classifier, ClassifierConfig, classify
+from . import evaluation
 from .data import load_mnist, make_toy
+from .evaluation import evaluate, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,
                       x0_from_eps, x0_from_v)
 from .guidance import guided_eps_fn

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 import diffusion_lib as dl
 import functools
 
-from diffusion_lib.course import ch01, ch02, ch03, ch05, ch06, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -101,6 +101,19 @@ def test_guidance_view_changes_with_w_and_rejects_unknown_digits():
         ch06.guidance_view(1.0, 10, model, info)
 
 
+def test_training_snapshots_view_and_loss_by_timestep(tmp_path):
+    config = dl.TrainConfig(data="mnist", steps=4, batch_size=4, seed=0, save_every=100, snapshots=(2, 4),
+                            model={"base_channels": 8, "groups": 4})
+    result = dl.train(config, tmp_path, progress=False, callback=ch04.LiveLossPlot(every=2))  # no notebook: no plot
+    samples = ch04.snapshot_samples(sorted((tmp_path / "snapshots").glob("*.safetensors")), n=2, steps=3)
+    assert sorted(samples) == [2, 4] and samples[2].shape == (2, 1, 28, 28)
+    assert not np.allclose(_image_of(ch04.snapshot_view(samples, 2)), _image_of(ch04.snapshot_view(samples, 4)))
+    with pytest.raises(ValueError, match=r"no snapshot at step 3; snapshots exist at \[2, 4\]"):
+        ch04.snapshot_view(samples, 3)
+    losses = ch04.loss_by_timestep_range(result.ema_model, config.info(), dl.load_mnist(train=False)[0][:8], bins=4)
+    assert len(losses) == 4 and all(loss > 0 for loss in losses)
+
+
 def test_sampler_and_trajectory_views():
     model, info = dl.pretrained("mnist_cond")
     few, deterministic = ch05.sampler_view(3, 0.0, model, info, n=2), ch05.sampler_view(3, 0.0, model, info, n=2)
@@ -140,6 +153,11 @@ CHECKS = {
         ("my_ideal_x0", exercises.check_ideal_x0,
          lambda xt, t, data, ab: torch.softmax(-torch.cdist(xt, data) ** 2 / (2 * (1 - ab[t][:, None])), 1) @ data),
         ("zero_predictor_loss", exercises.check_zero_predictor_loss, 0.0),
+    ],
+    "04_training": [
+        ("my_loss", exercises.check_training_loss, lambda model, x0, t, noise, ab: (model(
+            ab[t][:, None].sqrt() * x0 + (1 - ab[t][:, None]).sqrt() * noise, t) - x0).pow(2).mean()),
+        ("ema_horizon", exercises.check_ema_horizon, 1 - 0.999),
     ],
     "05_ddim": [
         ("my_ddim_step", exercises.check_ddim_step,

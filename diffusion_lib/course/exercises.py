@@ -13,6 +13,7 @@ from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
 from ..pixelcnn import MaskedConv2d
 from ..samplers import ddim_step
+from ..training import diffusion_loss
 from ..schedules import make_schedule
 
 
@@ -208,3 +209,35 @@ def check_guided_ddim_calls(answer) -> bool:
     return _report(answer == expected, f"{expected}: each of the 50 steps needs the conditional and the unconditional "
                                        "prediction (the library batches the two into one call of twice the size)",
                    "guidance combines two predictions at every step")
+
+
+# Chapter 4 -----------------------------------------------------------------------------
+
+def check_training_loss(my_loss) -> bool:
+    """`my_loss(model, x0, t, noise, alpha_bars)` -> the simple DDPM loss, as `diffusion_lib.diffusion_loss`."""
+    schedule = make_schedule("linear", 1000)
+    generator = torch.Generator().manual_seed(6)
+    x0, noise = torch.rand(8, 2, generator=generator) * 2 - 1, torch.randn(8, 2, generator=generator)
+    t = torch.randint(0, 1000, (8,), generator=generator)
+    weights = torch.randn(3, 2, generator=generator)
+
+    def model(xt, t, labels=None):  # a fixed stand-in network: a linear map of (x_t, t / T)
+        return torch.cat([xt, t[:, None] / 1000.0], 1) @ weights
+
+    expected = diffusion_loss(model, x0, t, noise, schedule)
+    ab = schedule.alpha_bars.float()[t][:, None]
+    wrong_target = (model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - x0).pow(2).mean()
+    return _compare(my_loss, (model, x0, t, noise, schedule.alpha_bars.float()), expected, 1e-5,
+                    "return the loss as a scalar tensor (use .mean())",
+                    "your loss equals the library's L_simple for a fixed network and fixed randomness",
+                    "noise x0 to x_t = sqrt(ab) x0 + sqrt(1 - ab) noise, call model(x_t, t), and average the squared "
+                    "difference from the noise",
+                    [(wrong_target, "the target is the noise, not x0")])
+
+
+def check_ema_horizon(answer) -> bool:
+    """About how many recent steps an EMA with decay 0.999 averages over (1 / (1 - decay))."""
+    expected = 1 / (1 - 0.999)
+    ok = isinstance(answer, (int, float)) and abs(answer - expected) / expected < 0.1
+    return _report(ok, f"about {expected:.0f} steps: weight (1 - d) d^k on a step k steps ago sums to 1 with mean age d / (1 - d)",
+                   "each update keeps a fraction d of the average: how many steps until d^k has fallen to about 1/e?")

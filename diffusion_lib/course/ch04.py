@@ -1,0 +1,70 @@
+"""Chapter 4 helpers: a live loss plot for the training loop, and the training-snapshot slider's view."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..checkpoint import load_model
+from ..pipeline import generate
+from .plots import show_grid
+
+
+class LiveLossPlot:
+    """A `train(..., callback=...)` callback that redraws the loss curve every `every` steps in one output."""
+
+    def __init__(self, every: int = 50, title: str = "training loss"):
+        from IPython.display import display
+
+        self.every, self.title = every, title
+        self.handle = display(self.figure([]), display_id=True)
+
+    def figure(self, losses: list[float]) -> Figure:
+        fig = Figure(figsize=(6, 3), layout="constrained")
+        ax = fig.subplots()
+        if losses:
+            ax.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3, label="per step")
+            window = min(50, len(losses))
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"mean of {window} steps")
+            ax.legend()
+        ax.set(xlabel="step", ylabel="loss", yscale="log", title=self.title)
+        return fig
+
+    def __call__(self, step: int, loss: float, result) -> None:
+        if step % self.every == 0 and self.handle is not None:  # None outside a notebook
+            self.handle.update(self.figure(result.losses))
+
+
+def snapshot_samples(snapshot_files, n: int = 16, steps: int = 20, seed: int = 0) -> dict[int, torch.Tensor]:
+    """{training step: n DDIM samples from that snapshot}, all from the same starting noise."""
+    samples = {}
+    for path in snapshot_files:
+        model, info = load_model(path)
+        samples[info["step"]] = generate(model, info, n, "ddim", steps, seed=seed)[0]
+    return samples
+
+
+def snapshot_view(samples: dict[int, torch.Tensor], step: int) -> Figure:
+    """The samples drawn from the snapshot taken at training step `step`."""
+    if step not in samples:
+        raise ValueError(f"no snapshot at step {step}; snapshots exist at {sorted(samples)}")
+    return show_grid(samples[step], f"samples after {step} training steps (same noise for every snapshot)", ncols=8)
+
+
+@torch.no_grad()
+def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, seed: int = 0) -> list[float]:
+    """The training loss of `model` on x0, averaged within `bins` equal ranges of t (one t per image per range)."""
+    from ..schedules import make_schedule
+    from ..training import diffusion_loss
+
+    schedule = make_schedule(info["schedule"], info["T"])
+    generator = torch.Generator().manual_seed(seed)
+    edges = np.linspace(0, info["T"], bins + 1).astype(int)
+    losses = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        t = torch.randint(int(low), int(high), (len(x0),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        losses.append(diffusion_loss(model, x0, t, noise, schedule, info["prediction"]).item())
+    return losses
