@@ -45,6 +45,8 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)

@@ -65,3 +65,17 @@ def test_ideal_denoiser_rejects_mismatched_shapes():
     s = make_schedule("linear", 10)
     with pytest.raises(ValueError, match="data points have shape"):
         ideal_x0(torch.randn(2, 3), torch.tensor([1, 2]), torch.randn(5, 4), s)
+
+
+def test_generate_checks_labels_and_unconditional_use():
+    from diffusion_lib import generate
+
+    cond = UNet(UNetConfig(base_channels=8, groups=4, channel_mults=(1, 2), attention_levels=(1,), num_classes=10))
+    uncond = UNet(UNetConfig(base_channels=8, groups=4, channel_mults=(1, 2), attention_levels=(1,)))
+    info = {"schedule": "linear", "T": 10, "prediction": "eps", "data": "mnist"}
+    images, labels = generate(cond, info, 3, "ddim", 2, labels=torch.tensor([1, 2, 3]), guidance=2.0)
+    assert images.shape == (3, 1, 28, 28) and labels.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        generate(cond, info, 3, "ddim", 2, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="this model is unconditional"):
+        generate(uncond, info, 3, "ddim", 2, guidance=3.0)
