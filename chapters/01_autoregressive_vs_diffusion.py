@@ -38,6 +38,7 @@ if "google.colab" in sys.modules:
     pass
 
 # %%
+# %matplotlib inline
 import time
 
 import ipywidgets as widgets
@@ -155,6 +156,7 @@ ax.plot(sides, [costs[s][0] * 1000 for s in sides], "s-", label="DDPM: 1000 call
 ax.plot(sides, [costs[s][0] * 50 for s in sides], "^-", label="DDIM: 50 calls")
 ax.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="seconds per image (measured call time x calls)",
        title="sampling cost vs image size", xticks=sides, xticklabels=sides)
+ax.minorticks_off()
 ax.legend()
 plt.show()
 for side in sides:

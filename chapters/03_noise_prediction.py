@@ -37,6 +37,7 @@ if "google.colab" in sys.modules:
     pass
 
 # %%
+# %matplotlib inline
 import time
 
 import ipywidgets as widgets

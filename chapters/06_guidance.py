@@ -38,6 +38,7 @@ if "google.colab" in sys.modules:
     pass
 
 # %%
+# %matplotlib inline
 import time
 
 import ipywidgets as widgets
@@ -167,8 +168,8 @@ plt.show()
 
 # %% [markdown]
 # Read the two curves together. Accuracy climbs steeply from chance level at $w = 0$ and saturates
-# after a few units of guidance; diversity keeps falling as $w$ grows: the samples of one digit
-# crowd towards a few prototypical, heavy-stroked shapes. Past the point where accuracy saturates,
+# after a few units of guidance; diversity falls as $w$ grows, fastest while accuracy is still
+# rising, then levels off: the samples of one digit crowd towards a few prototypical shapes. Past the point where accuracy saturates,
 # more guidance buys nothing and costs variety (and, at large $w$, image quality: strokes saturate
 # and thicken). Large systems make the same choice with text prompts, typically at moderate
 # guidance scales.
