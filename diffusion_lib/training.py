@@ -216,6 +216,9 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
             save_model(Path(out_dir) / "snapshots" / f"step_{result.step:06d}.safetensors", ema.model,
                        {**config.info(), "step": result.step})
     bar.close()
+    if world > 1:  # let rank 0 finish writing, then leave the group together (a lone exit can abort gloo)
+        dist.barrier()
+        dist.destroy_process_group()
     return result
 
 
