@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import classifier_loss
-from .checkpoint import CheckpointError, read_tensors, save_model, save_tensors
+from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors
 from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
 from .models import build_model
@@ -271,7 +271,7 @@ def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, gene
         tensors.update({f"optim.{i}.{k}": v.reshape(-1) if v.ndim == 0 else v for k, v in state.items()})
     tensors["rng.generator"] = generator.get_state()
     tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
-    metadata = {"format": "diffusion_course/1", "kind": "train_state", "step": str(result.step),
+    metadata = {"format": FORMAT, "kind": "train_state", "step": str(result.step),
                 "train_config": json.dumps(dataclasses.asdict(config))}
     save_tensors(out_dir / STATE_FILE, tensors, metadata)
 

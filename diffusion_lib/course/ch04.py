@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 
 from ..checkpoint import load_model
 from ..pipeline import generate
+from ..schedules import make_schedule
+from ..training import diffusion_loss
 from .plots import show_grid
 
 
@@ -56,9 +58,6 @@ def snapshot_view(samples: dict[int, torch.Tensor], step: int) -> Figure:
 @torch.no_grad()
 def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, seed: int = 0) -> list[float]:
     """The training loss of `model` on x0, averaged within `bins` equal ranges of t (one t per image per range)."""
-    from ..schedules import make_schedule
-    from ..training import diffusion_loss
-
     schedule = make_schedule(info["schedule"], info["T"])
     generator = torch.Generator().manual_seed(seed)
     edges = np.linspace(0, info["T"], bins + 1).astype(int)

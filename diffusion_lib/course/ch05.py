@@ -13,11 +13,17 @@ from ..samplers import Trajectory
 from .plots import show_grid, to_numpy_image
 
 
+def _unconditional(model, n: int) -> dict:
+    """generate() arguments for the unconditional model: guidance 0 (the null label) for a conditional U-Net."""
+    if not model.config.num_classes:
+        return {}
+    return {"guidance": 0.0, "labels": torch.zeros(n, dtype=torch.long)}
+
+
 def sampler_view(steps: int, eta: float, model, info: dict, n: int = 16, seed: int = 0) -> tuple[Figure, float]:
     """n samples from DDIM with `steps` and `eta` (fixed seed), and the seconds they took."""
     start = time.perf_counter()
-    samples, _ = generate(model, info, n, "ddim", steps, eta, guidance=0.0 if model.config.num_classes else None,
-                          labels=torch.zeros(n, dtype=torch.long) if model.config.num_classes else None, seed=seed)
+    samples, _ = generate(model, info, n, "ddim", steps, eta, seed=seed, **_unconditional(model, n))
     seconds = time.perf_counter() - start
     return show_grid(samples, f"DDIM, {steps} steps, eta = {eta:g}: {seconds:.2f} s for {n} images", ncols=8), seconds
 
@@ -43,8 +49,7 @@ def quality_table(model, info: dict, classifier, settings, n: int, seed: int = 0
     rows = []
     for sampler, steps in settings:
         start = time.perf_counter()
-        samples, _ = generate(model, info, n, sampler, steps, guidance=0.0 if model.config.num_classes else None,
-                              labels=torch.zeros(n, dtype=torch.long) if model.config.num_classes else None, seed=seed)
+        samples, _ = generate(model, info, n, sampler, steps, seed=seed, **_unconditional(model, n))
         seconds = (time.perf_counter() - start) / n
         rows.append({"sampler": sampler, "steps": steps, "seconds_per_image": seconds,
                      "mnist_fid": mnist_fid(samples, classifier)})
