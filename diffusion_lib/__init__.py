@@ -23,7 +23,7 @@ One idea per module:
 Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
 """
 
-from .checkpoint import CheckpointError, load_model, load_weights, pretrained, save_model
+from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
 from . import evaluation
 from .data import load_mnist, make_toy
@@ -37,7 +37,8 @@ from .models import as_eps_fn, as_eps_model, build_model
 from .pipeline import generate
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
-from .samplers import Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, sample_loop, slerp
+from .samplers import (Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_step, sample_loop,
+                       slerp)
 from .schedules import Schedule, make_schedule
 from .training import EMA, TrainConfig, diffusion_loss, train
 from .unet import UNet, UNetConfig, timestep_embedding

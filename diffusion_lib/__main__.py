@@ -70,6 +70,8 @@ def build_parser() -> Parser:
     tr.add_argument("--data", required=True, choices=DATASETS, help="training data")
     tr.add_argument("--steps", required=True, type=_positive_int, help="total optimiser steps (a resumed run continues to this)")
     tr.add_argument("--out", required=True, type=Path, help="folder for model.safetensors and train_state.safetensors")
+    tr.add_argument("--max-minutes", type=float, default=None,
+                    help="stop early (with a checkpoint) after this many minutes of training; run again to resume")
     tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (mnist only)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
     tr.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
@@ -96,7 +98,7 @@ def build_parser() -> Parser:
                                          "in [-1, 1] under 'images' (2-D data: (N, 2) under 'points'); a conditional "
                                          "model's labels as int64 (N,) under 'labels'.")
     sa.add_argument("--checkpoint", required=True, type=Path, help="a model.safetensors file, or a training --out folder")
-    sa.add_argument("--sampler", required=True, choices=SAMPLERS, help="ddpm (ancestral) or ddim")
+    sa.add_argument("--sampler", required=True, choices=SAMPLERS, help="ddpm (ancestral), ddim, or dpm-solver++ (second order, good at 10-20 steps)")
     sa.add_argument("--steps", type=_positive_int, default=None,
                     help="sampling steps, 1..T (default: T for ddpm, 50 for ddim; ddpm with fewer steps is respaced)")
     sa.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)")
@@ -138,14 +140,17 @@ def run_train(args) -> None:
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
                          arch=args.arch)
     start = time.perf_counter()
-    result = train(config, args.out, device=args.device, progress=not args.quiet)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    result = train(config, args.out, device=args.device, progress=not args.quiet, max_seconds=max_seconds)
     last = result.losses[-1] if result.losses else float("nan")
     print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s; last loss {last:.4f}; "
           f"model in {args.out / MODEL_FILE}")
 
 
 def run_sample(args) -> None:
-    if args.sampler == "ddpm" and args.eta:
+    if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
     model, info = load_model(args.checkpoint, pick_device(args.device))
     if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):

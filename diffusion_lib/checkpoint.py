@@ -109,6 +109,20 @@ def pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module
     return load_model(PRETRAINED_DIR / name / "model.safetensors", device)
 
 
+def pretrained_snapshots(name: str) -> list[Path]:
+    """The files of a committed run's training snapshots, in step order, ending with its final model.
+
+    Snapshots are the EMA weights kept at the steps given to `train --snapshots`; load each with `load_model`.
+    """
+    final = PRETRAINED_DIR / name / "model.safetensors"
+    if not final.exists():
+        pretrained(name)  # raises the error that lists what is available
+    snapshots = sorted((PRETRAINED_DIR / name / "snapshots").glob("step_*.safetensors"))
+    if not snapshots:
+        raise CheckpointError(f"{name!r} was trained without --snapshots: {PRETRAINED_DIR / name / 'snapshots'} is empty")
+    return [*snapshots, final]
+
+
 def load_weights(model: nn.Module, path: str | Path) -> dict:
     """Load the weights at `path` into an existing `model`, checking it has the same architecture and config."""
     tensors, metadata = read_tensors(path)

@@ -1,6 +1,6 @@
-"""Reverse-process samplers: DDPM ancestral sampling, DDIM, and DDIM inversion.
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM, DPM-Solver++(2M), and DDIM inversion.
 
-Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"):
+Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu et al. 2022, "DPM-Solver++"):
 
 | code            | symbol                                                        |
 | --------------- | ------------------------------------------------------------- |
@@ -8,6 +8,8 @@ Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"):
 | `x0_hat`        | predicted x_0 (DDIM Eq. 12, first term)                       |
 | `t`, `t_prev`   | tau_i and tau_{i-1} of a DDIM subsequence; `t_prev = -1` is x_0 |
 | `sigma_t`       | sigma_tau_i(eta), DDIM Eq. 16                                 |
+| `lam`           | lambda_t = log(alpha_t / sigma_t), half the log-SNR (DPM-Solver++) |
+| `h`             | lambda_{t_i} - lambda_{t_{i-1}}, the step in lambda           |
 
 Samplers are plain functions over an `eps_fn(xt, t) -> eps` callable, where `t` is a
 LongTensor (B,). Guidance and the eps/x0/v parametrisation are wrappers that build such a
@@ -25,7 +27,7 @@ import torch
 from .forward import eps_from_x0, q_posterior, x0_from_eps
 from .schedules import Schedule
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 
 
 def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -90,6 +92,33 @@ def ddim_step(eps, xt, t, t_prev, schedule: Schedule, eta=0.0, noise=None, gener
     return x_prev, x0_hat
 
 
+def _lambda(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) = log(sqrt(ab) / sqrt(1 - ab)); +inf at the clean data (ab = 1)."""
+    return 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())
+
+
+def dpm_solver_step(x0_hat, xt, t, t_prev, schedule: Schedule, previous=None):
+    """One DPM-Solver++(2M) step x_t -> x_{t_prev} from data predictions. Lu et al. 2022, Algorithm 2.
+
+    First order (previous None, and always on the last step to t_prev = -1): the DDIM step,
+    x_prev = (sigma_prev / sigma) x_t - alpha_prev (e^{-h} - 1) x0_hat.
+    Second order: x0_hat is replaced by D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_before, with
+    r = h_before / h, a finite-difference correction from the previous step's prediction.
+    `previous` is (x0_hat_before, h_before). Returns (x_prev, (x0_hat, h)) for the next call.
+    """
+    schedule.check_timesteps(t_prev, allow_minus_one=True)
+    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t, xt).double(), _alpha_bar(schedule, t_prev, xt).double()
+    h = _lambda(alpha_bar_prev) - _lambda(alpha_bar)  # > 0: lambda grows towards the data
+    data = x0_hat
+    if previous is not None and bool((t_prev >= 0).all()):
+        x0_before, h_before = previous
+        r = h_before / h
+        data = (1 + 1 / (2 * r)).to(xt.dtype) * x0_hat - (1 / (2 * r)).to(xt.dtype) * x0_before
+    sigma_ratio = ((1 - alpha_bar_prev) / (1 - alpha_bar)).sqrt()
+    x_prev = sigma_ratio.to(xt.dtype) * xt - (alpha_bar_prev.sqrt() * torch.expm1(-h)).to(xt.dtype) * data
+    return x_prev, (x0_hat, h)
+
+
 def ddim_timesteps(T: int, steps: int) -> list[int]:
     """An evenly spaced decreasing subsequence of `steps` timesteps ending at 0. DDIM Sec. 4.2."""
     if not isinstance(steps, int) or steps < 1 or steps > T:
@@ -98,6 +127,17 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     if steps == 1:
         return [T - 1]
     return sorted({round((T - 1) * i / (steps - 1)) for i in range(steps)}, reverse=True)
+
+
+def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
+    """`steps` evenly spaced timesteps from T-1 down to about T/steps, leaving the last stride for the jump to x_0.
+
+    Unlike DDIM's subsequence, t = 0 is not visited: a multistep solver spends no network call on
+    the nearly clean end, and its final (first-order) step goes straight to the data.
+    """
+    if not isinstance(steps, int) or steps < 1 or steps > T:
+        raise ValueError(f"steps must be an integer between 1 and T={T}, got {steps!r}")
+    return sorted({round((T - 1) * (1 - i / steps)) for i in range(steps)}, reverse=True)
 
 
 @dataclass
@@ -121,28 +161,33 @@ def sample_loop(eps_fn, shape, schedule: Schedule, sampler="ddim", steps=None, e
 
     "ddpm" is Algorithm 2 over all T steps (`steps` None or T). With fewer `steps` it runs the
     ancestral sampler on an evenly respaced chain (Improved DDPM Sec. 4), which is DDIM with
-    eta = 1 on that subsequence. "ddim" takes `steps` (default 50) and `eta`.
+    eta = 1 on that subsequence. "ddim" takes `steps` (default 50) and `eta`. "dpm-solver++" is
+    the deterministic second-order multistep solver (default 20 steps; one network call per step).
     `x_T` fixes the starting noise (shape `shape`); otherwise it is drawn from `generator`.
     `progress` is an optional wrapper such as `tqdm`. Returns x_0 (shape), or
     (x_0, Trajectory) when `return_trajectory` is true.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if sampler == "ddpm" and eta != 0.0:
+    if sampler != "ddim" and eta != 0.0:
         raise ValueError("eta applies to the ddim sampler only (ddim with eta=1 is DDPM-like)")
     if steps is None:
-        steps = schedule.T if sampler == "ddpm" else min(50, schedule.T)
-    timesteps = ddim_timesteps(schedule.T, steps)
+        steps = {"ddpm": schedule.T, "ddim": min(50, schedule.T), "dpm-solver++": min(20, schedule.T)}[sampler]
+    timesteps = (dpm_solver_timesteps if sampler == "dpm-solver++" else ddim_timesteps)(schedule.T, steps)
     full_ddpm = sampler == "ddpm" and steps == schedule.T
     eta = 1.0 if sampler == "ddpm" else eta
     x = _start(shape, generator, device, x_T)
     trajectory = Trajectory()
     pairs = list(zip(timesteps, timesteps[1:] + [-1]))
+    previous = None  # DPM-Solver++: the last data prediction and step size
     for t_int, t_prev_int in progress(pairs) if progress else pairs:
         t = torch.full((shape[0],), t_int, dtype=torch.long, device=x.device)
         with torch.no_grad():
             eps = eps_fn(x, t)
-        if full_ddpm:
+        if sampler == "dpm-solver++":
+            x0_hat, _ = _predict_x0(eps, x, t, schedule, clip_x0)
+            x_next, previous = dpm_solver_step(x0_hat, x, t, torch.full_like(t, t_prev_int), schedule, previous)
+        elif full_ddpm:
             x_next, x0_hat = ddpm_step(eps, x, t, schedule, generator=generator, clip_x0=clip_x0)
         else:
             t_prev = torch.full_like(t, t_prev_int)

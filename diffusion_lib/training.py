@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, progress: bool = True,
-          callback=None) -> TrainResult:
+          callback=None, max_seconds: float | None = None) -> TrainResult:
     """Train (or resume, when `out_dir` holds a training state) and return the model, EMA model and losses.
 
     `callback(step, loss, result)` runs every step on rank 0 (for live plots). Checkpoints go to
@@ -184,7 +185,12 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
     (everything needed to resume) every `save_every` steps and at the end; the EMA model at each
     step listed in `snapshots` is kept in `out_dir/snapshots/step_NNNNNN.safetensors`, for showing
     how samples improve during training.
+
+    `max_seconds` stops the run early, with a checkpoint, once that much wall time has passed since
+    the loop started (for "what do 5 minutes of training buy?"); a later call resumes it.
     """
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     rank, world = _distributed()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
@@ -202,7 +208,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
     data = data.to(device)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     bar = _progress_bar(config.steps, result.step, enabled=progress and rank == 0)
-    while result.step < config.steps:
+    start, out_of_time = time.perf_counter(), False
+    while result.step < config.steps and not out_of_time:
         loss = _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, result.step, rank, world)
         result.step += 1
         result.losses.append(loss)
@@ -210,7 +217,9 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if callback is not None and rank == 0:
             callback(result.step, loss, result)
-        if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or result.step == config.steps):
+        out_of_time = max_seconds is not None and _agree(time.perf_counter() - start >= max_seconds, world, device)
+        last = result.step == config.steps or out_of_time
+        if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or last):
             save_training(out_dir, config, model, ema, optimizer, generator, result)
         if out_dir is not None and rank == 0 and result.step in config.snapshots:
             save_model(Path(out_dir) / "snapshots" / f"step_{result.step:06d}.safetensors", ema.model,
@@ -220,6 +229,15 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _agree(flag: bool, world: int, device) -> bool:
+    """True on every process when it is true on any (so that all ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, step, rank, world) -> float:

@@ -29,9 +29,10 @@ def mnist_runs(tmp_path_factory):
     return root
 
 
-def test_sample_writes_the_documented_npz(mnist_runs, tmp_path):
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
+def test_sample_writes_the_documented_npz(mnist_runs, tmp_path, sampler):
     out = tmp_path / "s.npz"
-    result = run("sample", "--checkpoint", str(mnist_runs / "uncond" / "model.safetensors"), "--sampler", "ddim",
+    result = run("sample", "--checkpoint", str(mnist_runs / "uncond" / "model.safetensors"), "--sampler", sampler,
                  "--steps", "10", "--n", "8", "--out", str(out))
     assert result.returncode == 0, result.stderr
     data = np.load(out)
@@ -74,6 +75,8 @@ def test_help_documents_every_option():
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "3,12", "--out", "x.npz"], r"labels must lie in 0\.\.9"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "three", "--out", "x.npz"], "comma-separated integers"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddpm", "--eta", "0.5", "--n", "2", "--out", "x.npz"], "ddim only"),
+    (["sample", "--checkpoint", "COND", "--sampler", "dpm-solver++", "--eta", "1", "--n", "2", "--out", "x.npz"], "ddim only"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--max-minutes", "0"], "--max-minutes must be positive"),
     (["sample", "--checkpoint", "pyproject.toml", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "truncated or corrupt"),
 ])
 def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, message):

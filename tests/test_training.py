@@ -182,3 +182,16 @@ def test_snapshots_keep_the_ema_model_at_the_listed_steps(tmp_path):
     assert files == ["step_000002.safetensors", "step_000005.safetensors"]
     early, info = load_model(tmp_path / "snapshots" / files[0])
     assert info["step"] == 2 and not _same_weights(early, result.ema_model)
+
+
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes(tmp_path):
+    config = TrainConfig(data="moons", steps=100_000, batch_size=8, T=50, seed=1, save_every=100_000, model=TINY_MLP)
+    stopped = train(config, tmp_path, progress=False, max_seconds=0.2)
+    assert 0 < stopped.step < config.steps
+    assert load_model(tmp_path / MODEL_FILE)[1]["step"] == stopped.step  # checkpointed at the stop
+    target = stopped.step + 3
+    resumed = train(TrainConfig(**{**config.__dict__, "steps": target}), tmp_path, progress=False)
+    whole = train(TrainConfig(**{**config.__dict__, "steps": target}), progress=False)
+    assert resumed.step == target and _same_weights(whole.model, resumed.model)
+    with pytest.raises(ValueError, match="max_seconds"):
+        train(config, progress=False, max_seconds=0)

@@ -54,3 +54,17 @@ def quality_table(model, info: dict, classifier, settings, n: int, seed: int = 0
         rows.append({"sampler": sampler, "steps": steps, "seconds_per_image": seconds,
                      "mnist_fid": mnist_fid(samples, classifier)})
     return rows
+
+
+def merge_quality_tables(live: list[dict], committed: list[dict], live_n: int) -> list[dict]:
+    """Rows measured here first, then the committed rows for settings not measured here, each with its `source`.
+
+    A committed row measured here too gets `committed_fid` beside the live figure, to compare.
+    """
+    committed_by = {(r["sampler"], r["steps"]): r for r in committed}
+    rows = [{**r, "source": f"here, n={live_n}",
+             "committed_fid": committed_by.get((r["sampler"], r["steps"]), {}).get("mnist_fid")} for r in live]
+    measured = {(r["sampler"], r["steps"]) for r in live}
+    rows += [{**r, "source": "committed", "committed_fid": r["mnist_fid"]} for r in committed
+             if (r["sampler"], r["steps"]) not in measured]
+    return sorted(rows, key=lambda r: (r["sampler"], -r["steps"]))

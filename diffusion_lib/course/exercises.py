@@ -22,6 +22,9 @@ def _report(ok: bool, success: str, hint: str) -> bool:
     return ok
 
 
+NO_ANSWER = "no answer yet: replace None in the cell above with your answer, run it, then run this check"
+
+
 def _call(fn, *args):
     """Run the learner's function; turn its exception into a hint instead of a traceback."""
     try:
@@ -76,6 +79,8 @@ def check_raster_mask(make_mask) -> bool:
 
 def check_pixelcnn_calls(answer) -> bool:
     """Calls needed to sample one 64x64 RGB image when each colour value of each pixel is one step."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     expected = 64 * 64 * 3
     if answer == 64 * 64:
         return _report(False, "", "that counts pixels; each of the 3 colour values of a pixel is its own step")
@@ -103,6 +108,8 @@ def check_q_sample(my_q_sample) -> bool:
 
 def check_half_signal_step(answer) -> bool:
     """The first t at which the linear schedule's alpha-bar drops below 0.5 (signal and noise variance equal)."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     alpha_bars = make_schedule("linear", 1000).alpha_bars
     expected = int((alpha_bars < 0.5).nonzero()[0])
     if answer == 500:
@@ -145,6 +152,8 @@ def check_ideal_x0(my_ideal_x0) -> bool:
 
 def check_zero_predictor_loss(answer) -> bool:
     """The MSE loss of a network that always predicts eps = 0, at any t (measured here)."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     noise = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
     measured = noise.pow(2).mean().item()
     ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
@@ -179,6 +188,8 @@ def check_guided_eps(my_guided_eps) -> bool:
 
 def check_unguided_accuracy(answer, measured: float) -> bool:
     """Predict the accuracy at w = 0 (labels ignored); `measured` is the chapter's own measurement."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.1
     return _report(ok, f"at w = 0 the label is ignored, so a sample matches its requested digit by chance: "
                        f"about 1 in 10 (measured {measured:.2f})",
@@ -205,6 +216,8 @@ def check_ddim_step(my_ddim_step) -> bool:
 
 def check_guided_ddim_calls(answer) -> bool:
     """Network evaluations for one batch of DDIM-50 with classifier-free guidance (both branches, separate calls)."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     expected = 2 * 50
     return _report(answer == expected, f"{expected}: each of the 50 steps needs the conditional and the unconditional "
                                        "prediction (the library batches the two into one call of twice the size)",
@@ -237,6 +250,8 @@ def check_training_loss(my_loss) -> bool:
 
 def check_ema_horizon(answer) -> bool:
     """About how many recent steps an EMA with decay 0.999 averages over (1 / (1 - decay))."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
     expected = 1 / (1 - 0.999)
     ok = isinstance(answer, (int, float)) and abs(answer - expected) / expected < 0.1
     return _report(ok, f"about {expected:.0f} steps: weight (1 - d) d^k on a step k steps ago sums to 1 with mean age d / (1 - d)",

@@ -1,0 +1,497 @@
+"""Every benchmark of the course, from one command: speed, sample quality, quality per CPU-minute, course run time.
+
+    python benchmarks/run.py                     # everything (about 1.5 hours on a 2-core CPU)
+    python benchmarks/run.py --only steps,guidance
+    python benchmarks/run.py --quick --out /tmp/bench   # a few minutes, small figures, for trying it out
+
+Each section writes OUT/SECTION.json (figures, the exact command, date, machine, threads), and
+benchmarks/RESULTS.md is rendered from all the sections found in OUT. The default OUT is
+diffusion_lib/course/measured/, which the chapters read (chapter 5's steps-vs-quality rows that are
+too slow to redo live). Figures, not tests: nothing here fails on a slow machine.
+
+Sections:
+  training   images/s of the default U-Net at batch 128; share of a step inside the network; FLOP/s vs peak
+  sampling   seconds per image for DDPM-1000 and DDIM-100/50/20/10; share of time in network calls
+  steps      MNIST-FID vs sampler and steps (mnist_uncond; chapter 5's table)
+  guidance   class accuracy, MNIST-FID and diversity vs guidance scale (mnist_cond; chapter 6)
+  pretrained accuracy of mnist_classifier, NLL of mnist_pixelcnn, class accuracy of mnist_cond at w = 3
+  budget     MNIST-FID after 5, 10 and 20 minutes of training (quality per CPU-minute)
+  recipes    MNIST-FID of short training recipes (model size, schedule, target) at a fixed step count
+  course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import diffusion_lib as dl
+from diffusion_lib.course.ch05 import quality_table
+from diffusion_lib.course.ch06 import guidance_sweep
+from diffusion_lib.course.measured import MEASURED_DIR
+from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
+from diffusion_lib.pipeline import parse_labels
+
+REPO = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((REPO / "chapters").glob("[0-9][0-9]_*.ipynb"))
+FP32_FLOP_PER_CYCLE = 32  # two 256-bit FMA pipes: 2 x 8 lanes x 2 (AMD Zen 2-4, most Intel cores without AVX-512)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    mhz = next((float(line.split(":", 1)[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")), None)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "cores": os.cpu_count(), "mhz": mhz, "memory_gib": round(memory, 1) if memory else None,
+            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
+
+
+def classifier():
+    return dl.pretrained("mnist_classifier")[0]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats: int) -> float:
+    """Median seconds per call of fn, after one warm-up call."""
+    fn()
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def recognised(images: torch.Tensor, net) -> float:
+    """Fraction of images the classifier assigns to some digit with probability >= 0.9."""
+    _, confidence = dl.classify(net, images)
+    return (confidence >= 0.9).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def training(args, device) -> dict:
+    """Images/s of the library's own training loop, and how much of a step the network takes."""
+    batch, steps = 128, 3 if args.quick else 20
+    config = dl.TrainConfig(data="mnist", steps=steps + 2, batch_size=batch, seed=0, save_every=10**9)
+    stamps = []
+    dl.train(config, device=device, progress=False, callback=lambda step, loss, result: stamps.append(time.perf_counter()))
+    step_seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))  # steps 3 on: no warm-up
+
+    torch.manual_seed(0)
+    model = dl.UNet().to(device).train()
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+
+    def network_only():
+        model.zero_grad(set_to_none=True)
+        model(x, t).pow(2).mean().backward()
+
+    network_seconds = _timed(network_only, device, steps)
+    with FlopCounterMode(display=False) as counter:
+        network_only()
+    flops = counter.get_total_flops()
+    info = machine()
+    threads = torch.get_num_threads()
+    peak = info["mhz"] * 1e6 * threads * FP32_FLOP_PER_CYCLE if info["mhz"] and device.type == "cpu" else None
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch_size": batch,
+        "images_per_second": batch / step_seconds,
+        "step_seconds": step_seconds,
+        "network_seconds": network_seconds,
+        "overhead_share": 1 - network_seconds / step_seconds,
+        "flop_per_step": flops,
+        "achieved_flops": flops / network_seconds,
+        "peak_flops": peak,
+        "peak_assumption": f"{threads} threads x {info['mhz']:.0f} MHz x {FP32_FLOP_PER_CYCLE} fp32 FLOP/cycle"
+                           if peak else None,
+    }
+
+
+def sampling(args, device) -> dict:
+    """Seconds per image of each sampler on the default U-Net, and the share spent inside network calls."""
+    torch.manual_seed(0)
+    model = dl.UNet().to(device).eval()
+    schedule = dl.make_schedule("linear", 1000)
+    inner = dl.as_eps_fn(model, schedule)
+    batch = 16
+    rows = []
+    settings = [("ddpm", 100), ("ddim", 50)] if args.quick else [("ddpm", 1000), ("ddim", 100), ("ddim", 50),
+                                                                  ("ddim", 20), ("ddim", 10)]
+    for sampler, steps in settings:
+        in_network = [0.0]
+
+        def eps_fn(x, t):
+            _sync(device)
+            start = time.perf_counter()
+            out = inner(x, t)
+            _sync(device)
+            in_network[0] += time.perf_counter() - start
+            return out
+
+        dl.sample_loop(inner, (batch, 1, 28, 28), schedule, "ddim", 2, device=device)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        dl.sample_loop(eps_fn, (batch, 1, 28, 28), schedule, sampler, steps, device=device, clip_x0=True)
+        _sync(device)
+        total = time.perf_counter() - start
+        rows.append({"sampler": sampler, "steps": steps, "seconds_per_image": total / batch,
+                     "network_share": in_network[0] / total, "overhead_share": 1 - in_network[0] / total})
+    return {"batch": batch, "rows": rows}
+
+
+def steps(args, device) -> dict:
+    """Chapter 5's steps-vs-quality table for the committed unconditional model."""
+    model, info = dl.pretrained("mnist_uncond", device)
+    net = classifier()
+    n = 32 if args.quick else 256
+    settings = ([("ddim", 10), ("ddim", 5)] if args.quick else
+                [("ddpm", 1000), ("ddpm", 250), ("ddpm", 100), ("ddpm", 50),
+                 ("ddim", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5),
+                 ("dpm-solver++", 20), ("dpm-solver++", 10), ("dpm-solver++", 5)])
+    rows = quality_table(model, info, net, settings, n=n, seed=5)
+    return {"model": "mnist_uncond", "n": n, "seed": 5, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
+
+
+def guidance(args, device) -> dict:
+    """Class accuracy and diversity against the guidance scale, and MNIST-FID, for mnist_cond with DDIM-50."""
+    model, info = dl.pretrained("mnist_cond", device)
+    net = classifier()
+    n, sampler_steps = (40, 10) if args.quick else (200, 50)
+    scales = [0.0, 3.0] if args.quick else [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0]
+    sweep = guidance_sweep(model, info, net, scales, n=n, steps=sampler_steps, seed=0)
+    labels = torch.arange(n) % 10
+    fids = [mnist_fid(dl.generate(model, info, n, "ddim", sampler_steps, guidance=w, labels=labels, seed=0)[0], net)
+            for w in scales]
+    return {"model": "mnist_cond", "n": n, "sampler": f"DDIM-{sampler_steps}", **sweep, "mnist_fid": fids,
+            "real_baseline_fid": real_baseline_fid(n, net)}
+
+
+def pretrained(args, device) -> dict:
+    """The committed models' own figures."""
+    images, labels = dl.load_mnist(train=False)
+    net, net_info = dl.pretrained("mnist_classifier")
+    predicted, _ = dl.classify(net, images)
+    pixelcnn, pixel_info = dl.pretrained("mnist_pixelcnn")
+    count = 1000 if args.quick else 10000
+    with torch.no_grad():
+        nll = sum(dl.pixelcnn_loss(pixelcnn, dl.binarize(images[i:i + 1000])).item() for i in range(0, count, 1000))
+    nll /= count // 1000
+    unet, info = dl.pretrained("mnist_cond", device)
+    n = 40 if args.quick else 200
+    wanted = parse_labels("all", n, unet.config.num_classes)
+    samples, wanted = dl.generate(unet, info, n, "ddim", 50, guidance=3.0, labels=wanted, seed=0)
+    got, _ = dl.classify(net, samples)
+    uncond, uncond_info = dl.pretrained("mnist_uncond", device)
+    uncond_samples, _ = dl.generate(uncond, uncond_info, n, "ddim", 50, seed=0)
+    return {
+        "classifier_test_accuracy": (predicted == labels).float().mean().item(),
+        "pixelcnn_test_nll_nats_per_image": nll * 784, "pixelcnn_test_digits": count,
+        "cond_accuracy_w3_ddim50": (got == wanted).float().mean().item(), "cond_samples": n,
+        "uncond_recognised_ddim50": recognised(uncond_samples, net),
+        "steps": {"mnist_classifier": net_info["step"], "mnist_pixelcnn": pixel_info["step"],
+                  "mnist_cond": info["step"], "mnist_uncond": uncond_info["step"]},
+    }
+
+
+RECIPES = {
+    "default (TrainConfig(): base 32, linear, eps, batch 128, lr 1e-3)": {},
+    "chapter 4 (base 16, cosine, v, batch 32, lr 5e-3)": dict(batch_size=32, lr=5e-3, warmup=50, ema_decay=0.995,
+                                                              schedule="cosine", prediction="v",
+                                                              model={"base_channels": 16}),
+}
+
+
+def budget(args, device) -> dict:
+    """MNIST-FID of the EMA model after fixed wall-clock budgets of training (one run per recipe, copies at each mark)."""
+    minutes = [0.25, 0.5] if args.quick else [5.0, 10.0, 20.0]
+    net = classifier()
+    n = 32 if args.quick else 256
+    results = {"minutes": minutes, "n": n, "sampler": "DDIM-50", "real_baseline_fid": real_baseline_fid(n, net),
+               "recipes": {}}
+    for name, recipe in RECIPES.items():
+        if args.recipe and args.recipe not in name:
+            continue
+        config = dl.TrainConfig(data="mnist", steps=10**9, seed=0, save_every=10**9, **recipe)
+        marks = {}
+
+        def keep(step, loss, result):
+            elapsed = time.perf_counter() - start  # counted from before train(): data loading is part of the budget
+            for m in minutes:
+                if m not in marks and elapsed >= 60 * m:
+                    marks[m] = (step, copy.deepcopy(result.ema_model))
+
+        start = time.perf_counter()
+        dl.train(config, device=device, progress=False, callback=keep, max_seconds=60 * minutes[-1] + 30)
+        rows = []
+        for m in minutes:
+            step, model = marks.get(m, (None, None))
+            if model is None:
+                continue
+            samples, _ = dl.generate(model, config.info(), n, "ddim", 50, seed=0)
+            rows.append({"minutes": m, "steps": step, "images_seen": step * config.batch_size,
+                         "mnist_fid": mnist_fid(samples, net), "recognised": recognised(samples, net)})
+        results["recipes"][name] = rows
+    return results
+
+
+QUICK_RECIPES = {
+    "base16, linear, eps": dict(schedule="linear", prediction="eps", model={"base_channels": 16}),
+    "base16, cosine, eps": dict(schedule="cosine", prediction="eps", model={"base_channels": 16}),
+    "base16, linear, v": dict(schedule="linear", prediction="v", model={"base_channels": 16}),
+    "base16, cosine, x0": dict(schedule="cosine", prediction="x0", model={"base_channels": 16}),
+    "base16, cosine, v": dict(schedule="cosine", prediction="v", model={"base_channels": 16}),
+    "base32, cosine, v": dict(schedule="cosine", prediction="v", model={"base_channels": 32}),
+}
+
+
+def recipes(args, device) -> dict:
+    """Short recipes at equal steps (batch 32): what model size, schedule and target do for a brief run."""
+    net = classifier()
+    n, train_steps = (32, 30) if args.quick else (256, 800)
+    rows = []
+    for name, recipe in QUICK_RECIPES.items():
+        config = dl.TrainConfig(data="mnist", steps=train_steps, batch_size=32, lr=5e-3, warmup=50, ema_decay=0.995,
+                                seed=0, save_every=10**9, **recipe)
+        start = time.perf_counter()
+        result = dl.train(config, device=device, progress=False)
+        seconds = time.perf_counter() - start
+        samples, _ = dl.generate(result.ema_model, config.info(), n, "ddim", 20, seed=0)
+        rows.append({"recipe": name, "steps": train_steps, "train_seconds": seconds,
+                     "mnist_fid": mnist_fid(samples, net), "recognised": recognised(samples, net)})
+    return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
+
+
+def _run_measuring_memory(command: list[str], env: dict) -> tuple[float, float, int]:
+    """(wall seconds, peak resident memory in MiB of the largest process in the tree, return code)."""
+    probe = ("import resource, subprocess, sys, time\n"
+             "start = time.perf_counter()\n"
+             "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
+             "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n")
+    out = subprocess.run([sys.executable, "-c", probe, *command], env=env, cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), int(out[1]) / 1024, int(out[2])
+
+
+def course(args, device) -> dict:
+    """Wall time and peak memory of each chapter in full mode, and of the fast-mode nbval suite."""
+    full_env = {k: v for k, v in os.environ.items() if k != "DIFFUSION_COURSE_FAST"}
+    fast_env = {**os.environ, "DIFFUSION_COURSE_FAST": "1"}
+    rows = []
+    chapters = CHAPTERS[:1] if args.quick else CHAPTERS
+    with tempfile.TemporaryDirectory() as tmp:
+        for notebook in chapters:
+            row = {"chapter": notebook.stem}
+            for mode, env in (("fast", fast_env), ("full", full_env)):
+                command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                           "--ExecutePreprocessor.timeout=1200", "--output-dir", tmp, str(notebook)]
+                seconds, peak, code = _run_measuring_memory(command, env)
+                row.update({f"{mode}_seconds": seconds, f"{mode}_peak_mib": peak, f"{mode}_ok": code == 0})
+            rows.append(row)
+    suite = {}
+    if not args.quick:
+        seconds, peak, code = _run_measuring_memory([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                     "chapters"], fast_env)
+        suite = {"nbval_fast_seconds": seconds, "nbval_fast_ok": code == 0}
+    return {"rows": rows, **suite}
+
+
+SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, budget, recipes, course)}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _fmt(value, spec=".1f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def render(out: Path) -> str:
+    """RESULTS.md from every SECTION.json in `out`."""
+    found = {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS if (out / f"{name}.json").exists()}
+    lines = ["# Benchmark results", "",
+             "Written by `benchmarks/run.py` from the figures in `diffusion_lib/course/measured/`; each section gives "
+             "the command, date, machine and thread count it ran with. Targets are those of the course's evaluation "
+             "issue, for a 2-core CPU. MNIST-FID: Frechet distance in the committed classifier's features against the "
+             "MNIST test set; the real-digit floor is the FID of the same number of real training digits.", ""]
+    for name, result in found.items():
+        lines += [f"## {name}", "", f"`{result['command']}`", "",
+                  f"{result['date']}; {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+                  f"{result['threads']} torch thread(s), device {result['device']}, torch {result['machine']['torch']}"
+                  + ("; **quick mode** (small figures)" if result["quick"] else ""), ""]
+        lines += RENDERERS[name](result["figures"]) + [""]
+    return "\n".join(lines)
+
+
+def _render_training(f):
+    lines = [f"- Default U-Net ({f['parameters']:,} parameters), batch {f['batch_size']}: "
+             f"**{f['images_per_second']:.1f} images/s** (target: at least 60)",
+             f"- Share of a training step outside the network's forward+backward (batch drawing, noising, AdamW, "
+             f"gradient clipping, EMA): **{100 * f['overhead_share']:.1f}%** (target: at most 10%); "
+             f"step {1000 * f['step_seconds']:.0f} ms, network {1000 * f['network_seconds']:.0f} ms",
+             f"- Forward+backward: {f['flop_per_step'] / 1e9:.1f} GFLOP per step; achieved "
+             f"{f['achieved_flops'] / 1e9:.1f} GFLOP/s"]
+    if f["peak_flops"]:
+        lines.append(f"- Theoretical fp32 peak {f['peak_flops'] / 1e9:.0f} GFLOP/s ({f['peak_assumption']}): "
+                     f"the network runs at **{100 * f['achieved_flops'] / f['peak_flops']:.0f}%** of it")
+    return lines
+
+
+def _render_sampling(f):
+    lines = [f"Batch of {f['batch']}, default U-Net, linear schedule.", "",
+             "| sampler | steps | s per image | time in network calls | sampler overhead (target at most 5%) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['sampler'].upper()} | {r['steps']} | {r['seconds_per_image']:.3f} | {100 * r['network_share']:.1f}% "
+              f"| {100 * r['overhead_share']:.1f}% |" for r in f["rows"]]
+    return lines
+
+
+def _render_steps(f):
+    rows = f["rows"]
+    lines = [f"{f['model']}, {f['n']} samples per row (seed {f['seed']}); real-digit floor {f['real_baseline_fid']:.1f}.",
+             "", "| sampler | steps | s per image | MNIST-FID |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['sampler'].upper()} | {r['steps']} | {r['seconds_per_image']:.3f} | {r['mnist_fid']:.1f} |"
+              for r in rows]
+    by = {(r["sampler"], r["steps"]): r for r in rows}
+    if ("ddim", 10) in by and ("dpm-solver++", 10) in by:
+        lines += ["", f"At 10 steps: DPM-Solver++(2M) MNIST-FID **{by[('dpm-solver++', 10)]['mnist_fid']:.1f}** vs "
+                      f"DDIM **{by[('ddim', 10)]['mnist_fid']:.1f}**"]
+    if ("ddpm", 1000) in by and ("ddim", 50) in by:
+        ddpm, ddim = by[("ddpm", 1000)], by[("ddim", 50)]
+        lines += ["", f"DDIM-50 vs DDPM-1000: MNIST-FID ratio **{ddim['mnist_fid'] / ddpm['mnist_fid']:.2f}** "
+                      f"(target at most 1.5) at **{ddpm['seconds_per_image'] / ddim['seconds_per_image']:.1f}x** less time "
+                      "(target at least 19x)"]
+    return lines
+
+
+def _render_guidance(f):
+    lines = [f"{f['model']}, {f['sampler']}, {f['n']} samples per scale (labels 0-9 in turn); real-digit floor "
+             f"{f['real_baseline_fid']:.1f}.", "",
+             "| w | class accuracy | MNIST-FID | diversity within a class |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {w:g} | {a:.3f} | {fid:.1f} | {d:.2f} |"
+              for w, a, fid, d in zip(f["w"], f["accuracy"], f["mnist_fid"], f["diversity"])]
+    if 3.0 in f["w"]:
+        lines += ["", f"Accuracy at w = 3: **{f['accuracy'][f['w'].index(3.0)]:.3f}** (target at least 0.97)"]
+    return lines
+
+
+def _render_pretrained(f):
+    return [f"- mnist_classifier: test accuracy **{f['classifier_test_accuracy']:.4f}** (10,000 test digits)",
+            f"- mnist_pixelcnn: test NLL **{f['pixelcnn_test_nll_nats_per_image']:.1f}** nats per binarised image "
+            f"({f['pixelcnn_test_digits']} test digits)",
+            f"- mnist_cond: DDIM-50 at w = 3 gives the requested digit **{f['cond_accuracy_w3_ddim50']:.3f}** of "
+            f"{f['cond_samples']} times",
+            f"- mnist_uncond: {100 * f['uncond_recognised_ddim50']:.0f}% of {f['cond_samples']} DDIM-50 samples "
+            "recognised as a digit (classifier probability at least 0.9)",
+            "- training steps: " + ", ".join(f"{k} {v}" for k, v in f["steps"].items())]
+
+
+def _render_budget(f):
+    lines = [f"EMA model after each wall-clock budget, {f['sampler']}, {f['n']} samples; real-digit floor "
+             f"{f['real_baseline_fid']:.1f}.", "",
+             "| recipe | minutes | steps | images seen | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, rows in f["recipes"].items():
+        lines += [f"| {name} | {r['minutes']:g} | {r['steps']} | {r['images_seen']:,} | {r['mnist_fid']:.1f} | "
+                  f"{100 * r['recognised']:.0f}% |" for r in rows]
+    return lines
+
+
+def _render_recipes(f):
+    lines = [f"Batch {f['batch_size']}, {f['sampler']}, {f['n']} samples; real-digit floor {f['real_baseline_fid']:.1f}.",
+             "", "| recipe | steps | train s | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['recipe']} | {r['steps']} | {r['train_seconds']:.0f} | {r['mnist_fid']:.1f} | "
+              f"{100 * r['recognised']:.0f}% |" for r in f["rows"]]
+    return lines
+
+
+def _render_course(f):
+    lines = ["Each chapter executed with `jupyter nbconvert --execute` (kernel start included); peak memory is the "
+             "largest process's resident set (the kernel).", "",
+             "| chapter | fast s | full s (target at most 300) | fast peak MiB | full peak MiB (limit 2048) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {r['fast_peak_mib']:.0f} | "
+              f"{r['full_peak_mib']:.0f} |" + ("" if r["fast_ok"] and r["full_ok"] else " **failed**")
+              for r in f["rows"]]
+    if "nbval_fast_seconds" in f:
+        lines += ["", f"Fast-mode nbval suite (`python -m pytest chapters`): **{f['nbval_fast_seconds']:.0f} s** "
+                      f"(target at most 600)" + ("" if f["nbval_fast_ok"] else " **failed**")]
+    return lines
+
+
+RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
+             "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
+             "recipes": _render_recipes, "course": _render_course}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small versions of every section (minutes, not hours)")
+    parser.add_argument("--out", type=Path, default=MEASURED_DIR, help="folder for SECTION.json (default %(default)s)")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
+                        help="the Markdown report to write (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--recipe", default=None, help="budget section: only recipes whose name contains this")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.quick and args.out == MEASURED_DIR:
+        parser.error("--quick figures are not the course's measurements: give --out DIR (and --results FILE)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = dl.pick_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    for name in chosen:
+        start = time.perf_counter()
+        figures = SECTIONS[name](args, device)
+        path = args.out / f"{name}.json"
+        if name == "budget" and args.recipe and path.exists():  # keep the other recipes' rows
+            figures["recipes"] = {**json.loads(path.read_text())["figures"]["recipes"], **figures["recipes"]}
+        record = {"section": name, "command": command.strip(), "date": datetime.date.today().isoformat(),
+                  "machine": machine(), "threads": torch.get_num_threads(), "device": str(device), "quick": args.quick,
+                  "seconds": time.perf_counter() - start, "figures": figures}
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        print("\n".join(RENDERERS[name](figures)), flush=True)
+        print(f"[{name}: {record['seconds']:.0f} s, written to {path}]", flush=True)
+    args.results.write_text(render(args.out) + "\n")
+    print(f"report: {args.results}")
+
+
+if __name__ == "__main__":
+    main()

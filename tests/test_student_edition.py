@@ -1,0 +1,102 @@
+"""The student edition: generated from the chapters, no solution survives, stubs fail their checks helpfully."""
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import numpy as np
+import pytest
+import torch
+
+import diffusion_lib as dl
+from diffusion_lib.course import exercises
+from diffusion_lib.course.edition import SOLUTION_TAG, STUB_MARK, stub_source, write_student_edition
+
+REPO = Path(__file__).resolve().parent.parent
+CHAPTERS = REPO / "chapters"
+
+
+@pytest.fixture(scope="module")
+def edition(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student")
+    result = subprocess.run([sys.executable, "-m", "diffusion_lib.course", "student-edition", str(out),
+                             "--chapters", str(CHAPTERS)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _exercises(notebook):
+    """(solution cell, the code cell after it) pairs."""
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    return [(cell, code[i + 1]) for i, cell in enumerate(code) if SOLUTION_TAG in cell.metadata.get("tags", [])]
+
+
+def _run(cells_source: list[str]) -> str:
+    """Execute sources in one namespace (as a kernel would) and return what they printed."""
+    namespace = {"dl": dl, "torch": torch, "np": np, "exercises": exercises, "sweep": {"accuracy": [0.12]}}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for source in cells_source:
+            exec(source, namespace)
+    return printed.getvalue()
+
+
+def test_every_chapter_has_both_files_paired_and_in_sync(edition):
+    for notebook in sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")):
+        ipynb, py = edition / notebook.name, edition / notebook.with_suffix(".py").name
+        assert ipynb.exists() and py.exists()
+        a, b = jupytext.read(ipynb), jupytext.read(py)
+        assert [c.source.strip() for c in a.cells] == [c.source.strip() for c in b.cells]
+        assert a.metadata["kernelspec"]["name"] == "python3"
+    assert (edition / "jupytext.toml").exists()
+
+
+@pytest.mark.parametrize("notebook", sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_no_solution_survives_and_everything_else_is_unchanged(edition, notebook):
+    teacher, student = jupytext.read(notebook), jupytext.read(edition / notebook.name)
+    assert len(teacher.cells) == len(student.cells)
+    text = "\n".join(c.source for c in student.cells)
+    for old, new in zip(teacher.cells, student.cells):
+        if SOLUTION_TAG in old.metadata.get("tags", []):
+            assert STUB_MARK in new.source and not new.get("outputs")
+            body = [line.strip() for line in old.source.splitlines()
+                    if line.strip() and not line.lstrip().startswith(("def ", "import ", "from ", "#"))]
+            leaked = [line for line in body if line in text]
+            assert not leaked, f"{notebook.stem}: solution lines left in the student edition: {leaked}"
+        else:
+            assert new.source == old.source
+    kept = [c for c in student.cells if c.cell_type == "code" and c.get("outputs")]
+    assert len(kept) >= len([c for c in teacher.cells if c.cell_type == "code" and c.get("outputs")]) - 2 * len(_exercises(teacher))
+
+
+@pytest.mark.parametrize("notebook", sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_stubs_fail_their_checks_with_a_hint_and_references_pass(edition, notebook):
+    teacher, student = jupytext.read(notebook), jupytext.read(edition / notebook.name)
+    pairs = list(zip(_exercises(teacher), _exercises(student)))
+    assert len(pairs) >= 2
+    for (solution, check), (stub, student_check) in pairs:
+        assert check.source == student_check.source and "exercises.check_" in check.source
+        assert _run([solution.source, check.source]).startswith("PASS"), f"{notebook.stem}: reference fails {check.source}"
+        printed = _run([stub.source, check.source])
+        assert printed.startswith("NOT YET: ") and len(printed) > len("NOT YET: ") + 20, printed
+
+
+def test_stub_source_keeps_signatures_and_refuses_what_it_cannot_stub():
+    stub = stub_source('import torch\n\n\ndef f(a, b=2):\n    """Doc."""\n    return a + b\n\n\nanswer = 3\n')
+    assert "def f(a, b=2):" in stub and "Doc." in stub and "return" not in stub and "answer = None" in stub
+    with pytest.raises(NotImplementedError):
+        exec(stub, {})["f"] if False else exec(stub + "\nf(1)\n", {})
+    with pytest.raises(ValueError, match="cannot turn"):
+        stub_source("for i in range(3):\n    print(i)\n")
+    with pytest.raises(ValueError, match="defines nothing"):
+        stub_source("import torch\n")
+
+
+def test_refuses_to_overwrite_the_chapters_and_names_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="overwrite"):
+        write_student_edition(CHAPTERS, CHAPTERS)
+    with pytest.raises(FileNotFoundError, match="chapters/ folder"):
+        write_student_edition(tmp_path, tmp_path / "out")
