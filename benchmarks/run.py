@@ -32,7 +32,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -290,37 +289,28 @@ def recipes(args, device) -> dict:
     return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
 
 
-def _run_measuring_memory(command: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, peak resident memory in MiB of the largest process in the tree, return code)."""
-    probe = ("import resource, subprocess, sys, time\n"
-             "start = time.perf_counter()\n"
-             "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
-             "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n")
-    out = subprocess.run([sys.executable, "-c", probe, *command], env=env, cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout.split()
-    return float(out[0]), int(out[1]) / 1024, int(out[2])
+def _run_chapter(notebook: Path, fast: bool) -> dict:
+    """Wall seconds and the kernel's peak resident memory (MiB) of one chapter run top to bottom in a fresh kernel."""
+    result = subprocess.run([sys.executable, "-m", "diffusion_lib.course.runner", str(notebook)] + (["--fast"] if fast else []),
+                            cwd=REPO, capture_output=True, text=True)
+    fields = result.stdout.split()
+    return {"seconds": float(fields[1]), "peak_mib": float(fields[3]), "ok": result.returncode == 0}
 
 
 def course(args, device) -> dict:
-    """Wall time and peak memory of each chapter in full mode, and of the fast-mode nbval suite."""
-    full_env = {k: v for k, v in os.environ.items() if k != "DIFFUSION_COURSE_FAST"}
-    fast_env = {**os.environ, "DIFFUSION_COURSE_FAST": "1"}
+    """Wall time and peak memory of each chapter in fast and full mode, and the time of the fast-mode nbval suite."""
     rows = []
-    chapters = CHAPTERS[:1] if args.quick else CHAPTERS
-    with tempfile.TemporaryDirectory() as tmp:
-        for notebook in chapters:
-            row = {"chapter": notebook.stem}
-            for mode, env in (("fast", fast_env), ("full", full_env)):
-                command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                           "--ExecutePreprocessor.timeout=1200", "--output-dir", tmp, str(notebook)]
-                seconds, peak, code = _run_measuring_memory(command, env)
-                row.update({f"{mode}_seconds": seconds, f"{mode}_peak_mib": peak, f"{mode}_ok": code == 0})
-            rows.append(row)
+    for notebook in CHAPTERS[:1] if args.quick else CHAPTERS:
+        row = {"chapter": notebook.stem}
+        for mode in ("fast", "full"):
+            row.update({f"{mode}_{k}": v for k, v in _run_chapter(notebook, fast=mode == "fast").items()})
+        rows.append(row)
     suite = {}
     if not args.quick:
-        seconds, peak, code = _run_measuring_memory([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                                     "chapters"], fast_env)
-        suite = {"nbval_fast_seconds": seconds, "nbval_fast_ok": code == 0}
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "chapters"], cwd=REPO,
+                              env={**os.environ, "DIFFUSION_COURSE_FAST": "1"}, capture_output=True).returncode
+        suite = {"nbval_fast_seconds": time.perf_counter() - start, "nbval_fast_ok": code == 0}
     return {"rows": rows, **suite}
 
 
@@ -433,8 +423,8 @@ def _render_recipes(f):
 
 
 def _render_course(f):
-    lines = ["Each chapter executed with `jupyter nbconvert --execute` (kernel start included); peak memory is the "
-             "largest process's resident set (the kernel).", "",
+    lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
+             "included); peak memory is the kernel's largest resident set.", "",
              "| chapter | fast s | full s (target at most 300) | fast peak MiB | full peak MiB (limit 2048) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {r['fast_peak_mib']:.0f} | "
