@@ -37,6 +37,7 @@ from .models import as_eps_fn, as_eps_model, build_model
 from .pipeline import generate
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
+from .inpainting import inpaint, named_mask
 from .samplers import (Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_step, sample_loop,
                        slerp)
 from .schedules import Schedule, make_schedule

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_model
-from .data import DATASETS
+from .data import DATASETS, load_mnist
 from .forward import PREDICTIONS
-from .pipeline import generate, parse_labels
+from .inpainting import MASKS, named_mask
+from .pipeline import generate, inpaint_images, parse_labels
 from .runtime import pick_device
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES
@@ -107,6 +108,12 @@ def build_parser() -> Parser:
                     help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), >1 stronger")
     sa.add_argument("--labels", default=None, help="'0,3,7' (repeated to N) or 'all' (cycles 0..9); default: random")
     sa.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default %(default)s)")
+    sa.add_argument("--inpaint", default=None,
+                    help="fill in images instead of sampling from noise: an .npz with 'images' (N, 1, 28, 28) in [-1, 1] "
+                         "(and optionally 'mask'), or 'mnist-test' for the first N test digits (ddim only)")
+    sa.add_argument("--mask", default="top", choices=MASKS,
+                    help="with --inpaint: the region to fill in, unless the .npz has a 'mask' (default %(default)s)")
+    sa.add_argument("--resample", type=_positive_int, default=1, help="with --inpaint: RePaint tries per step (default 1)")
     sa.add_argument("--out", required=True, type=Path, help="output .npz file")
     sa.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
     ev = commands.add_parser("evaluate", help="measure samples: MNIST-FID, class accuracy, histogram, diversity (JSON)",
@@ -149,6 +156,22 @@ def run_train(args) -> None:
           f"model in {args.out / MODEL_FILE}")
 
 
+def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (n, 1, 28, 28), mask) for --inpaint: the first n MNIST test digits, or an .npz of images."""
+    if source == "mnist-test":
+        images = load_mnist(train=False)[0][:n]
+        return images, named_mask(mask_name, images.shape)
+    try:
+        data = np.load(source)
+        images = torch.from_numpy(data["images"]).float()
+        mask = torch.from_numpy(data["mask"]).float() if "mask" in data.files else None
+    except (KeyError, ValueError, OSError) as error:
+        raise ValueError(f"--inpaint {source}: not 'mnist-test' or an .npz with an 'images' array: {error}") from error
+    if len(images) != n:
+        raise ValueError(f"--inpaint {source} holds {len(images)} images but --n is {n}: make them equal")
+    return images, (named_mask(mask_name, images.shape) if mask is None else mask)
+
+
 def run_sample(args) -> None:
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
@@ -161,8 +184,18 @@ def run_sample(args) -> None:
         raise ValueError("--guidance needs a class-conditional checkpoint (trained with --conditional)")
     if args.steps is not None and args.steps > info["T"]:
         raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
-    samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels, args.seed)
-    arrays = {"images" if info["data"] == "mnist" else "points": samples.cpu().numpy().astype(np.float32)}
+    arrays = {}
+    if args.inpaint is not None:
+        if args.sampler != "ddim":
+            raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
+        images, mask = _inpaint_source(args.inpaint, args.mask, args.n)
+        samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
+                                         args.seed, args.resample)
+        arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
+    else:
+        samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
+                                   args.seed)
+    arrays["images" if info["data"] == "mnist" else "points"] = samples.cpu().numpy().astype(np.float32)
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
     args.out.parent.mkdir(parents=True, exist_ok=True)

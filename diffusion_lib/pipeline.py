@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .guidance import guided_eps_fn
+from .inpainting import inpaint
 from .models import as_eps_fn, as_eps_model
 from .samplers import SAMPLERS, sample_loop
 from .schedules import make_schedule
@@ -33,6 +34,21 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
     return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
 
 
+def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int):
+    """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used."""
+    device = next(model.parameters()).device
+    num_classes = model.config.num_classes
+    if num_classes:
+        if labels is None:
+            labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+        eps_fn = guided_eps_fn(as_eps_model(model, schedule, info["prediction"]), labels.to(device),
+                               1.0 if guidance is None else guidance, null_label=num_classes)
+        return eps_fn, labels
+    if labels is not None or guidance is not None:
+        raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
+    return as_eps_fn(model, schedule, info["prediction"]), None
+
+
 def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, guidance=None, labels=None,
              seed=0, progress=None, return_trajectory=False):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
@@ -50,21 +66,33 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    num_classes = model.config.num_classes
     is_image = info["data"] == "mnist"
     shape = (n, model.config.image_channels, 28, 28) if is_image else (n, model.config.data_dim)
-    if num_classes:
-        if labels is None:
-            labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-        eps_fn = guided_eps_fn(as_eps_model(model, schedule, info["prediction"]), labels.to(device),
-                               1.0 if guidance is None else guidance, null_label=num_classes)
-    else:
-        if labels is not None or guidance is not None:
-            raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
-        eps_fn = as_eps_fn(model, schedule, info["prediction"])
+    eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed)
     out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
                       clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
     samples, trajectory = out if return_trajectory else (out, None)
     if is_image:
         samples = samples.clamp(-1, 1)
     return (samples, labels, trajectory) if return_trajectory else (samples, labels)
+
+
+def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,
+                   guidance=None, labels=None, seed: int = 0, resample: int = 1):
+    """Fill the pixels of `images` (N, 1, 28, 28) where `mask` is 0 (see `inpainting.inpaint`).
+
+    A conditional model can be asked for `labels` with `guidance`, as in `generate`.
+    Returns (completed images clipped to [-1, 1], labels or None).
+    """
+    if info["data"] != "mnist":
+        raise ValueError("inpainting needs an image model (trained with --data mnist)")
+    if images.ndim != 4 or images.shape[1:] != (model.config.image_channels, 28, 28):
+        raise ValueError(f"images must have shape (N, {model.config.image_channels}, 28, 28), got {tuple(images.shape)}")
+    if labels is not None and tuple(labels.shape) != (len(images),):
+        raise ValueError(f"labels must have shape ({len(images)},), one per image, got {tuple(labels.shape)}")
+    schedule = make_schedule(info["schedule"], info["T"])
+    device = next(model.parameters()).device
+    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed)
+    out = inpaint(eps_fn, images.to(device), mask.to(device), schedule, steps, eta, resample,
+                  generator=torch.Generator(device).manual_seed(seed), clip_x0=True)
+    return out.clamp(-1, 1), labels

@@ -52,6 +52,23 @@ def test_same_seed_same_images_and_labels_cycle(mnist_runs, tmp_path):
     assert np.array_equal(a["images"], b["images"]) and not np.array_equal(a["images"], c["images"])
 
 
+def test_inpaint_keeps_the_known_pixels_and_writes_originals_and_mask(mnist_runs, tmp_path):
+    out = tmp_path / "filled.npz"
+    result = run("sample", "--checkpoint", str(mnist_runs / "cond"), "--sampler", "ddim", "--steps", "5", "--n", "4",
+                 "--inpaint", "mnist-test", "--mask", "left", "--labels", "7", "--guidance", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = np.load(out)
+    assert set(data.files) == {"images", "originals", "mask", "labels"} and data["images"].shape == (4, 1, 28, 28)
+    keep = data["mask"] == 1
+    assert keep.mean() == 0.5 and np.array_equal(data["images"][keep], data["originals"][keep])
+    assert not np.array_equal(data["images"][~keep], data["originals"][~keep])
+    again = tmp_path / "again.npz"
+    np.savez(tmp_path / "mine.npz", images=data["originals"], mask=np.ones((1, 1, 28, 28), np.float32))
+    result = run("sample", "--checkpoint", str(mnist_runs / "uncond"), "--sampler", "ddim", "--steps", "3", "--n", "4",
+                 "--inpaint", str(tmp_path / "mine.npz"), "--out", str(again))
+    assert result.returncode == 0 and np.array_equal(np.load(again)["images"], data["originals"])  # all known
+
+
 def test_help_documents_every_option():
     for command, options in (("train", ["--data", "--steps", "--out", "--conditional", "--batch-size", "--lr",
                                         "--schedule", "--seed"]),
@@ -77,6 +94,9 @@ def test_help_documents_every_option():
     (["sample", "--checkpoint", "COND", "--sampler", "ddpm", "--eta", "0.5", "--n", "2", "--out", "x.npz"], "ddim only"),
     (["sample", "--checkpoint", "COND", "--sampler", "dpm-solver++", "--eta", "1", "--n", "2", "--out", "x.npz"], "ddim only"),
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--max-minutes", "0"], "--max-minutes must be positive"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddpm", "--n", "2", "--inpaint", "mnist-test", "--out", "x.npz"], "--sampler ddim"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--inpaint", "nothing.npz", "--out", "x.npz"], "not 'mnist-test'"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--inpaint", "mnist-test", "--mask", "middle", "--out", "x.npz"], "invalid choice: 'middle'"),
     (["sample", "--checkpoint", "pyproject.toml", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "truncated or corrupt"),
 ])
 def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, message):
