@@ -186,11 +186,8 @@ def guidance(args, device) -> dict:
     net = classifier()
     n, sampler_steps = (40, 10) if args.quick else (200, 50)
     scales = [0.0, 3.0] if args.quick else [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0]
-    sweep = guidance_sweep(model, info, net, scales, n=n, steps=sampler_steps, seed=0)
-    labels = torch.arange(n) % 10
-    fids = [mnist_fid(dl.generate(model, info, n, "ddim", sampler_steps, guidance=w, labels=labels, seed=0)[0], net)
-            for w in scales]
-    return {"model": "mnist_cond", "n": n, "sampler": f"DDIM-{sampler_steps}", **sweep, "mnist_fid": fids,
+    sweep = guidance_sweep(model, info, net, scales, n=n, steps=sampler_steps, seed=0, fid=True)
+    return {"model": "mnist_cond", "n": n, "sampler": f"DDIM-{sampler_steps}", **sweep,
             "real_baseline_fid": real_baseline_fid(n, net)}
 
 

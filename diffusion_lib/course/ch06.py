@@ -6,7 +6,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..classifier import classify
-from ..evaluation import diversity
+from ..evaluation import diversity, mnist_fid
 from ..pipeline import generate
 from .plots import show_grid
 
@@ -20,17 +20,20 @@ def guidance_view(w: float, digit: int, model, info: dict, n: int = 8, steps: in
     return show_grid(samples, f"digit {digit}, guidance scale w = {w:g} (DDIM-{steps})", ncols=n)
 
 
-def guidance_sweep(model, info: dict, classifier, scales, n: int, steps: int, seed: int = 0) -> dict[str, list[float]]:
-    """For each w: the fraction classified as the requested digit, and the within-class diversity.
+def guidance_sweep(model, info: dict, classifier, scales, n: int, steps: int, seed: int = 0,
+                   fid: bool = False) -> dict[str, list[float]]:
+    """For each w: the fraction classified as the requested digit, the within-class diversity (and MNIST-FID).
 
     The same n labels (cycling 0..9) and the same starting noise are used at every w.
     """
     labels = torch.arange(n) % model.config.num_classes
-    results = {"w": [], "accuracy": [], "diversity": []}
+    results = {"w": [], "accuracy": [], "diversity": []} | ({"mnist_fid": []} if fid else {})
     for w in scales:
         samples, _ = generate(model, info, n, "ddim", steps, guidance=w, labels=labels, seed=seed)
         predicted, _ = classify(classifier, samples)
         results["w"].append(float(w))
         results["accuracy"].append((predicted == labels).float().mean().item())
         results["diversity"].append(diversity(samples, labels))
+        if fid:
+            results["mnist_fid"].append(mnist_fid(samples, classifier))
     return results
