@@ -408,6 +408,8 @@ def _render_budget(f):
     for name, rows in f["recipes"].items():
         lines += [f"| {name} | {r['minutes']:g} | {r['steps']} | {r['images_seen']:,} | {r['mnist_fid']:.1f} | "
                   f"{100 * r['recognised']:.0f}% |" for r in rows]
+    if f.get("commands"):
+        lines += ["", "Each recipe's command:"] + [f"- {name}: `{cmd}`" for name, cmd in f["commands"].items()]
     return lines
 
 
@@ -468,8 +470,12 @@ def main(argv=None):
         start = time.perf_counter()
         figures = SECTIONS[name](args, device)
         path = args.out / f"{name}.json"
-        if name == "budget" and args.recipe and path.exists():  # keep the other recipes' rows
-            figures["recipes"] = {**json.loads(path.read_text())["figures"]["recipes"], **figures["recipes"]}
+        if name == "budget":  # recipes may be run one at a time: keep the others' rows, and each one's command
+            figures["commands"] = {recipe: command.strip() for recipe in figures["recipes"]}
+            if args.recipe and path.exists():
+                old = json.loads(path.read_text())["figures"]
+                figures["recipes"] = {**old["recipes"], **figures["recipes"]}
+                figures["commands"] = {**old.get("commands", {}), **figures["commands"]}
         record = {"section": name, "command": command.strip(), "date": datetime.date.today().isoformat(),
                   "machine": machine(), "threads": torch.get_num_threads(), "device": str(device), "quick": args.quick,
                   "seconds": time.perf_counter() - start, "figures": figures}

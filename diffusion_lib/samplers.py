@@ -8,7 +8,7 @@ Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu 
 | `x0_hat`        | predicted x_0 (DDIM Eq. 12, first term)                       |
 | `t`, `t_prev`   | tau_i and tau_{i-1} of a DDIM subsequence; `t_prev = -1` is x_0 |
 | `sigma_t`       | sigma_tau_i(eta), DDIM Eq. 16                                 |
-| `lam`           | lambda_t = log(alpha_t / sigma_t), half the log-SNR (DPM-Solver++) |
+| `_lambda(ab)`   | lambda_t = log(alpha_t / sigma_t), half the log-SNR (DPM-Solver++) |
 | `h`             | lambda_{t_i} - lambda_{t_{i-1}}, the step in lambda           |
 
 Samplers are plain functions over an `eps_fn(xt, t) -> eps` callable, where `t` is a
