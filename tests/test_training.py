@@ -195,3 +195,16 @@ def test_a_time_limit_stops_with_a_checkpoint_that_resumes(tmp_path):
     assert resumed.step == target and _same_weights(whole.model, resumed.model)
     with pytest.raises(ValueError, match="max_seconds"):
         train(config, progress=False, max_seconds=0)
+
+
+def test_pretrained_snapshots_are_the_committed_run_in_step_order():
+    from diffusion_lib import CheckpointError, pretrained_snapshots
+
+    files = pretrained_snapshots("mnist_uncond")
+    steps = [load_model(path)[1]["step"] for path in files]
+    assert steps == sorted(steps) and len(steps) >= 4 and files[-1].name == MODEL_FILE
+    assert load_model(files[-1])[1]["train_config"]["snapshots"] == steps[:-1]
+    with pytest.raises(CheckpointError, match="without --snapshots"):
+        pretrained_snapshots("mnist_cond")
+    with pytest.raises(CheckpointError, match="available"):
+        pretrained_snapshots("nonsense")
