@@ -38,9 +38,7 @@ if "google.colab" in sys.modules:
 
 # %%
 # %matplotlib inline
-import tempfile
 import time
-from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -50,6 +48,7 @@ from IPython.display import display
 
 import diffusion_lib as dl
 from diffusion_lib.course import ch04, exercises
+from diffusion_lib.course.measured import load_measured
 from diffusion_lib.course.plots import show_grid
 
 chapter_start = time.perf_counter()
@@ -105,31 +104,52 @@ plt.show()
 # ## 2. MNIST on your CPU, for a few minutes
 #
 # A diffusion model on images is the same loop with a U-Net. What a few CPU-minutes buy depends
-# on the recipe; `benchmarks/quick_recipes.py` measures several. The one used here is the best of
-# those measured for a short budget: a small U-Net (16 base channels), the cosine schedule, and the
-# network trained to predict $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$
-# instead of $\varepsilon$ (chapter 3; the samplers convert it to $\varepsilon$). The run keeps
-# snapshots of its EMA weights along the way.
+# on the recipe. `benchmarks/run.py --only recipes` trained several for the same number of steps
+# and scored their samples (MNIST-FID, chapter 5: lower is better; "recognised": the share of
+# samples the classifier calls a digit with probability at least 0.9). Its committed figures:
+
+# %%
+recipes = load_measured("recipes")
+print(f"measured {recipes['date']}, {recipes['threads']} thread(s); {recipes['figures']['n']} samples each, "
+      f"real-digit floor {recipes['figures']['real_baseline_fid']:.1f}")
+for row in recipes["figures"]["rows"]:
+    print(f"{row['recipe']:<20} {row['steps']} steps in {row['train_seconds']:4.0f} s: MNIST-FID {row['mnist_fid']:6.1f}, "
+          f"recognised {100 * row['recognised']:3.0f}%")
+
+# %% [markdown]
+# The run below uses the recipe that did best for a short budget: a small U-Net (16 base
+# channels), the cosine schedule, and the network trained to predict
+# $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ instead of $\varepsilon$
+# (chapter 3; the samplers convert it to $\varepsilon$).
 
 # %%
 mnist_steps = 40 if FAST else 1600
-snapshot_steps = [s for s in (20, 40) if s <= mnist_steps] if FAST else [100, 200, 400, 800, 1600]
-run_dir = Path(tempfile.mkdtemp(prefix="chapter4_"))
 mnist_config = dl.TrainConfig(data="mnist", steps=mnist_steps, batch_size=32, lr=5e-3, warmup=50, ema_decay=0.995,
-                              schedule="cosine", prediction="v", seed=0, save_every=10_000,
-                              snapshots=tuple(snapshot_steps), model={"base_channels": 16})
+                              schedule="cosine", prediction="v", seed=0, model={"base_channels": 16})
 start = time.perf_counter()
-mnist_run = dl.train(mnist_config, run_dir, callback=ch04.LiveLossPlot(every=100, title="MNIST: training loss"))
+mnist_run = dl.train(mnist_config, callback=ch04.LiveLossPlot(every=100, title="MNIST: training loss"))
 train_seconds = time.perf_counter() - start
 print(f"{mnist_steps} steps of batch 32 in {train_seconds:.0f} s "
       f"({mnist_steps * 32 / train_seconds:.0f} images/s); U-Net of {sum(p.numel() for p in mnist_run.model.parameters()):,} parameters")
+run_samples, _ = dl.generate(mnist_run.ema_model, mnist_config.info(), 16, "ddim", 20, seed=3)
+display(show_grid(run_samples, f"your run: {mnist_steps} steps, {train_seconds:.0f} s (DDIM-20)", ncols=8))
 
 # %% [markdown]
-# **Samples improving over training.** Each snapshot samples from the same starting noise; drag
-# through training:
+# ## 3. Samples improving over training
+#
+# The course's committed unconditional model, `mnist_uncond`, was trained with the same loop for
+# longer, keeping its EMA weights at a few steps along the way (`train --snapshots`). Each snapshot
+# samples from the same starting noise; drag through training:
 
 # %%
-snapshots = ch04.snapshot_samples(sorted((run_dir / "snapshots").glob("*.safetensors")), n=16, steps=20, seed=3)
+snapshot_files = dl.pretrained_snapshots("mnist_uncond")
+snapshots = ch04.snapshot_samples(snapshot_files, n=16, steps=20, seed=3)
+snapshot_steps = sorted(snapshots)
+uncond_model, uncond_info = dl.load_model(snapshot_files[-1])
+recorded = uncond_info["train_config"]
+print(f"mnist_uncond: {recorded['steps']} steps, batch {recorded['batch_size']}, lr {recorded['lr']}, "
+      f"seed {recorded['seed']}, schedule {recorded['schedule']}, target {recorded['prediction']}, "
+      f"base channels {uncond_model.config.base_channels}; snapshots at steps {snapshot_steps}")
 
 
 def show_snapshot(step=snapshot_steps[-1]):
@@ -141,14 +161,30 @@ widgets.interact(show_snapshot, step=widgets.SelectionSlider(options=snapshot_st
 
 # %%
 display(show_grid(torch.cat([snapshots[s][:8] for s in snapshot_steps]),
-                  "rows: after " + ", ".join(map(str, snapshot_steps)) + " steps", ncols=8))
+                  "mnist_uncond; rows: after " + ", ".join(map(str, snapshot_steps)) + " training steps", ncols=8))
 
 # %% [markdown]
-# ## 3. What the EMA does
+# What do minutes of training buy on a CPU like yours? `benchmarks/run.py --only budget` trained
+# two recipes for fixed wall-clock budgets and scored the EMA model after each (MNIST-FID, chapter 5;
+# lower is better; "recognised" is the share of samples the classifier calls a digit with
+# probability at least 0.9). Its committed figures:
+
+# %%
+budget = load_measured("budget")
+print(f"measured {budget['date']} with {budget['threads']} thread(s) on {budget['machine']['cpu']}; "
+      f"{budget['figures']['n']} samples each, real-digit floor {budget['figures']['real_baseline_fid']:.1f}")
+for recipe, rows in budget["figures"]["recipes"].items():
+    print(recipe)
+    for row in rows:
+        print(f"  {row['minutes']:>4g} min: {row['steps']:>5} steps, MNIST-FID {row['mnist_fid']:6.1f}, "
+              f"recognised {100 * row['recognised']:3.0f}%")
+
+# %% [markdown]
+# ## 4. What the EMA does
 #
 # Sampling uses not the final weights $\theta$ but their exponential moving average,
 # $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after every step. Adam's steps jitter the
-# weights around a good region; the average sits nearer its middle. Measured on this run, with
+# weights around a good region; the average sits nearer its middle. Measured on your run, with
 # the same noise for both:
 
 # %%
@@ -161,44 +197,30 @@ for name, images in (("final weights", raw_samples), (f"EMA weights (d={mnist_co
           f"recognised as a digit {(confidence >= 0.9).float().mean().item():.2f}")
 
 # %% [markdown]
-# ## 4. The loss by timestep
+# ## 5. The loss by timestep
 #
 # The one loss number averages very different tasks: at small $t$ the noise is tiny and hard to
 # separate from detail, at large $t$ the input is nearly all noise. Per range of $t$, on test digits,
-# for this run (which predicts $v$) and the committed model (`mnist_cond`, which predicts
-# $\varepsilon$; its loss is in $\varepsilon$ units, so compare shapes, not levels):
+# for your run and the committed model (both predict $v$ on the cosine schedule, so the levels compare):
 
 # %%
-cond_model, cond_info = dl.pretrained("mnist_cond")
 probe = test_images[: (64 if FAST else 512)]
 bins = 10
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
 centres = (np.arange(bins) + 0.5) * 1000 / bins
-for name, model, info in (("this run (v target)", mnist_run.ema_model, mnist_config.info()),
-                          ("committed mnist_cond (eps target)", cond_model, cond_info)):
+for name, model, info in (("your run", mnist_run.ema_model, mnist_config.info()),
+                          (f"mnist_uncond ({recorded['steps']} steps)", uncond_model, uncond_info)):
     ax.plot(centres, ch04.loss_by_timestep_range(model, info, probe, bins), "o-", label=name)
 ax.set(xlabel="t (centre of range)", ylabel="training loss on test digits", yscale="log", title="loss by timestep range")
 ax.legend()
 plt.show()
 
 # %% [markdown]
-# ## 5. The committed checkpoint
-#
-# A few minutes make digit-like strokes; recognisable digits take longer. The course's committed
-# model trained for longer with the same command line. Its recorded settings and samples:
-
-# %%
-recorded = cond_info["train_config"]
-print(f"mnist_cond: {recorded['steps']} steps, batch {recorded['batch_size']}, lr {recorded['lr']}, "
-      f"seed {recorded['seed']}, schedule {recorded['schedule']}, target {recorded['prediction']}")
-committed, _ = dl.generate(cond_model, cond_info, 16, "ddim", 50, guidance=1.0, labels=torch.arange(16) % 10, seed=5)
-display(show_grid(committed, "mnist_cond, DDIM-50, asked for 0-9 (guidance 1: the plain conditional model)", ncols=8))
-
-# %% [markdown]
 # ## Summary
 #
 # - A training step: draw $t$ and $\varepsilon$, jump to $x_t$, predict, take the squared error; repeat with Adam.
 # - A few CPU-minutes with a small U-Net give digit-like samples; the recipe (model size, schedule, target) matters, so measure it.
+# - Snapshots of a longer run show the order of learning: blobs, then strokes, then digits.
 # - Sample with the EMA of the weights; the loss depends strongly on $t$.
 #
 # ## Exercises
