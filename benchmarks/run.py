@@ -1,6 +1,6 @@
 """Every benchmark of the course, from one command: speed, sample quality, quality per CPU-minute, course run time.
 
-    python benchmarks/run.py                     # everything (about 1.5 hours on a 2-core CPU)
+    python benchmarks/run.py                     # everything (about two hours on a 2-core CPU)
     python benchmarks/run.py --only steps,guidance
     python benchmarks/run.py --quick --out /tmp/bench   # a few minutes, small figures, for trying it out
 
@@ -402,11 +402,15 @@ def _render_training(f):
 def _render_sampling(f):
     lines = [f"Batch of {f['batch']}, default U-Net, linear schedule; runs shorter than 10 s are repeated and the median "
              "repetition is reported.", "",
-             "| sampler | steps | s per image | time in network calls | sampler overhead (target at most 5%) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['sampler'].upper()} | {r['steps']} | {r['seconds_per_image']:.3f} | {100 * r['network_share']:.1f}% "
+             "| sampler | steps | s per image | ms per step per image | time in network calls | "
+             "sampler overhead (target at most 5%) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['sampler'].upper()} | {r['steps']} | {r['seconds_per_image']:.3f} | "
+              f"{1000 * r['seconds_per_image'] / r['steps']:.2f} | {100 * r['network_share']:.1f}% "
               f"| {100 * r['overhead_share']:.1f}% |" for r in f["rows"]]
-    return lines
+    return lines + ["", "Every step is one network call, so the time ratio between samplers should follow the ratio of "
+                        "steps; where the cost per step differs between rows, that is the machine's run-to-run timing "
+                        "noise (a shared virtual machine varies by tens of percent)."]
 
 
 def _render_steps(f):
