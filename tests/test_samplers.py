@@ -1,4 +1,4 @@
-"""DDPM and DDIM against each other and against exact denoisers, where the answer is known."""
+"""DDPM, DDIM and DPM-Solver++ against each other and against exact denoisers, where the answer is known."""
 
 import math
 
@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from conftest import gaussian_tolerance
-from diffusion_lib.samplers import dpm_solver_timesteps
 from diffusion_lib import (ddim_invert, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_step, gaussian_eps_fn,
-                           ideal_eps_fn, slerp,
-                           make_schedule, sample_loop)
+                           ideal_eps_fn, make_schedule, sample_loop, slerp)
+from diffusion_lib.samplers import dpm_solver_timesteps
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
