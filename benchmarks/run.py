@@ -39,6 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import diffusion_lib as dl
+from diffusion_lib.course.ch01 import recognised
 from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.measured import MEASURED_DIR
@@ -85,12 +86,6 @@ def _timed(fn, device, repeats: int) -> float:
         _sync(device)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
-
-
-def recognised(images: torch.Tensor, net) -> float:
-    """Fraction of images the classifier assigns to some digit with probability >= 0.9."""
-    _, confidence = dl.classify(net, images)
-    return (confidence >= 0.9).float().mean().item()
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -216,7 +211,7 @@ def pretrained(args, device) -> dict:
         "classifier_test_accuracy": (predicted == labels).float().mean().item(),
         "pixelcnn_test_nll_nats_per_image": nll * 784, "pixelcnn_test_digits": count,
         "cond_accuracy_w3_ddim50": (got == wanted).float().mean().item(), "cond_samples": n,
-        "uncond_recognised_ddim50": recognised(uncond_samples, net),
+        "uncond_recognised_ddim50": recognised(net, uncond_samples)[0],
         "steps": {"mnist_classifier": net_info["step"], "mnist_pixelcnn": pixel_info["step"],
                   "mnist_cond": info["step"], "mnist_uncond": uncond_info["step"]},
     }
@@ -258,7 +253,7 @@ def budget(args, device) -> dict:
                 continue
             samples, _ = dl.generate(model, config.info(), n, "ddim", 50, seed=0)
             rows.append({"minutes": m, "steps": step, "images_seen": step * config.batch_size,
-                         "mnist_fid": mnist_fid(samples, net), "recognised": recognised(samples, net)})
+                         "mnist_fid": mnist_fid(samples, net), "recognised": recognised(net, samples)[0]})
         results["recipes"][name] = rows
     return results
 
@@ -286,7 +281,7 @@ def recipes(args, device) -> dict:
         seconds = time.perf_counter() - start
         samples, _ = dl.generate(result.ema_model, config.info(), n, "ddim", 20, seed=0)
         rows.append({"recipe": name, "steps": train_steps, "train_seconds": seconds,
-                     "mnist_fid": mnist_fid(samples, net), "recognised": recognised(samples, net)})
+                     "mnist_fid": mnist_fid(samples, net), "recognised": recognised(net, samples)[0]})
     return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
 
 

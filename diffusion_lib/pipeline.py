@@ -36,6 +36,8 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
 
 def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int):
     """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used."""
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     device = next(model.parameters()).device
     num_classes = model.config.num_classes
     if num_classes:
@@ -61,8 +63,6 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
@@ -88,8 +88,6 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
         raise ValueError("inpainting needs an image model (trained with --data mnist)")
     if images.ndim != 4 or images.shape[1:] != (model.config.image_channels, 28, 28):
         raise ValueError(f"images must have shape (N, {model.config.image_channels}, 28, 28), got {tuple(images.shape)}")
-    if labels is not None and tuple(labels.shape) != (len(images),):
-        raise ValueError(f"labels must have shape ({len(images)},), one per image, got {tuple(labels.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed)
