@@ -19,6 +19,7 @@ from .pipeline import generate, inpaint_images, parse_labels
 from .runtime import pick_device
 from .samplers import SAMPLERS
 from .schedules import SCHEDULES
+from .text import parse_caption
 from .training import MODEL_FILE, TrainConfig, train
 
 
@@ -74,6 +75,8 @@ def build_parser() -> Parser:
     tr.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (with a checkpoint) after this many minutes of training; run again to resume")
     tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (mnist only)")
+    tr.add_argument("--text", action="store_true",
+                    help="caption-conditional U-Net (text encoder + cross-attention) on captions made from MNIST (mnist only)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
     tr.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
     tr.add_argument("--warmup", type=int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
@@ -107,6 +110,9 @@ def build_parser() -> Parser:
     sa.add_argument("--guidance", type=_non_negative_float, default=None,
                     help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), >1 stronger")
     sa.add_argument("--labels", default=None, help="'0,3,7' (repeated to N) or 'all' (cycles 0..9); default: random")
+    sa.add_argument("--prompt", action="append", default=None,
+                    help="for a text model (trained with --text): a caption such as 'a thick seven'; give it several "
+                         "times for several captions, used in turn for the N samples")
     sa.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default %(default)s)")
     sa.add_argument("--inpaint", default=None,
                     help="fill in images instead of sampling from noise: an .npz with 'images' (N, 1, 28, 28) in [-1, 1] "
@@ -143,7 +149,7 @@ def run_evaluate(args) -> None:
 def run_train(args) -> None:
     config = TrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
-                         prediction=args.prediction, conditional=args.conditional, label_dropout=args.label_dropout,
+                         prediction=args.prediction, conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
                          arch=args.arch)
     start = time.perf_counter()
@@ -179,9 +185,16 @@ def run_sample(args) -> None:
     if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model; "
                          "sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python")
-    labels = parse_labels(args.labels, args.n, model.config.num_classes)
-    if args.guidance is not None and not model.config.num_classes:
-        raise ValueError("--guidance needs a class-conditional checkpoint (trained with --conditional)")
+    is_text = bool(getattr(model.config, "text_dim", None))
+    if args.prompt is not None and not is_text:
+        raise ValueError(f"--prompt needs a text model (trained with --text); {args.checkpoint} is not one")
+    if is_text and (args.prompt is None or args.labels is not None):
+        raise ValueError(f"{args.checkpoint} is a text model: describe the digits with --prompt 'a thick seven' "
+                         "(not --labels); --prompt '' asks for no caption")
+    labels = None if is_text else parse_labels(args.labels, args.n, model.config.num_classes)
+    prompts = [args.prompt[i % len(args.prompt)] for i in range(args.n)] if is_text else None
+    if args.guidance is not None and not (model.config.num_classes or is_text):
+        raise ValueError("--guidance needs a conditional checkpoint (trained with --conditional or --text)")
     if args.steps is not None and args.steps > info["T"]:
         raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
     arrays = {}
@@ -190,12 +203,16 @@ def run_sample(args) -> None:
             raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
         images, mask = _inpaint_source(args.inpaint, args.mask, args.n)
         samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
-                                         args.seed, args.resample)
+                                         args.seed, args.resample, prompts)
         arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
     else:
         samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
-                                   args.seed)
+                                   args.seed, prompts=prompts)
     arrays["images" if info["data"] == "mnist" else "points"] = samples.cpu().numpy().astype(np.float32)
+    if is_text:
+        arrays["prompts"] = np.array(prompts)
+        digits = [parse_caption(p)[0] for p in prompts]
+        labels = None if None in digits else torch.tensor(digits)  # 'evaluate' then checks the digits asked for
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,16 +21,20 @@ from __future__ import annotations
 import torch
 
 
-def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int):
+def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | torch.Tensor):
     """Build `eps_fn(xt, t)` for classifier-free guidance at scale `w`.
 
     `model_eps(xt, t, labels)` returns the model's eps (B, ...); `labels` (B,) are the requested
     classes; `null_label` is the class index the model was trained to read as "no label".
-    Both branches run in one batched call of size 2B.
+    For a text model, `labels` are caption token ids (B, L) and `null_label` the ids of the empty
+    caption (1, L) (`text.tokenize([""], L)[0]`). Both branches run in one batched call of size 2B.
     """
     if w < 0:
         raise ValueError(f"guidance scale w must be >= 0 (0 = unconditional, 1 = conditional), got {w}")
-    null = torch.full_like(labels, null_label)
+    if isinstance(null_label, torch.Tensor):
+        null = null_label.to(labels.device).expand_as(labels)
+    else:
+        null = torch.full_like(labels, null_label)
 
     def eps_fn(xt, t):
         if w == 1:

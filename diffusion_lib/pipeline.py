@@ -14,6 +14,7 @@ from .inpainting import inpaint
 from .models import as_eps_fn, as_eps_model
 from .samplers import SAMPLERS, sample_loop
 from .schedules import make_schedule
+from .text import tokenize
 
 
 def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Tensor | None:
@@ -34,29 +35,43 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
     return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
 
 
-def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int):
-    """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used."""
+def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None):
+    """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used.
+
+    A text model takes `prompts` (n captions) and returns their token ids as its "labels".
+    """
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     device = next(model.parameters()).device
+    eps_model = as_eps_model(model, schedule, info["prediction"])
+    w = 1.0 if guidance is None else guidance
+    if getattr(model.config, "text_dim", None):
+        if labels is not None:
+            raise ValueError("this model reads captions, not labels: pass prompts (--prompt \"a thick seven\")")
+        if prompts is None or len(prompts) != n:
+            raise ValueError(f"a text model needs {n} prompts, one per sample (got {None if prompts is None else len(prompts)})")
+        ids = tokenize(list(prompts))[0].to(device)
+        return guided_eps_fn(eps_model, ids, w, null_label=tokenize([""])[0]), ids
+    if prompts is not None:
+        raise ValueError("prompts need a text model (trained with --text)")
     num_classes = model.config.num_classes
     if num_classes:
         if labels is None:
             labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-        eps_fn = guided_eps_fn(as_eps_model(model, schedule, info["prediction"]), labels.to(device),
-                               1.0 if guidance is None else guidance, null_label=num_classes)
-        return eps_fn, labels
+        return guided_eps_fn(eps_model, labels.to(device), w, null_label=num_classes), labels
     if labels is not None or guidance is not None:
         raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
     return as_eps_fn(model, schedule, info["prediction"]), None
 
 
 def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, guidance=None, labels=None,
-             seed=0, progress=None, return_trajectory=False):
+             seed=0, progress=None, return_trajectory=False, prompts=None):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
     `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);
     `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
+    A text model (trained with --text) takes `prompts`, n captions such as "a thick seven", and
+    returns their token ids in place of labels.
     Images come back clipped to [-1, 1]. Returns (samples, labels or None[, trajectory]).
     """
     if sampler not in SAMPLERS:
@@ -68,7 +83,7 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
     generator = torch.Generator(device).manual_seed(seed)
     is_image = info["data"] == "mnist"
     shape = (n, model.config.image_channels, 28, 28) if is_image else (n, model.config.data_dim)
-    eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed)
+    eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts)
     out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
                       clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
     samples, trajectory = out if return_trajectory else (out, None)
@@ -78,10 +93,10 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
 
 
 def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,
-                   guidance=None, labels=None, seed: int = 0, resample: int = 1):
+                   guidance=None, labels=None, seed: int = 0, resample: int = 1, prompts=None):
     """Fill the pixels of `images` (N, 1, 28, 28) where `mask` is 0 (see `inpainting.inpaint`).
 
-    A conditional model can be asked for `labels` with `guidance`, as in `generate`.
+    A conditional model can be asked for `labels` (a text model for `prompts`) with `guidance`, as in `generate`.
     Returns (completed images clipped to [-1, 1], labels or None).
     """
     if info["data"] != "mnist":
@@ -90,7 +105,7 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
         raise ValueError(f"images must have shape (N, {model.config.image_channels}, 28, 28), got {tuple(images.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
-    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed)
+    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts)
     out = inpaint(eps_fn, images.to(device), mask.to(device), schedule, steps, eta, resample,
                   generator=torch.Generator(device).manual_seed(seed), clip_x0=True)
     return out.clamp(-1, 1), labels

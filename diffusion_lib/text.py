@@ -19,26 +19,32 @@ tau(y). This module holds those pieces at MNIST scale.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ATTRIBUTE_WORDS = {"thickness": ("thin", "thick"), "slant": ("upright", "slanted"), "size": ("small", "large")}
+ATTRIBUTE_WORDS = {"thickness": ("thin", "thick"), "slant": ("upright", "slanted"), "width": ("narrow", "wide")}
 FILLER_WORDS = ("a", "an", "digit", "written", "drawn", "and")
 VOCABULARY = ("<pad>", "<start>", *DIGIT_WORDS, *(w for pair in ATTRIBUTE_WORDS.values() for w in pair), *FILLER_WORDS)
 MAX_TOKENS = 8  # <start> and up to 7 words
+# One (thickness, slant) pair per digit that never appears together in a training caption, so that
+# a trained model can be asked for combinations it has never been shown (the four pairs in turn).
+HELD_OUT = {d: (("thin", "upright"), ("thin", "slanted"), ("thick", "upright"), ("thick", "slanted"))[d % 4]
+            for d in range(10)}
 
 
 # ---------------------------------------------------------------------------------------------- captions
 
 
 def measure_attributes(images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Stroke thickness, slant and size of digits (N, 1, H, W) in [-1, 1], each a float (N,).
+    """Stroke thickness, slant and width of digits (N, 1, H, W) in [-1, 1], each a float (N,).
 
     thickness: ink (pixels > 0) per row that holds ink, a width in pixels; slant: the slope dx/dy of
-    the ink's principal axis (positive leans right); size: height of the ink's bounding box, in pixels.
+    the ink's principal axis (positive leans right); width: of the ink's bounding box, in pixels.
+    (MNIST scales every digit to the same height, so width, not height, is what varies.)
     """
     ink = (images[:, 0] > 0).float()  # (N, H, W)
     N, H, W = ink.shape
@@ -50,31 +56,101 @@ def measure_attributes(images: torch.Tensor) -> dict[str, torch.Tensor]:
     cov_xy = (ink * (xs - mx[:, None, None]) * (ys - my[:, None, None])).sum((1, 2)) / mass
     var_y = (ink * (ys - my[:, None, None]) ** 2).sum((1, 2)) / mass
     slant = -cov_xy / var_y.clamp(min=1e-6)  # image rows grow downwards: a right lean has negative covariance
-    filled = rows > 0
-    top = filled.float().argmax(1)
-    bottom = H - 1 - filled.flip(1).float().argmax(1)
-    size = (bottom - top + 1).float() * filled.any(1)
-    return {"thickness": thickness, "slant": slant, "size": size}
+    filled = ink.sum(1) > 0  # (N, W): columns that hold ink
+    left = filled.float().argmax(1)
+    right = W - 1 - filled.flip(1).float().argmax(1)
+    width = (right - left + 1).float() * filled.any(1)
+    return {"thickness": thickness, "slant": slant, "width": width}
 
 
-def attribute_words(attributes: dict[str, torch.Tensor], thresholds: dict[str, float]) -> list[dict[str, str]]:
-    """Per image, the word for each attribute: the second word of ATTRIBUTE_WORDS above its threshold."""
-    n = len(next(iter(attributes.values())))
-    return [{name: ATTRIBUTE_WORDS[name][int(attributes[name][i] > thresholds[name])] for name in ATTRIBUTE_WORDS}
-            for i in range(n)]
+def attribute_thresholds(attributes: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, list[list[float]]]:
+    """Per attribute and digit, the lower tercile, median and upper tercile: {name: 10 x [low, median, high]}.
+
+    Thresholds are per digit because a "wide one" is narrower than a "narrow zero".
+    """
+    q = torch.tensor([1 / 3, 1 / 2, 2 / 3])
+    return {name: [torch.quantile(values[labels == d], q).tolist() for d in range(10)] for name, values in attributes.items()}
 
 
-def caption(label: int, words: dict[str, str], phrasing: int = 0, attributes=("thickness", "slant", "size")) -> str:
-    """A caption such as "a thick slanted seven" or "seven written small and thin" (three phrasings)."""
+def attribute_codes(attributes: dict[str, torch.Tensor], labels: torch.Tensor, thresholds: dict) -> torch.Tensor:
+    """(N, 3) per image and attribute: 0 = first word (below the lower tercile), 1 = second word (above
+    the upper tercile), -1 = in between, so no word is said."""
+    codes = []
+    for name in ATTRIBUTE_WORDS:
+        low_high = torch.tensor(thresholds[name])[labels]  # (N, 3)
+        values = attributes[name]
+        codes.append(torch.where(values < low_high[:, 0], 0, torch.where(values > low_high[:, 2], 1, -1)))
+    return torch.stack(codes, 1)
+
+
+@lru_cache(maxsize=1)
+def mnist_caption_data() -> tuple[torch.Tensor, dict]:
+    """The attribute codes (60000, 3) of the MNIST training digits, and the thresholds they came from."""
+    from .data import load_mnist
+
+    images, labels = load_mnist(train=True)
+    attributes = measure_attributes(images)
+    thresholds = attribute_thresholds(attributes, labels)
+    return attribute_codes(attributes, labels, thresholds), thresholds
+
+
+def caption(label: int, words: dict[str, str], phrasing: int = 0, attributes=tuple(ATTRIBUTE_WORDS)) -> str:
+    """A caption such as "a thick slanted seven" or "seven written wide and thin" (three phrasings)."""
     if not 0 <= label <= 9:
         raise ValueError(f"label must be a digit 0..9, got {label}")
-    adjectives = [words[name] for name in attributes]
+    adjectives = [words[name] for name in attributes if name in words]
     digit = DIGIT_WORDS[label]
-    if phrasing % 3 == 0:
-        return " ".join(["a", *adjectives, digit])
     if phrasing % 3 == 1:
         return " ".join([digit, "written", *(" and ".join(adjectives).split())]) if adjectives else digit
-    return " ".join(["a", *adjectives, "digit", digit])
+    rest = [*adjectives, digit] if phrasing % 3 == 0 else [*adjectives, "digit", digit]
+    return " ".join(["an" if rest[0][0] in "aeiou" else "a", *rest])
+
+
+def training_captions(labels: torch.Tensor, codes: torch.Tensor, generator: torch.Generator,
+                      say_word: float = 0.8) -> list[str]:
+    """Random captions for a batch: each clear attribute said with chance `say_word`, in a random order
+    and phrasing, never both words of the digit's HELD_OUT pair (one of them is then left out)."""
+    n = len(labels)
+    say = torch.rand(n, len(ATTRIBUTE_WORDS), generator=generator) < say_word
+    order = torch.rand(n, len(ATTRIBUTE_WORDS), generator=generator).argsort(1)
+    phrasing = torch.randint(0, 3, (n,), generator=generator)
+    drop_first = torch.rand(n, generator=generator) < 0.5
+    names = list(ATTRIBUTE_WORDS)
+    captions = []
+    for i in range(n):
+        digit = int(labels[i])
+        words = {name: ATTRIBUTE_WORDS[name][int(codes[i, j])] for j, name in enumerate(names)
+                 if codes[i, j] >= 0 and say[i, j]}
+        if (words.get("thickness"), words.get("slant")) == HELD_OUT[digit]:
+            del words["thickness" if drop_first[i] else "slant"]
+        captions.append(caption(digit, words, int(phrasing[i]), [names[j] for j in order[i].tolist()]))
+    return captions
+
+
+def parse_caption(text: str) -> tuple[int | None, dict[str, str]]:
+    """The digit (None if the caption names none) and the attribute words a caption asks for."""
+    words = text.lower().split()
+    digits = [DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS]
+    asked = {name: w for name, pair in ATTRIBUTE_WORDS.items() for w in words if w in pair}
+    return (digits[0] if digits else None), asked
+
+
+def attribute_agreement(images: torch.Tensor, labels: torch.Tensor, asked: list[dict[str, str]],
+                        thresholds: dict) -> dict[str, float]:
+    """Per attribute, the fraction of images that lie on the asked word's side of their digit's median.
+
+    `asked[i]` holds the words image i was asked for (`parse_caption`); chance is 0.5.
+    """
+    measured = measure_attributes(images)
+    result = {}
+    for name, pair in ATTRIBUTE_WORDS.items():
+        rows = [i for i, words in enumerate(asked) if name in words]
+        if rows:
+            medians = torch.tensor(thresholds[name])[labels[rows], 1]
+            above = measured[name][rows] > medians
+            wanted = torch.tensor([asked[i][name] == pair[1] for i in rows])
+            result[name] = (above == wanted).float().mean().item()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- tokens

@@ -7,7 +7,8 @@ The target can instead be x_0 or v (`forward.training_target`).
 | code            | symbol / meaning                                              |
 | --------------- | ------------------------------------------------------------- |
 | `t`             | t ~ Uniform{0..T-1} (the paper's 1..T)                        |
-| `label_dropout` | p_uncond, the chance a label is replaced by the null class (Ho & Salimans 2022, Alg. 1) |
+| `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
+| `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling |
 
 The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
@@ -44,6 +45,7 @@ from .models import build_model
 from .pixelcnn import binarize, pixelcnn_loss
 from .runtime import pick_device
 from .schedules import SCHEDULES, make_schedule
+from .text import HELD_OUT, mnist_caption_data, tokenize, training_captions
 
 MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
@@ -67,6 +69,7 @@ class TrainConfig:
     T: int = 1000
     prediction: str = "eps"
     conditional: bool = False
+    text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
     label_dropout: float = 0.1
     seed: int = 0
     save_every: int = 500
@@ -82,10 +85,12 @@ class TrainConfig:
             (self.steps >= 1 and self.batch_size >= 1 and self.T >= 1, "steps, batch_size and T must be >= 1"),
             (self.lr > 0 and 0 <= self.ema_decay < 1, "lr must be > 0 and ema_decay in [0, 1)"),
             (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
-            (not (self.conditional and self.data in TOY_DATASETS), f"--conditional needs labelled data (mnist), not {self.data!r}"),
+            (not ((self.conditional or self.text) and self.data in TOY_DATASETS),
+             f"--conditional or --text needs labelled data (mnist), not {self.data!r}"),
+            (not (self.conditional and self.text), "choose --conditional (labels) or --text (captions), not both"),
             (self.arch in (None,) + DENOISERS + IMAGE_MODELS, f"unknown arch {self.arch!r}: choose one of {', '.join(DENOISERS + IMAGE_MODELS)}"),
-            (self.arch not in IMAGE_MODELS or (self.data == "mnist" and not self.conditional),
-             f"arch {self.arch!r} trains on mnist and takes no --conditional"),
+            (self.arch not in IMAGE_MODELS or (self.data == "mnist" and not self.conditional and not self.text),
+             f"arch {self.arch!r} trains on mnist and takes no --conditional or --text"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,12 +103,21 @@ class TrainConfig:
         return "mlp" if self.data in TOY_DATASETS else "unet"
 
     def model_config(self) -> dict:
-        return {**({"num_classes": 10} if self.conditional else {}), **self.model}
+        condition = {"num_classes": 10} if self.conditional else {"text_dim": 64} if self.text else {}
+        return {**condition, **self.model}
 
     def info(self) -> dict:
-        """What a sampler needs to know about the model, stored in the checkpoint."""
-        return {"schedule": self.schedule, "T": self.T, "prediction": self.prediction, "data": self.data,
+        """What a sampler needs to know about the model, stored in the checkpoint.
+
+        A text model also keeps the attribute thresholds its captions came from and the held-out
+        word pairs, so that samples can be checked against what their captions asked for.
+        """
+        info = {"schedule": self.schedule, "T": self.T, "prediction": self.prediction, "data": self.data,
                 "train_config": dataclasses.asdict(self)}
+        if self.text:
+            info["text"] = {"thresholds": mnist_caption_data()[1],
+                            "held_out": [[d, *pair] for d, pair in HELD_OUT.items()]}
+        return info
 
 
 def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean"):
@@ -152,7 +166,9 @@ def load_training_data(config: TrainConfig):
 def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
     """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`.
 
-    Labels are returned for a conditional model (with label dropout applied) and for the classifier.
+    Labels are returned for a conditional model (with label dropout applied) and for the classifier;
+    a text model gets caption token ids (B, L) instead (`text.training_captions`, the empty caption
+    with chance `label_dropout`).
     """
     B = config.batch_size
     idx = torch.randint(0, len(data), (B,), generator=generator)
@@ -163,6 +179,10 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
         drop = torch.rand(B, generator=generator) < config.label_dropout
         null_label = config.model_config()["num_classes"]
         batch_labels = torch.where(drop, torch.full((B,), null_label), labels[idx])
+    elif config.text:
+        captions = training_captions(labels[idx], mnist_caption_data()[0][idx], generator)
+        drop = torch.rand(B, generator=generator) < config.label_dropout
+        batch_labels = tokenize([("" if d else c) for c, d in zip(captions, drop.tolist())])[0]
     elif config.model_arch == "classifier":
         batch_labels = labels[idx]
     return data[idx], t, noise, batch_labels

@@ -9,6 +9,13 @@ Every ResBlock adds a projection of the timestep embedding (sinusoidal, as in
 "Attention is all you need" Sec. 3.5, then an MLP) and, for a class-conditional model,
 a learned label embedding. Label `num_classes` is the null class used for classifier-free
 guidance (Ho & Salimans 2022). Code timestep `t` in 0..T-1 is the paper's t+1.
+
+A text-conditional U-Net (`text_dim` set) takes caption token ids (B, L) instead of labels:
+a `text.TextEncoder` turns them into token vectors, every block at `cross_attention_levels`
+(and the middle) gets a `text.CrossAttention` from image positions to those tokens (Rombach
+et al. 2022, Sec. 3.3), and the mean of the caption's token vectors joins the timestep
+embedding as a summary of the whole caption (as Imagen's pooled text embedding, Saharia et
+al. 2022, Sec. 2.4). The empty caption (<start> alone) is the null condition for guidance.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .text import VOCABULARY, CrossAttention, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,14 @@ class UNetConfig:
     attention_levels: tuple[int, ...] = (2,)  # indices into channel_mults; 2 = 7x7 at 28x28
     groups: int = 8
     num_classes: int | None = None  # None: unconditional; else labels 0..num_classes-1 plus null
+    text_dim: int | None = None  # None: no text; else the width of the caption's token vectors
+    text_layers: int = 2
+    text_heads: int = 4
+    cross_attention_levels: tuple[int, ...] = (1, 2)  # levels whose blocks attend to the caption
+
+    def __post_init__(self):
+        if self.num_classes and self.text_dim:
+            raise ValueError("a U-Net is conditioned on labels (num_classes) or on text (text_dim), not both")
 
     @property
     def time_dim(self) -> int:
@@ -90,6 +107,9 @@ class UNet(nn.Module):
         chans = [c.base_channels * m for m in c.channel_mults]
         self.time_mlp = nn.Sequential(nn.Linear(c.base_channels, c.time_dim), nn.SiLU(), nn.Linear(c.time_dim, c.time_dim))
         self.label_emb = nn.Embedding(c.num_classes + 1, c.time_dim) if c.num_classes else None
+        if c.text_dim:
+            self.text_encoder = TextEncoder(c.text_dim, c.text_layers, c.text_heads)
+            self.text_emb = nn.Linear(c.text_dim, c.time_dim)
         self.stem = nn.Conv2d(c.image_channels, chans[0], 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -105,6 +125,7 @@ class UNet(nn.Module):
 
         self.mid1 = ResBlock(ch, ch, c.time_dim, c.groups)
         self.mid_attn = Attention(ch, c.groups)
+        self.mid_cross = CrossAttention(ch, c.text_dim, c.groups) if c.text_dim else None
         self.mid2 = ResBlock(ch, ch, c.time_dim, c.groups)
 
         self.up = nn.ModuleList()
@@ -118,10 +139,13 @@ class UNet(nn.Module):
         self.head = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(), nn.Conv2d(ch, c.image_channels, 3, padding=1))
 
     def _block(self, in_ch: int, out_ch: int, level: int) -> nn.Module:
-        block = ResBlock(in_ch, out_ch, self.config.time_dim, self.config.groups)
-        if level in self.config.attention_levels:
-            return nn.ModuleList([block, Attention(out_ch, self.config.groups)])
-        return nn.ModuleList([block])
+        c = self.config
+        layers = [ResBlock(in_ch, out_ch, c.time_dim, c.groups)]
+        if level in c.attention_levels:
+            layers.append(Attention(out_ch, c.groups))
+        if c.text_dim and level in c.cross_attention_levels:
+            layers.append(CrossAttention(out_ch, c.text_dim, c.groups))
+        return nn.ModuleList(layers)
 
     @property
     def downsampling(self) -> int:
@@ -138,36 +162,69 @@ class UNet(nn.Module):
             )
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image, got {tuple(t.shape)}")
-        if labels is not None and not c.num_classes:
+        if c.text_dim:
+            self._check_tokens(x.shape[0], labels)
+        elif labels is not None and not c.num_classes:
             raise ValueError("this U-Net is unconditional (num_classes=None): pass labels=None")
-        if labels is not None and (labels.shape != t.shape or int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
+        elif labels is not None and (labels.shape != t.shape or int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
             raise ValueError(
                 f"labels must have shape ({x.shape[0]},) with values in 0..{c.num_classes - 1} "
                 f"(or {c.num_classes} for the null class), got shape {tuple(labels.shape)}"
             )
 
+    def _check_tokens(self, batch: int, ids: torch.Tensor | None) -> None:
+        if ids is None:
+            return
+        if ids.ndim != 2 or len(ids) != batch or ids.dtype != torch.long:
+            raise ValueError(f"this U-Net reads captions: pass token ids (B={batch}, L) from text.tokenize, "
+                             f"got {tuple(ids.shape)} {ids.dtype}")
+        if int(ids.min()) < 0 or int(ids.max()) >= len(VOCABULARY) or not bool((ids[:, 0] == 1).all()):
+            raise ValueError("token ids must come from text.tokenize (<start> = 1 first, words, 0 = padding)")
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`labels`: class labels (B,) for a class-conditional U-Net, caption token ids (B, L) for a text one."""
         self.check_input(x, t, labels)
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, time_dim)
+        text = None
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full_like(t, self.config.num_classes)  # no label given: the null class
             emb = emb + self.label_emb(labels)
+        if self.config.text_dim:
+            text = self.encode_text(labels if labels is not None else empty_caption_ids(len(x), x.device))
+            tokens, keep = text
+            pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)  # (B, text_dim)
+            emb = emb + self.text_emb(pooled)
         h = self.stem(x)
         skips = [h]
         for layer in self.down:
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, text)
             skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.mid_attn(self.mid1(h, emb))
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, *text)
+        h = self.mid2(h, emb)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, text)
         return self.head(h)
 
+    def encode_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token vectors tau(y) (B, L, text_dim), keep mask (B, L)) of caption ids (B, L)."""
+        keep = ids != 0
+        return self.text_encoder(ids, keep), keep
+
     @staticmethod
-    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, text) -> torch.Tensor:
         if not isinstance(layer, nn.ModuleList):
             return layer(h)  # down- or upsampling
         h = layer[0](h, emb)
-        return layer[1](h) if len(layer) > 1 else h
+        for module in layer[1:]:
+            h = module(h, *text) if isinstance(module, CrossAttention) else module(h)
+        return h
+
+
+def empty_caption_ids(batch: int, device=None) -> torch.Tensor:
+    """Token ids (B, 1) of the empty caption, <start> alone: the null condition of a text U-Net."""
+    return torch.ones(batch, 1, dtype=torch.long, device=device)

@@ -19,10 +19,10 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def mnist_runs(tmp_path_factory):
-    """An unconditional and a conditional MNIST run of a few steps each (fast, not good)."""
+    """An unconditional, a class-conditional and a text MNIST run of a few steps each (fast, not good)."""
     root = tmp_path_factory.mktemp("runs")
     small = ["--batch-size", "16", "--quiet", "--model-config", '{"base_channels": 16}']
-    for name, extra in (("uncond", []), ("cond", ["--conditional"])):
+    for name, extra in (("uncond", []), ("cond", ["--conditional"]), ("text", ["--text"])):
         result = run("train", "--data", "mnist", "--steps", "3", "--out", str(root / name), *small, *extra)
         assert result.returncode == 0, result.stderr
         assert "trained to step 3" in result.stdout
@@ -69,6 +69,21 @@ def test_inpaint_keeps_the_known_pixels_and_writes_originals_and_mask(mnist_runs
     assert result.returncode == 0 and np.array_equal(np.load(again)["images"], data["originals"])  # all known
 
 
+def test_prompts_for_a_text_model(mnist_runs, tmp_path):
+    out = tmp_path / "text.npz"
+    result = run("sample", "--checkpoint", str(mnist_runs / "text"), "--sampler", "dpm-solver++", "--steps", "4",
+                 "--n", "3", "--prompt", "a thick seven", "--prompt", "one written slanted", "--guidance", "2",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = np.load(out)
+    assert set(data.files) == {"images", "prompts", "labels"} and data["images"].shape == (3, 1, 28, 28)
+    assert data["prompts"].tolist() == ["a thick seven", "one written slanted", "a thick seven"]
+    assert data["labels"].tolist() == [7, 1, 7]  # the digits asked for, so 'evaluate' checks them
+    result = run("sample", "--checkpoint", str(mnist_runs / "text"), "--sampler", "ddim", "--steps", "3", "--n", "2",
+                 "--prompt", "a thin digit", "--out", str(tmp_path / "nodigit.npz"))
+    assert result.returncode == 0 and "labels" not in np.load(tmp_path / "nodigit.npz").files
+
+
 def test_help_documents_every_option():
     for command, options in (("train", ["--data", "--steps", "--out", "--conditional", "--batch-size", "--lr",
                                         "--schedule", "--seed"]),
@@ -88,7 +103,12 @@ def test_help_documents_every_option():
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--eta", "-1", "--out", "x.npz"], "must be >= 0"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--steps", "1001", "--n", "2", "--out", "x.npz"], "between 1 and T=1000"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--labels", "3", "--out", "x.npz"], "unconditional"),
-    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--guidance", "2", "--out", "x.npz"], "class-conditional"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--guidance", "2", "--out", "x.npz"], "conditional checkpoint"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--prompt", "a seven", "--out", "x.npz"], "needs a text model"),
+    (["sample", "--checkpoint", "TEXT", "--sampler", "ddim", "--n", "2", "--labels", "3", "--out", "x.npz"], "is a text model"),
+    (["sample", "--checkpoint", "TEXT", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "--prompt 'a thick seven'"),
+    (["sample", "--checkpoint", "TEXT", "--sampler", "ddim", "--n", "2", "--prompt", "a purple seven", "--out", "x.npz"], r"unknown word\(s\) \['purple'\]"),
+    (["train", "--data", "mnist", "--steps", "3", "--out", "x", "--text", "--conditional"], "not both"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "3,12", "--out", "x.npz"], r"labels must lie in 0\.\.9"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "three", "--out", "x.npz"], "comma-separated integers"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddpm", "--eta", "0.5", "--n", "2", "--out", "x.npz"], "ddim only"),
@@ -102,7 +122,8 @@ def test_help_documents_every_option():
 def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, message):
     import re
 
-    args = [str(mnist_runs / "uncond") if a == "CKPT" else str(mnist_runs / "cond") if a == "COND" else a for a in args]
+    runs = {"CKPT": "uncond", "COND": "cond", "TEXT": "text"}
+    args = [str(mnist_runs / runs[a]) if a in runs else a for a in args]
     args = [str(tmp_path / a) if a in ("x", "x.npz") else a for a in args]
     result = run(*args)
     assert result.returncode != 0

@@ -142,8 +142,12 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown data 'cifar'"):
         TrainConfig(data="cifar")
-    with pytest.raises(ValueError, match="--conditional needs labelled data"):
+    with pytest.raises(ValueError, match="--conditional or --text needs labelled data"):
         TrainConfig(data="moons", conditional=True)
+    with pytest.raises(ValueError, match="--conditional or --text needs labelled data"):
+        TrainConfig(data="moons", text=True)
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(conditional=True, text=True)
     with pytest.raises(ValueError, match="unknown schedule"):
         TrainConfig(schedule="sigmoid")
 
