@@ -6,8 +6,10 @@ One idea per module:
 | ------------- | ------------------------------------------------------------------ |
 | `schedules`   | linear and cosine noise schedules (betas, alpha-bars, SNR, ...)    |
 | `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
-| `samplers`    | DDPM ancestral sampling, DDIM, DDIM inversion                      |
+| `samplers`    | DDPM ancestral sampling, DDIM, DPM-Solver++(2M), DDIM inversion    |
 | `guidance`    | classifier-free guidance as a wrapper around the model             |
+| `text`        | captions measured from MNIST, the tokenizer, text encoder, cross-attention |
+| `inpainting`  | filling masked pixels with any denoiser (replacement and RePaint)  |
 | `ideal`       | exact denoisers for finite and Gaussian data sets                  |
 | `unet`, `mlp`, `pixelcnn` | the networks                                           |
 | `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
@@ -25,7 +27,7 @@ Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
 
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
-from . import evaluation
+from . import evaluation, inpainting, text
 from .data import load_mnist, make_toy
 from .evaluation import evaluate, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,

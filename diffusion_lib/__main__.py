@@ -100,7 +100,8 @@ def build_parser() -> Parser:
     sa = commands.add_parser("sample", help="sample from a checkpoint into an .npz",
                              description="Sample from a trained checkpoint. Images are saved as float32 (N, 1, 28, 28) "
                                          "in [-1, 1] under 'images' (2-D data: (N, 2) under 'points'); a conditional "
-                                         "model's labels as int64 (N,) under 'labels'.")
+                                         "model's labels as int64 (N,) under 'labels'; a text model's captions "
+                                         "under 'prompts' (and, when each names a digit, those digits under 'labels').")
     sa.add_argument("--checkpoint", required=True, type=Path, help="a model.safetensors file, or a training --out folder")
     sa.add_argument("--sampler", required=True, choices=SAMPLERS, help="ddpm (ancestral), ddim, or dpm-solver++ (second order, good at 10-20 steps)")
     sa.add_argument("--steps", type=_positive_int, default=None,

@@ -37,6 +37,17 @@ def named_mask(name: str, shape: tuple[int, ...]) -> torch.Tensor:
     return mask
 
 
+def q_jump(x_prev: torch.Tensor, t_prev: torch.Tensor, t: torch.Tensor, schedule: Schedule,
+           noise: torch.Tensor) -> torch.Tensor:
+    """Noise x_{t'} forward to the later step t, a sample of q(x_t | x_{t'}) (RePaint's jump back, Lugmayr et al. Eq. 10):
+
+    x_t = sqrt(ab_t / ab_t') x_{t'} + sqrt(1 - ab_t / ab_t') eps, for t > t' (or t' = -1, the clean image).
+    Shapes: x_prev, noise (B, ...); t_prev, t (B,).
+    """
+    ratio = _alpha_bar(schedule, t, x_prev) / _alpha_bar(schedule, t_prev, x_prev)
+    return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * noise
+
+
 def inpaint(eps_fn, x0: torch.Tensor, mask: torch.Tensor, schedule: Schedule, steps: int = 50, eta: float = 0.0,
             resample: int = 1, generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
     """Fill the pixels of x0 where `mask` is 0, keeping those where it is 1, with DDIM (`eta`) over `steps` steps.
@@ -77,7 +88,6 @@ def inpaint(eps_fn, x0: torch.Tensor, mask: torch.Tensor, schedule: Schedule, st
             x_prev = mask * known_at(t_prev_int) + (1 - mask) * x_prev
             if attempt == resample - 1 or t_prev_int < 0:
                 break
-            ratio = _alpha_bar(schedule, t, x0) / _alpha_bar(schedule, t_prev, x0)  # q(x_t | x_t'): back up
-            x = ratio.sqrt() * x_prev + (1 - ratio).sqrt() * randn()
+            x = q_jump(x_prev, t_prev, t, schedule, randn())  # back up to t and try the step again
         x = x_prev
     return x

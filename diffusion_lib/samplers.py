@@ -112,11 +112,19 @@ def dpm_solver_step(x0_hat, xt, t, t_prev, schedule: Schedule, previous=None):
     data = x0_hat
     if previous is not None and bool((t_prev >= 0).all()):
         x0_before, h_before = previous
-        r = h_before / h
-        data = (1 + 1 / (2 * r)).to(xt.dtype) * x0_hat - (1 / (2 * r)).to(xt.dtype) * x0_before
+        data = dpm_solver_data(x0_hat, x0_before, (h_before / h).to(xt.dtype))
     sigma_ratio = ((1 - alpha_bar_prev) / (1 - alpha_bar)).sqrt()
     x_prev = sigma_ratio.to(xt.dtype) * xt - (alpha_bar_prev.sqrt() * torch.expm1(-h)).to(xt.dtype) * data
     return x_prev, (x0_hat, h)
+
+
+def dpm_solver_data(x0_hat: torch.Tensor, x0_before: torch.Tensor, r: torch.Tensor | float) -> torch.Tensor:
+    """DPM-Solver++(2M)'s corrected data prediction D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_before. Lu et al. 2022, Alg. 2.
+
+    A finite difference of the two latest predictions extrapolates x0_hat along the ODE's path;
+    r = h_before / h is the ratio of the last two steps in lambda = log(alpha / sigma).
+    """
+    return (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_before
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:

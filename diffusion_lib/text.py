@@ -196,6 +196,19 @@ class TextEncoder(nn.Module):
         return self.norm(self.encoder(x, src_key_padding_mask=~keep))
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor):
+    """softmax(Q K^T / sqrt(d)) V over the tokens `keep` marks. Vaswani et al. 2017, Eq. 1.
+
+    q (..., N, d) queries, k and v (..., L, d) keys and values, keep (..., L) broadcasting to them
+    (True = a real token). Returns (output (..., N, d), weights (..., N, L), each row summing to 1).
+    """
+    if not bool(keep.any(-1).all()):
+        raise ValueError("each caption needs at least one real token (its <start>): make them with tokenize()")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., N, L)
+    weights = F.softmax(scores.masked_fill(~keep[..., None, :], float("-inf")), dim=-1)
+    return weights @ v, weights
+
+
 class CrossAttention(nn.Module):
     """Image positions attend to caption tokens, with a residual: h + W_O softmax(Q K^T / sqrt(d)) V.
 
@@ -214,7 +227,7 @@ class CrossAttention(nn.Module):
         self.out = nn.Conv2d(ch, ch, 1)
 
     def weights(self, h: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor):
-        """(queries, values, attention weights (B, heads, HW, L)): where each image position looks."""
+        """(attention weights (B, heads, HW, L), output (B, heads, HW, d)): where each image position looks."""
         B, C, H, W = h.shape
         if tokens.shape[:2] != keep.shape or len(tokens) != B:
             raise ValueError(f"tokens (B, L, D) and keep (B, L) must match the batch of {B} images, "
@@ -222,14 +235,10 @@ class CrossAttention(nn.Module):
         d = C // self.heads
         q = self.q(self.norm(h)).reshape(B, self.heads, d, H * W).transpose(2, 3)  # (B, heads, HW, d)
         k, v = self.kv(tokens).reshape(B, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d) each
-        scores = q @ k.transpose(2, 3) / math.sqrt(d)  # (B, heads, HW, L)
-        if not bool(keep.any(1).all()):
-            raise ValueError("each caption needs at least one real token (its <start>): make them with tokenize()")
-        attention = F.softmax(scores.masked_fill(~keep[:, None, None, :], float("-inf")), dim=-1)
-        return attention, v
+        out, attention = attend(q, k, v, keep[:, None, :])
+        return attention, out
 
     def forward(self, h: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         B, C, H, W = h.shape
-        attention, v = self.weights(h, tokens, keep)
-        out = (attention @ v).transpose(2, 3).reshape(B, C, H, W)  # (B, C, H, W)
-        return h + self.out(out)
+        _, out = self.weights(h, tokens, keep)
+        return h + self.out(out.transpose(2, 3).reshape(B, C, H, W))  # (B, C, H, W)

@@ -97,8 +97,16 @@ def browser():
         chromium.close()
 
 
-def _run_all_and_move_slider(browser, lab, notebook: str, slider_label: str, shot: str) -> tuple[str, str]:
-    """Open a chapter, run all cells, press End on the slider labelled `slider_label`; return the image before and after."""
+def _press_end_on_slider(interact) -> None:
+    handle = interact.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    handle.press("End")  # the slider's maximum
+
+
+def _run_all_and_move_slider(browser, lab, notebook: str, slider_label: str, shot: str,
+                             act=_press_end_on_slider) -> tuple[str, str]:
+    """Open a chapter, run all cells, act on the widget labelled `slider_label` (by default: press End on
+    its slider); return the widget's image before and after."""
     base, token = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -122,9 +130,7 @@ def _run_all_and_move_slider(browser, lab, notebook: str, slider_label: str, sho
         interact.scroll_into_view_if_needed()
         before = image.get_attribute("src")
         interact.screenshot(path=str(ARTIFACTS / f"{shot}_before.png"))
-        handle = interact.locator(".widget-slider .noUi-handle").first
-        handle.focus()
-        handle.press("End")  # the slider's maximum
+        act(interact)
         page.wait_for_function("([el, old]) => el.querySelector('.widget-output img')?.getAttribute('src') !== old",
                                arg=[interact.element_handle(), before], timeout=120_000)
         after = interact.locator(".widget-output img").first.get_attribute("src")
@@ -146,4 +152,15 @@ def test_chapter_2_timestep_slider_redraws_the_noised_images(browser, lab):
 
 def test_chapter_6_guidance_slider_redraws_the_samples(browser, lab):
     before, after = _run_all_and_move_slider(browser, lab, "06_guidance.ipynb", "w", "chapter06_guidance")
+    assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
+
+
+def test_chapter_7_caption_box_redraws_the_samples(browser, lab):
+    def type_caption(interact):
+        box = interact.locator(".widget-text input").first
+        box.fill("a thin upright one")
+        box.press("Enter")
+
+    before, after = _run_all_and_move_slider(browser, lab, "07_text_inpainting_solvers.ipynb", "text",
+                                             "chapter07_caption", act=type_caption)
     assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after

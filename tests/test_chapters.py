@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 import diffusion_lib as dl
 import functools
 
-from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -130,6 +130,48 @@ def test_sampler_and_trajectory_views():
         ch05.trajectory_view(trajectory, 4)
 
 
+@pytest.fixture(scope="module")
+def text_model():
+    return dl.pretrained("mnist_text")
+
+
+def test_caption_view_follows_the_text_and_explains_unknown_words(text_model):
+    views = [ch07.caption_view(text, 3.0, *text_model, n=2, steps=4) for text in ("a thick seven", "a thin one")]
+    assert '"a thick seven"' in views[0]._suptitle.get_text()
+    assert not np.allclose(_image_of(views[0]), _image_of(views[1]))
+    message = ch07.caption_view("a purple seven", 3.0, *text_model, n=2, steps=4)
+    assert not message.axes and "unknown word(s) ['purple']" in message.texts[0].get_text()
+
+
+def test_attention_maps_are_weights_over_the_caption(text_model):
+    image, words, maps = ch07.attention_maps(*text_model, "a thick slanted seven", steps=3)
+    assert image.shape == (1, 28, 28) and words == ["<start>", "a", "thick", "slanted", "seven"]
+    assert sorted(maps) == [7, 14] and maps[14].shape == (5, 14, 14)
+    assert torch.allclose(maps[14].sum(0), torch.ones(14, 14), atol=1e-4)  # the caption has no padding to share
+    assert len(ch07.attention_figure(image, words, maps[7], "x").axes) == 6
+
+
+def test_caption_sets_hold_each_digit_out_once_and_scores_are_fractions(text_model):
+    sets = ch07.caption_sets()
+    assert len(sets["held out"]) == 10 and len(sets["seen"]) == 30
+    assert "a thin upright zero" in sets["held out"] and "a thick upright zero" in sets["seen"]
+    classifier, _ = dl.pretrained("mnist_classifier")
+    scores = ch07.caption_scores(*text_model, classifier, sets["held out"][:2], 2, 3.0, steps=3)
+    assert scores["n"] == 4 and all(0 <= scores[k] <= 1 for k in ("digit_accuracy", "thickness", "slant"))
+
+
+def test_inpaint_view_keeps_the_known_half():
+    images = dl.load_mnist(train=False)[0][:3]
+    uncond, cond = dl.pretrained("mnist_uncond"), dl.pretrained("mnist_cond")
+    view = ch07.inpaint_view("left", 1, None, images, uncond, cond, steps=3, n=2)
+    grid = _image_of(view, 2)  # the first completion
+    original = (images[1, 0].numpy() + 1) / 2
+    assert np.allclose(grid[:, 14:], original[:, 14:], atol=1e-6) and not np.allclose(grid, original)
+    assert "asked for a 4" in ch07.inpaint_view("top", 0, 4, images, uncond, cond, steps=3, n=1)._suptitle.get_text()
+    with pytest.raises(ValueError, match="index must lie in 0..2"):
+        ch07.inpaint_view("top", 3, None, images, uncond, cond)
+
+
 def _shifted_mask(k, mask_type):
     mask = torch.ones(k, k)
     mask[k // 2 + 1:] = 0
@@ -168,6 +210,11 @@ CHECKS = {
         ("my_guided_eps", exercises.check_guided_eps, lambda cond, uncond, w: cond + w * (cond - uncond)),
         # the chapter passes its own measured accuracy at w = 0; chance level stands in for it here
         ("unguided_accuracy_guess", functools.partial(exercises.check_unguided_accuracy, measured=0.1), 1.0),
+    ],
+    "07_text_inpainting_solvers": [
+        ("my_attention", exercises.check_attention, lambda q, k, v, keep: (q @ k.transpose(-2, -1)).softmax(-1) @ v),
+        ("my_dpm_data", exercises.check_dpm_data, lambda x0_hat, x0_before, r: 1.5 * x0_hat - 0.5 * x0_before),
+        ("my_q_jump", exercises.check_q_jump, lambda x, ab_prev, ab, noise: ab.sqrt() * x + (1 - ab).sqrt() * noise),
     ],
 }
 

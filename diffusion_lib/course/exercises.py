@@ -11,10 +11,12 @@ import torch
 from ..forward import q_sample, x0_from_eps
 from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
+from ..inpainting import q_jump
 from ..pixelcnn import MaskedConv2d
-from ..samplers import ddim_step
+from ..samplers import ddim_step, dpm_solver_data
 from ..training import diffusion_loss
 from ..schedules import make_schedule
+from ..text import attend
 
 
 def _report(ok: bool, success: str, hint: str) -> bool:
@@ -256,3 +258,50 @@ def check_ema_horizon(answer) -> bool:
     ok = isinstance(answer, (int, float)) and abs(answer - expected) / expected < 0.1
     return _report(ok, f"about {expected:.0f} steps: weight (1 - d) d^k on a step k steps ago sums to 1 with mean age d / (1 - d)",
                    "each update keeps a fraction d of the average: how many steps until d^k has fallen to about 1/e?")
+
+
+# Chapter 7 -----------------------------------------------------------------------------
+
+def check_attention(my_attention) -> bool:
+    """`my_attention(q, k, v, keep)` -> softmax(q k^T / sqrt(d)) v over the kept tokens, as `text.attend`."""
+    generator = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, n, 4, generator=generator) for n in (6, 5, 5))
+    keep = torch.tensor([[True, True, True, False, False], [True] * 5])
+    expected, _ = attend(q, k, v, keep)
+    unmasked, _ = attend(q, k, v, torch.ones_like(keep))
+    unscaled, _ = attend(q * 2, k, v, keep)  # sqrt(d) = 2 here: forgetting it doubles the scores
+    return _compare(my_attention, (q, k, v, keep), expected, 1e-5,
+                    "return (B, N, d): one mixture of the value vectors per query",
+                    "your attention equals the library's, padding ignored",
+                    "scores = q @ k.transpose(-2, -1) / sqrt(d); set padded scores to -inf; softmax over the tokens; @ v",
+                    [(unmasked, "padding must get no weight: fill the scores of tokens where keep is False with -inf "
+                                "before the softmax"),
+                     (unscaled, "divide the scores by sqrt(d), d = q.shape[-1], before the softmax")])
+
+
+def check_dpm_data(my_dpm_data) -> bool:
+    """`my_dpm_data(x0_hat, x0_before, r)` -> DPM-Solver++(2M)'s corrected data prediction, as `samplers.dpm_solver_data`."""
+    generator = torch.Generator().manual_seed(8)
+    x0_hat, x0_before = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
+    r = torch.tensor([0.5, 1.0, 2.0]).reshape(-1, 1, 1, 1)
+    return _compare(my_dpm_data, (x0_hat, x0_before, r), dpm_solver_data(x0_hat, x0_before, r), 1e-5,
+                    f"return a tensor of x0_hat's shape {tuple(x0_hat.shape)}",
+                    "your correction equals the library's for r = 0.5, 1 and 2",
+                    "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_before: step past the newest prediction, away from the older one",
+                    [(dpm_solver_data(x0_before, x0_hat, r), "the newest prediction x0_hat gets the weight above 1"),
+                     (dpm_solver_data(x0_hat, x0_before, 1 / r), "r = h_before / h: check which way round r enters")])
+
+
+def check_q_jump(my_q_jump) -> bool:
+    """`my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise)` -> a sample of q(x_t | x_t'), as `inpainting.q_jump`."""
+    schedule = make_schedule("cosine", 1000)
+    generator = torch.Generator().manual_seed(9)
+    x_prev, noise = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
+    t_prev, t = torch.tensor([10, 300, 700]), torch.tensor([40, 340, 760])
+    ab_prev, ab = (schedule.alpha_bars.float()[i].reshape(-1, 1, 1, 1) for i in (t_prev, t))
+    return _compare(my_q_jump, (x_prev, ab_prev, ab, noise), q_jump(x_prev, t_prev, t, schedule, noise), 1e-5,
+                    f"return a tensor of x_prev's shape {tuple(x_prev.shape)}",
+                    "your jump equals the library's: x_t' noised forward to t",
+                    "the steps from t' to t multiply the signal by sqrt(ab_t / ab_t') and add noise of variance 1 - ab_t / ab_t'",
+                    [(ab.sqrt() * x_prev + (1 - ab).sqrt() * noise,
+                      "that noises a clean image to t; x_t' is already noisy, so use the ratio ab_t / ab_t'")])
