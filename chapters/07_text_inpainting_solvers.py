@@ -172,18 +172,26 @@ print(f"cross-attention by hand vs the library's layer: largest difference {(by_
 image, words, maps = ch07.attention_maps(model, info, "a thick slanted seven", w=3.0, steps=10, seed=4)
 for side, m in maps.items():
     display(ch07.attention_figure(image, words, m, f"cross-attention at {side}x{side}, averaged over 10 steps"))
+    ink = torch.nn.functional.adaptive_avg_pool2d(image[None], side)[0, 0] > -0.5  # positions the stroke covers
+    print(f"{side}x{side}: attention on the stroke / off it, per token: "
+          + ", ".join(f"{word} {m[i][ink].mean() / m[i][~ink].mean():.2f}" for i, word in enumerate(words)))
 
 # %% [markdown]
-# At 14x14 (finer, earlier in the network), the attribute word lights up along the stroke itself: the
-# pixels that must become thick ask for "thick". At 7x7 most positions read the digit word, which
-# decides the overall shape. The filler word "a" and `<start>` get less attention everywhere (they
-# carry little). Try other captions with `ch07.attention_maps` below; the maps are averages over
-# a real sampling run, not an illustration.
+# Read the maps and the ratios together (above 1: the token is read more on the stroke than on the
+# background). Each position's weights sum to 1 over the tokens, so the maps share out attention.
+# At 14x14, finer and earlier in the network, look for the attribute word along the stroke: the
+# pixels that must become thick are the ones that ask for "thick". At 7x7 the content words ("slanted",
+# "seven") take most of the attention: the coarse level decides the overall shape. `<start>` and "a"
+# carry no information, and a position with nothing to look up can park its attention on them (large
+# models show the same "attention sink"). These maps come from a real sampling run; try your own
+# captions with `ch07.attention_maps(model, info, "...")`.
 #
 # ## 5. Type a caption
 #
 # The vocabulary is small: digits as words, the six attribute words, and "a an digit written drawn
-# and". Unknown words get a message, not a traceback. Drag the guidance scale: $w = 0$ ignores the
+# and". Unknown words get a message, not a traceback. ("drawn" is in the vocabulary but in no
+# training caption, so its embedding never moved from its random start: try "a drawn seven" and
+# see what an untrained word does.) Drag the guidance scale: $w = 0$ ignores the
 # caption (the empty caption's prediction), $w = 1$ is the plain conditional model.
 
 # %%
@@ -275,10 +283,11 @@ for row in rates:
     print(f"{row['mask']:>7} {row['keeps_class']:>16.2f} {row['becomes_target']:>28.2f}")
 
 # %% [markdown]
-# Hiding half a digit leaves the unconditional model freedom: the kept half usually fixes the class,
-# but a top half can be finished in more than one way (the top of a 7 and of a 9 look alike). Turning
-# a digit into *another* digit is harder still: the kept half must fit the new digit, which works when
-# the two digits share that half and fails when the known strokes contradict it.
+# Compare the rows. A hidden region that holds what tells digits apart (the top of a 7 or a 9, the
+# middle of an 8 or a 0) leaves the unconditional model free to finish the digit as something else,
+# and the classifier then disagrees with the original label. Changing the class is the mirror image:
+# it works when the kept strokes fit the requested digit, and the more ink is hidden (the centre
+# square hides most of it), the less the known pixels contradict the request.
 #
 # ## 7. A faster solver: DPM-Solver++
 #
