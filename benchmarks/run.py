@@ -390,10 +390,18 @@ def _render_targets(f: dict) -> list[str]:
     if "guidance" in f and 3.0 in f["guidance"]["w"]:
         accuracy = f["guidance"]["accuracy"][f["guidance"]["w"].index(3.0)]
         add("class accuracy at guidance 3 (DDIM-50)", "at least 0.97", f"{accuracy:.3f}", accuracy >= 0.97)
+    solvers = {(r["sampler"], r["steps"]): r["mnist_fid"] for r in f.get("text", {}).get("solvers", [])}
+    if ("ddim", 10) in solvers and ("dpm-solver++", 10) in solvers:
+        add("mnist_text at 10 steps: DPM-Solver++ MNIST-FID vs DDIM's", "lower than DDIM's",
+            f"{solvers[('dpm-solver++', 10)]:.1f} vs {solvers[('ddim', 10)]:.1f}",
+            solvers[("dpm-solver++", 10)] < solvers[("ddim", 10)])
     if "course" in f:
         c = f["course"]
         if "nbval_fast_seconds" in c:
             add("fast-mode nbval suite", "at most 600 s", f"{c['nbval_fast_seconds']:.0f} s", c["nbval_fast_seconds"] <= 600)
+        slowest_fast = max(c["rows"], key=lambda r: r["fast_seconds"])
+        add("slowest chapter in fast mode", "at most 60 s", f"{slowest_fast['fast_seconds']:.0f} s ({slowest_fast['chapter']})",
+            slowest_fast["fast_seconds"] <= 60)
         slowest = max(c["rows"], key=lambda r: r["full_seconds"])
         add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']})",
             slowest["full_seconds"] <= 300)

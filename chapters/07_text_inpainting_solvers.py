@@ -313,8 +313,8 @@ display(show_grid(torch.cat(rows), "10 steps: DDIM (top) vs DPM-Solver++ (bottom
 
 # %% [markdown]
 # Measured here on this chapter's model (MNIST-FID of samples against the test set, lower is better;
-# the classifier's features, chapter 5), and as committed by `python benchmarks/run.py --only steps`
-# for the unconditional model on 256 samples:
+# the classifier's features, chapter 5), and as committed by `python benchmarks/run.py --only text,steps`
+# on more samples, for this model and for chapter 5's unconditional one:
 
 # %%
 n_fid = 50 if FAST else 300
@@ -326,6 +326,9 @@ for sampler, steps in (("ddim", 10), ("dpm-solver++", 10)) if FAST else (("ddim"
     fids[(sampler, steps)] = dl.mnist_fid(samples, classifier)
 print(f"here, mnist_text, {n_fid} samples, w = 1 ({time.perf_counter() - start:.0f} s): "
       + ", ".join(f"{s}-{k} {f:.1f}" for (s, k), f in fids.items()))
+text_figures = load_measured("text")["figures"]
+print(f"committed, mnist_text, {text_figures['solver_samples']} samples:   "
+      + ", ".join(f"{r['sampler']}-{r['steps']} {r['mnist_fid']:.1f}" for r in text_figures["solvers"]))
 committed = {(r["sampler"], r["steps"]): r["mnist_fid"] for r in load_measured("steps")["figures"]["rows"]}
 print("committed, mnist_uncond, 256 samples:     "
       + ", ".join(f"{s}-{k} {committed[(s, k)]:.1f}" for s, k in (("ddim", 10), ("dpm-solver++", 10), ("ddim", 50))))

@@ -320,6 +320,8 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
         raise CheckpointError(f"{path} is not a training state")
     stored = json.loads(metadata["train_config"])
     current = dataclasses.asdict(config)
+    defaults = dataclasses.asdict(TrainConfig())  # a field newer than the stored run had its default there
+    stored = {**defaults, **stored}
     changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES}
     if changed:
         raise CheckpointError(

@@ -99,6 +99,23 @@ def test_resume_refuses_other_settings(tmp_path):
         train(TrainConfig(**{**config.__dict__, "steps": 6, "lr": 0.1}), tmp_path, progress=False)
 
 
+def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    import json
+
+    from diffusion_lib.checkpoint import read_tensors, save_tensors
+
+    config = TrainConfig(data="moons", steps=3, batch_size=8, T=50, model=TINY_MLP)
+    train(config, tmp_path, progress=False)
+    tensors, metadata = read_tensors(tmp_path / STATE_FILE)
+    old = json.loads(metadata["train_config"])
+    del old["text"]  # as written before captions existed
+    save_tensors(tmp_path / STATE_FILE, tensors, {**metadata, "train_config": json.dumps(old)})
+    assert train(TrainConfig(**{**config.__dict__, "steps": 5}), tmp_path, progress=False).step == 5
+    with pytest.raises(CheckpointError, match="other settings.*text"):
+        train(TrainConfig(**{**config.__dict__, "steps": 6, "data": "mnist", "text": True,
+                             "model": {"base_channels": 8, "groups": 4, "text_dim": 8}}), tmp_path, progress=False)
+
+
 def _cli(*args, **kwargs):
     env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
