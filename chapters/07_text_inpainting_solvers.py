@@ -62,11 +62,15 @@ torch.manual_seed(0)
 model, info = dl.pretrained("mnist_text")
 classifier, _ = dl.pretrained("mnist_classifier")
 train_config = dl.TrainConfig(**info["train_config"])
-parts = {"text encoder": model.text_encoder, "cross-attention": [m for m in model.modules() if isinstance(m, captions.CrossAttention)]}
-sizes = {name: sum(p.numel() for m in (ms if isinstance(ms, list) else [ms]) for p in m.parameters()) for name, ms in parts.items()}
-total = sum(p.numel() for p in model.parameters())
-print(f"text-conditional U-Net: {total:,} parameters ({sizes['text encoder']:,} in the text encoder, "
-      f"{sizes['cross-attention']:,} in {len(parts['cross-attention'])} cross-attention layers), "
+cross_layers = [m for m in model.modules() if isinstance(m, captions.CrossAttention)]
+
+
+def count(*modules):
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+print(f"text-conditional U-Net: {count(model):,} parameters ({count(model.text_encoder):,} in the text encoder, "
+      f"{count(*cross_layers):,} in {len(cross_layers)} cross-attention layers), "
       f"trained {info['step']:,} steps of batch {train_config.batch_size}")
 
 # %% [markdown]
@@ -327,10 +331,10 @@ for sampler, steps in (("ddim", 10), ("dpm-solver++", 10)) if FAST else (("ddim"
 print(f"here, mnist_text, {n_fid} samples, w = 1 ({time.perf_counter() - start:.0f} s): "
       + ", ".join(f"{s}-{k} {f:.1f}" for (s, k), f in fids.items()))
 text_figures = load_measured("text")["figures"]
-print(f"committed, mnist_text, {text_figures['solver_samples']} samples:   "
+print(f"committed, mnist_text, {text_figures['solver_samples']} samples:  "
       + ", ".join(f"{r['sampler']}-{r['steps']} {r['mnist_fid']:.1f}" for r in text_figures["solvers"]))
 committed = {(r["sampler"], r["steps"]): r["mnist_fid"] for r in load_measured("steps")["figures"]["rows"]}
-print("committed, mnist_uncond, 256 samples:     "
+print("committed, mnist_uncond, 256 samples: "
       + ", ".join(f"{s}-{k} {committed[(s, k)]:.1f}" for s, k in (("ddim", 10), ("dpm-solver++", 10), ("ddim", 50))))
 
 # %% [markdown]
