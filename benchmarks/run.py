@@ -28,7 +28,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from diffusion_lib.course.ch01 import recognised
 from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_rates
-from diffusion_lib.course.measured import MEASURED_DIR
+from diffusion_lib.course.measured import MEASURED_DIR, machine
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
 from diffusion_lib.pipeline import parse_labels
 
@@ -54,18 +53,6 @@ FP32_FLOP_PER_CYCLE = 32  # two 256-bit FMA pipes: 2 x 8 lanes x 2 (AMD Zen 2-4,
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def machine() -> dict:
-    """What the figures were measured on."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    mhz = next((float(line.split(":", 1)[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")), None)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "cores": os.cpu_count(), "mhz": mhz, "memory_gib": round(memory, 1) if memory else None,
-            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
 
 
 def classifier():

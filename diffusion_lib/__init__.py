@@ -7,6 +7,7 @@ One idea per module:
 | `schedules`   | linear and cosine noise schedules (betas, alpha-bars, SNR, ...)    |
 | `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
 | `samplers`    | DDPM ancestral sampling, DDIM, DPM-Solver++(2M), DDIM inversion    |
+| `continuous`  | EDM and rectified flow on continuous noise levels (sigma, s); Heun and Euler ODE solvers; the change of variables to DDPM |
 | `guidance`    | classifier-free guidance as a wrapper around the model             |
 | `text`        | captions measured from MNIST, the tokenizer, text encoder, cross-attention |
 | `inpainting`  | filling masked pixels with any denoiser (replacement and RePaint)  |
@@ -14,7 +15,7 @@ One idea per module:
 | `unet`, `mlp`, `pixelcnn` | the networks                                           |
 | `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
 | `data`        | MNIST in [-1, 1] and 2-D toy data sets                             |
-| `training`    | the DDPM loss, EMA, the resumable (and distributable) training loop |
+| `training`    | the DDPM loss (and min-SNR weighting), EMA, the resumable (and distributable) training loop |
 | `checkpoint`  | safetensors checkpoints with their config; the committed models    |
 | `classifier`  | a small MNIST classifier, the judge of generated digits            |
 | `evaluation`  | MNIST-FID, class accuracy, histogram and diversity of samples      |
@@ -22,12 +23,13 @@ One idea per module:
 | `pipeline`    | checkpoint -> samples in one call (used by the command line)       |
 | `runtime`     | device choice and the course's fast mode                           |
 
-Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`).
+Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`). EDM and flow models
+name noise by a real number instead (sigma, or s in [0, 1]); `continuous` says how each maps to t.
 """
 
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
-from . import evaluation, inpainting, text
+from . import continuous, evaluation, inpainting, text
 from .data import load_mnist, make_toy
 from .evaluation import evaluate, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,

@@ -15,12 +15,12 @@ from .checkpoint import CheckpointError, load_model
 from .data import DATASETS, load_mnist
 from .forward import PREDICTIONS
 from .inpainting import MASKS, named_mask
-from .pipeline import generate, inpaint_images, parse_labels
+from .continuous import OBJECTIVES
+from .pipeline import ALL_SAMPLERS, DEFAULT_SAMPLER, ODE_SAMPLERS, generate, inpaint_images, objective_of, parse_labels
 from .runtime import pick_device
-from .samplers import SAMPLERS
 from .schedules import SCHEDULES
 from .text import parse_caption
-from .training import MODEL_FILE, TrainConfig, train
+from .training import LOSS_WEIGHTS, MODEL_FILE, PRECISIONS, TrainConfig, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,7 +82,16 @@ def build_parser() -> Parser:
     tr.add_argument("--warmup", type=int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule, help="noise schedule (default %(default)s)")
     tr.add_argument("--T", type=_positive_int, default=defaults.T, help="number of diffusion steps (default %(default)s)")
-    tr.add_argument("--prediction", choices=PREDICTIONS, default=defaults.prediction, help="network target (default %(default)s)")
+    tr.add_argument("--prediction", choices=PREDICTIONS, default=defaults.prediction,
+                    help="network target with --objective ddpm (default %(default)s)")
+    tr.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                    help="ddpm (discrete steps, --schedule, --prediction), edm (Karras et al. 2022) or flow "
+                         "(rectified flow with logit-normal times, as Stable Diffusion 3) (default %(default)s)")
+    tr.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=defaults.loss_weight,
+                    help="per-example loss weight with --objective ddpm: none or min-snr (gamma 5) (default %(default)s)")
+    tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                    help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions, slower on others; "
+                         "see benchmarks/RESULTS.md (default %(default)s)")
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="EMA decay (default %(default)s)")
     tr.add_argument("--label-dropout", type=float, default=defaults.label_dropout,
                     help="chance of replacing a label by the null class, for guidance (default %(default)s)")
@@ -103,9 +112,13 @@ def build_parser() -> Parser:
                                          "model's labels as int64 (N,) under 'labels'; a text model's captions "
                                          "under 'prompts' (and, when each names a digit, those digits under 'labels').")
     sa.add_argument("--checkpoint", required=True, type=Path, help="a model.safetensors file, or a training --out folder")
-    sa.add_argument("--sampler", required=True, choices=SAMPLERS, help="ddpm (ancestral), ddim, or dpm-solver++ (second order, good at 10-20 steps)")
+    sa.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
+                    help="ddpm (ancestral), ddim, dpm-solver++ (second order, good at 10-20 steps), or for edm and "
+                         "flow models heun (2 calls a step) and euler; default: the one that suits the checkpoint's "
+                         "objective (" + ", ".join(f"{k}: {v[0]}-{v[1]}" for k, v in DEFAULT_SAMPLER.items()) + ")")
     sa.add_argument("--steps", type=_positive_int, default=None,
-                    help="sampling steps, 1..T (default: T for ddpm, 50 for ddim; ddpm with fewer steps is respaced)")
+                    help="sampling steps (1..T for ddpm, ddim, dpm-solver++; default: the sampler's own, "
+                         "T for ddpm, 50 for ddim, 20 for dpm-solver++; ddpm with fewer steps is respaced)")
     sa.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)")
     sa.add_argument("--n", required=True, type=_positive_int, help="number of samples")
     sa.add_argument("--guidance", type=_non_negative_float, default=None,
@@ -150,7 +163,9 @@ def run_evaluate(args) -> None:
 def run_train(args) -> None:
     config = TrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
-                         prediction=args.prediction, conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
+                         prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
+                         precision=args.precision,
+                         conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
                          arch=args.arch)
     start = time.perf_counter()
@@ -180,9 +195,13 @@ def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, 
 
 
 def run_sample(args) -> None:
+    model, info = load_model(args.checkpoint, pick_device(args.device))
+    if args.sampler is None:
+        args.sampler = "ddim" if args.inpaint is not None or args.eta else DEFAULT_SAMPLER[objective_of(info)][0]
+        if args.steps is None and args.sampler == DEFAULT_SAMPLER[objective_of(info)][0]:
+            args.steps = DEFAULT_SAMPLER[objective_of(info)][1]
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
-    model, info = load_model(args.checkpoint, pick_device(args.device))
     if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model; "
                          "sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python")
@@ -196,7 +215,7 @@ def run_sample(args) -> None:
     prompts = [args.prompt[i % len(args.prompt)] for i in range(args.n)] if is_text else None
     if args.guidance is not None and not (model.config.num_classes or is_text):
         raise ValueError("--guidance needs a conditional checkpoint (trained with --conditional or --text)")
-    if args.steps is not None and args.steps > info["T"]:
+    if args.steps is not None and args.sampler not in ODE_SAMPLERS and args.steps > info["T"]:
         raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
     arrays = {}
     if args.inpaint is not None:

@@ -31,6 +31,16 @@ def _check(schedule: Schedule, x: torch.Tensor, t: torch.Tensor) -> None:
         )
 
 
+def _alpha(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """sqrt(alpha-bar_t), formed in float64 and cast to like's dtype, shaped to broadcast."""
+    return schedule.at("sqrt_alpha_bars", t, like)
+
+
+def _sigma(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """sqrt(1 - alpha-bar_t), formed in float64 (1 - ab in float32 loses digits near ab = 1)."""
+    return schedule.at("sqrt_one_minus_alpha_bars", t, like)
+
+
 def q_step(x_prev: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor | None = None):
     """One Markov step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I). DDPM Eq. 2."""
     _check(schedule, x_prev, t)
@@ -48,8 +58,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch
     noise = torch.randn_like(x0) if noise is None else noise
     if noise.shape != x0.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-    alpha_bar = schedule.at("alpha_bars", t, x0)
-    return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
+    return schedule.at("sqrt_alpha_bars", t, x0) * x0 + schedule.at("sqrt_one_minus_alpha_bars", t, x0) * noise
 
 
 def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule):
@@ -60,48 +69,39 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: S
     variance = beta-tilde_t.  Returns (mean (B, ...), variance (B, 1, ..., 1)).
     """
     _check(schedule, xt, t)
-    beta = schedule.at("betas", t, xt)
-    alpha = schedule.at("alphas", t, xt)
-    alpha_bar = schedule.at("alpha_bars", t, xt)
-    alpha_bar_prev = schedule.at("alpha_bars_prev", t, xt)
-    coef_x0 = beta * alpha_bar_prev.sqrt() / (1.0 - alpha_bar)
-    coef_xt = (1.0 - alpha_bar_prev) * alpha.sqrt() / (1.0 - alpha_bar)
+    coef_x0 = schedule.at("posterior_coef_x0", t, xt)  # each coefficient formed in float64, then cast
+    coef_xt = schedule.at("posterior_coef_xt", t, xt)
     return coef_x0 * x0 + coef_xt * xt, schedule.at("posterior_variance", t, xt)
 
 
 def x0_from_eps(xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule):
     """Invert Eq. 4 for x_0: x-hat_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t). DDPM Eq. 15."""
     _check(schedule, xt, t)
-    alpha_bar = schedule.at("alpha_bars", t, xt)
-    return (xt - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    return (xt - _sigma(schedule, t, xt) * eps) / _alpha(schedule, t, xt)
 
 
 def eps_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, schedule: Schedule):
     """Invert Eq. 4 for the noise: eps = (x_t - sqrt(alpha-bar_t) x_0) / sqrt(1 - alpha-bar_t)."""
     _check(schedule, xt, t)
-    alpha_bar = schedule.at("alpha_bars", t, xt)
-    return (xt - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
+    return (xt - _alpha(schedule, t, xt) * x0) / _sigma(schedule, t, xt)
 
 
 def v_from_eps_x0(eps: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: Schedule):
     """The v target, v = sqrt(alpha-bar_t) eps - sqrt(1 - alpha-bar_t) x_0. Salimans & Ho 2022, Sec. 4."""
     _check(schedule, x0, t)
-    alpha_bar = schedule.at("alpha_bars", t, x0)
-    return alpha_bar.sqrt() * eps - (1.0 - alpha_bar).sqrt() * x0
+    return _alpha(schedule, t, x0) * eps - _sigma(schedule, t, x0) * x0
 
 
 def eps_from_v(xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor, schedule: Schedule):
     """eps = sqrt(1 - alpha-bar_t) x_t + sqrt(alpha-bar_t) v (from x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps)."""
     _check(schedule, xt, t)
-    alpha_bar = schedule.at("alpha_bars", t, xt)
-    return (1.0 - alpha_bar).sqrt() * xt + alpha_bar.sqrt() * v
+    return _sigma(schedule, t, xt) * xt + _alpha(schedule, t, xt) * v
 
 
 def x0_from_v(xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor, schedule: Schedule):
     """x_0 = sqrt(alpha-bar_t) x_t - sqrt(1 - alpha-bar_t) v."""
     _check(schedule, xt, t)
-    alpha_bar = schedule.at("alpha_bars", t, xt)
-    return alpha_bar.sqrt() * xt - (1.0 - alpha_bar).sqrt() * v
+    return _alpha(schedule, t, xt) * xt - _sigma(schedule, t, xt) * v
 
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -126,4 +126,15 @@ def training_target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, t: tor
         return x0
     if prediction == "v":
         return v_from_eps_x0(eps, x0, t, schedule)
+    raise ValueError(f"unknown prediction type {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+
+
+def to_eps_x0(prediction: str, model_out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule):
+    """(eps, x0_hat) from a network output, each computed directly from what the network predicts."""
+    if prediction == "eps":
+        return model_out, x0_from_eps(xt, t, model_out, schedule)
+    if prediction == "x0":
+        return eps_from_x0(xt, t, model_out, schedule), model_out
+    if prediction == "v":
+        return eps_from_v(xt, t, model_out, schedule), x0_from_v(xt, t, model_out, schedule)
     raise ValueError(f"unknown prediction type {prediction!r}: choose one of {', '.join(PREDICTIONS)}")

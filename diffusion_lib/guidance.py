@@ -28,6 +28,8 @@ def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | t
     classes; `null_label` is the class index the model was trained to read as "no label".
     For a text model, `labels` are caption token ids (B, L) and `null_label` the ids of the empty
     caption (1, L) (`text.tokenize([""], L)[0]`). Both branches run in one batched call of size 2B.
+    Guidance is linear in the model's output, so `model_eps` may return anything affine in eps
+    (x0, v, EDM's D) or an (eps, x0_hat) pair, and the same formula applies to each part.
     """
     if w < 0:
         raise ValueError(f"guidance scale w must be >= 0 (0 = unconditional, 1 = conditional), got {w}")
@@ -41,7 +43,13 @@ def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | t
             return model_eps(xt, t, labels)
         if w == 0:
             return model_eps(xt, t, null)
-        eps_cond, eps_uncond = model_eps(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        return eps_uncond + w * (eps_cond - eps_uncond)
+        out = model_eps(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null]))
+        if isinstance(out, tuple):
+            return tuple(_combine(*part.chunk(2), w) for part in out)
+        return _combine(*out.chunk(2), w)
 
     return eps_fn
+
+
+def _combine(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    return uncond + w * (cond - uncond)

@@ -15,7 +15,9 @@ import dataclasses
 from torch import nn
 
 from .classifier import Classifier, ClassifierConfig
-from .forward import to_eps
+from .continuous import OBJECTIVES
+from .continuous import as_eps_model as continuous_eps_model
+from .forward import PREDICTIONS, to_eps, to_eps_x0
 from .mlp import MLPConfig, MLPDenoiser
 from .pixelcnn import PixelCNN, PixelCNNConfig
 from .schedules import Schedule
@@ -56,16 +58,28 @@ def build_model(arch: str, config: dict | object | None = None) -> nn.Module:
     return ARCHITECTURES[arch][0](config)
 
 
-def as_eps_fn(model: nn.Module, schedule: Schedule, prediction: str = "eps", labels=None):
-    """`eps_fn(xt, t)` for samplers, from a network that predicts eps, x0 or v (`forward.to_eps`).
+def as_eps_fn(model: nn.Module, schedule: Schedule, prediction: str = "eps", labels=None, with_x0: bool = False):
+    """`eps_fn(xt, t)` for samplers, from a network that predicts eps, x0 or v (`forward.to_eps`),
+    or one trained with EDM's or the flow's loss (`prediction` "edm" or "flow", `continuous.as_eps_model`).
 
     With `labels` (B,) the model is called conditionally; use `guidance.guided_eps_fn` with
-    `as_eps_model` for classifier-free guidance.
+    `as_eps_model` for classifier-free guidance. `with_x0`: see `as_eps_model`.
     """
-    eps_model = as_eps_model(model, schedule, prediction)
+    eps_model = as_eps_model(model, schedule, prediction, with_x0)
     return lambda xt, t: eps_model(xt, t, labels)
 
 
-def as_eps_model(model: nn.Module, schedule: Schedule, prediction: str = "eps"):
-    """`eps_model(xt, t, labels)` returning eps whatever the network's parametrisation."""
-    return lambda xt, t, labels=None: to_eps(prediction, model(xt, t, labels), xt, t, schedule)
+def as_eps_model(model: nn.Module, schedule: Schedule, prediction: str = "eps", with_x0: bool = False):
+    """`eps_model(xt, t, labels)` returning eps whatever the network's parametrisation.
+
+    With `with_x0` it returns (eps, x0_hat), x0_hat computed straight from an x0 or v output
+    (or EDM's D) rather than back from eps: x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) divides
+    round-off by sqrt(ab), large where ab is near 0. Samplers accept either form.
+    """
+    if prediction in PREDICTIONS:
+        if with_x0:
+            return lambda xt, t, labels=None: to_eps_x0(prediction, model(xt, t, labels), xt, t, schedule)
+        return lambda xt, t, labels=None: to_eps(prediction, model(xt, t, labels), xt, t, schedule)
+    if prediction in OBJECTIVES:
+        return continuous_eps_model(model, schedule, prediction, with_x0=with_x0)
+    raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS + OBJECTIVES[1:])}")

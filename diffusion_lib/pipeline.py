@@ -2,19 +2,33 @@
 
 `generate` reads the schedule, parametrisation and data kind from the checkpoint's info,
 builds the `eps_fn` (with classifier-free guidance for a class-conditional model) and runs a
-sampler from `samplers`. Nothing here is new mathematics; it only wires the pieces together.
+sampler from `samplers`; for a model trained with EDM's or the flow's loss it can instead run
+the ODE solvers of `continuous` ("heun", "euler") in that model's own variables. Nothing here
+is new mathematics; it only wires the pieces together.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, karras_sigmas,
+                         ode_sample)
 from .guidance import guided_eps_fn
 from .inpainting import inpaint
-from .models import as_eps_fn, as_eps_model
-from .samplers import SAMPLERS, sample_loop
+from .models import as_eps_model
+from .samplers import SAMPLERS, Trajectory, sample_loop
 from .schedules import make_schedule
 from .text import tokenize
+
+ODE_SAMPLERS = ("heun", "euler")
+ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
+# The sampler and step count `generate` uses when none is named, by training objective (benchmarks/RESULTS.md, recipes).
+DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 18), "flow": ("heun", 18)}
+
+
+def objective_of(info: dict) -> str:
+    """The checkpoint's training objective ("ddpm" for checkpoints written before there were others)."""
+    return info.get("objective", "ddpm")
 
 
 def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Tensor | None:
@@ -35,15 +49,26 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
     return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
 
 
-def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None):
+def _native_fn(model, info: dict):
+    """`fn(x, level, labels)` in the model's own variables: EDM's D(x; sigma) or the flow's v(x, s)."""
+    if objective_of(info) == "edm":
+        return lambda x, sigma, labels=None: edm_denoise(model, x, sigma, labels)
+    if objective_of(info) == "flow":
+        return lambda x, s, labels=None: model(x, 1000 * s, labels)
+    raise ValueError(f"the heun and euler samplers need a model trained with --objective edm or flow; this one is "
+                     f"{objective_of(info)!r}: use --sampler ddim or dpm-solver++")
+
+
+def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None, model_fn=None):
     """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used.
 
     A text model takes `prompts` (n captions) and returns their token ids as its "labels".
+    `model_fn(x, t, labels)` replaces the noise predictor (the ODE samplers pass `_native_fn`).
     """
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     device = next(model.parameters()).device
-    eps_model = as_eps_model(model, schedule, info["prediction"])
+    eps_model = model_fn or as_eps_model(model, schedule, info["prediction"], with_x0=True)
     w = 1.0 if guidance is None else guidance
     if getattr(model.config, "text_dim", None):
         if labels is not None:
@@ -61,21 +86,27 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
         return guided_eps_fn(eps_model, labels.to(device), w, null_label=num_classes), labels
     if labels is not None or guidance is not None:
         raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
-    return as_eps_fn(model, schedule, info["prediction"]), None
+    return (lambda x, t: eps_model(x, t)), None
 
 
-def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, guidance=None, labels=None,
+def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guidance=None, labels=None,
              seed=0, progress=None, return_trajectory=False, prompts=None):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
+    `sampler` is one of ddpm, ddim, dpm-solver++ (any model) or heun, euler (models trained with
+    the edm or flow objective); None takes `DEFAULT_SAMPLER` for the model's objective, and
+    `steps` None that sampler's default. heun with N steps makes 2N - 1 network calls.
     `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);
     `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
     A text model (trained with --text) takes `prompts`, n captions such as "a thick seven", and
     returns their token ids in place of labels.
     Images come back clipped to [-1, 1]. Returns (samples, labels or None[, trajectory]).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if sampler is None:
+        sampler, default_steps = DEFAULT_SAMPLER[objective_of(info)]
+        steps = default_steps if steps is None else steps
+    if sampler not in ALL_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(ALL_SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     schedule = make_schedule(info["schedule"], info["T"])
@@ -83,13 +114,34 @@ def generate(model, info: dict, n: int, sampler="ddim", steps=None, eta=0.0, gui
     generator = torch.Generator(device).manual_seed(seed)
     is_image = info["data"] == "mnist"
     shape = (n, model.config.image_channels, 28, 28) if is_image else (n, model.config.data_dim)
-    eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts)
-    out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
-                      clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
-    samples, trajectory = out if return_trajectory else (out, None)
+    if sampler in ODE_SAMPLERS:
+        if eta:
+            raise ValueError("eta applies to the ddim sampler only")
+        native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info))
+        samples, trajectory = _ode_generate(native, objective_of(info), shape, sampler, steps, generator, device)
+    else:
+        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts)
+        out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
+                          clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
+        samples, trajectory = out if return_trajectory else (out, None)
     if is_image:
         samples = samples.clamp(-1, 1)
     return (samples, labels, trajectory) if return_trajectory else (samples, labels)
+
+
+def _ode_generate(native, objective: str, shape, sampler: str, steps, generator, device):
+    """Solve the model's probability-flow ODE from noise: EDM's in sigma (Karras steps), the flow's in s."""
+    steps = DEFAULT_SAMPLER[objective][1] if steps is None else steps
+    if objective == "edm":
+        times, derivative = karras_sigmas(steps), edm_derivative(native)
+        x = SIGMA_MAX * torch.randn(shape, generator=generator, device=device)
+    else:
+        times, derivative = flow_times(steps), flow_derivative(native)
+        x = torch.randn(shape, generator=generator, device=device)
+    visited = []
+    with torch.no_grad():
+        x = ode_sample(derivative, x, times, heun=sampler == "heun", trajectory=visited)
+    return x, Trajectory(timesteps=[tau for tau, _ in visited], xs=[v for _, v in visited])
 
 
 def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,

@@ -12,7 +12,9 @@ Code name -> paper symbol (Ho et al. 2020, "DDPM"; Song et al. 2021, "DDIM"; Lu 
 | `h`             | lambda_{t_i} - lambda_{t_{i-1}}, the step in lambda           |
 
 Samplers are plain functions over an `eps_fn(xt, t) -> eps` callable, where `t` is a
-LongTensor (B,). Guidance and the eps/x0/v parametrisation are wrappers that build such a
+LongTensor (B,). An `eps_fn` may instead return the pair (eps, x0_hat) when its network
+predicts x_0 (or v) directly (`models.as_eps_model(..., with_x0=True)`); the steps then use
+that x0_hat rather than inverting Eq. 4, which loses precision where alpha-bar is near 0. Guidance and the eps/x0/v parametrisation are wrappers that build such a
 callable (`guidance.py`, `models.as_eps_fn`), so nothing here changes for them.
 Code timestep `t` in 0..T-1 is the paper's t+1 (see `schedules`).
 Randomness comes from a `torch.Generator` or an explicit `noise=` tensor.
@@ -30,15 +32,18 @@ from .schedules import Schedule
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 
 
-def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """alpha-bar at code timesteps t, with alpha-bar_{-1} = 1 (the clean data)."""
+def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """alpha-bar at code timesteps t, with alpha-bar_{-1} = 1 (the clean data), in `dtype` (default: like's)."""
     values = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])[t.cpu() + 1]
-    return values.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+    return values.to(dtype or like.dtype).to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _predict_x0(eps, xt, t, schedule, clip_x0):
-    """x-hat_0 from eps, optionally clipped to [-1, 1]; returns (x0_hat, eps consistent with it)."""
-    x0_hat = x0_from_eps(xt, t, eps, schedule)
+    """x-hat_0 from eps (or from an (eps, x0_hat) pair), optionally clipped to [-1, 1]; returns (x0_hat, eps consistent with it)."""
+    if isinstance(eps, tuple):
+        eps, x0_hat = eps
+    else:
+        x0_hat = x0_from_eps(xt, t, eps, schedule)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps = eps_from_x0(xt, t, x0_hat, schedule)
@@ -46,7 +51,7 @@ def _predict_x0(eps, xt, t, schedule, clip_x0):
 
 
 def ddpm_step(eps, xt, t, schedule: Schedule, noise=None, generator=None, clip_x0=False):
-    """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t). DDPM Algorithm 2, line 4.
+    """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t). DDPM Algorithm 2, line 4. `eps` may be an (eps, x0_hat) pair.
 
     Uses the posterior mean of q(x_{t-1} | x_t, x-hat_0) (DDPM Eq. 7, which equals Eq. 11's
     1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) when x-hat_0 is not clipped) and
@@ -72,7 +77,7 @@ def ddim_step(eps, xt, t, t_prev, schedule: Schedule, eta=0.0, noise=None, gener
 
     x_prev = sqrt(ab_prev) x-hat_0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z.
     eta = 0 is deterministic DDIM; eta = 1 with t_prev = t - 1 is DDPM's ancestral step.
-    Shapes: eps, xt (B, ...), t and t_prev (B,), t_prev = -1 for the final step to x_0.
+    `eps` may be an (eps, x0_hat) pair. Shapes: eps, xt (B, ...), t and t_prev (B,), t_prev = -1 for the final step to x_0.
     Returns (x_prev, x0_hat).
     """
     if eta < 0:
@@ -107,7 +112,7 @@ def dpm_solver_step(x0_hat, xt, t, t_prev, schedule: Schedule, previous=None):
     `previous` is (x0_hat_before, h_before). Returns (x_prev, (x0_hat, h)) for the next call.
     """
     schedule.check_timesteps(t_prev, allow_minus_one=True)
-    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t, xt).double(), _alpha_bar(schedule, t_prev, xt).double()
+    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t, xt, torch.float64), _alpha_bar(schedule, t_prev, xt, torch.float64)
     h = _lambda(alpha_bar_prev) - _lambda(alpha_bar)  # > 0: lambda grows towards the data
     data = x0_hat
     if previous is not None and bool((t_prev >= 0).all()):
@@ -138,14 +143,15 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 
 
 def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
-    """`steps` evenly spaced timesteps from T-1 down to about T/steps, leaving the last stride for the jump to x_0.
+    """`steps` timesteps from T-1 down by strides of T/steps (rounded down), leaving the last stride for the jump to x_0.
 
     Unlike DDIM's subsequence, t = 0 is not visited: a multistep solver spends no network call on
     the nearly clean end, and its final (first-order) step goes straight to the data.
     """
     if not isinstance(steps, int) or steps < 1 or steps > T:
         raise ValueError(f"steps must be an integer between 1 and T={T}, got {steps!r}")
-    return sorted({round((T - 1) * (1 - i / steps)) for i in range(steps)}, reverse=True)
+    # stride T / steps from T-1: distinct for every steps <= T (steps = T visits every timestep)
+    return [T - 1 - (i * T) // steps for i in range(steps)]
 
 
 @dataclass
@@ -221,6 +227,7 @@ def ddim_invert(eps_fn, x0, schedule: Schedule, steps=50):
         t = torch.full((len(x0),), t_int, dtype=torch.long, device=x0.device)
         with torch.no_grad():
             eps = eps_fn(x, t)
+        eps = eps[0] if isinstance(eps, tuple) else eps
         alpha_bar_prev = _alpha_bar(schedule, torch.full_like(t, t_prev_int), x)
         alpha_bar = _alpha_bar(schedule, t, x)
         x0_hat = (x - (1 - alpha_bar_prev).sqrt() * eps) / alpha_bar_prev.sqrt()

@@ -10,6 +10,8 @@ Code name -> paper symbol (Ho et al. 2020, "DDPM"; Nichol & Dhariwal 2021, "Impr
 | `alpha_bars_prev[t]`   | alpha-bar_{t-1} (1 at the first step) |
 | `posterior_variance[t]`| beta-tilde_t (DDPM Eq. 7)      |
 | `snr[t]`               | alpha-bar_t / (1 - alpha-bar_t) |
+| `sqrt_alpha_bars[t]`, `sqrt_one_minus_alpha_bars[t]` | sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t) |
+| `posterior_coef_x0[t]`, `posterior_coef_xt[t]` | the two coefficients of the posterior mean (DDPM Eq. 7) |
 
 Timestep convention, used everywhere in this library: code index `t` runs over
 0, 1, ..., T-1 and stands for the paper's t+1. So `xt` at code `t = 0` is the
@@ -77,13 +79,31 @@ class Schedule:
         return torch.log(torch.cat([var[1:2], var[1:]]))
 
     @property
+    def sqrt_alpha_bars(self) -> torch.Tensor:
+        return self.alpha_bars.sqrt()
+
+    @property
+    def sqrt_one_minus_alpha_bars(self) -> torch.Tensor:
+        return (1.0 - self.alpha_bars).sqrt()
+
+    @property
+    def posterior_coef_x0(self) -> torch.Tensor:
+        """beta_t sqrt(alpha-bar_{t-1}) / (1 - alpha-bar_t), the weight of x_0 in the posterior mean. DDPM Eq. 7."""
+        return self.betas * self.alpha_bars_prev.sqrt() / (1.0 - self.alpha_bars)
+
+    @property
+    def posterior_coef_xt(self) -> torch.Tensor:
+        """(1 - alpha-bar_{t-1}) sqrt(alpha_t) / (1 - alpha-bar_t), the weight of x_t in the posterior mean. DDPM Eq. 7."""
+        return (1.0 - self.alpha_bars_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bars)
+
+    @property
     def snr(self) -> torch.Tensor:
         """Signal-to-noise ratio alpha-bar_t / (1 - alpha-bar_t) (Kingma et al. 2021)."""
         return self.alpha_bars / (1.0 - self.alpha_bars)
 
     def at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Gather constant `name` at timesteps `t` (B,), shaped (B, 1, ..., 1) to broadcast against `like`."""
-        values = getattr(self, name)[t.to("cpu")]
+        values = getattr(self, name)[t.to("cpu")]  # float64: formed in float64, cast once here
         values = values.to(dtype=like.dtype if like.is_floating_point() else torch.float32)
         return values.to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
 

@@ -2,14 +2,18 @@
 
 DDPM Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I);
 gradient step on ||eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t)||^2 } (Eq. 14, "L_simple").
-The target can instead be x_0 or v (`forward.training_target`).
+The target can instead be x_0 or v (`forward.training_target`), and the loss of each example
+can be weighted by min-SNR-gamma. `objective="edm"` or `"flow"` trains the same networks with
+EDM's or rectified flow's loss on continuous noise levels instead (`continuous`).
 
 | code            | symbol / meaning                                              |
 | --------------- | ------------------------------------------------------------- |
-| `t`             | t ~ Uniform{0..T-1} (the paper's 1..T)                        |
+| `t`             | t ~ Uniform{0..T-1} (the paper's 1..T); for edm/flow a N(0, 1) draw z that sets sigma or s |
+| `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, Eq. 7 and Sec. 3.4) |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling |
+| `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32) |
 
 The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
 log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels), so every
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import classifier_loss
+from .continuous import OBJECTIVES, edm_loss, flow_loss
 from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors
 from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
@@ -52,6 +57,8 @@ TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
 DENOISERS, IMAGE_MODELS = ("unet", "mlp"), ("pixelcnn", "classifier")
+LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class TrainConfig:
     schedule: str = "linear"
     T: int = 1000
     prediction: str = "eps"
+    objective: str = "ddpm"  # or "edm", "flow": continuous noise levels (`continuous`)
+    loss_weight: str = "none"  # or "min-snr" (ddpm only)
+    precision: str = "fp32"  # or "bf16": the network's forward and backward under bfloat16 autocast
     conditional: bool = False
     text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
     label_dropout: float = 0.1
@@ -82,6 +92,11 @@ class TrainConfig:
             (self.data in DATASETS, f"unknown data {self.data!r}: choose one of {', '.join(DATASETS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
             (self.prediction in PREDICTIONS, f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
+            (self.objective in OBJECTIVES, f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}"),
+            (self.loss_weight in LOSS_WEIGHTS, f"unknown loss_weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}"),
+            (self.loss_weight == "none" or self.objective == "ddpm",
+             f"loss_weight {self.loss_weight!r} is for objective ddpm; edm and flow have their own weighting"),
+            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (self.steps >= 1 and self.batch_size >= 1 and self.T >= 1, "steps, batch_size and T must be >= 1"),
             (self.lr > 0 and 0 <= self.ema_decay < 1, "lr must be > 0 and ema_decay in [0, 1)"),
             (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
@@ -112,20 +127,36 @@ class TrainConfig:
         A text model also keeps the attribute thresholds its captions came from and the held-out
         word pairs, so that samples can be checked against what their captions asked for.
         """
-        info = {"schedule": self.schedule, "T": self.T, "prediction": self.prediction, "data": self.data,
-                "train_config": dataclasses.asdict(self)}
+        prediction = self.prediction if self.objective == "ddpm" else self.objective  # what the network outputs
+        info = {"schedule": self.schedule, "T": self.T, "prediction": prediction, "objective": self.objective,
+                "data": self.data, "train_config": dataclasses.asdict(self)}
         if self.text:
             info["text"] = {"thresholds": mnist_caption_data()[1],
                             "held_out": [[d, *pair] for d, pair in HELD_OUT.items()]}
         return info
 
 
-def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean"):
-    """L_simple (DDPM Eq. 14) for target `prediction`; `reduction="none"` gives one loss per example (B,)."""
+def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
+    """L_simple (DDPM Eq. 14) for target `prediction`; `reduction="none"` gives one loss per example (B,).
+
+    `loss_weight="min-snr"` multiplies each example's loss by `min_snr_weight`.
+    """
     xt = q_sample(x0, t, schedule, noise)
     per_example = F.mse_loss(model(xt, t, labels), training_target(prediction, x0, noise, t, schedule), reduction="none")
     per_example = per_example.flatten(1).mean(1)  # (B,)
+    if loss_weight == "min-snr":
+        per_example = per_example * min_snr_weight(schedule.snr[t.cpu()], prediction).to(per_example)
     return per_example.mean() if reduction == "mean" else per_example
+
+
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023, Sec. 3.4): the x_0-loss weight min(SNR, gamma) in each target's units.
+
+    ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2,
+    so the weights are min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v.
+    """
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
 
 
 class EMA:
@@ -172,7 +203,10 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
     """
     B = config.batch_size
     idx = torch.randint(0, len(data), (B,), generator=generator)
-    t = torch.randint(0, config.T, (B,), generator=generator)
+    if config.objective == "ddpm":
+        t = torch.randint(0, config.T, (B,), generator=generator)
+    else:  # a standard normal draw; the loss turns it into sigma (edm) or s (flow)
+        t = torch.randn(B, generator=generator)
     noise = torch.randn((B, *data.shape[1:]), generator=generator)
     batch_labels = None
     if config.conditional:
@@ -269,7 +303,8 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
     net.train()
-    loss = objective(net, config, x0, t, noise, batch_labels, schedule)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        loss = objective(net, config, x0, t, noise, batch_labels, schedule)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
@@ -289,7 +324,11 @@ def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch
         return pixelcnn_loss(net, binarize(x0))
     if config.model_arch == "classifier":
         return classifier_loss(net, x0, labels)
-    return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels)
+    if config.objective == "edm":
+        return edm_loss(net, x0, t, noise, labels)
+    if config.objective == "flow":
+        return flow_loss(net, x0, t, noise, labels)
+    return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

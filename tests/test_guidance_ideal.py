@@ -1,10 +1,12 @@
 """Classifier-free guidance at its two anchor points, and the exact denoiser of a finite data set."""
 
+import math
+
 import pytest
 import torch
 
-from diffusion_lib import (UNet, UNetConfig, as_eps_model, gaussian_x0, guided_eps_fn, ideal_eps_fn, ideal_x0,
-                           make_schedule, q_sample, sample_loop)
+from diffusion_lib import (UNet, UNetConfig, as_eps_model, ddim_step, ddim_timesteps, gaussian_x0, guided_eps_fn,
+                           ideal_eps_fn, ideal_x0, make_schedule, q_sample, sample_loop)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +55,49 @@ def test_ideal_denoiser_memorises_at_low_noise_and_averages_at_high_noise():
 
 
 def test_gaussian_posterior_mean_matches_the_finite_formula_for_many_points():
-    """A large sample of N(mu, var) makes the finite-set denoiser approach the Gaussian one."""
-    s = make_schedule("linear", 1000)
+    """A stratified sample of N(mu, var) makes the finite-set denoiser the Gaussian one, tightly enough to see one step.
+
+    T = 10, so neighbouring steps differ a lot in alpha-bar: the Gaussian formula read one step off misses by far more
+    than the tolerance.
+    """
+    s = make_schedule("linear", 10)
     mu, var = torch.tensor([1.0], dtype=torch.float64), 0.5
-    data = mu + var**0.5 * torch.randn(200000, 1, dtype=torch.float64)
-    xt, t = torch.tensor([[0.2], [1.5], [-1.0]], dtype=torch.float64), torch.tensor([100, 400, 800])
-    assert torch.allclose(ideal_x0(xt, t, data, s), gaussian_x0(xt, t, mu, var, s), atol=0.02)
+    quantiles = (torch.arange(200000, dtype=torch.float64) + 0.5) / 200000
+    data = mu + var**0.5 * torch.distributions.Normal(0.0, 1.0).icdf(quantiles)[:, None]  # error O(1/N), not O(1/sqrt N)
+    xt = torch.tensor([[0.2], [1.5], [-1.0], [0.7]], dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3])  # later steps of this short chain are nearly pure noise
+    exact = gaussian_x0(xt, t, mu, var, s)
+    assert torch.allclose(ideal_x0(xt, t, data, s), exact, atol=2e-3)
+    assert (gaussian_x0(xt, t + 1, mu, var, s) - exact).abs().min() > 1e-2  # one step off would fail the check
+
+
+def test_ideal_sampler_reaches_every_training_image_equally_often():
+    """The exact denoiser's samples must be the uniform mixture of the data: each point about n / N times.
+
+    Snapping to *some* training image happens whatever the path (the low-noise steps always snap); a wrong
+    direction term in DDIM changes which one, and the counts show it (checked below on a deliberately broken step).
+    """
+    s = make_schedule("cosine", 1000)
+    data = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    n = 1600
+    x_T = torch.randn(n, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    eps_fn = ideal_eps_fn(data, s)
+    samples = sample_loop(eps_fn, x_T.shape, s, "ddim", 50, x_T=x_T)
+    x, pairs = x_T, list(zip(ddim_timesteps(1000, 50), ddim_timesteps(1000, 50)[1:] + [-1]))
+    for t_int, t_prev in pairs:  # the same steps with the direction term's coefficient 10% short
+        t = torch.full((n,), t_int)
+        eps = eps_fn(x, t)
+        _, x0_hat = ddim_step(eps, x, t, torch.full((n,), t_prev), s)
+        ab_prev = s.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
+        x = math.sqrt(ab_prev) * x0_hat + 0.9 * math.sqrt(1 - ab_prev) * eps
+    counts = {}
+    for name, result in (("ddim", samples), ("wrong direction", x)):
+        nearest = torch.cdist(result.flatten(1), data.flatten(1)).min(1)
+        counts[name] = torch.bincount(nearest.indices, minlength=8)
+    assert torch.cdist(samples.flatten(1), data.flatten(1)).min(1).values.max() < 1e-3  # every sample is a training image
+    # binomial(1600, 1/8): mean 200, sd 13; 4 sd either way
+    assert counts["ddim"].min() > 148 and counts["ddim"].max() < 252, counts
+    assert counts["wrong direction"].min() <= 148 or counts["wrong direction"].max() >= 252, counts
 
 
 def test_ideal_denoiser_rejects_mismatched_shapes():

@@ -20,13 +20,18 @@ def test_known_region_is_kept_exactly_and_one_point_data_fills_the_rest():
         assert torch.allclose(out[..., :2, :], point.expand(3, 1, 4, 4)[..., :2, :], atol=1e-4)
 
 
-def test_gaussian_inpainting_keeps_the_unknown_marginal():
-    """Independent pixels: knowing some says nothing about the others, whose law must stay N(mu, var)."""
+@pytest.mark.parametrize("resample", [1, 3])
+def test_gaussian_inpainting_keeps_the_unknown_marginal(resample):
+    """Independent pixels: knowing some says nothing about the others, whose law must stay N(mu, var).
+
+    With resample = 3 every step also jumps back (RePaint's q_jump) twice: a wrong jump changes the law.
+    """
     s, n = make_schedule("cosine", 1000), 4000
     mu, var = torch.tensor([0.5, -0.5], dtype=torch.float64), 0.09
     x0 = torch.zeros(n, 2, dtype=torch.float64)
     mask = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    out = inpaint(gaussian_eps_fn(mu, var, s), x0, mask, s, steps=100, generator=torch.Generator().manual_seed(1))
+    out = inpaint(gaussian_eps_fn(mu, var, s), x0, mask, s, steps=100, resample=resample,
+                  generator=torch.Generator().manual_seed(1))
     assert torch.equal(out[:, 0], x0[:, 0])
     assert abs(out[:, 1].mean().item() - mu[1].item()) < 0.02 and abs(out[:, 1].var().item() - var) < 0.015
 

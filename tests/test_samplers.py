@@ -153,8 +153,12 @@ def test_dpm_solver_follows_the_exact_ode_better_than_ddim_and_converges_faster(
 
 
 def test_dpm_solver_timesteps_leave_out_the_clean_end():
-    assert dpm_solver_timesteps(1000, 10) == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
-    assert dpm_solver_timesteps(1000, 1) == [999] and len(dpm_solver_timesteps(1000, 1000)) > 990
+    assert dpm_solver_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert dpm_solver_timesteps(1000, 1) == [999]
+    for T, steps in ((1000, 1000), (1000, 999), (1000, 7), (10, 3)):  # exactly `steps` distinct, decreasing steps
+        timesteps = dpm_solver_timesteps(T, steps)
+        assert len(timesteps) == steps and all(a > b for a, b in zip(timesteps, timesteps[1:])), (T, steps)
+    assert dpm_solver_timesteps(1000, 1000) == list(range(999, -1, -1))
     with pytest.raises(ValueError, match="between 1 and T"):
         dpm_solver_timesteps(1000, 0)
 

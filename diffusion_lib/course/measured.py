@@ -7,7 +7,11 @@ date, the machine and the thread count. `benchmarks/RESULTS.md` is rendered from
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
+
+import torch
 
 MEASURED_DIR = Path(__file__).resolve().parent / "measured"
 
@@ -20,3 +24,15 @@ def load_measured(section: str) -> dict:
         raise FileNotFoundError(f"no measured results {path.name}; run 'python benchmarks/run.py --only {section}' "
                                 f"from the repository root (committed sections: {', '.join(known) or 'none'})")
     return json.loads(path.read_text())
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    mhz = next((float(line.split(":", 1)[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")), None)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "cores": os.cpu_count(), "mhz": mhz, "memory_gib": round(memory, 1) if memory else None,
+            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
