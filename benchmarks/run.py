@@ -17,6 +17,7 @@ Sections:
   pretrained accuracy of mnist_classifier, NLL of mnist_pixelcnn, class accuracy of mnist_cond at w = 3
   budget     MNIST-FID after 5, 10 and 20 minutes of training (quality per CPU-minute)
   recipes    MNIST-FID of short training recipes (model size, schedule, target) at a fixed step count
+  study      the recipe study's runs (made by benchmarks/recipes.py, one file each): quality per CPU-minute
   text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
   course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
 """
@@ -274,6 +275,14 @@ def recipes(args, device) -> dict:
     return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
 
 
+def study(args, device) -> dict:
+    """The recipe study's runs (benchmarks/recipes.py writes one file per run; this collects them, training nothing)."""
+    folder = MEASURED_DIR / "recipes"
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "speed.json"]
+    speed_file = folder / "speed.json"
+    return {"speed": json.loads(speed_file.read_text()) if speed_file.exists() else None, "runs": runs}
+
+
 def text(args, device) -> dict:
     """Chapter 7's figures on more samples: captions held out vs seen, inpainting, and 10-step solvers on mnist_text."""
     model, info = dl.pretrained("mnist_text", device)
@@ -322,7 +331,7 @@ def course(args, device) -> dict:
     return {"rows": rows, **suite}
 
 
-SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, budget, recipes, text, course)}
+SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, budget, recipes, study, text, course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -510,6 +519,49 @@ def _render_recipes(f):
     return lines
 
 
+def _run_command(run: dict) -> str:
+    stage = "wall" if run["wall_clock"] else "one"
+    return (f"python benchmarks/recipes.py {stage} {shlex.quote(run['recipe'])} {run['minutes']:g} {run['seed']}"
+            + (" cond" if run["conditional"] else "") + f" --threads {run['threads']}")
+
+
+def _best(run: dict) -> dict:
+    """The score row to report: the only one (unconditional) or the one at guidance 3 (conditional)."""
+    return next((r for r in run["scores"] if r["guidance"] in (None, 3.0)), run["scores"][-1])
+
+
+def _render_study(f):
+    lines = []
+    speed = f.get("speed")
+    if speed:
+        lines += [f"Training speed on this CPU ({speed['threads']} threads; forward, backward and AdamW, median of 9 "
+                  "steps), which sets how many steps a candidate gets per CPU-minute:", "",
+                  "| network and batch | steps/s | steps in 10 min |", "| --- | ---: | ---: |"]
+        lines += [f"| `{key}` | {rate:.2f} | {round(rate * 600):,} |" for key, rate in speed["rates"].items()]
+        lines += ["", "Speed levers (steps/s without and with):", "", "| network and batch, lever | without | with |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| `{key}` | {v['plain']:.2f} | " + (f"{v['with']:.2f} |" if "with" in v else f"failed: {v['error'][:80]} |")
+                  for key, v in speed["levers"].items()]
+    runs = sorted(f["runs"], key=lambda r: (r["conditional"], r["wall_clock"], r["minutes"], r["seed"],
+                                           _best(r)["mnist_fid"] / r["real_baseline_fid"]))
+    if runs:
+        lines += ["", "Runs, each scored on 1,000 samples (MNIST-FID against the real-digit floor at n = 1,000; "
+                      "recognised: classifier probability at least 0.9; conditional: at guidance 3, labels 0-9 in turn). "
+                      "'CPU-min' runs were trained for the steps this CPU makes in that time (speed table above), "
+                      "'wall' runs against the clock on this CPU.", "",
+                  "| recipe | CPU-min | seed | cond | steps | MNIST-FID (floor) | FID / floor | recognised | requested digit | sampler |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in runs:
+            b = _best(r)
+            lines.append(f"| {r['recipe']} | {r['minutes']:g}{' wall' if r['wall_clock'] else ''} | {r['seed']} | "
+                         f"{'yes' if r['conditional'] else ''} | {r['steps']:,} | {b['mnist_fid']:.1f} "
+                         f"({r['real_baseline_fid']:.1f}) | {b['mnist_fid'] / r['real_baseline_fid']:.2f} | "
+                         f"{100 * b['recognised']:.1f}% | "
+                         + (f"{100 * b['accuracy']:.1f}%" if "accuracy" in b else "") + f" | {r['sampler']} |")
+        lines += ["", "Each run's command: " + "; ".join(sorted({f"`{_run_command(r)}`" for r in runs}))]
+    return lines
+
+
 def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
@@ -526,7 +578,7 @@ def _render_course(f):
 
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
-             "recipes": _render_recipes, "text": _render_text, "course": _render_course}
+             "recipes": _render_recipes, "study": _render_study, "text": _render_text, "course": _render_course}
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, check_sampler_info, load_model
+from .classifier import Classifier
 from .data import DATASETS, load_mnist
 from .forward import PREDICTIONS
 from .inpainting import MASKS, named_mask
 from .continuous import OBJECTIVES
-from .pipeline import ALL_SAMPLERS, DEFAULT_SAMPLER, ODE_SAMPLERS, generate, inpaint_images, objective_of, parse_labels
+from .outputs import OutputError, check_writable
+from .pipeline import (ALL_SAMPLERS, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, generate, inpaint_images,
+                       objective_of, parse_labels)
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
@@ -30,18 +34,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(cast, low=None, high=None, what="a number", open_low=False, open_high=False):
+    """An argparse type: `cast` (int or float) of the text, finite and within [low, high] (or open ends)."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        too_low = low is not None and (value <= low if open_low else value < low)
+        too_high = high is not None and (value >= high if open_high else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
 
 
-def _non_negative_float(text):
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_positive_int = _number(int, 1, what="a positive integer")
+_non_negative_int = _number(int, 0, what="an integer >= 0")
+_non_negative_float = _number(float, 0, what="a number >= 0")
+_positive_float = _number(float, 0, what="a positive number", open_low=True)
+_fraction = _number(float, 0, 1, what="a number in [0, 1)", open_high=True)
+_eta = _number(float, 0, 1, what="a number in [0, 1] (0 deterministic DDIM, 1 DDPM-like)")
+_seed = _number(int, 0, 2**63 - 1, what="an integer from 0 to 2^63 - 1")
 
 
 def _step_list(text):
@@ -55,10 +72,17 @@ def _step_list(text):
 
 
 def _json_object(text):
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({error.msg} at character {error.pos}); write it as "
+                                         "'{\"base_channels\": 24}'") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object such as '{\"base_channels\": 24}'")
     return value
+
+
+_json_object.__name__ = "JSON object"
 
 
 def build_parser() -> Parser:
@@ -72,14 +96,14 @@ def build_parser() -> Parser:
     tr.add_argument("--data", required=True, choices=DATASETS, help="training data")
     tr.add_argument("--steps", required=True, type=_positive_int, help="total optimiser steps (a resumed run continues to this)")
     tr.add_argument("--out", required=True, type=Path, help="folder for model.safetensors and train_state.safetensors")
-    tr.add_argument("--max-minutes", type=float, default=None,
+    tr.add_argument("--max-minutes", type=_positive_float, default=None,
                     help="stop early (with a checkpoint) after this many minutes of training; run again to resume")
     tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (mnist only)")
     tr.add_argument("--text", action="store_true",
                     help="caption-conditional U-Net (text encoder + cross-attention) on captions made from MNIST (mnist only)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
-    tr.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
-    tr.add_argument("--warmup", type=int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
+    tr.add_argument("--lr", type=_positive_float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
+    tr.add_argument("--warmup", type=_non_negative_int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule, help="noise schedule (default %(default)s)")
     tr.add_argument("--T", type=_positive_int, default=defaults.T, help="number of diffusion steps (default %(default)s)")
     tr.add_argument("--prediction", choices=PREDICTIONS, default=defaults.prediction,
@@ -92,11 +116,11 @@ def build_parser() -> Parser:
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                     help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions, slower on others; "
                          "see benchmarks/RESULTS.md (default %(default)s)")
-    tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="EMA decay (default %(default)s)")
-    tr.add_argument("--label-dropout", type=float, default=defaults.label_dropout,
+    tr.add_argument("--ema-decay", type=_fraction, default=defaults.ema_decay, help="EMA decay (default %(default)s)")
+    tr.add_argument("--label-dropout", type=_fraction, default=defaults.label_dropout,
                     help="chance of replacing a label by the null class, for guidance (default %(default)s)")
     tr.add_argument("--grad-clip", type=_non_negative_float, default=defaults.grad_clip, help="gradient norm clip, 0 = off (default %(default)s)")
-    tr.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights, batches and noise (default %(default)s)")
+    tr.add_argument("--seed", type=_seed, default=defaults.seed, help="seed of weights, batches and noise (default %(default)s)")
     tr.add_argument("--save-every", type=_positive_int, default=defaults.save_every, help="checkpoint interval in steps (default %(default)s)")
     tr.add_argument("--snapshots", type=_step_list, default=(),
                     help="comma-separated steps at which to keep the EMA model in OUT/snapshots/, e.g. 100,500,2000")
@@ -105,6 +129,8 @@ def build_parser() -> Parser:
     tr.add_argument("--model-config", type=_json_object, default={}, help="JSON overriding fields of the model config, e.g. '{\"base_channels\": 24}'")
     tr.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start afresh even where OUT holds a finished model without a training state (it is replaced)")
 
     sa = commands.add_parser("sample", help="sample from a checkpoint into an .npz",
                              description="Sample from a trained checkpoint. Images are saved as float32 (N, 1, 28, 28) "
@@ -119,7 +145,7 @@ def build_parser() -> Parser:
     sa.add_argument("--steps", type=_positive_int, default=None,
                     help="sampling steps (1..T for ddpm, ddim, dpm-solver++; default: the sampler's own, "
                          "T for ddpm, 50 for ddim, 20 for dpm-solver++; ddpm with fewer steps is respaced)")
-    sa.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)")
+    sa.add_argument("--eta", type=_eta, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)")
     sa.add_argument("--n", required=True, type=_positive_int, help="number of samples")
     sa.add_argument("--guidance", type=_non_negative_float, default=None,
                     help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), >1 stronger")
@@ -127,14 +153,17 @@ def build_parser() -> Parser:
     sa.add_argument("--prompt", action="append", default=None,
                     help="for a text model (trained with --text): a caption such as 'a thick seven'; give it several "
                          "times for several captions, used in turn for the N samples")
-    sa.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default %(default)s)")
+    sa.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same samples (default %(default)s)")
     sa.add_argument("--inpaint", default=None,
                     help="fill in images instead of sampling from noise: an .npz with 'images' (N, 1, 28, 28) in [-1, 1] "
                          "(and optionally 'mask'), or 'mnist-test' for the first N test digits (ddim only)")
     sa.add_argument("--mask", default="top", choices=MASKS,
                     help="with --inpaint: the region to fill in, unless the .npz has a 'mask' (default %(default)s)")
     sa.add_argument("--resample", type=_positive_int, default=1, help="with --inpaint: RePaint tries per step (default 1)")
-    sa.add_argument("--out", required=True, type=Path, help="output .npz file")
+    sa.add_argument("--out", required=True, type=Path, help="output file, ending in .npz")
+    sa.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
+                    help="images per network call: memory stays flat in --n; the samples do not depend on it "
+                         "(default %(default)s)")
     sa.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
     ev = commands.add_parser("evaluate", help="measure samples: MNIST-FID, class accuracy, histogram, diversity (JSON)",
                              description="Print JSON: MNIST-FID against the MNIST test set with the real-vs-real baseline "
@@ -151,13 +180,25 @@ def run_evaluate(args) -> None:
     if not args.samples.is_file():
         raise FileNotFoundError(f"no samples file at {args.samples}: make one with 'python -m diffusion_lib sample'")
     try:
-        data = np.load(args.samples)
-        images = torch.from_numpy(data["images"]).float()
-        labels = torch.from_numpy(data["labels"]).long() if "labels" in data.files else None
-    except (KeyError, ValueError, OSError) as error:
-        raise ValueError(f"{args.samples} is not an .npz with an 'images' array: {error}") from error
+        data = np.load(args.samples, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError("it holds a single array (.npy), not named arrays")
+        images, labels = data["images"], data["labels"] if "labels" in data.files else None
+    except (KeyError, ValueError, OSError, EOFError) as error:
+        reason = "not an .npz file" if "pickle" in str(error) else str(error)
+        raise ValueError(f"{args.samples} is not an .npz with an 'images' array ({reason}): make one with "
+                         "'python -m diffusion_lib sample'") from None
+    if images.dtype.kind != "f":
+        raise ValueError(f"{args.samples}: 'images' must hold floats in [-1, 1], got dtype {images.dtype}")
+    if labels is not None and labels.dtype.kind not in "iu":
+        raise ValueError(f"{args.samples}: 'labels' must hold whole digits 0-9, got dtype {labels.dtype}")
     classifier = load_model(args.classifier)[0] if args.classifier else None
-    print(json.dumps(evaluate(images, labels, classifier), indent=2))
+    if classifier is not None and not isinstance(classifier, Classifier):
+        raise ValueError(f"--classifier {args.classifier} holds a {type(classifier).__name__}, not a classifier: "
+                         "leave --classifier out to use the committed mnist_classifier")
+    result = evaluate(torch.from_numpy(images).float(), None if labels is None else torch.from_numpy(labels).long(),
+                      classifier)
+    print(json.dumps(result, indent=2, allow_nan=False))
 
 
 def run_train(args) -> None:
@@ -169,10 +210,9 @@ def run_train(args) -> None:
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
                          arch=args.arch)
     start = time.perf_counter()
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
-    result = train(config, args.out, device=args.device, progress=not args.quiet, max_seconds=max_seconds)
+    result = train(config, args.out, device=args.device, progress=not args.quiet, max_seconds=max_seconds,
+                   overwrite=args.overwrite)
     last = result.losses[-1] if result.losses else float("nan")
     print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s; last loss {last:.4f}; "
           f"model in {args.out / MODEL_FILE}")
@@ -181,8 +221,10 @@ def run_train(args) -> None:
 def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (n, 1, 28, 28), mask) for --inpaint: the first n MNIST test digits, or an .npz of images."""
     if source == "mnist-test":
-        images = load_mnist(train=False)[0][:n]
-        return images, named_mask(mask_name, images.shape)
+        images = load_mnist(train=False)[0]
+        if n > len(images):
+            raise ValueError(f"--inpaint mnist-test has {len(images)} test digits, fewer than --n {n}: lower --n")
+        return images[:n], named_mask(mask_name, images[:n].shape)
     try:
         data = np.load(source)
         images = torch.from_numpy(data["images"]).float()
@@ -191,20 +233,35 @@ def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, 
         raise ValueError(f"--inpaint {source}: not 'mnist-test' or an .npz with an 'images' array: {error}") from error
     if len(images) != n:
         raise ValueError(f"--inpaint {source} holds {len(images)} images but --n is {n}: make them equal")
+    if not bool(images.isfinite().all()) or images.min() < -1 or images.max() > 1:
+        raise ValueError(f"--inpaint {source}: images must be finite and lie in [-1, 1] (got values in "
+                         f"[{images.min():.3g}, {images.max():.3g}]): scale 0..255 pixels as p / 127.5 - 1")
     return images, (named_mask(mask_name, images.shape) if mask is None else mask)
 
 
+def _check_npz_out(path: Path) -> None:
+    """Before any work: the output must be a writable path ending in .npz (numpy would add the suffix silently)."""
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder: give a file name such as {path / 'samples.npz'}")
+    if path.suffix != ".npz":
+        raise OutputError(f"--out {path} must end in .npz, e.g. {path.with_suffix('.npz')}")
+    check_writable(path.parent)
+
+
 def run_sample(args) -> None:
+    _check_npz_out(args.out)
     model, info = load_model(args.checkpoint, pick_device(args.device))
+    if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
+        hint = ("; sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python" if type(model).__name__ == "PixelCNN"
+                else "; give a checkpoint made by 'train --data mnist' (or a 2-D data set)")
+        raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model{hint}")
+    check_sampler_info(info, args.checkpoint)
     if args.sampler is None:
         args.sampler = "ddim" if args.inpaint is not None or args.eta else DEFAULT_SAMPLER[objective_of(info)][0]
         if args.steps is None and args.sampler == DEFAULT_SAMPLER[objective_of(info)][0]:
             args.steps = DEFAULT_SAMPLER[objective_of(info)][1]
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
-    if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
-        raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model; "
-                         "sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python")
     is_text = bool(getattr(model.config, "text_dim", None))
     if args.prompt is not None and not is_text:
         raise ValueError(f"--prompt needs a text model (trained with --text); {args.checkpoint} is not one")
@@ -223,11 +280,11 @@ def run_sample(args) -> None:
             raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
         images, mask = _inpaint_source(args.inpaint, args.mask, args.n)
         samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
-                                         args.seed, args.resample, prompts)
+                                         args.seed, args.resample, prompts, batch_size=args.batch_size)
         arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
     else:
         samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
-                                   args.seed, prompts=prompts)
+                                   args.seed, prompts=prompts, batch_size=args.batch_size)
     arrays["images" if info["data"] == "mnist" else "points"] = samples.cpu().numpy().astype(np.float32)
     if is_text:
         arrays["prompts"] = np.array(prompts)
@@ -235,7 +292,6 @@ def run_sample(args) -> None:
         labels = None if None in digits else torch.tensor(digits)  # 'evaluate' then checks the digits asked for
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **arrays)
     print(f"wrote {args.n} samples to {args.out}")
 

@@ -42,6 +42,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if broken:
+        raise CheckpointError(f"refusing to save {path}: {', '.join(broken[:3])} hold NaN or infinite values "
+                              "(training diverged; lower the learning rate)")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
@@ -86,15 +90,73 @@ def save_model(path: str | Path, model: nn.Module, info: dict | None = None) -> 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model stored at `path` (a file, or a folder holding model.safetensors).
 
+    Nothing in the header is trusted before it is checked: the model is first built on PyTorch's
+    "meta" device (shapes only, no memory), its tensor shapes must match the file's, and a
+    denoiser's info must name a known schedule, T, target and data set.
     Returns (model in eval mode on `device`, info dict).
     """
     tensors, metadata = read_tensors(path)
+    if "arch" not in metadata:
+        if metadata.get("kind") == "train_state":
+            raise CheckpointError(f"{path} is a training state (for resuming a run), not a model: load the "
+                                  f"model.safetensors beside it")
+        raise CheckpointError(f"{path} has no 'arch' header: it was not written by save_model")
     try:
-        model = build_model(metadata["arch"], config_from_dict(metadata["arch"], json.loads(metadata["config"])))
-    except (KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: its architecture header cannot be rebuilt: {error}") from error
+        config = config_from_dict(metadata["arch"], json.loads(metadata["config"]))
+        with torch.device("meta"):  # shapes only: a header asking for billions of weights allocates nothing
+            skeleton = build_model(metadata["arch"], config)
+    except Exception as error:  # a header can be wrong in any way; whatever breaks, say which file and why
+        raise CheckpointError(f"{path}: its architecture header cannot be rebuilt: {error!r}") from error
+    _check_shapes(skeleton.state_dict(), tensors, path)
+    info = _read_info(metadata, path, denoiser=metadata["arch"] in ("unet", "mlp"))
+    model = build_model(metadata["arch"], config)
     _load_state(model, tensors, path)
-    return model.to(device).eval(), json.loads(metadata.get("info", "{}"))
+    return model.to(device).eval(), info
+
+
+def _read_info(metadata: dict, path, denoiser: bool) -> dict:
+    """The checkpoint's info; for a denoiser, the fields a sampler reads are checked where present."""
+    try:
+        info = json.loads(metadata.get("info", "{}"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its info header is not JSON ({error.msg})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: its info header must be a JSON object")
+    if denoiser:
+        check_sampler_info(info, path, required=False)
+    return info
+
+
+def check_sampler_info(info: dict, where, required: bool = True) -> None:
+    """Raise a CheckpointError unless `info` names a valid schedule, T, prediction and data (and objective, if given).
+
+    `required=False` checks only the fields present (a model saved by hand may carry less).
+    """
+    from .continuous import OBJECTIVES
+    from .data import DATASETS
+    from .forward import PREDICTIONS
+    from .schedules import SCHEDULES
+
+    checks = {"schedule": lambda v: v in SCHEDULES, "T": lambda v: type(v) is int and 1 <= v <= 100_000,
+              "prediction": lambda v: v in PREDICTIONS + OBJECTIVES[1:], "data": lambda v: v in DATASETS,
+              "objective": lambda v: v in OBJECTIVES}
+    for key, ok in checks.items():
+        if key not in info and (key == "objective" or not required):
+            continue  # no objective: written before there were others, so ddpm
+        if key not in info or not ok(info[key]):
+            raise CheckpointError(f"{where}: its info has {key}={info.get(key)!r}, which is missing or not valid; "
+                                  "sample from a checkpoint written by 'python -m diffusion_lib train'")
+
+
+def _check_shapes(expected: dict, tensors: dict[str, torch.Tensor], path) -> None:
+    state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}"
+        )
 
 
 def pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -141,13 +203,5 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
 
 
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
-    state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]}"
-        )
-    model.load_state_dict(state)
+    _check_shapes(model.state_dict(), tensors, path)
+    model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)})

@@ -9,6 +9,7 @@ variable `DIFFUSION_COURSE_DATA` names another folder to read from.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from functools import lru_cache
@@ -46,10 +47,24 @@ def load_mnist(train: bool = True, root: str | Path | None = None, download: boo
     return _load_mnist(train, str(root), download)
 
 
+def _check_md5s(raw: Path) -> None:
+    """Raise a clear error for an MNIST file that is present but not the original (torchvision would try to download it)."""
+    from torchvision.datasets import MNIST
+
+    for name, md5 in MNIST.resources:
+        path = raw / name
+        if path.is_file():
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest != md5:
+                raise FileNotFoundError(f"{path} is corrupt or not the original file (md5 {digest}, expected {md5}): "
+                                        "replace it with the original MNIST file of that name")
+
+
 @lru_cache(maxsize=4)
 def _load_mnist(train: bool, root: str, download: bool):
     from torchvision.datasets import MNIST
 
+    _check_md5s(Path(root) / "MNIST" / "raw")
     try:
         dataset = MNIST(root=root, train=train, download=download)
     except (RuntimeError, OSError) as error:  # torchvision: "Dataset not found", or a network failure

@@ -94,10 +94,16 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | None = None, classifie
     """Every figure `python -m diffusion_lib evaluate` prints, as a dict."""
     if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
         raise ValueError(f"expected MNIST-shaped images (N, 1, 28, 28), got {tuple(images.shape)}")
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to measure (FID needs a covariance), got {len(images)}")
+    if not bool(images.isfinite().all()):
+        raise ValueError("images hold NaN or infinite values: the model that made them diverged; retrain it")
     if images.min() < -1.001 or images.max() > 1.001:
         raise ValueError(f"images must lie in [-1, 1], got values in [{images.min():.2f}, {images.max():.2f}]")
     if labels is not None and labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+    if labels is not None and (labels.is_floating_point() or labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"labels must be whole digits 0-9, got {labels.dtype} values in [{labels.min()}, {labels.max()}]")
     classifier = classifier if classifier is not None else pretrained("mnist_classifier")[0]
     with torch.no_grad():
         predicted = torch.cat([classifier(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])

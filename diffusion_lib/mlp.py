@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .unet import timestep_embedding
+from .unet import check_noise_labels, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class MLPDenoiser(nn.Module):
             raise ValueError(f"expected points of shape (B, {self.config.data_dim}), got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per point, got {tuple(t.shape)}")
+        check_noise_labels(t)
         if labels is not None:
             raise ValueError("the MLP denoiser is unconditional: pass labels=None")
         h = self.inp(torch.cat([x, timestep_embedding(t, self.config.time_dim)], dim=1))  # (B, hidden)

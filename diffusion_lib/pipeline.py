@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .checkpoint import check_sampler_info
 from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, karras_sigmas,
                          ode_sample)
 from .guidance import guided_eps_fn
@@ -21,6 +22,7 @@ from .schedules import make_schedule
 from .text import tokenize
 
 ODE_SAMPLERS = ("heun", "euler")
+DEFAULT_BATCH = 500  # images per network call in `generate`: memory stays flat however many samples are drawn
 ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 # The sampler and step count `generate` uses when none is named, by training objective (benchmarks/RESULTS.md, recipes).
 DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 18), "flow": ("heun", 18)}
@@ -59,7 +61,30 @@ def _native_fn(model, info: dict):
                      f"{objective_of(info)!r}: use --sampler ddim or dpm-solver++")
 
 
-def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None, model_fn=None):
+def chunked(model_fn, batch_size: int):
+    """`model_fn(x, t, labels)` called on at most `batch_size` rows at a time (outputs concatenated, also pairs).
+
+    The sampler still holds all n samples, but the network's activations, which dominate memory,
+    only ever exist for one chunk. Each row's output depends only on that row, so the chunk size
+    does not change the samples.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+    def fn(x, t, labels=None):
+        if len(x) <= batch_size:
+            return model_fn(x, t, labels)
+        parts = [model_fn(x[i:i + batch_size], t[i:i + batch_size], None if labels is None else labels[i:i + batch_size])
+                 for i in range(0, len(x), batch_size)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts))
+        return torch.cat(parts)
+
+    return fn
+
+
+def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None, model_fn=None,
+            batch_size: int = DEFAULT_BATCH):
     """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used.
 
     A text model takes `prompts` (n captions) and returns their token ids as its "labels".
@@ -68,7 +93,7 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
     device = next(model.parameters()).device
-    eps_model = model_fn or as_eps_model(model, schedule, info["prediction"], with_x0=True)
+    eps_model = chunked(model_fn or as_eps_model(model, schedule, info["prediction"], with_x0=True), batch_size)
     w = 1.0 if guidance is None else guidance
     if getattr(model.config, "text_dim", None):
         if labels is not None:
@@ -80,6 +105,9 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
     if prompts is not None:
         raise ValueError("prompts need a text model (trained with --text)")
     num_classes = model.config.num_classes
+    if num_classes and labels is not None and (labels.is_floating_point() or labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be integers in 0..{num_classes - 1} (the null class {num_classes} is what "
+                         f"guidance adds itself), got {labels.dtype} values in [{labels.min()}, {labels.max()}]")
     if num_classes:
         if labels is None:
             labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
@@ -90,7 +118,7 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
 
 
 def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guidance=None, labels=None,
-             seed=0, progress=None, return_trajectory=False, prompts=None):
+             seed=0, progress=None, return_trajectory=False, prompts=None, batch_size: int = DEFAULT_BATCH):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
     `sampler` is one of ddpm, ddim, dpm-solver++ (any model) or heun, euler (models trained with
@@ -100,8 +128,10 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
     A text model (trained with --text) takes `prompts`, n captions such as "a thick seven", and
     returns their token ids in place of labels.
+    The network sees at most `batch_size` images per call (`chunked`); the samples do not depend on it.
     Images come back clipped to [-1, 1]. Returns (samples, labels or None[, trajectory]).
     """
+    check_sampler_info(info, "the model's checkpoint")
     if sampler is None:
         sampler, default_steps = DEFAULT_SAMPLER[objective_of(info)]
         steps = default_steps if steps is None else steps
@@ -117,10 +147,11 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     if sampler in ODE_SAMPLERS:
         if eta:
             raise ValueError("eta applies to the ddim sampler only")
-        native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info))
+        native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info),
+                                 batch_size)
         samples, trajectory = _ode_generate(native, objective_of(info), shape, sampler, steps, generator, device)
     else:
-        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts)
+        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, batch_size=batch_size)
         out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
                           clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
         samples, trajectory = out if return_trajectory else (out, None)
@@ -145,19 +176,21 @@ def _ode_generate(native, objective: str, shape, sampler: str, steps, generator,
 
 
 def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,
-                   guidance=None, labels=None, seed: int = 0, resample: int = 1, prompts=None):
+                   guidance=None, labels=None, seed: int = 0, resample: int = 1, prompts=None,
+                   batch_size: int = DEFAULT_BATCH):
     """Fill the pixels of `images` (N, 1, 28, 28) where `mask` is 0 (see `inpainting.inpaint`).
 
     A conditional model can be asked for `labels` (a text model for `prompts`) with `guidance`, as in `generate`.
     Returns (completed images clipped to [-1, 1], labels or None).
     """
+    check_sampler_info(info, "the model's checkpoint")
     if info["data"] != "mnist":
         raise ValueError("inpainting needs an image model (trained with --data mnist)")
     if images.ndim != 4 or images.shape[1:] != (model.config.image_channels, 28, 28):
         raise ValueError(f"images must have shape (N, {model.config.image_channels}, 28, 28), got {tuple(images.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
-    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts)
+    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts, batch_size=batch_size)
     out = inpaint(eps_fn, images.to(device), mask.to(device), schedule, steps, eta, resample,
                   generator=torch.Generator(device).manual_seed(seed), clip_x0=True)
     return out.clamp(-1, 1), labels

@@ -80,8 +80,8 @@ def ddim_step(eps, xt, t, t_prev, schedule: Schedule, eta=0.0, noise=None, gener
     `eps` may be an (eps, x0_hat) pair. Shapes: eps, xt (B, ...), t and t_prev (B,), t_prev = -1 for the final step to x_0.
     Returns (x_prev, x0_hat).
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
     schedule.check_timesteps(t_prev, allow_minus_one=True)
     if bool((t_prev >= t).any()):
         raise ValueError("t_prev must be smaller than t: DDIM steps go from noise towards data")

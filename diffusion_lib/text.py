@@ -156,6 +156,11 @@ def attribute_agreement(images: torch.Tensor, labels: torch.Tensor, asked: list[
 # ---------------------------------------------------------------------------------------------- tokens
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """A caption quoted for an error message, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def tokenize(captions: list[str], max_tokens: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Word ids (B, max_tokens): <start>, the words, then 0s; and the mask of real tokens (B, max_tokens).
 
@@ -168,9 +173,9 @@ def tokenize(captions: list[str], max_tokens: int = MAX_TOKENS) -> tuple[torch.T
         words = text.lower().split()
         unknown = [w for w in words if w not in index or w.startswith("<")]
         if unknown:
-            raise ValueError(f"unknown word(s) {unknown} in {text!r}; the vocabulary is: {' '.join(VOCABULARY[2:])}")
+            raise ValueError(f"unknown word(s) {unknown[:5]} in {_short(text)}; the vocabulary is: {' '.join(VOCABULARY[2:])}")
         if len(words) + 1 > max_tokens:
-            raise ValueError(f"{text!r} has {len(words)} words; at most {max_tokens - 1} fit")
+            raise ValueError(f"{_short(text)} has {len(words)} words; at most {max_tokens - 1} fit")
         ids[row, : len(words) + 1] = torch.tensor([index["<start>"]] + [index[w] for w in words], dtype=torch.long)
     return ids, ids != 0
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_
 from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
 from .models import build_model
+from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
 from .runtime import pick_device
 from .schedules import SCHEDULES, make_schedule
@@ -98,7 +100,12 @@ class TrainConfig:
              f"loss_weight {self.loss_weight!r} is for objective ddpm; edm and flow have their own weighting"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (self.steps >= 1 and self.batch_size >= 1 and self.T >= 1, "steps, batch_size and T must be >= 1"),
-            (self.lr > 0 and 0 <= self.ema_decay < 1, "lr must be > 0 and ema_decay in [0, 1)"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            (self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}"),
+            (all(1 <= s <= self.steps for s in self.snapshots),
+             f"snapshots must be steps between 1 and steps={self.steps}, got {list(self.snapshots)}"),
             (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
             (not ((self.conditional or self.text) and self.data in TOY_DATASETS),
              f"--conditional or --text needs labelled data (mnist), not {self.data!r}"),
@@ -231,7 +238,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, progress: bool = True,
-          callback=None, max_seconds: float | None = None) -> TrainResult:
+          callback=None, max_seconds: float | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or resume, when `out_dir` holds a training state) and return the model, EMA model and losses.
 
     `callback(step, loss, result)` runs every step on rank 0 (for live plots). Checkpoints go to
@@ -242,10 +249,29 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
 
     `max_seconds` stops the run early, with a checkpoint, once that much wall time has passed since
     the loop started (for "what do 5 minutes of training buy?"); a later call resumes it.
+
+    Nothing earlier is lost (`outputs`): `out_dir` is checked for writing before any work, locked
+    for the run, and a finished model without a training state is not overwritten unless
+    `overwrite`. A loss that stops being finite ends the run with a `TrainingDiverged` error,
+    leaving the last checkpoint saved before it as it was.
     """
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
     rank, world = _distributed()
+    if out_dir is None or rank != 0:
+        return _train(config, out_dir, device, progress, callback, max_seconds, rank, world)
+    out_dir = check_writable(out_dir)
+    with RunLock(out_dir):
+        clean_temporary(out_dir)
+        check_new_run(out_dir, MODEL_FILE, STATE_FILE, overwrite)
+        return _train(config, out_dir, device, progress, callback, max_seconds, rank, world)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+
+def _train(config: TrainConfig, out_dir, device, progress, callback, max_seconds, rank, world) -> TrainResult:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     device = pick_device(f"cuda:{rank}" if world > 1 and torch.cuda.is_available() else device)
@@ -255,8 +281,10 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     result = TrainResult(model, ema.model, [], 0)
+    last_saved = None  # the step of the checkpoint on disk, for the message if training diverges
     if out_dir is not None and (Path(out_dir) / STATE_FILE).exists():
-        result.step = _load_state(Path(out_dir) / STATE_FILE, config, model, ema, optimizer, generator, result.losses)
+        result.step = last_saved = _load_state(Path(out_dir) / STATE_FILE, config, model, ema, optimizer, generator,
+                                               result.losses)
     schedule = make_schedule(config.schedule, config.T)
     data, labels = load_training_data(config)
     data = data.to(device)
@@ -265,6 +293,12 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
     start, out_of_time = time.perf_counter(), False
     while result.step < config.steps and not out_of_time:
         loss = _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, result.step, rank, world)
+        if not math.isfinite(loss):
+            bar.close()
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {result.step + 1}, so training stopped"
+                + (f"; {out_dir} keeps the checkpoint of step {last_saved}" if last_saved else "; nothing was saved")
+                + ". Lower --lr, keep --grad-clip on (1 is the default), or check the data")
         result.step += 1
         result.losses.append(loss)
         bar.update(1)
@@ -275,6 +309,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
         last = result.step == config.steps or out_of_time
         if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or last):
             save_training(out_dir, config, model, ema, optimizer, generator, result)
+            last_saved = result.step
         if out_dir is not None and rank == 0 and result.step in config.snapshots:
             save_model(Path(out_dir) / "snapshots" / f"step_{result.step:06d}.safetensors", ema.model,
                        {**config.info(), "step": result.step})
@@ -357,6 +392,7 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
     tensors, metadata = read_tensors(path)
     if metadata.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
+    _check_complete(path, metadata, tensors, ["rng.generator", "history.loss"])
     stored = json.loads(metadata["train_config"])
     current = dataclasses.asdict(config)
     defaults = dataclasses.asdict(TrainConfig())  # a field newer than the stored run had its default there
@@ -367,6 +403,8 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
             f"{path.parent} holds a run with other settings, (stored, now): {changed}. "
             "Resume with the same settings (only --steps may change) or choose another --out folder."
         )
+    _check_complete(path, metadata, tensors, [f"optim.{i}.{k}" for i in range(len(list(model.parameters())))
+                                              for k in ("step", "exp_avg", "exp_avg_sq")])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optim_state = optimizer.state_dict()
@@ -380,3 +418,10 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
     generator.set_state(tensors["rng.generator"])
     losses.extend(tensors["history.loss"].tolist())
     return int(metadata["step"])
+
+
+def _check_complete(path, metadata: dict, tensors: dict, needed: list[str]) -> None:
+    missing = [k for k in needed if k not in tensors] if "train_config" in metadata else ["train_config"]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete training state (missing {missing[:3]}): it cannot be resumed; "
+                              "train into a new --out folder")

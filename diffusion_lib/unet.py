@@ -63,6 +63,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+MAX_NOISE_LABEL = 4000  # DDPM steps 0..T-1 (T <= 1000 here), flow's 1000 s in [0, 1000], EDM's 250 ln(sigma)
+
+
+def check_noise_labels(t: torch.Tensor) -> None:
+    """Refuse timesteps (noise labels) a trained network never sees: not finite, or beyond +-MAX_NOISE_LABEL.
+
+    DDPM models get integer steps 0..T-1; EDM's labels 1000 c_noise = 250 ln(sigma) are negative below sigma = 1
+    (about -1550 at sigma = 0.002, +2480 at the largest sigma of a 1000-step cosine schedule). Which exact range a
+    model was trained on is the sampler's business (`Schedule.check_timesteps`); this catches the absurd.
+    """
+    if t.is_floating_point() and not bool(t.isfinite().all()):
+        raise ValueError("timesteps must be finite, got NaN or infinity")
+    if t.numel() and float(t.abs().max()) > MAX_NOISE_LABEL:
+        raise ValueError(f"timestep {float(t.abs().max()):g} is out of range: networks here take DDPM steps 0..T-1 "
+                         f"or continuous noise labels within +-{MAX_NOISE_LABEL}")
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, plus the conditioning embedding, twice; with a skip connection."""
 
@@ -162,6 +179,7 @@ class UNet(nn.Module):
             )
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image, got {tuple(t.shape)}")
+        check_noise_labels(t)
         if c.text_dim:
             self._check_tokens(x.shape[0], labels)
         elif labels is not None and not c.num_classes:

@@ -102,7 +102,7 @@ def test_trajectory_and_bad_arguments():
     assert traj.timesteps == ddim_timesteps(100, 10)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         sample_loop(eps_fn, (2, 2), s, "euler")
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
         sample_loop(eps_fn, (2, 2), s, "ddim", 10, eta=-0.5)
     with pytest.raises(ValueError, match="eta applies to the ddim sampler only"):
         sample_loop(eps_fn, (2, 2), s, "ddpm", eta=0.5)
