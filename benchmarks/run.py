@@ -18,6 +18,7 @@ Sections:
   budget     MNIST-FID after 5, 10 and 20 minutes of training (quality per CPU-minute)
   recipes    MNIST-FID of short training recipes (model size, schedule, target) at a fixed step count
   study      the recipe study's runs (made by benchmarks/recipes.py, one file each): quality per CPU-minute
+  memory     peak memory of 'sample' against --n (sampling is batched, so memory stays flat)
   text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
   course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
 """
@@ -275,6 +276,26 @@ def recipes(args, device) -> dict:
     return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
 
 
+PEAK_OF = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # KiB, of that one child
+
+
+def memory(args, device) -> dict:
+    """Peak resident memory of `python -m diffusion_lib sample` against --n (the network runs on --batch-size images)."""
+    rows = []
+    for n in ([20, 200] if args.quick else [200, 2000, 10000]):
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"diffusion_course_memory_{n}.npz"
+        command = ["-m", "diffusion_lib", "sample", "--checkpoint", "diffusion_lib/checkpoints/mnist_uncond",
+                   "--sampler", "ddim", "--steps", "2", "--n", str(n), "--out", str(out)]
+        start = time.perf_counter()
+        peak = subprocess.run([sys.executable, "-c", PEAK_OF, sys.executable, *command], cwd=REPO, check=True,
+                              capture_output=True, text=True, env={**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu"})
+        out.unlink(missing_ok=True)
+        rows.append({"n": n, "peak_mib": int(peak.stdout) / 1024, "seconds": time.perf_counter() - start,
+                     "command": "python " + " ".join(command).replace(str(out), "OUT.npz")})
+    return {"batch_size": 500, "rows": rows}
+
+
 def study(args, device) -> dict:
     """The recipe study's runs (benchmarks/recipes.py writes one file per run; this collects them, training nothing)."""
     folder = MEASURED_DIR / "recipes"
@@ -331,7 +352,8 @@ def course(args, device) -> dict:
     return {"rows": rows, **suite}
 
 
-SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, budget, recipes, study, text, course)}
+SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, budget, recipes, study, text, memory,
+                                    course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -391,6 +413,9 @@ def _render_targets(f: dict) -> list[str]:
         add("mnist_text at 10 steps: DPM-Solver++ MNIST-FID vs DDIM's", "lower than DDIM's",
             f"{solvers[('dpm-solver++', 10)]:.1f} vs {solvers[('ddim', 10)]:.1f}",
             solvers[("dpm-solver++", 10)] < solvers[("ddim", 10)])
+    if "memory" in f and f["memory"]["rows"][-1]["n"] >= 10000:
+        peak = f["memory"]["rows"][-1]["peak_mib"]
+        add("peak memory of sample --n 10000", "at most 1536 MiB", f"{peak:.0f} MiB", peak <= 1536)
     if "course" in f:
         c = f["course"]
         if "nbval_fast_seconds" in c:
@@ -519,6 +544,14 @@ def _render_recipes(f):
     return lines
 
 
+def _render_memory(f):
+    lines = [f"Peak resident memory of a whole `sample` process (Python, PyTorch, the model, all samples), DDIM with 2 "
+             f"steps (memory does not depend on the step count), the network run on {f['batch_size']} images at a time:",
+             "", "| --n | peak MiB | s |", "| ---: | ---: | ---: |"]
+    lines += [f"| {r['n']:,} | {r['peak_mib']:.0f} | {r['seconds']:.0f} |" for r in f["rows"]]
+    return lines + ["", f"Command: `{f['rows'][-1]['command']}` (each --n)"]
+
+
 def _run_command(run: dict) -> str:
     stage = "wall" if run["wall_clock"] else "one"
     return (f"python benchmarks/recipes.py {stage} {shlex.quote(run['recipe'])} {run['minutes']:g} {run['seed']}"
@@ -578,7 +611,7 @@ def _render_course(f):
 
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
-             "recipes": _render_recipes, "study": _render_study, "text": _render_text, "course": _render_course}
+             "recipes": _render_recipes, "study": _render_study, "memory": _render_memory, "text": _render_text, "course": _render_course}
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -79,9 +79,10 @@ x0 = test_images[:4]
 t = torch.tensor([10, 250, 600, 950])
 eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
 xt = dl.q_sample(x0, t, schedule, eps)
-ab = schedule.alpha_bars.float()[t].reshape(-1, 1, 1, 1)
-x0_by_hand = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
-v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)  # float64: form the square roots there, then round to float32
+sqrt_ab, sqrt_one_minus_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
+x0_by_hand = (xt - sqrt_one_minus_ab * eps) / sqrt_ab
+v = sqrt_ab * eps - sqrt_one_minus_ab * x0
 print(f"x0 recovered by hand, largest error:         {(x0_by_hand - x0).abs().max().item():.1e}")
 print(f"library x0_from_eps vs by hand:              {(dl.x0_from_eps(xt, t, eps, schedule) - x0_by_hand).abs().max().item():.1e}")
 print(f"library v target vs by hand:                 {(dl.v_from_eps_x0(eps, x0, t, schedule) - v).abs().max().item():.1e}")
