@@ -568,29 +568,39 @@ def _render_study(f):
     speed = f.get("speed")
     if speed:
         lines += [f"Training speed on this CPU ({speed['threads']} threads; forward, backward and AdamW, median of 9 "
-                  "steps), which sets how many steps a candidate gets per CPU-minute:", "",
+                  f"steps; `python benchmarks/recipes.py speed --threads {speed['threads']}`, "
+                  f"{speed['date']}, {speed['machine']['cpu']}), which sets how many steps a candidate gets per CPU-minute:", "",
                   "| network and batch | steps/s | steps in 10 min |", "| --- | ---: | ---: |"]
         lines += [f"| `{key}` | {rate:.2f} | {round(rate * 600):,} |" for key, rate in speed["rates"].items()]
         lines += ["", "Speed levers (steps/s without and with):", "", "| network and batch, lever | without | with |",
                   "| --- | ---: | ---: |"]
         lines += [f"| `{key}` | {v['plain']:.2f} | " + (f"{v['with']:.2f} |" if "with" in v else f"failed: {v['error'][:80]} |")
                   for key, v in speed["levers"].items()]
+        lines += ["", "The levers were timed in a second pass over the same networks, so a network's 'without' and its row "
+                      "in the first table are two measurements of one thing; where they differ, that is this shared "
+                      "machine's timing noise (bf16 with base 16 measured 9.11 steps/s in the first table and 6.90 as a "
+                      "lever). A lever counts as kept only once a wall-clock run confirms it."]
     runs = sorted(f["runs"], key=lambda r: (r["conditional"], r["wall_clock"], r["minutes"], r["seed"],
                                            _best(r)["mnist_fid"] / r["real_baseline_fid"]))
     if runs:
         lines += ["", "Runs, each scored on 1,000 samples (MNIST-FID against the real-digit floor at n = 1,000; "
                       "recognised: classifier probability at least 0.9; conditional: at guidance 3, labels 0-9 in turn). "
-                      "'CPU-min' runs were trained for the steps this CPU makes in that time (speed table above), "
-                      "'wall' runs against the clock on this CPU.", "",
-                  "| recipe | CPU-min | seed | cond | steps | MNIST-FID (floor) | FID / floor | recognised | requested digit | sampler |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+                      "'CPU-min' runs were trained for the steps that 2 threads of this CPU make in that time (speed "
+                      "table above), each run on 1 thread with two runs at once; 'wall' runs against the clock. The "
+                      "last column is the time per step each run actually took on its 1 thread (with another run "
+                      "beside it): where it disagrees with the speed table's ratio, the step count needs a wall-clock "
+                      "check.", "",
+                  "| recipe | CPU-min | seed | cond | steps | MNIST-FID (floor) | FID / floor | recognised | requested digit "
+                  "| sampler | s per step, as run |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
         for r in runs:
             b = _best(r)
             lines.append(f"| {r['recipe']} | {r['minutes']:g}{' wall' if r['wall_clock'] else ''} | {r['seed']} | "
                          f"{'yes' if r['conditional'] else ''} | {r['steps']:,} | {b['mnist_fid']:.1f} "
                          f"({r['real_baseline_fid']:.1f}) | {b['mnist_fid'] / r['real_baseline_fid']:.2f} | "
                          f"{100 * b['recognised']:.1f}% | "
-                         + (f"{100 * b['accuracy']:.1f}%" if "accuracy" in b else "") + f" | {r['sampler']} |")
+                         + (f"{100 * b['accuracy']:.1f}%" if "accuracy" in b else "")
+                         + f" | {r['sampler']} | {r['train_seconds'] / r['steps']:.3f} |")
         lines += ["", "Each run's command: " + "; ".join(sorted({f"`{_run_command(r)}`" for r in runs}))]
     return lines
 
