@@ -256,10 +256,8 @@ def run_sample(args) -> None:
                 else "; give a checkpoint made by 'train --data mnist' (or a 2-D data set)")
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model{hint}")
     check_sampler_info(info, args.checkpoint)
-    if args.sampler is None:
+    if args.sampler is None:  # with no --steps, each sampler takes its own default
         args.sampler = "ddim" if args.inpaint is not None or args.eta else DEFAULT_SAMPLER[objective_of(info)][0]
-        if args.steps is None and args.sampler == DEFAULT_SAMPLER[objective_of(info)][0]:
-            args.steps = DEFAULT_SAMPLER[objective_of(info)][1]
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
     is_text = bool(getattr(model.config, "text_dim", None))

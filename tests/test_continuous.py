@@ -127,6 +127,8 @@ def test_a_continuous_model_trains_and_samples_with_every_sampler(objective):
         points, _ = dl.generate(result.ema_model, config.info(), 500, sampler, 10)
         assert points.shape == (500, 2) and points.isfinite().all()
         assert 0.5 < points.std().item() < 1.5, sampler  # the moons' spread, not noise at sigma_max
+    default, _ = dl.generate(result.ema_model, config.info(), 50)  # no sampler named: Heun with 18 steps
+    assert torch.equal(default, dl.generate(result.ema_model, config.info(), 50, "heun", 18)[0])
 
 
 def test_ode_samplers_refuse_a_ddpm_model():
