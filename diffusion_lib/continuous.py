@@ -90,7 +90,7 @@ def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
 
 
 def flow_loss(net, x0, z, noise, labels=None, reduction="mean"):
-    """Conditional flow matching with SD3's logit-normal s = sigmoid(m + s_std z) (Esser et al. 2024, Eq. 2 and Sec. 3.1).
+    """Conditional flow matching with SD3's logit-normal s = sigmoid(m + s_std z) (Esser et al. 2024, Sec. 3.1).
 
     x_s = (1 - s) x_0 + s eps; the network regresses the velocity v = eps - x_0 with unit weight.
     """

@@ -9,7 +9,7 @@ EDM's or rectified flow's loss on continuous noise levels instead (`continuous`)
 | code            | symbol / meaning                                              |
 | --------------- | ------------------------------------------------------------- |
 | `t`             | t ~ Uniform{0..T-1} (the paper's 1..T); for edm/flow a N(0, 1) draw z that sets sigma or s |
-| `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, Eq. 7 and Sec. 3.4) |
+| `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, arXiv 2303.09556) |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling |
@@ -157,7 +157,7 @@ def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None,
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023, Sec. 3.4): the x_0-loss weight min(SNR, gamma) in each target's units.
+    """Min-SNR-gamma weights (Hang et al. 2023): the x_0-loss weight min(SNR, gamma) in each target's units.
 
     ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2,
     so the weights are min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v.
