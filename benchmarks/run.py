@@ -587,9 +587,9 @@ def _render_study(f):
                       "recognised: classifier probability at least 0.9; conditional: at guidance 3, labels 0-9 in turn). "
                       "'CPU-min' runs were trained for the steps that 2 threads of this CPU make in that time (speed "
                       "table above), each run on 1 thread with two runs at once; 'wall' runs against the clock. The "
-                      "last column is the time per step each run actually took on its 1 thread (with another run "
-                      "beside it): where it disagrees with the speed table's ratio, the step count needs a wall-clock "
-                      "check.", "",
+                      "last column is the time per step each run actually took (CPU-min runs: on 1 thread with another "
+                      "run beside it; wall runs: on the threads in their command): where the CPU-min runs' times "
+                      "disagree with the speed table's ratios, the step counts need a wall-clock check.", "",
                   "| recipe | CPU-min | seed | cond | steps | MNIST-FID (floor) | FID / floor | recognised | requested digit "
                   "| sampler | s per step, as run |",
                   "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
