@@ -89,6 +89,11 @@ def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
 # ------------------------------------------------------------------------------------------ flow
 
 
+def flow_velocity(net, x: torch.Tensor, s: torch.Tensor, labels=None) -> torch.Tensor:
+    """v(x_s, s): the network called with the flow's noise label 1000 s. Shapes: x (B, ...), s (B,)."""
+    return net(x, 1000 * s, labels)
+
+
 def flow_loss(net, x0, z, noise, labels=None, reduction="mean"):
     """Conditional flow matching with SD3's logit-normal s = sigmoid(m + s_std z) (Esser et al. 2024, Sec. 3.1).
 
@@ -96,7 +101,7 @@ def flow_loss(net, x0, z, noise, labels=None, reduction="mean"):
     """
     s = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * z)
     x = _column(1 - s, x0) * x0 + _column(s, x0) * noise
-    per_example = ((net(x, 1000 * s, labels) - (noise - x0)) ** 2).flatten(1).mean(1)  # (B,)
+    per_example = ((flow_velocity(net, x, s, labels) - (noise - x0)) ** 2).flatten(1).mean(1)  # (B,)
     return per_example.mean() if reduction == "mean" else per_example
 
 
@@ -177,7 +182,7 @@ def as_eps_model(net, schedule, objective: str, sigma_data: float = SIGMA_DATA, 
         else:
             s = sigma / (1 + sigma)
             x_s = _column(1 - s, xt) * x
-            v = net(x_s, (1000 * s).to(xt.dtype), labels)
+            v = flow_velocity(net, x_s, s.to(xt.dtype), labels)
             eps, x0_hat = x_s + _column(1 - s, xt) * v, x_s - _column(s, xt) * v
         return (eps, x0_hat) if with_x0 else eps
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import check_sampler_info
-from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, karras_sigmas,
-                         ode_sample)
+from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, flow_velocity,
+                         karras_sigmas, ode_sample)
 from .guidance import guided_eps_fn
 from .inpainting import inpaint
 from .models import as_eps_model
@@ -57,7 +57,7 @@ def _native_fn(model, info: dict):
     if objective_of(info) == "edm":
         return lambda x, sigma, labels=None: edm_denoise(model, x, sigma, labels)
     if objective_of(info) == "flow":
-        return lambda x, s, labels=None: model(x, 1000 * s, labels)
+        return lambda x, s, labels=None: flow_velocity(model, x, s, labels)
     raise ValueError(f"the heun and euler samplers need a model trained with --objective edm or flow; this one is "
                      f"{objective_of(info)!r}: use --sampler ddim or dpm-solver++")
 
