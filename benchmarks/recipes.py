@@ -37,12 +37,16 @@ sys.path.insert(0, str(REPO))
 import diffusion_lib as dl  # noqa: E402
 from diffusion_lib.course.measured import MEASURED_DIR, machine  # noqa: E402
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid  # noqa: E402
+from diffusion_lib.training import PREVIOUS_DEFAULTS  # noqa: E402
 
 OUT = MEASURED_DIR / "recipes"
 N_SAMPLES = 1000
 B16, B24, B32 = {"base_channels": 16}, {"base_channels": 24}, {"base_channels": 32}
-OLD_DEFAULT = dict(batch_size=128, lr=1e-3, warmup=100, ema_decay=0.999, schedule="linear", prediction="eps", model=B32)
-DDPM = dict(batch_size=64, lr=2e-3, warmup=100, ema_decay=0.999, schedule="cosine", model=B16)
+OLD_DEFAULT = dict(PREVIOUS_DEFAULTS, warmup=100, ema_decay=0.999, model=B32)
+# Each candidate names what it changes over the defaults the study started from (`PREVIOUS_DEFAULTS`, those
+# until 2026-11-26), so a row keeps its meaning now that the winner has become TrainConfig's default.
+START = {k: v for k, v in PREVIOUS_DEFAULTS.items() if k != "prediction"}
+DDPM = dict(START, batch_size=64, lr=2e-3, warmup=100, ema_decay=0.999, schedule="cosine", model=B16)
 EDM = dict(DDPM, objective="edm")
 FLOW = dict(DDPM, objective="flow")
 
@@ -51,7 +55,7 @@ FLOW = dict(DDPM, objective="flow")
 CANDIDATES = {
     "old default (base 32, linear, eps, batch 128, lr 1e-3)": (OLD_DEFAULT, "ddim", 50),
     "chapter 4 (base 16, cosine, v, batch 32, lr 5e-3, EMA 0.995)": (
-        dict(batch_size=32, lr=5e-3, warmup=50, ema_decay=0.995, schedule="cosine", prediction="v", model=B16), "ddim", 50),
+        dict(START, batch_size=32, lr=5e-3, warmup=50, ema_decay=0.995, schedule="cosine", prediction="v", model=B16), "ddim", 50),
     "ddpm b16 cosine eps": (dict(DDPM, prediction="eps"), "ddim", 50),
     "ddpm b16 cosine x0": (dict(DDPM, prediction="x0"), "ddim", 50),
     "ddpm b16 cosine v": (dict(DDPM, prediction="v"), "ddim", 50),
@@ -101,7 +105,7 @@ def steps_per_second(fields: dict, lever: str | None = None, repeats: int = 12) 
     from diffusion_lib.schedules import make_schedule
     from diffusion_lib.training import draw_batch, objective
 
-    config = dl.TrainConfig(**{**fields, "objective": "flow", "loss_weight": "none"})
+    config = dl.TrainConfig(**{**fields, "objective": "flow", "loss_weight": "none", "prediction": None})
     lever = "bf16" if config.precision == "bf16" else lever
     data, labels = dl.load_mnist(train=True)
     torch.manual_seed(0)
@@ -147,6 +151,25 @@ def speed(args) -> None:
     _write(args.out / "speed.json", {"threads": args.threads, "machine": machine(), "rates": rates, "levers": levers})
 
 
+def profile(args) -> None:
+    """OUT/profile.json: where a step of the default recipe goes: the whole loop's step against the network and
+    AdamW alone (the rest is batch drawing, noising, clipping, EMA and bookkeeping), at `--threads`."""
+    torch.set_num_threads(args.threads)
+    config = dl.TrainConfig(data="mnist", steps=60, save_every=10**9)
+    stamps = []
+    dl.train(config, progress=False, callback=lambda step, loss, result: stamps.append(time.perf_counter()))
+    gaps = sorted(b - a for a, b in zip(stamps[5:], stamps[6:]))  # after warm-up
+    loop = gaps[len(gaps) // 2]
+    fields = {"batch_size": config.batch_size, "model": config.model_config(),
+              "precision": "bf16" if dl.training.uses_bf16(config, torch.device("cpu")) else "fp32"}
+    network = 1 / steps_per_second(fields, repeats=30)
+    _write(args.out / "profile.json", {"threads": args.threads, "recipe": "TrainConfig() (the default)",
+                                       "precision": fields["precision"], "loop_step_seconds": loop,
+                                       "network_and_adamw_seconds": network, "outside_share": 1 - network / loop})
+    print(f"loop step {1000 * loop:.1f} ms, network + AdamW {1000 * network:.1f} ms "
+          f"({100 * (1 - network / loop):.0f}% outside)", flush=True)
+
+
 # -------------------------------------------------------------------------------------- one run
 
 
@@ -170,16 +193,16 @@ def run_one(name: str, minutes: float, seed: int, conditional: bool, device, out
     return row
 
 
-def score(model, info: dict, sampler: str, steps: int, guidance_scales=(1.0, 2.0, 3.0)) -> dict:
+def score(model, info: dict, sampler: str, steps: int, guidance_scales=(1.0, 2.0, 3.0), n: int = N_SAMPLES) -> dict:
     """MNIST-FID (and its floor), share recognised, and for a conditional model accuracy, at each guidance scale."""
     net = dl.pretrained("mnist_classifier")[0].to(next(model.parameters()).device)
-    floor = real_baseline_fid(N_SAMPLES, net)
+    floor = real_baseline_fid(n, net)
     conditional = bool(model.config.num_classes)
     rows = []
     for w in guidance_scales if conditional else (None,):
-        labels = torch.arange(N_SAMPLES) % 10 if conditional else None
+        labels = torch.arange(n) % 10 if conditional else None
         start = time.perf_counter()
-        samples, _ = dl.generate(model, info, N_SAMPLES, sampler, steps, guidance=w, labels=labels, seed=0)
+        samples, _ = dl.generate(model, info, n, sampler, steps, guidance=w, labels=labels, seed=0)
         seconds = time.perf_counter() - start
         predicted, confidence = dl.classify(net, samples)
         share = float((confidence >= 0.9).float().mean())  # chapter 1's "recognised as a digit"
@@ -187,7 +210,7 @@ def score(model, info: dict, sampler: str, steps: int, guidance_scales=(1.0, 2.0
         if conditional:
             row["accuracy"] = float((predicted.cpu() == labels).float().mean())
         rows.append(row)
-    return {"n": N_SAMPLES, "real_baseline_fid": floor, "scores": rows}
+    return {"n": n, "real_baseline_fid": floor, "scores": rows}
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -226,7 +249,7 @@ def launch(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("speed", "screen", "finalists", "one", "wall"))
+    parser.add_argument("stage", choices=("speed", "profile", "screen", "finalists", "one", "wall"))
     parser.add_argument("rest", nargs="*", help="for 'one' and 'wall': NAME MINUTES SEED [cond]")
     parser.add_argument("--names", nargs="*", default=[],
                         help="screen: only these recipes, in this order; finalists, wall: the recipes to study further")
@@ -242,6 +265,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage == "speed":
         return speed(args)
+    if args.stage == "profile":
+        return profile(args)
     if args.stage in ("one", "wall") and args.rest:
         torch.set_num_threads(args.threads)
         name, minutes, seed, *cond = args.rest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -24,7 +25,8 @@ from .pipeline import (ALL_SAMPLERS, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLER
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
-from .training import LOSS_WEIGHTS, MODEL_FILE, PRECISIONS, TrainConfig, train
+from .training import (DDPM_PREDICTION, LOSS_WEIGHTS, MODEL_FILE, PRECISIONS, RECIPE_NETWORKS, TrainConfig, train,
+                       uses_bf16)
 
 
 class Parser(argparse.ArgumentParser):
@@ -91,7 +93,8 @@ def build_parser() -> Parser:
     defaults = TrainConfig()
 
     tr = commands.add_parser("train", help="train a denoiser; resumes when --out already holds a run",
-                             description="Train a noise predictor (DDPM Algorithm 1). Resumes when OUT holds a run. "
+                             description="Train a denoiser: by default flow matching (the recipe study's winner), or DDPM "
+                                         "(Algorithm 1) with --objective ddpm, or EDM. Resumes when OUT holds a run. "
                                          "Runs unchanged under 'torchrun --nproc_per_node N'.")
     tr.add_argument("--data", required=True, choices=DATASETS, help="training data")
     tr.add_argument("--steps", required=True, type=_positive_int, help="total optimiser steps (a resumed run continues to this)")
@@ -106,16 +109,16 @@ def build_parser() -> Parser:
     tr.add_argument("--warmup", type=_non_negative_int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
     tr.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule, help="noise schedule (default %(default)s)")
     tr.add_argument("--T", type=_positive_int, default=defaults.T, help="number of diffusion steps (default %(default)s)")
-    tr.add_argument("--prediction", choices=PREDICTIONS, default=defaults.prediction,
-                    help="network target with --objective ddpm (default %(default)s)")
+    tr.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                    help=f"network target with --objective ddpm (default {DDPM_PREDICTION})")
     tr.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                     help="ddpm (discrete steps, --schedule, --prediction), edm (Karras et al. 2022) or flow "
                          "(rectified flow with logit-normal times, as Stable Diffusion 3) (default %(default)s)")
     tr.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=defaults.loss_weight,
                     help="per-example loss weight with --objective ddpm: none or min-snr (gamma 5) (default %(default)s)")
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                    help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions, slower on others; "
-                         "see benchmarks/RESULTS.md (default %(default)s)")
+                    help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions (AVX512-BF16, AMX), "
+                         "slower on others; auto: bf16 where it is fast; see benchmarks/RESULTS.md (default %(default)s)")
     tr.add_argument("--ema-decay", type=_fraction, default=defaults.ema_decay, help="EMA decay (default %(default)s)")
     tr.add_argument("--label-dropout", type=_fraction, default=defaults.label_dropout,
                     help="chance of replacing a label by the null class, for guidance (default %(default)s)")
@@ -126,7 +129,9 @@ def build_parser() -> Parser:
                     help="comma-separated steps at which to keep the EMA model in OUT/snapshots/, e.g. 100,500,2000")
     tr.add_argument("--arch", choices=("unet", "mlp", "pixelcnn", "classifier"), default=None,
                     help="model to train (default: unet for mnist, mlp for 2-D data); pixelcnn and classifier use mnist")
-    tr.add_argument("--model-config", type=_json_object, default={}, help="JSON overriding fields of the model config, e.g. '{\"base_channels\": 24}'")
+    tr.add_argument("--model-config", type=_json_object, default=None,
+                    help="JSON overriding fields of the network, e.g. '{\"base_channels\": 24}' (the U-Net's default "
+                         f"is the recipe's {json.dumps(RECIPE_NETWORKS['unet'])} over UNetConfig)")
     tr.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument("--overwrite", action="store_true",
@@ -207,15 +212,18 @@ def run_train(args) -> None:
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
                          precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
-                         seed=args.seed, save_every=args.save_every, snapshots=args.snapshots, model=args.model_config,
+                         seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
                          arch=args.arch)
+    if args.model_config is not None:  # over the recipe's network, so '{"attention_levels": []}' keeps its width
+        config = dataclasses.replace(config, model={**RECIPE_NETWORKS.get(config.model_arch, {}), **args.model_config})
     start = time.perf_counter()
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(config, args.out, device=args.device, progress=not args.quiet, max_seconds=max_seconds,
                    overwrite=args.overwrite)
     last = result.losses[-1] if result.losses else float("nan")
-    print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s; last loss {last:.4f}; "
-          f"model in {args.out / MODEL_FILE}")
+    precision = "bf16 autocast" if uses_bf16(config, pick_device(args.device)) else "float32"
+    print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s ({config.objective}, {precision}); "
+          f"last loss {last:.4f}; model in {args.out / MODEL_FILE}")
 
 
 def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:

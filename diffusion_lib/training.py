@@ -13,7 +13,7 @@ EDM's or rectified flow's loss on continuous noise levels instead (`continuous`)
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling |
-| `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32) |
+| `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32); "auto": bf16 where the hardware runs it natively |
 
 The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
 log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels), so every
@@ -34,7 +34,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +50,7 @@ from .forward import PREDICTIONS, q_sample, training_target
 from .models import build_model
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
-from .runtime import pick_device
+from .runtime import fast_bf16, pick_device
 from .schedules import SCHEDULES, make_schedule
 from .text import HELD_OUT, mnist_caption_data, tokenize, training_captions
 
@@ -60,7 +60,15 @@ TOY_POINTS, TOY_SEED = 20000, 1234
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
 DENOISERS, IMAGE_MODELS = ("unet", "mlp"), ("pixelcnn", "classifier")
 LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+# The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
+# study"): flow matching, batch 64, lr 2e-3, a U-Net of 16 base channels, bf16 where the hardware has it.
+RECIPE_NETWORKS = {"unet": {"base_channels": 16}}
+DDPM_PREDICTION = "v"  # the best DDPM target in the study
+# The defaults before the study (until 2026-11-26). A stored run that lacks a field was written before
+# the field existed, when the run used this value; `TrainConfig.from_stored` reads it so.
+PREVIOUS_DEFAULTS = {"batch_size": 128, "lr": 1e-3, "schedule": "linear", "prediction": "eps", "objective": "ddpm",
+                     "loss_weight": "none", "precision": "fp32", "model": {}}
 
 
 @dataclass(frozen=True)
@@ -69,31 +77,37 @@ class TrainConfig:
 
     data: str = "mnist"
     steps: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     warmup: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    schedule: str = "linear"
+    schedule: str = "cosine"  # ddpm's noise schedule; edm and flow use it only to sample with DDPM samplers
     T: int = 1000
-    prediction: str = "eps"
-    objective: str = "ddpm"  # or "edm", "flow": continuous noise levels (`continuous`)
+    prediction: str | None = None  # ddpm's network target: eps, x0 or v (None: v); edm and flow have their own
+    objective: str = "flow"  # or "ddpm" (discrete steps), "edm": see `continuous`
     loss_weight: str = "none"  # or "min-snr" (ddpm only)
-    precision: str = "fp32"  # or "bf16": the network's forward and backward under bfloat16 autocast
+    precision: str = "auto"  # "bf16": forward and backward under bfloat16 autocast; "auto": see `uses_bf16`
     conditional: bool = False
     text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
     label_dropout: float = 0.1
     seed: int = 0
     save_every: int = 500
     snapshots: tuple[int, ...] = ()  # steps at which to keep a copy of the EMA model in OUT/snapshots/
-    model: dict = field(default_factory=dict)
+    model: dict | None = None  # None: the recipe's network (RECIPE_NETWORKS); a dict: fields over the arch's defaults
     arch: str | None = None  # None: the data's denoiser (unet for mnist, mlp for 2-D); or pixelcnn, classifier
 
     def __post_init__(self):
+        if self.prediction is None and self.objective == "ddpm":
+            object.__setattr__(self, "prediction", DDPM_PREDICTION)
         checks = [
             (self.data in DATASETS, f"unknown data {self.data!r}: choose one of {', '.join(DATASETS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
-            (self.prediction in PREDICTIONS, f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
+            (self.prediction in PREDICTIONS + (None,),
+             f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
+            (self.prediction is None or self.objective == "ddpm",
+             f"prediction {self.prediction!r} is a target of objective ddpm, not {self.objective}: "
+             f"leave it out, or also set objective ddpm"),
             (self.objective in OBJECTIVES, f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}"),
             (self.loss_weight in LOSS_WEIGHTS, f"unknown loss_weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}"),
             (self.loss_weight == "none" or self.objective == "ddpm",
@@ -126,7 +140,21 @@ class TrainConfig:
 
     def model_config(self) -> dict:
         condition = {"num_classes": 10} if self.conditional else {"text_dim": 64} if self.text else {}
-        return {**condition, **self.model}
+        return {**condition, **(RECIPE_NETWORKS.get(self.model_arch, {}) if self.model is None else self.model)}
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "TrainConfig":
+        """The config of a stored run (a checkpoint's `info["train_config"]`), read as it was meant.
+
+        A field missing from it did not exist yet and had its earlier default (`PREVIOUS_DEFAULTS`);
+        runs stored before 2026-11-26 also recorded a DDPM `prediction` for edm and flow, which ignored it.
+        """
+        stored = {**PREVIOUS_DEFAULTS, **stored}
+        if stored["objective"] != "ddpm":
+            stored["prediction"] = None
+        if isinstance(stored.get("snapshots"), list):
+            stored["snapshots"] = tuple(stored["snapshots"])
+        return cls(**stored)
 
     def info(self) -> dict:
         """What a sampler needs to know about the model, stored in the checkpoint.
@@ -338,7 +366,7 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
     net.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
         loss = objective(net, config, x0, t, noise, batch_labels, schedule)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -351,6 +379,13 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
         dist.all_reduce(loss)
         loss = loss / world
     return float(loss)
+
+
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether a training step runs under bfloat16 autocast: "bf16"; or "auto", for the U-Net (where the study
+    measured the gain) on hardware with native bf16. Small MLPs and other models stay in float32."""
+    return config.precision == "bf16" or (config.precision == "auto" and config.model_arch == "unet"
+                                          and fast_bf16(device))
 
 
 def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch.Tensor:
@@ -393,10 +428,8 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
     if metadata.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
     _check_complete(path, metadata, tensors, ["rng.generator", "history.loss"])
-    stored = json.loads(metadata["train_config"])
+    stored = dataclasses.asdict(TrainConfig.from_stored(json.loads(metadata["train_config"])))
     current = dataclasses.asdict(config)
-    defaults = dataclasses.asdict(TrainConfig())  # a field newer than the stored run had its default there
-    stored = {**defaults, **stored}
     changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES}
     if changed:
         raise CheckpointError(

@@ -114,6 +114,19 @@ def test_training_snapshots_view_and_loss_by_timestep(tmp_path):
     assert len(losses) == 4 and all(loss > 0 for loss in losses)
 
 
+def test_loss_by_noise_level_of_a_flow_model_bins_s():
+    """A 'network' whose velocity is s itself, on x0 = 0: the loss is E(s - eps)^2 = 1 + E s^2 over each bin of s."""
+    class SayS(torch.nn.Module):
+        config = dl.UNetConfig()
+
+        def forward(self, x, t, labels=None):
+            return (t / 1000).reshape(-1, 1, 1, 1).expand_as(x)
+
+    losses = ch04.loss_by_timestep_range(SayS(), {"objective": "flow"}, torch.zeros(64, 1, 28, 28), bins=4)
+    expected = [1 + ((k + 1) ** 3 - k**3) / 48 for k in range(4)]  # 1 + mean of s^2 over [k/4, (k+1)/4]
+    assert np.allclose(losses, expected, atol=0.04), (losses, expected)  # neighbouring bins differ by >= 0.12
+
+
 def test_sampler_and_trajectory_views():
     model, info = dl.pretrained("mnist_cond")
     few, deterministic = ch05.sampler_view(3, 0.0, model, info, n=2), ch05.sampler_view(3, 0.0, model, info, n=2)

@@ -19,10 +19,11 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def mnist_runs(tmp_path_factory):
-    """An unconditional, a class-conditional and a text MNIST run of a few steps each (fast, not good)."""
+    """An unconditional, a class-conditional and a text MNIST run (the default flow objective) and an
+    unconditional DDPM run, of a few steps each (fast, not good)."""
     root = tmp_path_factory.mktemp("runs")
     small = ["--batch-size", "16", "--quiet", "--model-config", '{"base_channels": 16}']
-    for name, extra in (("uncond", []), ("cond", ["--conditional"]), ("text", ["--text"])):
+    for name, extra in (("uncond", []), ("cond", ["--conditional"]), ("text", ["--text"]), ("ddpm", ["--objective", "ddpm"])):
         result = run("train", "--data", "mnist", "--steps", "3", "--out", str(root / name), *small, *extra)
         assert result.returncode == 0, result.stderr
         assert "trained to step 3" in result.stdout
@@ -100,7 +101,7 @@ def test_help_documents_every_option():
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--wat"], "unrecognized arguments: --wat"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "lms", "--n", "2", "--out", "x.npz"], "invalid choice: 'lms'"),
-    (["sample", "--checkpoint", "CKPT", "--sampler", "euler", "--n", "2", "--out", "x.npz"], "--objective edm or flow"),
+    (["sample", "--checkpoint", "DDPM", "--sampler", "euler", "--n", "2", "--out", "x.npz"], "--objective edm or flow"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--eta", "-1", "--out", "x.npz"], r"must be a number in \[0, 1\]"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--steps", "1001", "--n", "2", "--out", "x.npz"], "between 1 and T=1000"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--labels", "3", "--out", "x.npz"], "unconditional"),
@@ -123,7 +124,7 @@ def test_help_documents_every_option():
 def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, message):
     import re
 
-    runs = {"CKPT": "uncond", "COND": "cond", "TEXT": "text"}
+    runs = {"CKPT": "uncond", "COND": "cond", "TEXT": "text", "DDPM": "ddpm"}
     args = [str(mnist_runs / runs[a]) if a in runs else a for a in args]
     args = [str(tmp_path / a) if a in ("x", "x.npz") else a for a in args]
     result = run(*args)

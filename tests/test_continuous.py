@@ -132,7 +132,7 @@ def test_a_continuous_model_trains_and_samples_with_every_sampler(objective):
 
 
 def test_ode_samplers_refuse_a_ddpm_model():
-    config = dl.TrainConfig(data="moons", steps=1)
+    config = dl.TrainConfig(data="moons", steps=1, objective="ddpm")
     model = dl.train(config, progress=False).ema_model
     with pytest.raises(ValueError, match="--objective edm or flow"):
         dl.generate(model, config.info(), 4, "heun", 5)

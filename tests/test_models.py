@@ -113,8 +113,9 @@ def test_pixelcnn_samples_one_call_per_pixel_and_learns():
 
 def test_mlp_learns_two_moons_in_seconds():
     """Samples of a briefly trained MLP must match the data's 2-D histogram far better than noise does."""
-    result = train(TrainConfig(data="moons", steps=3000, batch_size=256, lr=3e-3, T=100, ema_decay=0.99, seed=0),
-                   progress=False)
+    config = TrainConfig(data="moons", steps=3000, batch_size=256, lr=3e-3, T=100, ema_decay=0.99, seed=0,
+                         objective="ddpm", schedule="linear", prediction="eps", precision="fp32")
+    result = train(config, progress=False)
     info = {"schedule": "linear", "T": 100, "prediction": "eps", "data": "moons"}
     samples, _ = generate(result.ema_model, info, 4000, "ddpm", seed=1)
     data = make_toy("moons", 4000, torch.Generator().manual_seed(2))

@@ -1,4 +1,4 @@
-"""Chapter 4 helpers: a live loss plot for the training loop, and the training-snapshot slider's view."""
+"""Chapter 4 helpers: a live loss plot for the training loop, the training-snapshot slider's view, the loss by noise level."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..checkpoint import load_model
-from ..pipeline import generate
+from ..continuous import LOGIT_MEAN, LOGIT_STD, flow_loss
+from ..pipeline import generate, objective_of
 from ..schedules import make_schedule
 from ..training import diffusion_loss
 from .plots import show_grid
@@ -39,12 +40,16 @@ class LiveLossPlot:
             self.handle.update(self.figure(result.losses))
 
 
-def snapshot_samples(snapshot_files, n: int = 16, steps: int = 20, seed: int = 0) -> dict[int, torch.Tensor]:
-    """{training step: n DDIM samples from that snapshot}, all from the same starting noise."""
+def snapshot_samples(snapshot_files, n: int = 16, steps: int | None = None, seed: int = 0,
+                     sampler: str | None = None) -> dict[int, torch.Tensor]:
+    """{training step: n samples from that snapshot}, all from the same starting noise.
+
+    `sampler`, `steps`: None takes the model's default (`pipeline.DEFAULT_SAMPLER`: Heun-18 for flow).
+    """
     samples = {}
     for path in snapshot_files:
         model, info = load_model(path)
-        samples[info["step"]] = generate(model, info, n, "ddim", steps, seed=seed)[0]
+        samples[info["step"]] = generate(model, info, n, sampler, steps, seed=seed)[0]
     return samples
 
 
@@ -57,9 +62,23 @@ def snapshot_view(samples: dict[int, torch.Tensor], step: int) -> Figure:
 
 @torch.no_grad()
 def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, seed: int = 0) -> list[float]:
-    """The training loss of `model` on x0, averaged within `bins` equal ranges of t (one t per image per range)."""
-    schedule = make_schedule(info["schedule"], info["T"])
+    """The training loss of `model` on x0, averaged within `bins` equal ranges of t (one t per image per range).
+
+    For a flow model the ranges split its time s in [0, 1] (the loss is `continuous.flow_loss` at those s).
+    """
     generator = torch.Generator().manual_seed(seed)
+    if objective_of(info) == "flow":
+        losses = []
+        for k in range(bins):
+            s = ((k + torch.rand(len(x0), generator=generator, dtype=torch.float64)) / bins).clamp(1e-6, 1 - 1e-6)
+            noise = torch.randn(x0.shape, generator=generator)
+            z = ((torch.logit(s) - LOGIT_MEAN) / LOGIT_STD).float()  # the normal draw that flow_loss maps to s
+            labels = torch.full((len(x0),), model.config.num_classes) if getattr(model.config, "num_classes", None) else None
+            losses.append(flow_loss(model, x0, z, noise, labels).item())
+        return losses
+    if objective_of(info) != "ddpm":
+        raise ValueError(f"loss by timestep is drawn for ddpm and flow models, not {objective_of(info)}")
+    schedule = make_schedule(info["schedule"], info["T"])
     edges = np.linspace(0, info["T"], bins + 1).astype(int)
     losses = []
     for low, high in zip(edges[:-1], edges[1:]):
