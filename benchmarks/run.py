@@ -326,23 +326,28 @@ def text(args, device) -> dict:
     """Chapter 7's figures on more samples: captions held out vs seen, inpainting, and 10-step solvers on mnist_text."""
     model, info = dl.pretrained("mnist_text", device)
     net = classifier()
-    per_caption, n_inpaint, n_fid = (2, 10, 50) if args.quick else (50, 100, 1000)
+    per_caption, n_fid = (2, 50) if args.quick else (50, 1000)
     sets = caption_sets()
     captions = [{"captions": name, "w": w, **caption_scores(model, info, net, sets[name], per_caption, w, steps=10, seed=5)}
                 for w in (0.0, 1.0, 3.0) for name in ("held out", "seen")]
-    images, labels = dl.load_mnist(train=False)
-    uncond, cond = dl.pretrained("mnist_uncond", device), dl.pretrained("mnist_cond", device)
-    inpainting = [{"resample": r, **row} for r in (1, 3) for row in inpainting_rates(
-        images[:n_inpaint], labels[:n_inpaint], ("top", "left", "centre"), uncond, cond, net, steps=25, seed=6,
-        resample=r)]
     prompts = [f"a {dl.text.DIGIT_WORDS[i % 10]}" for i in range(n_fid)]
     solvers = []
     for sampler, sampler_steps in (("ddim", 10), ("dpm-solver++", 10), ("ddim", 50)):
         samples, _ = dl.generate(model, info, n_fid, sampler, sampler_steps, guidance=1.0, prompts=prompts, seed=8)
         solvers.append({"sampler": sampler, "steps": sampler_steps, "mnist_fid": mnist_fid(samples, net)})
-    return {"model": "mnist_text", "per_caption": per_caption, "captions": captions, "inpainting_digits": n_inpaint,
-            "inpainting_steps": 25, "inpainting": inpainting, "solver_samples": n_fid, "solvers": solvers,
-            "real_baseline_fid": real_baseline_fid(n_fid, net)}
+    return {"model": "mnist_text", "per_caption": per_caption, "captions": captions, "solver_samples": n_fid,
+            "solvers": solvers, "real_baseline_fid": real_baseline_fid(n_fid, net)}
+
+
+def inpainting(args, device) -> dict:
+    """Chapter 7's inpainting on more digits: mnist_uncond keeps the class, mnist_cond is asked for another digit."""
+    net = classifier()
+    n = 10 if args.quick else 100
+    images, labels = dl.load_mnist(train=False)
+    uncond, cond = dl.pretrained("mnist_uncond", device), dl.pretrained("mnist_cond", device)
+    rows = [{"resample": r, **row} for r in (1, 3) for row in inpainting_rates(
+        images[:n], labels[:n], ("top", "left", "centre"), uncond, cond, net, steps=25, seed=6, resample=r)]
+    return {"digits": n, "steps": 25, "rows": rows}
 
 
 def _run_chapter(notebook: Path, fast: bool) -> dict:
@@ -371,7 +376,7 @@ def course(args, device) -> dict:
 
 
 SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, committed, budget, recipes, study,
-                                    text, memory, course)}
+                                    text, inpainting, memory, course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -545,15 +550,18 @@ def _render_text(f):
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['captions']} | {r['w']:g} | {r['n']} | {r['digit_accuracy']:.3f} | {r['thickness']:.3f} | "
               f"{r['slant']:.3f} |" for r in f["captions"]]
-    lines += ["", f"Inpainting, first {f['inpainting_digits']} test digits, DDIM-{f['inpainting_steps']}: mnist_uncond "
-                  "keeps the class; mnist_cond at w = 3 is asked for (label + 1) mod 10.", "",
-              "| mask | RePaint tries per step | keeps its class | becomes the requested digit |",
-              "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['mask']} | {r['resample']} | {r['keeps_class']:.3f} | {r['becomes_target']:.3f} |"
-              for r in f["inpainting"]]
     lines += ["", f"Solvers on mnist_text, {f['solver_samples']} samples, captions 'a zero' to 'a nine', w = 1; "
                   f"real-digit floor {f['real_baseline_fid']:.1f}: "
                   + ", ".join(f"{r['sampler']}-{r['steps']} MNIST-FID **{r['mnist_fid']:.1f}**" for r in f["solvers"])]
+    return lines
+
+
+def _render_inpainting(f):
+    lines = [f"First {f['digits']} test digits, DDIM-{f['steps']}: mnist_uncond keeps the class; mnist_cond at w = 3 "
+             "is asked for (label + 1) mod 10.", "",
+             "| mask | RePaint tries per step | keeps its class | becomes the requested digit |",
+             "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['mask']} | {r['resample']} | {r['keeps_class']:.3f} | {r['becomes_target']:.3f} |" for r in f["rows"]]
     return lines
 
 
@@ -695,7 +703,8 @@ def _render_course(f):
 
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
-             "recipes": _render_recipes, "study": _render_study, "committed": _render_committed, "memory": _render_memory, "text": _render_text, "course": _render_course}
+             "recipes": _render_recipes, "study": _render_study, "committed": _render_committed, "memory": _render_memory, "text": _render_text,
+             "inpainting": _render_inpainting, "course": _render_course}
 
 
 # ---------------------------------------------------------------------------------------------- main
