@@ -170,6 +170,27 @@ def profile(args) -> None:
           f"({100 * (1 - network / loop):.0f}% outside)", flush=True)
 
 
+def without_bf16(args) -> None:
+    """OUT/without_bf16.json: the default network's steps/s in float32 and under bf16 autocast on a CPU that lacks
+    bfloat16 instructions, imitated on this one by running with oneDNN and ATen held to AVX2 (this stage re-runs
+    itself with ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2)."""
+    import os
+
+    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+        subprocess.run([sys.executable, __file__, "without-bf16", "--threads", str(args.threads), "--out", str(args.out)],
+                       env=env, check=True)
+        return
+    torch.set_num_threads(args.threads)
+    config = dl.TrainConfig()
+    fields = {"batch_size": config.batch_size, "model": config.model_config()}
+    rates = {precision: steps_per_second({**fields, "precision": precision}, repeats=20) for precision in ("fp32", "bf16")}
+    _write(args.out / "without_bf16.json", {"threads": args.threads, "network": fields, "steps_per_second": rates,
+                                            "capability": torch.backends.cpu.get_cpu_capability(),
+                                            "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}})
+    print(rates, torch.backends.cpu.get_cpu_capability(), flush=True)
+
+
 # -------------------------------------------------------------------------------------- one run
 
 
@@ -249,7 +270,7 @@ def launch(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("speed", "profile", "screen", "finalists", "one", "wall"))
+    parser.add_argument("stage", choices=("speed", "profile", "without-bf16", "screen", "finalists", "one", "wall"))
     parser.add_argument("rest", nargs="*", help="for 'one' and 'wall': NAME MINUTES SEED [cond]")
     parser.add_argument("--names", nargs="*", default=[],
                         help="screen: only these recipes, in this order; finalists, wall: the recipes to study further")
@@ -267,6 +288,8 @@ def main(argv=None) -> None:
         return speed(args)
     if args.stage == "profile":
         return profile(args)
+    if args.stage == "without-bf16":
+        return without_bf16(args)
     if args.stage in ("one", "wall") and args.rest:
         torch.set_num_threads(args.threads)
         name, minutes, seed, *cond = args.rest

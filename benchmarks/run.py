@@ -301,10 +301,11 @@ def memory(args, device) -> dict:
 def study(args, device) -> dict:
     """The recipe study's runs (benchmarks/recipes.py writes one file per run; this collects them, training nothing)."""
     folder = MEASURED_DIR / "recipes"
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name not in ("speed.json", "profile.json")]
-    speed_file, profile_file = folder / "speed.json", folder / "profile.json"
-    return {"speed": json.loads(speed_file.read_text()) if speed_file.exists() else None, "runs": runs,
-            "profile": json.loads(profile_file.read_text()) if profile_file.exists() else None}
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+            if p.name not in ("speed.json", "profile.json", "without_bf16.json")]
+    extra = {name: json.loads((folder / f"{name}.json").read_text()) if (folder / f"{name}.json").exists() else None
+             for name in ("speed", "profile", "without_bf16")}
+    return {"runs": runs, **extra}
 
 
 def committed(args, device) -> dict:
@@ -436,6 +437,16 @@ def _render_targets(f: dict) -> list[str]:
         add("mnist_text at 10 steps: DPM-Solver++ MNIST-FID vs DDIM's", "lower than DDIM's",
             f"{solvers[('dpm-solver++', 10)]:.1f} vs {solvers[('ddim', 10)]:.1f}",
             solvers[("dpm-solver++", 10)] < solvers[("ddim", 10)])
+    for r in f.get("study", {}).get("runs", []):
+        if r["wall_clock"] and r["minutes"] == 10 and r["recipe"] == "flow b16 bf16":  # the default recipe
+            b = next(x for x in r["scores"] if x["guidance"] in (None, 1.0))  # sample's default guidance is 1
+            what = f"default recipe, 10 min wall clock, {r['threads']} threads" + (", conditional, w = 1" if r["conditional"] else "")
+            add(f"{what}: recognised" if not r["conditional"] else f"{what}: requested digit",
+                "at least 90%" if not r["conditional"] else "at least 98%",
+                f"{100 * b['accuracy' if r['conditional'] else 'recognised']:.1f}%",
+                b["accuracy"] >= 0.98 if r["conditional"] else b["recognised"] >= 0.9)
+            add(f"{what}: MNIST-FID / floor", "at most 2", f"{b['mnist_fid'] / r['real_baseline_fid']:.2f}",
+                b["mnist_fid"] <= 2 * r["real_baseline_fid"])
     for name, m in f.get("committed", {}).get("models", {}).items():
         floor = m["real_baseline_fid"]
         if name == "mnist_uncond":
@@ -617,6 +628,14 @@ def _render_study(f):
                   "| --- | ---: | ---: |"]
         lines += [f"| `{key}` | {v['plain']:.2f} | " + (f"{v['with']:.2f} |" if "with" in v else f"failed: {v['error'][:80]} |")
                   for key, v in speed["levers"].items()]
+        emulated = f.get("without_bf16")
+        if emulated:
+            r = emulated["steps_per_second"]
+            lines += ["", f"Without bfloat16 instructions (imitated on this CPU by holding oneDNN and ATen to AVX2: "
+                          f"`python benchmarks/recipes.py without-bf16 --threads {emulated['threads']}`, "
+                          f"{emulated['date']}), the default network `{json.dumps(emulated['network'])}` makes "
+                          f"{r['fp32']:.2f} steps/s in float32 and {r['bf16']:.2f} under bf16 autocast; this is why "
+                          "`precision=\"auto\"` uses bf16 only where the CPU has those instructions."]
         lines += ["", "The levers were timed in a second pass over the same networks, so a network's 'without' and its row "
                       "in the first table are two measurements of one thing; where they differ, that is this shared "
                       "machine's timing noise (bf16 with base 16 measured 9.11 steps/s in the first table and 6.90 as a "
@@ -651,7 +670,7 @@ def _render_study(f):
                           "`TrainConfig()`'s default on 2026-11-26: objective flow, batch 64, lr 2e-3, warm-up 100, EMA "
                           "0.999, a U-Net of 16 base channels, and `precision=\"auto\"`, which is bf16 autocast for the "
                           "U-Net only where the CPU has bfloat16 instructions (AVX512-BF16 or AMX; this machine has "
-                          "them) and float32 elsewhere, because emulated bf16 slows a step down. Runs stored before "
+                          "them) and float32 elsewhere (see the AVX2 measurement above). Runs stored before "
                           "then keep their meaning (`TrainConfig.from_stored`). The 10-minute targets are not met: see "
                           "the wall-clock rows and 'Where the 10 minutes go' below."]
     prof = f.get("profile")

@@ -196,7 +196,8 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
 # The PixelCNN's failures are *locally* convincing strokes that do not add up to a digit: each
 # pixel was a sensible continuation of its neighbours, but nothing planned the whole. Diffusion
 # models look at the whole image at every step, from coarse layout (high noise) down to fine
-# detail (low noise); their failures tend to be blurry or ambiguous digits rather than broken ones.
+# detail (low noise); their least recognisable samples above are whole shapes that are ambiguous
+# or oddly drawn (a 6 that could be a 5, a looped 8) rather than fragments that never became a digit.
 # (The sample counts here are small: rerun in full mode, or with more samples, before trusting a
 # difference of a few percent.)
 #

@@ -150,7 +150,8 @@ display(show_grid(samples, "samples from the ideal denoiser: every one is a trai
 # for the ideal denoiser of the training set (the function the network would become if it memorised perfectly).
 
 # %%
-moons_config = dl.TrainConfig(data="moons", steps=(300 if FAST else 3000), batch_size=256, lr=3e-3, T=1000, ema_decay=0.99, seed=0)
+moons_config = dl.TrainConfig(data="moons", steps=(300 if FAST else 3000), batch_size=256, lr=3e-3, T=1000, ema_decay=0.99, seed=0,
+                              objective="ddpm", schedule="linear", prediction="eps")  # this chapter's DDPM
 moons = dl.train(moons_config, progress=False)
 moons_train, _ = load_training_data(moons_config)  # the exact points it trained on
 held_out = dl.make_toy("moons", 2000, torch.Generator().manual_seed(7))
@@ -169,8 +170,10 @@ print(f"at t={timesteps[1]}: learned {errors_2d['learned MLP'][1]:.3f}, ideal-fo
 # training set, does better there. At high noise both approach the same curve.
 #
 # **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
-# `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). Its loss by
-# timestep on test digits, next to the ideal denoiser of a training subset:
+# `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). It was trained with
+# flow matching (chapter 4) and outputs a velocity, from which the noise it implies follows exactly
+# (`dl.as_eps_fn` does the change of variables). Its noise-prediction error by timestep on test
+# digits, next to the ideal denoiser of a training subset:
 
 # %%
 unet, info = dl.pretrained("mnist_cond")
@@ -182,13 +185,13 @@ probe = test_images[: (32 if FAST else 256)]
 timesteps = np.linspace(0, 999, 8 if FAST else 20).astype(int)
 errors = {name: ch03.eps_error_by_timestep(fn, probe, schedule, timesteps, torch.Generator().manual_seed(9))
           for name, fn in (("learned U-Net", learned), (f"ideal for {len(subset):,} training digits", ideal))}
-ch03.plot_error_by_timestep(timesteps, errors, "noise-prediction MSE on test digits", "MNIST: error (the loss) by timestep")
+ch03.plot_error_by_timestep(timesteps, errors, "noise-prediction MSE on test digits", "MNIST: noise-prediction error by timestep")
 
 # %% [markdown]
 # The shape of the learned curve is the typical loss-by-timestep of a diffusion model: the noise
 # is hard to tell apart from fine detail at small $t$ (the image is almost clean and the noise tiny),
-# easy to estimate at large $t$ (where $x_t$ is almost all noise). Training samples $t$
-# uniformly, so all these errors are averaged into the one loss number you will watch in chapter 4.
+# easy to estimate at large $t$ (where $x_t$ is almost all noise). A DDPM trained with chapter 4's
+# loss draws $t$ uniformly, so it averages exactly these errors into its one loss number.
 #
 # ## 4. Drag the timestep
 #
@@ -219,7 +222,7 @@ display(show_denoising(400))
 # - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
 # - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
 # - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
-# - The loss depends strongly on $t$; the training loss is its average over uniformly drawn $t$.
+# - The loss depends strongly on $t$; DDPM's training loss is its average over uniformly drawn $t$.
 #
 # ## Exercises
 #

@@ -58,7 +58,7 @@ torch.manual_seed(0)
 model, info = dl.pretrained("mnist_cond")
 classifier, _ = dl.pretrained("mnist_classifier")
 schedule = dl.make_schedule(info["schedule"], info["T"])
-train_config = dl.TrainConfig(**info["train_config"])
+train_config = dl.TrainConfig.from_stored(info["train_config"])
 print(f"class-conditional U-Net: {sum(p.numel() for p in model.parameters()):,} parameters, trained "
       f"{info['step']} steps with label dropout {train_config.label_dropout}")
 
@@ -80,7 +80,7 @@ print(f"label embedding table: {tuple(model.label_emb.weight.shape)} = (10 digit
 
 # %%
 data, labels = load_training_data(train_config)
-_, _, _, batch_labels = draw_batch(data, labels, dl.TrainConfig(**{**info["train_config"], "batch_size": 10000}),
+_, _, _, batch_labels = draw_batch(data, labels, dl.TrainConfig.from_stored({**info["train_config"], "batch_size": 10000}),
                                    torch.Generator().manual_seed(0))
 print(f"fraction of null labels in a drawn batch of 10,000: {(batch_labels == 10).float().mean().item():.3f} "
       f"(p_uncond = {train_config.label_dropout})")
@@ -167,11 +167,12 @@ ax2.set_ylabel("diversity (mean within-class pixel distance)", color="C1")
 plt.show()
 
 # %% [markdown]
-# Read the two curves together. Accuracy climbs steeply from chance level at $w = 0$ and saturates
-# after a few units of guidance; diversity falls as $w$ grows, fastest while accuracy is still
-# rising, then levels off: the samples of one digit crowd towards a few prototypical shapes. Past the point where accuracy saturates,
-# more guidance buys nothing and costs variety (and, at large $w$, image quality: strokes saturate
-# and thicken). Large systems make the same choice with text prompts, typically at moderate
+# Read the two curves together. Accuracy climbs steeply from chance level at $w = 0$ and, for this
+# model, already saturates at $w = 1$, the plain conditional model; diversity falls as $w$ grows,
+# fastest while accuracy is still rising, then levels off: the samples of one digit crowd towards a
+# few prototypical shapes. Past the point where accuracy saturates, more guidance buys nothing and
+# costs variety (and, at large $w$, image quality: strokes saturate and thicken; the `guidance`
+# section of `benchmarks/RESULTS.md` measures MNIST-FID rising with $w$ past 1). Large systems make the same choice with text prompts, typically at moderate
 # guidance scales.
 #
 # ## 5. From labels to words: how text-to-image systems condition
@@ -195,7 +196,7 @@ plt.show()
 # - A conditional U-Net adds a learned label embedding to its timestep embedding; the extra null label means "no label".
 # - Label dropout trains the conditional and unconditional models in one network.
 # - Classifier-free guidance: $\varepsilon_{\text{uncond}} + w(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$; $w = 0$ unconditional, $w = 1$ conditional, $w > 1$ sharper.
-# - Measured: accuracy rises and saturates with $w$, diversity keeps falling.
+# - Measured: accuracy rises and saturates with $w$; diversity falls, then levels off.
 # - Text-to-image models do the same with token embeddings and cross-attention.
 #
 # ## Exercises

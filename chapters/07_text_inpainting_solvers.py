@@ -61,7 +61,7 @@ print("fast mode" if FAST else "full mode")
 torch.manual_seed(0)
 model, info = dl.pretrained("mnist_text")
 classifier, _ = dl.pretrained("mnist_classifier")
-train_config = dl.TrainConfig(**info["train_config"])
+train_config = dl.TrainConfig.from_stored(info["train_config"])
 cross_layers = [m for m in model.modules() if isinstance(m, captions.CrossAttention)]
 
 
@@ -101,7 +101,7 @@ print("share of digits that get each word:", {name: f"{(codes[:, j] >= 0).float(
 
 # %%
 data, labels = load_training_data(train_config)
-x0, _, _, ids = draw_batch(data, labels, dl.TrainConfig(**{**info["train_config"], "batch_size": 12}),
+x0, _, _, ids = draw_batch(data, labels, dl.TrainConfig.from_stored({**info["train_config"], "batch_size": 12}),
                            torch.Generator().manual_seed(3))
 batch_captions = [" ".join(captions.VOCABULARY[i] for i in row if i > 1) or "(empty)" for row in ids.tolist()]
 display(show_grid(x0, "training digits and the captions drawn for them", ncols=6,

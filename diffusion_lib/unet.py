@@ -206,7 +206,8 @@ class UNet(nn.Module):
         text = None
         if self.label_emb is not None:
             if labels is None:
-                labels = torch.full_like(t, self.config.num_classes)  # no label given: the null class
+                # no label given: the null class (long even where t is a float noise label, as for flow and edm)
+                labels = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device)
             emb = emb + self.label_emb(labels)
         if self.config.text_dim:
             text = self.encode_text(labels if labels is not None else empty_caption_ids(len(x), x.device))

@@ -141,3 +141,13 @@ def test_ode_samplers_refuse_a_ddpm_model():
 def test_loss_weight_is_for_ddpm_only():
     with pytest.raises(ValueError, match="for objective ddpm"):
         dl.TrainConfig(objective="flow", loss_weight="min-snr")
+
+
+def test_a_conditional_flow_model_without_labels_is_its_null_class():
+    """Float noise labels (1000 s) must not leak into the label embedding when no label is given."""
+    torch.manual_seed(0)
+    net = dl.UNet(dl.UNetConfig(base_channels=8, groups=4, num_classes=10)).eval()
+    eps_fn = dl.as_eps_fn(net, dl.make_schedule("cosine", 1000), "flow")
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([10, 500, 990])
+    null = dl.as_eps_fn(net, dl.make_schedule("cosine", 1000), "flow", labels=torch.full((3,), 10))
+    assert torch.equal(eps_fn(x, t), null(x, t))
