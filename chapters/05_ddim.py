@@ -124,7 +124,7 @@ for name, seconds in timings.items():
 # different digit from the same start.
 #
 # **Steps vs speed vs quality, measured.** Speed is easy to measure; quality needs a number. We use
-# MNIST-FID (chapter `evaluation`: the Frechet distance between the classifier's features of the
+# MNIST-FID (`dl.evaluation`: the Frechet distance between the classifier's features of the
 # samples and of the MNIST test set; lower is better), with real training digits at the same sample
 # count as the floor, because FID is biased upwards for small sample sets.
 
@@ -138,7 +138,8 @@ baseline = dl.evaluation.real_baseline_fid(n_eval, classifier)
 print(f"measured live: {n_eval} samples per row in {time.perf_counter() - start:.0f} s; real-digit floor MNIST-FID {baseline:.1f}")
 
 # %% [markdown]
-# The slow rows (DDPM with 1000 and 250 steps take minutes for a few hundred images) come from the
+# The rows that do not fit in this chapter's time (DDPM with 1000 and 250 steps take minutes for a
+# few hundred images; also DDIM-100 and DPM-Solver++ with 5 and 20 steps) come from the
 # committed results of `benchmarks/run.py`, made with the same function, model and seed on the
 # machine it names. Where both measured a row with the same number of samples (full mode), the two
 # FIDs should agree up to floating-point differences between machines: a check that the committed
@@ -180,8 +181,8 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # model and the step count. The second-order `dpm-solver++` rows (exercise 3) do better than DDIM at 5 and 10 steps
 # and match DDIM-50 with 20. An FID from 256 samples is itself a noisy estimate: read small
 # differences between neighbouring rows with care. One difference is not small and surprised us:
-# DDPM-250 scores clearly better than DDPM-1000 (the course's earlier DDPM-trained model showed the
-# same order). We have not pinned down why; "more steps is always better" is a hypothesis to test
+# DDPM-250 scores clearly better than DDPM-1000, and even below the real-digit floor: the floor is
+# itself an FID of 256 real digits, a noisy estimate that a good sample set can undercut by chance. We have not pinned down why; "more steps is always better" is a hypothesis to test
 # on your own model, not a rule. What deterministic DDIM gives beyond
 # speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
 #
@@ -283,7 +284,7 @@ guided_ddim_predictions = 100
 exercises.check_guided_ddim_calls(guided_ddim_predictions)
 
 # %% [markdown]
-# **Exercise 3 (open question).** DDIM with very few steps blurs digits. Each step trusts one
+# **Exercise 3 (open question).** DDIM with very few steps distorts digits. Each step trusts one
 # $\hat x_0$ and moves straight along it. How could a sampler use *two* consecutive predictions to
 # take better large steps? (This is the idea behind higher-order solvers. The library's
 # `dpm-solver++` sampler, DPM-Solver++(2M) of Lu et al. 2022, extrapolates from the last two

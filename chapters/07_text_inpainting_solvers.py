@@ -109,9 +109,10 @@ display(show_grid(x0, "training digits and the captions drawn for them", ncols=6
                   size=1.6))
 
 # %% [markdown]
-# One word pair per digit **never appears together** in training (`dl.text.HELD_OUT`): the model sees
-# "thin seven" and "slanted seven", but never "thin slanted seven". Section 5 asks for exactly those
-# captions, to test whether the model composes words rather than memorising sentences.
+# One word pair per digit **never appears together** in training (`dl.text.HELD_OUT`, printed below):
+# for the seven, the model sees "thick seven" and "slanted seven", but never "thick slanted seven".
+# Section 5 asks for exactly those captions, to test whether the model composes words rather than
+# memorising sentences.
 
 # %%
 print("held-out (thickness, slant) pairs:", {d: " ".join(pair) for d, pair in captions.HELD_OUT.items()})
@@ -317,8 +318,8 @@ display(show_grid(torch.cat(rows), "10 steps: DDIM (top) vs DPM-Solver++ (bottom
 
 # %% [markdown]
 # Measured here on this chapter's model (MNIST-FID of samples against the test set, lower is better;
-# the classifier's features, chapter 5), and as committed by `python benchmarks/run.py --only text,steps`
-# on more samples, for this model and for chapter 5's unconditional one:
+# the classifier's features, chapter 5), and as committed by `python benchmarks/run.py --only text`
+# (this model, 1,000 samples) and `--only steps` (chapter 5's unconditional model, 256 samples):
 
 # %%
 n_fid = 50 if FAST else 300
