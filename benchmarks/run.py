@@ -663,6 +663,14 @@ def _render_study(f):
                          + f" | {r['sampler']} | {r['train_seconds'] / r['steps']:.3f} |")
         lines += ["", "Each run's command: " + "; ".join(sorted({f"`{_run_command(r)}`" for r in runs}))]
         screen = [r for r in runs if r["minutes"] == 10 and not r["conditional"] and not r["wall_clock"]]
+        for recipe in sorted({r["recipe"] for r in screen}):
+            seeds = [r for r in screen if r["recipe"] == recipe]
+            if len(seeds) > 1:
+                fids = [_best(r)["mnist_fid"] for r in seeds]
+                shares = [100 * _best(r)["recognised"] for r in seeds]
+                lines += ["", f"Seed spread of *{recipe}* at 10 CPU-minutes ({len(seeds)} seeds): MNIST-FID mean "
+                              f"{statistics.mean(fids):.1f} (from {min(fids):.1f} to {max(fids):.1f}, standard deviation "
+                              f"{statistics.stdev(fids):.1f}); recognised {min(shares):.1f}% to {max(shares):.1f}%."]
         if screen:
             best = min(screen, key=lambda r: _best(r)["mnist_fid"])
             lines += ["", f"**Decision.** The best screened recipe, *{best['recipe']}* (MNIST-FID "
