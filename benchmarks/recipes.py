@@ -176,8 +176,9 @@ def without_bf16(args) -> None:
     itself with ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2)."""
     import os
 
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
-        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+        env = {**os.environ, **avx2}
         subprocess.run([sys.executable, __file__, "without-bf16", "--threads", str(args.threads), "--out", str(args.out)],
                        env=env, check=True)
         return
@@ -187,7 +188,7 @@ def without_bf16(args) -> None:
     rates = {precision: steps_per_second({**fields, "precision": precision}, repeats=20) for precision in ("fp32", "bf16")}
     _write(args.out / "without_bf16.json", {"threads": args.threads, "network": fields, "steps_per_second": rates,
                                             "capability": torch.backends.cpu.get_cpu_capability(),
-                                            "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}})
+                                            "env": avx2})
     print(rates, torch.backends.cpu.get_cpu_capability(), flush=True)
 
 

@@ -73,8 +73,7 @@ def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, 
             s = ((k + torch.rand(len(x0), generator=generator, dtype=torch.float64)) / bins).clamp(1e-6, 1 - 1e-6)
             noise = torch.randn(x0.shape, generator=generator)
             z = ((torch.logit(s) - LOGIT_MEAN) / LOGIT_STD).float()  # the normal draw that flow_loss maps to s
-            labels = torch.full((len(x0),), model.config.num_classes) if getattr(model.config, "num_classes", None) else None
-            losses.append(flow_loss(model, x0, z, noise, labels).item())
+            losses.append(flow_loss(model, x0, z, noise).item())  # no labels: a conditional U-Net's null class
         return losses
     if objective_of(info) != "ddpm":
         raise ValueError(f"loss by timestep is drawn for ddpm and flow models, not {objective_of(info)}")
