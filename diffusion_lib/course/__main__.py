@@ -1,4 +1,8 @@
-"""Course tools for instructors: `python -m diffusion_lib.course student-edition OUT_DIR`."""
+"""Course tools for instructors.
+
+    python -m diffusion_lib.course student-edition OUT_DIR   # the chapters without their solutions
+    python -m diffusion_lib.course repoint OWNER/NAME        # every Colab, Binder and pip link to your fork
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import sys
 
 from .edition import write_student_edition
+from .fork import REPOSITORY, repoint
 
 
 def main(argv=None) -> int:
@@ -14,12 +19,21 @@ def main(argv=None) -> int:
     student = commands.add_parser("student-edition", help="write the chapters with their solution cells stubbed out")
     student.add_argument("out_dir", help="folder for the student edition (created if missing)")
     student.add_argument("--chapters", default="chapters", help="the instructor edition's folder (default %(default)s)")
+    fork = commands.add_parser("repoint", help=f"point the chapters' and README's links at a fork (now {REPOSITORY})")
+    fork.add_argument("repository", help="the fork on GitHub, as OWNER/NAME")
+    fork.add_argument("--root", default=".", help="the course's repository root (default: the current folder)")
     args = parser.parse_args(argv)
     try:
-        written = write_student_edition(args.chapters, args.out_dir)
+        if args.command == "repoint":
+            changed = repoint(args.root, args.repository)
+        else:
+            written = write_student_edition(args.chapters, args.out_dir)
     except (FileNotFoundError, ValueError) as error:
         print(f"python -m diffusion_lib.course: error: {error}", file=sys.stderr)
         return 2
+    if args.command == "repoint":
+        print(f"links now point at {args.repository}: {sum(changed.values())} in {len(changed)} files")
+        return 0
     print(f"student edition: {len(written)} files in {args.out_dir}")
     return 0
 
