@@ -255,5 +255,26 @@ exercises.check_pixelcnn_calls(colour_calls)
 # globally coherent or cheaper. What does your proposal give up? How does a diffusion model's
 # "coarse layout first, detail last" compare?
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** A multi-scale ordering: generate a 7x7 version of the
+# image first (49 pixels, raster order), then the 14x14 version given the 7x7 one, then 28x28
+# given 14x14. The global layout is then decided with a view of the whole image, so a stroke near
+# the top can no longer be committed to before the model "knows" the bottom. It is also cheaper
+# if the pixels of each finer scale are sampled in parallel given the coarser one: 49 + 1 + 1 = 51
+# network calls instead of 784. What it gives up: sampling a group in one call assumes its
+# pixels are independent given the coarser image, which they are not (neighbouring pixels of a
+# stroke agree), so parallel groups can produce locally inconsistent detail, and the exact
+# likelihood of raster order becomes an approximation unless each group is itself ordered.
+# Diffusion is coarse to fine too, but in noise level rather than in pixel groups: every step
+# updates *all* pixels together, high noise settles the low-frequency layout and low noise the
+# detail, and a later step can still revise what an earlier one drew, which no autoregressive
+# order can. Its number of network calls is set by the sampler (chapter 5), not by the pixel count.
+#
+# **Rubric.** A full answer (1) gives a concrete ordering or grouping and says which dependencies
+# it decides first; (2) counts its network calls as a function of image size; (3) names what it
+# gives up (independence within a group, or no saving if the order is only permuted); (4) contrasts
+# it with diffusion: coarse to fine by noise level, all pixels at every step, earlier choices
+# revisable. Two of four: a partial answer; an ordering without its cost or its price: one of four.
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

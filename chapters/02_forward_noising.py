@@ -250,5 +250,28 @@ exercises.check_half_signal_step(half_signal_step)
 # images so that the model still spends its steps where the image is being decided? (Hint: think of
 # what averaging neighbouring pixels does to the noise and to the signal.)
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** The noise is independent from pixel to pixel; the
+# image is not. Averaging a k x k patch divides the noise's variance by k^2 and leaves a smooth
+# signal almost unchanged, so at the scale of the photograph's objects (tens of pixels across)
+# the signal-to-noise ratio is hundreds of times higher than the per-pixel $\bar\alpha_t/(1-\bar\alpha_t)$
+# that the schedule sets. A 28x28 digit's strokes are two or three pixels wide, so little
+# averaging is possible and the digit is gone at a $t$ where the photograph's layout still shows.
+# For 256x256 images a schedule tuned on small images therefore spends most of its steps at noise
+# levels where the layout is already visible, and too few where it is decided. The fix is to
+# shift the schedule to more noise at each $t$: divide the signal-to-noise ratio by the factor
+# that averaging gains, the ratio of pixel counts, about $(256/28)^2 \approx 84$ from these digits to
+# 256x256 images; that is, lower $\log \mathrm{SNR}(t)$ by $2 \ln(256/28) \approx 4.4$ at every $t$
+# (Hoogeboom et al. 2023, "simple diffusion", shift by $2 \ln$ of the resolution ratio to their
+# 64x64 reference; Stable Diffusion 3 shifts its flow-matching times by the same reasoning). Adding noise at
+# several resolutions, or diffusing in a smaller latent space (chapter 10), are other answers.
+#
+# **Rubric.** (1) Explains that averaging n pixels divides independent noise's variance by n but
+# keeps a smooth signal, so a larger image has a higher SNR at the scale of its structure;
+# (2) concludes that the same $t$ destroys less of a large image's layout; (3) proposes a schedule
+# with less signal at each $t$ for larger images, with a size for the shift (a factor growing with
+# the pixel count); (4) optionally cites the shifted schedules of simple diffusion or SD3. Points
+# (1) and (3) are the core; a schedule change without the reason earns half.
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

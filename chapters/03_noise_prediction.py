@@ -272,5 +272,24 @@ exercises.check_zero_predictor_loss(zero_predictor_loss)
 # would you expect to happen to the learned curve in section 3 if you trained a much larger network
 # for much longer on only 500 MNIST digits? How could you detect it from samples alone?
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** The ideal denoiser of section 2 is the exact minimiser of
+# the training loss for those 500 digits, so a network with enough capacity, trained long enough,
+# moves towards it. On the *training* digits its error would fall towards the ideal denoiser's;
+# on held-out digits its curve in section 3 would rise at low and middle $t$ towards the
+# memorising curve, the way the ideal denoiser does on new points in the two-moons plot: it pulls
+# noisy images onto the nearest training digit. At high $t$ the curves meet, as they do now.
+# From samples alone: for each sample, find its nearest neighbour among the 500 training digits
+# (pixel distance, or better the classifier's features) and compare these distances with those
+# of real held-out digits to the same 500. A memorising model gives many samples far closer to a
+# training digit than any held-out digit is; near-duplicates in a grid, and samples that fall into
+# only 500 distinct shapes, are the visible signs.
+#
+# **Rubric.** (1) Predicts memorisation: the learned curve approaches the ideal denoiser's,
+# better on training digits, worse on held-out ones at low to middle noise; (2) says why: the
+# ideal denoiser minimises the training loss of a finite set; (3) proposes a detection that uses
+# a baseline (nearest-neighbour distances of samples vs of held-out real digits), not only "the
+# samples look like training images"; (4) mentions a symptom such as near-duplicates or low diversity.
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -357,5 +357,24 @@ exercises.check_ema_horizon(ema_horizon)
 # $\hat x_0$ a small error in $\hat\varepsilon$ implies), and why do $v$ and the flow's velocity
 # $\varepsilon - x_0$ avoid that?
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** From chapter 3,
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, so an error $\delta$ in
+# $\hat\varepsilon$ becomes an error $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}\,\delta$ in $\hat x_0$. At large $t$,
+# where $\bar\alpha_t \to 0$, that factor is huge (about 30 at $\bar\alpha_t = 0.001$), while the target
+# itself is nearly trivial: $x_t \approx \varepsilon$, so predicting $\varepsilon \approx x_t$ already gives
+# a small loss and the network gets little signal about $x_0$. Yet the first sampling steps, which
+# set the digit's layout, read $\hat x_0$ exactly there. With $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$,
+# $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$: the error factor is
+# $\sqrt{1-\bar\alpha_t} \le 1$, and at large $t$ the target $v \approx -x_0$ forces the network to say
+# what the image is. The flow's velocity does the same: $\hat x_0 = x_s - s\,\hat v$ with $s \le 1$,
+# and at $s \to 1$ the target $\varepsilon - x_0$ contains $-x_0$ in full.
+#
+# **Rubric.** (1) Writes $\hat x_0$ from $\hat\varepsilon$ and the error factor
+# $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$; (2) names large $t$ (small $\bar\alpha_t$) as the awkward region and
+# why (the factor blows up; the target is almost the input); (3) shows that $v$'s and the flow's
+# $\hat x_0$ have a factor of at most 1; (4) links it to sampling: the early, high-noise steps set
+# the layout. (1)-(3) make a full answer.
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -291,5 +291,24 @@ exercises.check_guided_ddim_calls(guided_ddim_predictions)
 # $\hat x_0$; compare its rows with DDIM's in section 2, then read `dpm_solver_step` in
 # `diffusion_lib/samplers.py`.)
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** A DDIM step assumes that $\hat x_0$ stays what the model
+# said at the start of the step, a first-order (Euler) approximation: over a long step the
+# prediction changes, and the error of each step grows with the square of its length, so halving
+# the steps roughly doubles the total error. With two predictions we can estimate how $\hat x_0$
+# is changing and use that: either *extrapolate* from the previous step's prediction, assuming
+# $\hat x_0$ varies linearly in the step variable (DPM-Solver++(2M) does this in $\lambda$, half
+# the log signal-to-noise ratio, at no extra network call), or *correct*: take a trial step, predict
+# again at its end, and redo the step with the average of the two (Heun's method, chapter 4's
+# sampler for flow models, two calls per step). Either makes the error per step shrink with the
+# cube of the step length (second order), so a few large steps lose much less. The first step
+# has no previous prediction and falls back to DDIM's; and at very few steps a straight line is
+# itself a poor model of how $\hat x_0$ changes, so the extrapolation can overshoot.
+#
+# **Rubric.** (1) Identifies DDIM's step as first order: it holds $\hat x_0$ fixed over the step;
+# (2) proposes using the change between two predictions, by extrapolation (multistep) or by a
+# trial step and correction (predictor-corrector); (3) gives the cost of each (no extra call vs
+# one more per step); (4) relates it to the measured rows (DPM-Solver++ vs DDIM at 5, 10, 20 steps).
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -228,5 +228,21 @@ exercises.check_unguided_accuracy(unguided_accuracy_guess, measured=sweep["accur
 # benefit of $w = 3$ with one call, for example by training a model whose conditional prediction
 # already *is* the guided one? What would you lose? (Look up "guidance distillation" afterwards.)
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** Yes: guided $\varepsilon$ is just a function of $(x_t, t, y)$
+# for a fixed $w$, so a second network (a student, often initialised from the first) can be
+# trained to output it directly, regressing $\varepsilon_\text{uncond} + w(\varepsilon_\text{cond} - \varepsilon_\text{uncond})$
+# computed by the two-call teacher on noisy training images (Meng et al. 2023, "On distillation
+# of guided diffusion models"). Giving the student $w$ as an extra input, embedded like $t$, keeps
+# the scale adjustable. Sampling then costs one call per step, half of guidance's. What is lost:
+# a training run (the teacher's two calls on every training example); the free choice of $w$
+# after training unless $w$ is an input; the unconditional branch, and with it tricks built on
+# it such as negative prompts; and some quality, since the student only approximates the teacher.
+#
+# **Rubric.** (1) Proposes training a network whose single output matches the two-call guided
+# prediction; (2) names the cost: extra training with the teacher's outputs; (3) names at least
+# two losses: fixed $w$ (or $w$ as input), no unconditional/negative branch, imperfect match;
+# (4) says what is gained: one network call per step.
+
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -400,11 +400,30 @@ def my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise):
 exercises.check_q_jump(my_q_jump)
 
 # %% [markdown]
-# **Exercise 4 (open).** The held-out pairs above combine two words the model saw separately with
-# the digit. Hold out something harder: never say "wide" of a seven (drop the word in
-# `dl.text.training_captions` when the digit is 7), retrain with the command in
-# `diffusion_lib/checkpoints/mnist_text/README.md`, and ask for "a wide seven". Predict first: will
+# **Exercise 4 (open question, with a long run).** The held-out pairs above combine two words the
+# model saw separately with the digit. Hold out something harder: never say "wide" of a seven (drop
+# the word in `dl.text.training_captions` when the digit is 7), retrain with the command in
+# `diffusion_lib/checkpoints/mnist_text/README.md` (about 48 minutes on one core of a 2-core CPU,
+# so start it before a break), and ask for "a wide seven". Predict first: will
 # the samples be wide? What would that tell you about how "wide" is represented, per digit or shared?
+
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** There is no single right prediction; a good answer
+# commits to one and says what each outcome would mean. The word "wide" reaches the network
+# through one shared word vector: it enters the caption encoder's tokens (whose mean is added to
+# the time embedding) and the cross-attention's keys and values at every position. If the
+# network has learned a direction in its features that widens a digit whatever the digit, "a
+# wide seven" will come out wider than "a seven": the width is represented once and shared. If
+# width was learned separately for each digit (sevens are widened by their bar, zeros by their
+# bowl), the samples will look like ordinary sevens, or the word will be ignored. The test must
+# be measured, not judged by eye: sample, say, 100 images for "a seven" and for "a wide seven"
+# and compare their width with `dl.text.measure_attributes` (and check that they are still
+# sevens with the classifier). A partial shift, wider than plain sevens but narrower than seen
+# wide digits, is the most likely outcome with one seed of a small model and is itself informative.
+#
+# **Rubric.** (1) A prediction written before retraining; (2) a measurement of width on many
+# samples against a baseline caption; (3) an interpretation of either outcome (shared vs per-digit
+# representation); (4) a caveat: one retrained model, one seed, and digit accuracy checked.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -58,8 +58,11 @@ def test_every_chapter_has_both_files_paired_and_in_sync(edition):
 @pytest.mark.parametrize("notebook", sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
 def test_no_solution_survives_and_everything_else_is_unchanged(edition, notebook):
     teacher, student = jupytext.read(notebook), jupytext.read(edition / notebook.name)
+    answers = [c for c in teacher.cells if c.cell_type == "markdown" and SOLUTION_TAG in c.metadata.get("tags", [])]
+    teacher.cells = [c for c in teacher.cells if not any(c is a for a in answers)]
     assert len(teacher.cells) == len(student.cells)
     text = "\n".join(c.source for c in student.cells)
+    assert not [a for a in answers if a.source.splitlines()[1] in text], f"{notebook.stem}: a model answer left in"
     for old, new in zip(teacher.cells, student.cells):
         if SOLUTION_TAG in old.metadata.get("tags", []):
             assert STUB_MARK in new.source and not new.get("outputs")
@@ -71,6 +74,20 @@ def test_no_solution_survives_and_everything_else_is_unchanged(edition, notebook
             assert new.source == old.source
     kept = [c for c in student.cells if c.cell_type == "code" and c.get("outputs")]
     assert len(kept) >= len([c for c in teacher.cells if c.cell_type == "code" and c.get("outputs")]) - 2 * len(_exercises(teacher))
+
+
+@pytest.mark.parametrize("notebook", sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_open_question_has_a_model_answer_and_rubric_for_instructors_only(edition, notebook):
+    teacher, student = jupytext.read(notebook), jupytext.read(edition / notebook.name)
+    questions = [i for i, c in enumerate(teacher.cells) if c.cell_type == "markdown" and "(open" in c.source]
+    assert questions, f"{notebook.stem} has no open question"
+    for i in questions:
+        answer = teacher.cells[i + 1]
+        assert answer.cell_type == "markdown" and SOLUTION_TAG in answer.metadata.get("tags", []), \
+            f"{notebook.stem}: the cell after an open question is not its model answer (a markdown cell tagged solution)"
+        assert answer.source.startswith("**Model answer") and "**Rubric" in answer.source
+    student_text = "\n".join(c.source for c in student.cells)
+    assert "**Model answer" not in student_text and "**Rubric" not in student_text
 
 
 @pytest.mark.parametrize("notebook", sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)

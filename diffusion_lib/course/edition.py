@@ -1,11 +1,12 @@
-"""The student edition of the chapters: every cell tagged `solution` becomes a stub.
+"""The student edition of the chapters: every code cell tagged `solution` becomes a stub.
 
 The committed chapters are the instructor edition. In the student edition, a solution cell keeps
 each function's name and signature with its body replaced by `# YOUR CODE HERE` and a
 `raise NotImplementedError`, and each answer variable becomes `None  # YOUR CODE HERE`; the
 check cell that follows then reports "NOT YET" with a hint instead of passing. The outputs
 stored for the solution cells and the check cells after them are cleared (they would show the
-reference answer passing); every other cell, and its stored output, is unchanged. Both files of
+reference answer passing). A markdown cell tagged `solution`, the model answer and rubric of an
+open question, is left out. Every other cell, and its stored output, is unchanged. Both files of
 each jupytext pair are written.
 
     python -m diffusion_lib.course student-edition OUT_DIR [--chapters chapters]
@@ -51,6 +52,8 @@ def stub_source(source: str) -> str:
 def student_notebook(notebook):
     """A copy of a jupytext/nbformat notebook with its solution cells stubbed (see the module docstring)."""
     notebook = jupytext.reads(jupytext.writes(notebook, "ipynb"), "ipynb")  # a deep copy
+    notebook.cells = [cell for cell in notebook.cells  # model answers to open questions: instructors only
+                      if not (cell.cell_type == "markdown" and SOLUTION_TAG in cell.metadata.get("tags", []))]
     after_solution = False
     for cell in notebook.cells:
         is_solution = SOLUTION_TAG in cell.metadata.get("tags", [])
