@@ -46,6 +46,7 @@ from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_rates
 from diffusion_lib.course.measured import MEASURED_DIR, machine
+from diffusion_lib.course.timing import CODE_LINES_PER_MINUTE, EXERCISE_MINUTES, MINUTES_PER_WIDGET, WORDS_PER_MINUTE, learner_minutes
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
 from diffusion_lib.pipeline import DEFAULT_SAMPLER, objective_of, parse_labels
 from diffusion_lib.training import PREVIOUS_DEFAULTS
@@ -366,6 +367,7 @@ def course(args, device) -> dict:
         row = {"chapter": notebook.stem}
         for mode in ("fast", "full"):
             row.update({f"{mode}_{k}": v for k, v in _run_chapter(notebook, fast=mode == "fast").items()})
+        row["learner_minutes"] = learner_minutes(notebook, row["full_seconds"])
         rows.append(row)
     suite = {}
     if not args.quick:
@@ -717,15 +719,28 @@ def _render_committed(f):
 def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
-             "| chapter | fast s | full s (target at most 300) | fast peak MiB | full peak MiB (limit 2048) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| chapter | fast s | full s (target at most 300) | fast peak MiB | full peak MiB (limit 2048) | learner min (estimate) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {r['fast_peak_mib']:.0f} | "
-              f"{r['full_peak_mib']:.0f} |" + ("" if r["fast_ok"] and r["full_ok"] else " **failed**")
+              f"{r['full_peak_mib']:.0f} | {_learner(r)} |" + ("" if r["fast_ok"] and r["full_ok"] else " **failed**")
               for r in f["rows"]]
+    if any("learner_minutes" in r for r in f["rows"]):
+        lines += ["", f"Learner minutes: an estimate, not a measurement (`diffusion_lib/course/timing.py`): prose at "
+                      f"{WORDS_PER_MINUTE} words/min, code at {CODE_LINES_PER_MINUTE} lines/min, {MINUTES_PER_WIDGET} min per "
+                      f"widget, exercises at " + ", ".join(f"{m} min ({kind})" for kind, m in EXERCISE_MINUTES.items())
+                      + ", plus the full-mode run; the parts are reading + code + widgets + exercises + running."]
     if "nbval_fast_seconds" in f:
         lines += ["", f"Fast-mode nbval suite (`python -m pytest chapters`): **{f['nbval_fast_seconds']:.0f} s** "
                       f"(target at most 600)" + ("" if f["nbval_fast_ok"] else " **failed**")]
     return lines
+
+
+def _learner(row) -> str:
+    m = row.get("learner_minutes")
+    if m is None:
+        return "n/a"
+    return (f"{m['total']:.0f} ({m['reading']:.0f} + {m['code']:.0f} + {m['widgets']:.0f} + {m['exercises']:.0f} + "
+            f"{m['running']:.0f})")
 
 
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,

@@ -1,13 +1,15 @@
-"""Teaching from a fork: every link names the repository in `course.fork`, and `repoint` moves them all."""
+"""Instructor tools: teaching from a fork (every link names `course.fork.REPOSITORY`; `repoint` moves them all),
+and the estimate of a learner's time per chapter."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import jupytext
 import pytest
 
-from diffusion_lib.course import fork
+from diffusion_lib.course import fork, timing
 from diffusion_lib.course.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +55,28 @@ def test_repoint_refuses_a_bad_name_and_changes_nothing(checkout, capsys):
     assert main(["repoint", "https://github.com/alice/my-course", "--root", str(checkout)]) == 2
     assert "OWNER/NAME" in capsys.readouterr().err
     assert all(path.read_text() == text for path, text in before.items())
+
+
+def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
+    words = " ".join(["word"] * 233)
+    text = (f"# %% [markdown]\n# {words}\n\n"  # 233 words + the exercise headers' 3 + 4 = 240: two minutes
+            "# %%\n" + "".join(f"x{i} = {i}\n" for i in range(15)) + "# a comment\nwidgets.interact(f, a=1)\n\n"
+            "# %% [markdown]\n# **Exercise 1 (implement).**\n\n"
+            "# %% [markdown]\n# **Exercise 2 (open question).**\n\n"
+            "# %% [markdown] tags=[\"solution\"]\n# " + " ".join(["answer"] * 1000) + "\n")
+    path = tmp_path / "chapter.py"
+    path.write_text(text)
+    m = timing.learner_minutes(path, run_seconds=90)
+    assert m["reading"] == pytest.approx(240 / timing.WORDS_PER_MINUTE)  # the model answer is not read
+    assert m["code"] == pytest.approx(16 / timing.CODE_LINES_PER_MINUTE)  # comments are not counted
+    assert m["widgets"] == timing.MINUTES_PER_WIDGET
+    assert m["exercises"] == timing.EXERCISE_MINUTES["implement"] + timing.EXERCISE_MINUTES["open"]
+    assert m["running"] == 1.5 and m["exercise_count"] == 2
+    assert m["total"] == pytest.approx(sum(m[k] for k in ("reading", "code", "widgets", "exercises", "running")))
+
+
+def test_every_chapter_exercise_is_of_a_kind_the_estimate_knows():
+    for notebook in sorted(ROOT.glob("chapters/*.ipynb")):
+        headers = [h for c in jupytext.read(notebook).cells if c.cell_type == "markdown"
+                   for h in re.findall(r"\*\*Exercise \d+ \(", c.source)]
+        assert headers and timing.learner_minutes(notebook)["exercise_count"] == len(headers), notebook.stem
