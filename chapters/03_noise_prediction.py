@@ -25,6 +25,7 @@
 # - recover an estimate $\hat x_0$ from $x_t$ and a noise estimate, and convert between the $\varepsilon$, $x_0$ and $v$ parametrisations;
 # - compute the *ideal* denoiser $\mathbb E[x_0 \mid x_t]$ of a finite data set, and explain why it can only reproduce its training images;
 # - compare a trained noise predictor with the ideal one across timesteps, and read a loss-by-timestep curve.
+# - read the U-Net that predicts the noise: its timestep embedding, residual blocks, skip connections and attention, and follow a batch's shapes through it.
 #
 # **Assumes**: chapter 2 (the closed form $q(x_t \mid x_0)$), the softmax, mean squared error.
 
@@ -217,12 +218,134 @@ widgets.interact(show_denoising, t=widgets.IntSlider(value=400, min=0, max=999, 
 display(show_denoising(400))
 
 # %% [markdown]
+# ## 5. Inside the noise predictor: the U-Net
+#
+# Sections 3 and 4 used the U-Net as a black box: a noisy image and its noise level in, an
+# image-shaped prediction out. Chapter 4 trains one, so here it is opened, piece by piece, on the
+# same committed `mnist_cond` (the code is `diffusion_lib/unet.py`).
+#
+# **How the network is told the noise level.** One number is a poor input for a stack of
+# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; $1000\,s$ for this
+# flow-matching model, chapter 4) becomes a vector of $d$ numbers, cosines and sines at
+# geometrically spaced frequencies (the transformer's position code, Vaswani et al. 2017, Sec. 3.5):
+#
+# $$e(t) = \big[\cos(\omega_0 t), \dots, \cos(\omega_{d/2-1} t),\ \sin(\omega_0 t), \dots, \sin(\omega_{d/2-1} t)\big],
+# \qquad \omega_i = 10000^{-i/(d/2)} .$$
+#
+# With this U-Net's $d = 16$ the periods $2\pi/\omega_i$ run from 6.3 steps ($\omega_0 = 1$) to
+# about 20,000. A small MLP (Linear, SiLU, Linear) then widens $e(t)$ to the 64 numbers every
+# block reads. Exercise 5 asks you to write $e(t)$; here is the library's:
+
+# %%
+levels = torch.arange(1000)
+codes = dl.unet.timestep_embedding(levels, 16)  # (1000, 16)
+slow = [4, 5, 6, 7, 12, 13, 14, 15]  # the cosines and sines of the four slowest frequencies (periods >= 628 steps)
+similarity_all = torch.nn.functional.cosine_similarity(codes, codes[500:501], dim=1)
+similarity_slow = torch.nn.functional.cosine_similarity(codes[:, slow], codes[500:501, slow], dim=1)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+ax1.imshow(codes.T, aspect="auto", cmap="RdBu", interpolation="nearest", extent=(0, 1000, 15.5, -0.5))
+ax1.set(xlabel="noise label t", ylabel="dimension of e(t)", title="e(t), d = 16: cosines (0-7), sines (8-15)")
+ax2.plot(levels, similarity_all, label="all 16 dimensions")
+ax2.plot(levels, similarity_slow, label="the 8 slow dimensions")
+ax2.set(xlabel="noise label t", ylabel="cosine similarity to e(500)", title="how alike e(t) and e(500) are")
+ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+plt.show()
+print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
+      + ", ".join(f"{similarity_all[t]:.2f}" for t in (490, 499, 501, 510))
+      + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
+
+# %% [markdown]
+# The fast dimensions (rows 0-3 and 8-11 of the left panel) change completely within a few steps, so the
+# whole vector tells $t = 499$ from $t = 490$ (similarity 0.94 against 0.46); the slow dimensions
+# change smoothly over the whole range (similarity above 0.99 ten steps away), so nearby noise
+# levels also share most of their code. The MLP sees both.
+#
+# **A residual block**, the piece this U-Net repeats eleven times. With $c$ the conditioning vector
+# (the MLP's output plus, for this class-conditional model, a learned vector for the label; chapter
+# 6), GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
+# scale and shift per channel), $\mathrm{SiLU}(z) = z\,\sigma(z)$ and $3\times3$ convolutions $W_1, W_2$:
+#
+# $$h = W_1 \star \mathrm{SiLU}(\mathrm{GN}(x)) + A\,\mathrm{SiLU}(c), \qquad
+# \mathrm{out} = S x + W_2 \star \mathrm{SiLU}(\mathrm{GN}(h)) .$$
+#
+# $A\,\mathrm{SiLU}(c)$ is one number per channel, added at every position: the same filters, shifted
+# by how noisy the input is and which digit is asked for. $S$ is the identity, or a $1\times1$
+# convolution where the channel count changes, so the block computes a correction to its input.
+# By hand (GroupNorm too) for the block that widens 16 channels to 32, against the library:
+
+# %%
+block = unet.down[4][0]
+x_in = torch.randn(2, 16, 7, 7, generator=torch.Generator().manual_seed(11))
+with torch.no_grad():
+    c = unet.time_mlp(dl.unet.timestep_embedding(torch.tensor([500.0, 500.0]), 16)) + unet.label_emb(torch.tensor([3, 3]))
+    groups = x_in.reshape(2, 8, -1)  # 8 groups of 2 channels, each over its 2 x 49 numbers
+    normed = ((groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
+    normed = normed.reshape(x_in.shape) * block.norm1.weight[:, None, None] + block.norm1.bias[:, None, None]
+    h = block.conv1(torch.nn.functional.silu(normed)) + block.emb(torch.nn.functional.silu(c))[:, :, None, None]
+    by_hand = block.skip(x_in) + block.conv2(torch.nn.functional.silu(block.norm2(h)))
+    library = block(x_in, c)
+print(f"conditioning vector c: {tuple(c.shape)}; block output {tuple(library.shape)}; "
+      f"by hand vs the library's ResBlock: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
+# **The U shape.** Follow a batch of four digits through the whole network (forward hooks record
+# what each part receives and returns during one real call):
+
+# %%
+parts = ch03.trace_shapes(unet, test_images[:4], torch.full((4,), 500.0), torch.arange(4))
+print(f"{'part':<10} {'what it is':<24} {'input':>16} {'output':>16} {'parameters':>10}")
+for row in parts:
+    print(f"{row['part']:<10} {row['kind']:<24} {str(row['input']):>16} {str(row['output']):>16} {row['parameters']:>10,}")
+at_7x7 = sum(row["parameters"] for row in parts if row["output"][-1] == 7 and row["input"][-1] == 7)
+total = sum(row["parameters"] for row in parts)
+print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p in unet.parameters()):,}; "
+      f"{at_7x7:,} ({at_7x7 / total:.0%}) work at 7x7")
+
+# %% [markdown]
+# Read the table top to bottom. The two embeddings make $c$; the stem, a $3\times3$ convolution, turns
+# the one grey channel into 16. On the way down, strided $3\times3$
+# convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
+# 7x7, where the channels are widest, sit most of the parameters and the self-attention layers.
+# On the way up, every block's input is wider than the previous part's output: the features saved
+# at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
+# channels). These **skip connections** are why the shape is a U and not an hourglass: the
+# prediction must be right at every one of the 784 pixels, and the skips hand the up path the
+# full-resolution features that 7x7 cannot hold. Nearest-neighbour upsampling and a convolution
+# double the resolution; the head maps 16 channels back to one: the predicted velocity (for a
+# DDPM model, the noise).
+#
+# **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
+# An attention layer lets every one of the 49 positions read every other in one step. With one
+# $C$-vector per position (rows of $H$), after GroupNorm,
+#
+# $$Q = \mathrm{GN}(H) W_Q,\quad K = \mathrm{GN}(H) W_K,\quad V = \mathrm{GN}(H) W_V, \qquad
+# \mathrm{Attn}(H) = H + \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt C}\Big) V\, W_O .$$
+#
+# Row $p$ of the softmax is where position $p$ looks: 49 weights that sum to 1. Chapter 7 reuses this
+# formula with keys and values from a caption's words (cross-attention). By hand, against the
+# middle attention layer:
+
+# %%
+attention = unet.mid_attn
+H = torch.randn(2, 32, 7, 7, generator=torch.Generator().manual_seed(12))
+with torch.no_grad():
+    q, k, v = attention.qkv(attention.norm(H)).reshape(2, 3, 32, 49).transpose(2, 3).unbind(1)  # (B, 49, C) each
+    weights = (q @ k.transpose(1, 2) / 32**0.5).softmax(dim=-1)  # (B, 49, 49)
+    by_hand = H + attention.out((weights @ v).transpose(1, 2).reshape(H.shape))
+    library = attention(H)
+print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 positions; "
+      f"by hand vs the library's layer: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
 # ## Summary
 #
 # - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
 # - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
 # - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
 # - The loss depends strongly on $t$; DDPM's training loss is its average over uniformly drawn $t$.
+# - The U-Net reads the noise level as sines and cosines $e(t)$, adds it to every residual block as a per-channel shift,
+#   halves the resolution on the way down and restores it on the way up with skip connections, and lets
+#   every position read every other through self-attention at 7x7.
 #
 # ## Exercises
 #
@@ -290,6 +413,24 @@ exercises.check_zero_predictor_loss(zero_predictor_loss)
 # ideal denoiser minimises the training loss of a finite set; (3) proposes a detection that uses
 # a baseline (nearest-neighbour distances of samples vs of held-out real digits), not only "the
 # samples look like training images"; (4) mentions a symptom such as near-duplicates or low diversity.
+
+# %% [markdown]
+# **Exercise 5 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
+# section 5 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
+
+# %% tags=["solution"]
+def my_timestep_embedding(t, dim):
+    import torch
+
+    half = dim // 2
+    frequencies = 10000.0 ** (-torch.arange(half) / half)
+    angles = t.float()[:, None] * frequencies[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_timestep_embedding(my_timestep_embedding)
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

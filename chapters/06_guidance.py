@@ -178,15 +178,11 @@ plt.show()
 # ## 5. From labels to words: how text-to-image systems condition
 #
 # Our label is one learned vector added to every block. A text prompt is a *sequence* of tokens,
-# and a text encoder (a transformer, e.g. CLIP's or T5's) turns it into one embedding per token.
-# The U-Net reads them through **cross-attention** layers: queries come from the image features at
-# each position, keys and values from the token embeddings,
-#
-# $$\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\Big(\frac{Q K^\top}{\sqrt d}\Big) V,
-# \quad Q = W_Q\,h_{\text{image}},\ K = W_K\,e_{\text{text}},\ V = W_V\,e_{\text{text}},$$
-#
-# so each image position pulls in the words relevant to it ("red" for the car's pixels, "sky" for
-# the top). Everything else in this chapter carries over unchanged: the null condition is the empty
+# and a text encoder (a transformer, e.g. CLIP's or T5's) turns it into one vector per token.
+# The U-Net reads them through **cross-attention** layers: chapter 3's self-attention, with the
+# queries still computed from the image features at each position but the keys and values from
+# the token vectors, so each image position pulls in the words relevant to it ("red" for the car's
+# pixels, "sky" for the top). Chapter 7 builds such a model and checks the layer by hand. Everything else in this chapter carries over unchanged: the null condition is the empty
 # prompt, dropped out during training, and classifier-free guidance combines the predictions with
 # and without the prompt with exactly the formula above. Our label embedding is the special case of
 # a one-token prompt whose embedding is added everywhere instead of attended to.

@@ -141,13 +141,16 @@ print(f"token vectors: {tuple(tokens.shape)}; padded to 5 tokens instead of 8, l
 # ## 3. Cross-attention: the image asks, the words answer
 #
 # In chapter 6 the label was one vector added everywhere. Words should act *where they matter*
-# ("thick" on the strokes), so every image position gets to choose what to read. At a U-Net layer with
-# features $h$ (one $C$-vector per position) and token vectors $\tau(y)$:
+# ("thick" on the strokes), so every image position gets to choose what to read. Chapter 3's
+# self-attention (section 5) did this among image positions; cross-attention takes the keys and
+# values from the caption instead. At a U-Net layer with features $h$ (one $C$-vector per position,
+# normalised by GroupNorm first, as in every block) and token vectors $\tau(y)$:
 #
-# $$Q = W_Q\, h, \qquad K = W_K\, \tau(y), \qquad V = W_V\, \tau(y), \qquad
+# $$Q = W_Q\, \mathrm{GN}(h), \qquad K = W_K\, \tau(y), \qquad V = W_V\, \tau(y), \qquad
 # \operatorname{CrossAttn}(h, y) = h + W_O \operatorname{softmax}\!\Big(\frac{Q K^\top}{\sqrt{d}}\Big) V .$$
 #
-# Each row of the softmax is one image position's weights over the caption's tokens (padding gets
+# ($d$ is the width of each query and key: $C$ here, with one attention head.) Each row of the
+# softmax is one image position's weights over the caption's tokens (padding gets
 # $-\infty$ before the softmax, so weight 0). Our U-Net has such a layer after every block at 14x14
 # and 7x7 and in the middle, and also adds the mean token vector to the timestep embedding, as Imagen
 # adds a pooled text embedding. By hand for the first cross-attention layer, against the library:

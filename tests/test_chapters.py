@@ -47,7 +47,7 @@ def solutions(notebook_stem: str) -> dict:
     """Execute a chapter's cells tagged `solution` (each is self-contained) and return what they define."""
     namespace = {"dl": dl, "torch": torch, "np": np}
     for cell in jupytext.read(CHAPTERS / f"{notebook_stem}.py").cells:
-        if "solution" in cell.metadata.get("tags", []):
+        if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
             exec(cell.source, namespace)
     return namespace
 
@@ -208,6 +208,9 @@ CHECKS = {
         ("my_ideal_x0", exercises.check_ideal_x0,
          lambda xt, t, data, ab: torch.softmax(-torch.cdist(xt, data) ** 2 / (2 * (1 - ab[t][:, None])), 1) @ data),
         ("zero_predictor_loss", exercises.check_zero_predictor_loss, 0.0),
+        ("my_timestep_embedding", exercises.check_timestep_embedding,  # sines before cosines
+         lambda t, dim: torch.cat([(t[:, None] * 10000.0 ** (-torch.arange(dim // 2) / (dim // 2))).sin(),
+                                   (t[:, None] * 10000.0 ** (-torch.arange(dim // 2) / (dim // 2))).cos()], 1)),
     ],
     "04_training": [
         ("my_loss", exercises.check_training_loss, lambda model, x0, t, noise, ab: (model(

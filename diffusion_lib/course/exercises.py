@@ -6,6 +6,8 @@ number the library computes), on inputs it draws itself, so no answer is stored 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..forward import q_sample, x0_from_eps
@@ -17,6 +19,7 @@ from ..samplers import ddim_step, dpm_solver_data
 from ..training import diffusion_loss
 from ..schedules import make_schedule
 from ..text import attend
+from ..unet import timestep_embedding
 
 
 def _report(ok: bool, success: str, hint: str) -> bool:
@@ -150,6 +153,27 @@ def check_ideal_x0(my_ideal_x0) -> bool:
                     "your posterior mean matches the library's from t = 5 to t = 999",
                     "weights are softmax over i of -||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab)); note the sqrt(ab) in "
                     "front of each data point, and normalise over the data points")
+
+
+def check_timestep_embedding(my_timestep_embedding) -> bool:
+    """`my_timestep_embedding(t, dim)` -> (B, dim), as the U-Net's `timestep_embedding` (cosines, then sines)."""
+    t = torch.tensor([0.0, 1.0, 17.0, 250.5, 999.0])  # float noise labels too: the flow models' 1000 s
+    half = 8
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
+    args = t[:, None] * freqs[None, :]
+    wrong_freqs = t[:, None] * torch.exp(-math.log(10000.0) * torch.arange(half) / (2 * half))[None, :]
+    near_misses = [(torch.cat([args.sin(), args.cos()], 1), "cosines first, then sines: e(t) = [cos(t w), sin(t w)]"),
+                   (torch.stack([args.cos(), args.sin()], 2).flatten(1),
+                    "put all the cosines first and all the sines after, not cos and sin interleaved"),
+                   (torch.cat([wrong_freqs.cos(), wrong_freqs.sin()], 1),
+                    "the exponent runs over i / (dim / 2), not i / dim: the slowest frequency is 10000^-(1 - 2/dim)"),
+                   (torch.cat([(t[:, None] / freqs[None, :]).cos(), (t[:, None] / freqs[None, :]).sin()], 1),
+                    "the frequencies w_i = 10000^(-i / (dim/2)) shrink with i: multiply t by them, do not divide")]
+    return _compare(my_timestep_embedding, (t, 2 * half), timestep_embedding(t, 2 * half), 1e-4,
+                    f"return one row of dim = {2 * half} numbers per timestep: shape ({len(t)}, {2 * half})",
+                    "your embedding matches the U-Net's for integer and fractional timesteps",
+                    "e(t)_i = cos(t w_i) for i < dim/2 and sin(t w_(i - dim/2)) after, with w_i = 10000^(-i / (dim/2))",
+                    near_misses)
 
 
 def check_zero_predictor_loss(answer) -> bool:
