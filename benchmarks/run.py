@@ -536,7 +536,7 @@ def _render_steps(f):
 def _render_guidance(f):
     lines = [f"{f['model']}, {f['sampler']}, {f['n']} samples per scale (labels 0-9 in turn); real-digit floor "
              f"{f['real_baseline_fid']:.1f}.", "",
-             "| w | class accuracy | MNIST-FID | diversity within a class |", "| ---: | ---: | ---: | ---: |"]
+             "| w | class accuracy | MNIST-FID | diversity within a predicted class |", "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {w:g} | {a:.3f} | {fid:.1f} | {d:.2f} |"
               for w, a, fid, d in zip(f["w"], f["accuracy"], f["mnist_fid"], f["diversity"])]
     if 3.0 in f["w"]:

@@ -22,8 +22,11 @@ def guidance_view(w: float, digit: int, model, info: dict, n: int = 8, steps: in
 
 def guidance_sweep(model, info: dict, classifier, scales, n: int, steps: int, seed: int = 0,
                    fid: bool = False) -> dict[str, list[float]]:
-    """For each w: the fraction classified as the requested digit, the within-class diversity (and MNIST-FID).
+    """For each w: the fraction classified as the requested digit, the diversity within a class (and MNIST-FID).
 
+    Diversity is the mean pixel distance between two samples that the classifier puts in the same
+    class (`evaluation.diversity` grouped by *predicted* class): grouped by the requested label
+    instead, it would count a w = 0 sample of a 7 asked to be a 3 as variety among 3s.
     The same n labels (cycling 0..9) and the same starting noise are used at every w.
     """
     labels = torch.arange(n) % model.config.num_classes
@@ -33,7 +36,7 @@ def guidance_sweep(model, info: dict, classifier, scales, n: int, steps: int, se
         predicted, _ = classify(classifier, samples)
         results["w"].append(float(w))
         results["accuracy"].append((predicted == labels).float().mean().item())
-        results["diversity"].append(diversity(samples, labels))
+        results["diversity"].append(diversity(samples, predicted))
         if fid:
             results["mnist_fid"].append(mnist_fid(samples, classifier))
     return results
