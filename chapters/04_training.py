@@ -27,7 +27,9 @@
 # - say what the library's default recipe, flow matching, changes in that step, and why chapter 5's samplers still apply;
 # - explain what the exponential moving average (EMA) of the weights does, and see its effect.
 #
-# **Assumes**: chapters 2-3; a gradient step with an optimiser such as Adam.
+# **Assumes**: chapters 2-3; a gradient step with an optimiser such as Adam. Samples are drawn with the
+# library's samplers used as black boxes (DDIM for the 2-D data, Heun's method for digits); chapter 5
+# derives DDIM.
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
@@ -106,8 +108,9 @@ plt.show()
 #
 # A diffusion model on images is the same loop with a U-Net. What a few CPU-minutes buy depends
 # on the recipe. `benchmarks/run.py --only recipes` trained several DDPM recipes for the same number
-# of steps (so the wider network also took longer) and scored their samples with MNIST-FID (chapter 5:
-# the distance between the classifier's features of samples and of real digits; lower is better) next
+# of steps (so the wider network also took longer) and scored their samples with **MNIST-FID** (the
+# Frechet distance between Gaussians fitted to the course classifier's features of the samples and of
+# real test digits, `dl.evaluation.mnist_fid`; lower is better) next
 # to the **real-digit floor**, the MNIST-FID of as many real digits, which is what a perfect model
 # would score at that sample count; "recognised" is the share of samples the classifier calls a
 # digit with probability at least 0.9. Its committed figures:

@@ -98,6 +98,32 @@ print(f"DDIM (eta=1) by hand vs dl.ddim_step:        {(ddim_by_hand - dl.ddim_st
 print(f"DDIM with eta=1, one step vs the DDPM step:  {(ddim_by_hand - ddpm_by_hand).abs().max():.1e}")
 
 # %% [markdown]
+# **What deterministic DDIM is solving: the probability-flow ODE.** Divide the noisy image by its
+# signal coefficient: $\bar x = x_t / \sqrt{\bar\alpha_t}$, and measure the noise level by
+# $\rho_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$ (the noise's standard deviation relative to the
+# signal's). Then $\bar x = x_0 + \rho_t\,\varepsilon$, and the $\eta = 0$ step above, with
+# $\hat x_0 = \bar x_t - \rho_t\,\varepsilon_\theta$, becomes
+#
+# $$\bar x_{t'} = \hat x_0 + \rho_{t'}\,\varepsilon_\theta = \bar x_t + (\rho_{t'} - \rho_t)\,\varepsilon_\theta(x_t, t),$$
+#
+# one step of **Euler's method** for the ordinary differential equation
+# $d\bar x / d\rho = \varepsilon_\theta$ (Song et al. 2021, DDIM Sec. 4.3). With infinitely many steps DDIM
+# follows this ODE exactly, and its solution carries the Gaussian noise at the largest $\rho$ to
+# the data at $\rho = 0$ with the same marginal distribution at every noise level as the forward
+# process: it is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs,
+# Sec. 4.3). Deterministic samplers differ only in how they solve it: DDIM with Euler steps,
+# Heun's method (chapter 4's sampler for flow models) and DPM-Solver++ (chapter 7) with
+# second-order steps. The $\eta = 0$ step, checked against one Euler step:
+
+# %%
+t_next = torch.full((2,), 400)
+rho = ((1 - schedule.alpha_bars) / schedule.alpha_bars).sqrt().float()
+sqrt_ab = schedule.alpha_bars.sqrt().float()
+euler = sqrt_ab[400] * (xt / sqrt_ab[t_value] + (rho[400] - rho[t_value]) * eps)
+print(f"DDIM eta=0 from t={t_value} to 400 vs one Euler step of dx/drho = eps: "
+      f"{(euler - dl.ddim_step(eps, xt, t, t_next, schedule, 0.0)[0]).abs().max():.1e}")
+
+# %% [markdown]
 # ## 2. Fewer steps: what it costs and what it buys
 #
 # DDIM's step works for any decreasing subsequence of timesteps, so we can visit 50 of the 1000.
@@ -273,15 +299,16 @@ def my_ddim_step(xt, eps, alpha_bar_t, alpha_bar_prev):
 exercises.check_ddim_step(my_ddim_step)
 
 # %% [markdown]
-# **Exercise 2 (predict, then check).** DDIM with 50 steps and classifier-free guidance (chapter 6):
-# how many noise predictions does one image need?
+# **Exercise 2 (predict, then check).** Section 4 turns a real image into noise with 50 DDIM
+# inversion steps and maps the noise back with DDIM-50. How many times does the network run for
+# one image, there and back?
 
 # %% tags=["solution"]
-guided_ddim_predictions = 100
+round_trip_calls = 100
 
 # %%
 # NBVAL_CHECK_OUTPUT
-exercises.check_guided_ddim_calls(guided_ddim_predictions)
+exercises.check_round_trip_calls(round_trip_calls)
 
 # %% [markdown]
 # **Exercise 3 (open question).** DDIM with very few steps distorts digits. Each step trusts one

@@ -220,7 +220,7 @@ CHECKS = {
     "05_ddim": [
         ("my_ddim_step", exercises.check_ddim_step,
          lambda xt, eps, ab, ab_prev: ab_prev.sqrt() * (xt - (1 - ab).sqrt() * eps) / ab.sqrt()),
-        ("guided_ddim_predictions", exercises.check_guided_ddim_calls, 50),
+        ("round_trip_calls", exercises.check_round_trip_calls, 50),
     ],
     "06_guidance": [
         ("my_guided_eps", exercises.check_guided_eps, lambda cond, uncond, w: cond + w * (cond - uncond)),

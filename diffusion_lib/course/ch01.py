@@ -50,3 +50,37 @@ def recognised(classifier, images: torch.Tensor, threshold: float = 0.9) -> tupl
     """(fraction the classifier names with confidence >= threshold, predicted classes, confidences)."""
     predicted, confidence = classify(classifier, images)
     return (confidence >= threshold).float().mean().item(), predicted, confidence
+
+
+def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequencies, power): the power spectrum of (B, C, H, W) images, averaged over images and rings.
+
+    power[k] is the mean of |DFT(x)|^2 / (H W) over the images and over the 2-D frequencies whose
+    distance from zero rounds to k cycles per image, k = 0, 1, ..., min(H, W) // 2. With this
+    normalisation white noise of variance s^2 has power s^2 at every k, and by Parseval the mean
+    over *all* 2-D frequencies (corners included) is the mean of x^2 over the pixels.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    power_2d = torch.fft.fft2(images.double()).abs().square().mean(dim=(0, 1)) / (h * w)  # (H, W)
+    fy, fx = torch.meshgrid(torch.fft.fftfreq(h, 1 / h), torch.fft.fftfreq(w, 1 / w), indexing="ij")
+    ring = torch.sqrt(fy.square() + fx.square()).round().long()  # (H, W): cycles per image
+    k_max = min(h, w) // 2
+    keep = ring <= k_max
+    total = torch.zeros(k_max + 1, dtype=torch.float64).index_add_(0, ring[keep], power_2d[keep])
+    count = torch.zeros(k_max + 1, dtype=torch.float64).index_add_(0, ring[keep], torch.ones_like(power_2d[keep]))
+    return torch.arange(k_max + 1), total / count
+
+
+def drowning_timestep(signal_power: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
+    """For each frequency, the first timestep t at which the noise's power passes the signal's.
+
+    x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps has, at a frequency where x_0 has power
+    P, signal power alpha-bar_t P and noise power 1 - alpha-bar_t (flat); the noise wins from the
+    first t with alpha-bar_t P < 1 - alpha-bar_t. Returns len(alpha_bars) where it never does.
+    """
+    signal = alpha_bars.double()[None, :] * signal_power.double()[:, None]  # (K, T)
+    drowned = signal < (1 - alpha_bars.double())[None, :]
+    first = drowned.double().argmax(dim=1)
+    return torch.where(drowned.any(dim=1), first, torch.full_like(first, len(alpha_bars)))

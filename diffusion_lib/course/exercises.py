@@ -15,7 +15,7 @@ from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
 from ..inpainting import q_jump
 from ..pixelcnn import MaskedConv2d
-from ..samplers import ddim_step, dpm_solver_data
+from ..samplers import ddim_invert, ddim_step, dpm_solver_data, sample_loop
 from ..training import diffusion_loss
 from ..schedules import make_schedule
 from ..text import attend
@@ -243,14 +243,25 @@ def check_ddim_step(my_ddim_step) -> bool:
                                                "without it the sample loses its noise level too early")])
 
 
-def check_guided_ddim_calls(answer) -> bool:
-    """Network evaluations for one batch of DDIM-50 with classifier-free guidance (both branches, separate calls)."""
+def check_round_trip_calls(answer) -> bool:
+    """Network calls of DDIM-50 inversion followed by DDIM-50 sampling for one image, counted on the library's own code."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
-    expected = 2 * 50
-    return _report(answer == expected, f"{expected}: each of the 50 steps needs the conditional and the unconditional "
-                                       "prediction (the library batches the two into one call of twice the size)",
-                   "guidance combines two predictions at every step")
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(len(x))
+        return torch.zeros_like(x)
+
+    schedule = make_schedule("cosine", 1000)
+    image = torch.zeros(1, 1, 4, 4)
+    noise = ddim_invert(eps_fn, image, schedule, 50)
+    inverting = len(calls)
+    sample_loop(eps_fn, image.shape, schedule, "ddim", 50, x_T=noise)
+    expected = len(calls)
+    return _report(answer == expected, f"{expected}: {inverting} network calls to invert (one per step) and "
+                                       f"{expected - inverting} to sample back",
+                   "count one network call per step, in each direction")
 
 
 # Chapter 4 -----------------------------------------------------------------------------
