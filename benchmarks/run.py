@@ -18,6 +18,7 @@ Sections:
   budget     MNIST-FID after 5, 10 and 20 minutes of training (quality per CPU-minute)
   recipes    MNIST-FID of short training recipes (model size, schedule, target) at a fixed step count
   study      the recipe study's runs (made by benchmarks/recipes.py, one file each): quality per CPU-minute
+  gallery    chapter 4's failures: common training and sampling mistakes, each run and measured
   memory     peak memory of 'sample' against --n (sampling is batched, so memory stays flat)
   text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
   course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
@@ -45,7 +46,7 @@ from diffusion_lib.course.ch01 import recognised
 from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_rates
-from diffusion_lib.course.measured import MEASURED_DIR, machine
+from diffusion_lib.course.measured import MEASURED_DIR, encode_images, machine
 from diffusion_lib.course.timing import CODE_LINES_PER_MINUTE, EXERCISE_MINUTES, MINUTES_PER_WIDGET, WORDS_PER_MINUTE, learner_minutes
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
 from diffusion_lib.pipeline import DEFAULT_SAMPLER, objective_of, parse_labels
@@ -252,6 +253,58 @@ def budget(args, device) -> dict:
     return results
 
 
+GALLERY_STEPS = 2000
+
+
+def gallery(args, device) -> dict:
+    """Chapter 4's 'when samples go wrong': common mistakes, each trained or sampled for real and measured.
+
+    Every training run is the default recipe (`TrainConfig()`) for the same number of steps, with one
+    thing changed; the sampling mistakes reuse the reference run's model. The data-range mistake swaps
+    the training loop's data loader for one that returns MNIST in [0, 1] (an experiment on the loop,
+    not a library option). Each entry keeps 16 samples (seed 0, `encode_images`) and scores n samples
+    as the recipe study does.
+    """
+    from unittest import mock
+
+    from recipes import score
+
+    steps, n = (30, 50) if args.quick else (GALLERY_STEPS, 1000)
+    unscaled = (dl.load_mnist(train=True)[0] + 1) / 2
+
+    def run(**fields):
+        config = dl.TrainConfig(data="mnist", steps=steps, seed=0, save_every=10**9, **fields)
+        try:
+            return dl.train(config, device=device, progress=False), config
+        except dl.training.TrainingDiverged as error:
+            return error, config
+
+    reference, config = run()
+    with mock.patch.object(dl.training, "load_training_data", lambda c: (unscaled, None)):
+        unscaled_run = run()
+    raw = copy.deepcopy(reference)
+    raw.ema_model = reference.model
+    cases = [("the default recipe (the reference)", (reference, config), "heun", 18),
+             ("no EMA: the same run's raw weights", (raw, config), "heun", 18),
+             ("learning rate 2e-2, ten times the default", run(lr=2e-2), "heun", 18),
+             ("data left in [0, 1] instead of [-1, 1]", unscaled_run, "heun", 18),
+             ("two sampling steps (Euler) on the reference model", (reference, config), "euler", 2),
+             ("DDPM with eps-prediction, DDIM-5", eps_run := run(objective="ddpm", prediction="eps"), "ddim", 5),
+             ("the same eps model, DDIM-50", eps_run, "ddim", 50)]
+    entries = []
+    for name, (result, cfg), sampler, sampler_steps in cases:
+        entry = {"case": name, "sampler": f"{sampler}-{sampler_steps}", "changed": {k: v for k, v in cfg.__dict__.items()
+                                                                                   if getattr(dl.TrainConfig(), k) != v
+                                                                                   and k not in ("data", "steps", "save_every")}}
+        if isinstance(result, Exception):
+            entries.append({**entry, "diverged": str(result)})
+            continue
+        samples, _ = dl.generate(result.ema_model, cfg.info(), 16, sampler, sampler_steps, seed=0)
+        entries.append({**entry, "grid": encode_images(samples), **score(result.ema_model, cfg.info(), sampler, sampler_steps, n=n)})
+        print(name, {k: entry.get(k) for k in ("sampler",)}, flush=True)
+    return {"steps": steps, "n": n, "entries": entries}
+
+
 QUICK_RECIPES = {
     "base16, linear, eps": dict(schedule="linear", prediction="eps", model={"base_channels": 16}),
     "base16, cosine, eps": dict(schedule="cosine", prediction="eps", model={"base_channels": 16}),
@@ -379,7 +432,7 @@ def course(args, device) -> dict:
 
 
 SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, committed, budget, recipes, study,
-                                    text, inpainting, memory, course)}
+                                    gallery, text, inpainting, memory, course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -590,6 +643,21 @@ def _render_budget(f):
     return lines
 
 
+def _render_gallery(f):
+    lines = [f"Chapter 4's 'when samples go wrong': each training run is `TrainConfig()` for {f['steps']:,} steps "
+             f"(seed 0) with one thing changed; {f['n']:,} samples each, MNIST-FID against the real-digit floor at the "
+             "same n.", "",
+             "| case | sampler | MNIST-FID (floor) | FID / floor | recognised |", "| --- | --- | ---: | ---: | ---: |"]
+    for e in f["entries"]:
+        if "diverged" in e:
+            lines.append(f"| {e['case']} | {e['sampler']} | diverged: {e['diverged'][:80]} | | |")
+            continue
+        row = e["scores"][0]
+        lines.append(f"| {e['case']} | {e['sampler']} | {row['mnist_fid']:.1f} ({e['real_baseline_fid']:.1f}) | "
+                     f"{row['mnist_fid'] / e['real_baseline_fid']:.2f} | {100 * row['recognised']:.1f}% |")
+    return lines
+
+
 def _render_recipes(f):
     lines = [f"Batch {f['batch_size']}, {f['sampler']}, {f['n']} samples; real-digit floor {f['real_baseline_fid']:.1f}.",
              "", "| recipe | steps | train s | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -673,6 +741,16 @@ def _render_study(f):
                 lines += ["", f"Seed spread of *{recipe}* at 10 CPU-minutes ({len(seeds)} seeds): MNIST-FID mean "
                               f"{statistics.mean(fids):.1f} (from {min(fids):.1f} to {max(fids):.1f}, standard deviation "
                               f"{statistics.stdev(fids):.1f}); recognised {min(shares):.1f}% to {max(shares):.1f}%."]
+        budgets = [r for r in runs if r["seed"] == 0 and not r["conditional"] and not r["wall_clock"]]
+        finalists = sorted({r["recipe"] for r in budgets if r["minutes"] != 10})
+        if finalists:
+            lines += ["", "Finalists by budget (`python benchmarks/recipes.py one NAME MINUTES 0 --threads 1`; seed 0):", "",
+                      "| recipe | CPU-min | steps | MNIST-FID | FID / floor | recognised |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for recipe in finalists:
+                for r in sorted((r for r in budgets if r["recipe"] == recipe), key=lambda r: r["minutes"]):
+                    b = _best(r)
+                    lines.append(f"| {recipe} | {r['minutes']:g} | {r['steps']:,} | {b['mnist_fid']:.1f} | "
+                                 f"{b['mnist_fid'] / r['real_baseline_fid']:.2f} | {100 * b['recognised']:.1f}% |")
         if screen:
             best = min(screen, key=lambda r: _best(r)["mnist_fid"])
             lines += ["", f"**Decision.** The best screened recipe, *{best['recipe']}* (MNIST-FID "
@@ -745,7 +823,7 @@ def _learner(row) -> str:
 
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
-             "recipes": _render_recipes, "study": _render_study, "committed": _render_committed, "memory": _render_memory, "text": _render_text,
+             "recipes": _render_recipes, "study": _render_study, "gallery": _render_gallery, "committed": _render_committed, "memory": _render_memory, "text": _render_text,
              "inpainting": _render_inpainting, "course": _render_course}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
+import torch
 
 from diffusion_lib.course import fork, timing
 from diffusion_lib.course.__main__ import main
@@ -80,3 +81,27 @@ def test_every_chapter_exercise_is_of_a_kind_the_estimate_knows():
         headers = [h for c in jupytext.read(notebook).cells if c.cell_type == "markdown"
                    for h in re.findall(r"\*\*Exercise \d+ \(", c.source)]
         assert headers and timing.learner_minutes(notebook)["exercise_count"] == len(headers), notebook.stem
+
+
+def test_images_kept_in_measured_json_come_back_to_within_one_grey_level():
+    from diffusion_lib.course.measured import decode_images, encode_images
+
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    back = decode_images(encode_images(images))
+    assert back.shape == images.shape and (back - images).abs().max() <= 1 / 127.5 + 1e-6
+    assert decode_images(encode_images(torch.full((1, 1, 28, 28), -1.0))).max() == -1  # black stays black
+
+
+def test_gallery_figure_has_a_row_per_case_and_shows_a_diverged_run():
+    from diffusion_lib.course import ch04
+    from diffusion_lib.course.measured import encode_images
+
+    entries = [{"case": "reference", "sampler": "heun-18", "grid": encode_images(torch.zeros(16, 1, 28, 28)),
+                "real_baseline_fid": 12.0, "scores": [{"mnist_fid": 24.0, "recognised": 0.9}]},
+               {"case": "lr too high", "sampler": "heun-18", "diverged": "loss became NaN at step 40"}]
+    fig = ch04.gallery_figure(entries, per_row=4)
+    rows = [fig.axes[i * 5:(i + 1) * 5] for i in range(2)]
+    assert len(fig.axes) == 10
+    assert [len(ax.images) for ax in rows[0][1:]] == [1] * 4 and not any(ax.images for ax in rows[1])
+    labels = [ax.texts[0].get_text() for ax in (rows[0][0], rows[1][0])]
+    assert "2.0x the floor, 90% recognised" in labels[0] and "diverged" in labels[1]

@@ -85,3 +85,27 @@ def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, 
         noise = torch.randn(x0.shape, generator=generator)
         losses.append(diffusion_loss(model, x0, t, noise, schedule, info["prediction"]).item())
     return losses
+
+
+def gallery_figure(entries: list[dict], per_row: int = 8) -> Figure:
+    """One row per case of the measured gallery (benchmarks' `gallery` section): its samples, its name and scores."""
+    from .measured import decode_images
+    from .plots import to_numpy_image
+
+    fig = Figure(figsize=(1.1 * per_row + 3.4, 1.2 * len(entries)), layout="constrained")
+    axes = fig.subplots(len(entries), per_row + 1, squeeze=False,
+                        gridspec_kw={"width_ratios": [3.2] + [1] * per_row})
+    for row, entry in zip(axes, entries):
+        if "diverged" in entry:
+            label, images = f"{entry['case']}\n({entry['sampler']}): diverged", []
+        else:
+            score = entry["scores"][0]
+            label = (f"{entry['case']}\n{entry['sampler']}: FID {score['mnist_fid'] / entry['real_baseline_fid']:.1f}x "
+                     f"the floor, {100 * score['recognised']:.0f}% recognised")
+            images = decode_images(entry["grid"])[:per_row]
+        row[0].text(1.0, 0.5, label, ha="right", va="center", fontsize=8, transform=row[0].transAxes, wrap=True)
+        for ax in row:
+            ax.axis("off")
+        for ax, image in zip(row[1:], images):
+            ax.imshow(to_numpy_image(image), cmap="gray", vmin=0, vmax=1)
+    return fig

@@ -6,6 +6,7 @@ date, the machine and the thread count. `benchmarks/RESULTS.md` is rendered from
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -36,3 +37,15 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": model, "cores": os.cpu_count(), "mhz": mhz, "memory_gib": round(memory, 1) if memory else None,
             "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
+
+
+def encode_images(images: torch.Tensor) -> str:
+    """Images (N, 1, H, W) in [-1, 1] as base64 of uint8 pixels (0 black .. 255 white), to keep pictures in a JSON file."""
+    pixels = ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return base64.b64encode(pixels.numpy().tobytes()).decode()
+
+
+def decode_images(text: str, size: int = 28) -> torch.Tensor:
+    """The images (N, 1, size, size) in [-1, 1] that `encode_images` stored (to within one grey level)."""
+    pixels = torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    return (pixels.float() / 127.5 - 1).reshape(-1, 1, size, size)
