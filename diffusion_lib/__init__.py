@@ -8,7 +8,7 @@ One idea per module:
 | `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
 | `samplers`    | DDPM ancestral sampling, DDIM, DPM-Solver++(2M), DDIM inversion    |
 | `continuous`  | EDM and rectified flow on continuous noise levels (sigma, s); Heun and Euler ODE solvers; the change of variables to DDPM |
-| `guidance`    | classifier-free guidance as a wrapper around the model             |
+| `guidance`    | classifier-free guidance and autoguidance as wrappers around the model |
 | `text`        | captions measured from MNIST, the tokenizer, text encoder, cross-attention |
 | `inpainting`  | filling masked pixels with any denoiser (replacement and RePaint)  |
 | `ideal`       | exact denoisers for finite and Gaussian data sets                  |
@@ -38,7 +38,7 @@ from .guidance import guided_eps_fn
 from .ideal import gaussian_eps_fn, gaussian_x0, ideal_eps_fn, ideal_x0
 from .mlp import MLPConfig, MLPDenoiser
 from .models import as_eps_fn, as_eps_model, build_model
-from .pipeline import generate
+from .pipeline import autoguided, generate
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
 from .inpainting import inpaint, named_mask

@@ -20,8 +20,8 @@ from .forward import PREDICTIONS
 from .inpainting import MASKS, named_mask
 from .continuous import OBJECTIVES
 from .outputs import OutputError, check_writable
-from .pipeline import (ALL_SAMPLERS, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, generate, inpaint_images,
-                       objective_of, parse_labels)
+from .pipeline import (ALL_SAMPLERS, AUTOGUIDE_SCALE, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, autoguided,
+                       generate, inpaint_images, objective_of, parse_labels)
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
@@ -154,6 +154,11 @@ def build_parser() -> Parser:
     sa.add_argument("--n", required=True, type=_positive_int, help="number of samples")
     sa.add_argument("--guidance", type=_non_negative_float, default=None,
                     help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), >1 stronger")
+    sa.add_argument("--autoguide", type=Path, default=None,
+                    help="a weaker checkpoint trained the same way, such as an early snapshot of the same run, to guide "
+                         "the model away from (autoguidance, Karras et al. 2024; works without labels)")
+    sa.add_argument("--autoguide-scale", type=_non_negative_float, default=None,
+                    help=f"with --autoguide: weak + w (model - weak); 1 = the model alone (default {AUTOGUIDE_SCALE})")
     sa.add_argument("--labels", default=None, help="'0,3,7' (repeated to N) or 'all' (cycles 0..9); default: random")
     sa.add_argument("--prompt", action="append", default=None,
                     help="for a text model (trained with --text): a caption such as 'a thick seven'; give it several "
@@ -264,6 +269,12 @@ def run_sample(args) -> None:
                 else "; give a checkpoint made by 'train --data mnist' (or a 2-D data set)")
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model{hint}")
     check_sampler_info(info, args.checkpoint)
+    if args.autoguide is not None:
+        weak, weak_info = load_model(args.autoguide, pick_device(args.device))
+        scale = AUTOGUIDE_SCALE if args.autoguide_scale is None else args.autoguide_scale
+        model = autoguided(model, info, weak, weak_info, scale)
+    elif args.autoguide_scale is not None:
+        raise ValueError("--autoguide-scale needs --autoguide WEAK_CHECKPOINT (the model to guide away from)")
     if args.sampler is None:  # with no --steps, each sampler takes its own default
         args.sampler = "ddim" if args.inpaint is not None or args.eta else DEFAULT_SAMPLER[objective_of(info)][0]
     if args.sampler != "ddim" and args.eta:

@@ -14,11 +14,20 @@ w = 0 is the unconditional model, w = 1 the plain conditional model, w > 1 pushe
 further towards what makes the label likely (sharper, less diverse). The paper's own
 guidance weight is w - 1 in this form. Samplers never know guidance is happening: they
 receive an ordinary `eps_fn(xt, t)`.
+
+`AutoGuided` is the same rule with a *weaker model* in place of the unconditional branch
+(autoguidance, Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+
+    out = out_weak + w * (out_model - out_weak)
+
+It needs no labels, so it also guides an unconditional model; the weak model can be an early
+snapshot of the same training run.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | torch.Tensor):
@@ -53,3 +62,30 @@ def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | t
 
 def _combine(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return uncond + w * (cond - uncond)
+
+
+class AutoGuided(nn.Module):
+    """`model` guided by a weaker `weak` model at scale `w` (autoguidance): a network like the two it wraps.
+
+    The rule is applied to the networks' raw outputs. Every parametrisation here (eps, x0, v, the flow's
+    velocity, EDM's F) turns that output into eps, x0 or D by an affine map whose coefficients depend
+    only on x_t and t, and the weights 1 - w and w sum to 1, so guiding the raw outputs guides each of
+    those by the same rule. Both models must read the same parametrisation (`pipeline.autoguided` checks
+    their checkpoints). w = 1 is `model` alone (one call per step); w > 1 two calls.
+    """
+
+    def __init__(self, model: nn.Module, weak: nn.Module, w: float):
+        super().__init__()
+        if not w >= 0:
+            raise ValueError(f"autoguidance scale w must be >= 0 (1 = the model alone, >1 guided), got {w}")
+        for field in ("image_channels", "num_classes", "text_dim", "data_dim"):
+            if getattr(model.config, field, None) != getattr(weak.config, field, None):
+                raise ValueError(f"the weak model must take the same inputs as the model: {field} is "
+                                 f"{getattr(weak.config, field, None)} there, {getattr(model.config, field, None)} here")
+        self.model, self.weak, self.w, self.config = model, weak, float(w), model.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(x, t, labels)
+        if self.w == 1:
+            return out
+        return _combine(out, self.weak(x, t, labels), self.w)

@@ -14,7 +14,7 @@ import torch
 from .checkpoint import check_sampler_info
 from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, flow_velocity,
                          karras_sigmas, ode_sample)
-from .guidance import guided_eps_fn
+from .guidance import AutoGuided, guided_eps_fn
 from .inpainting import inpaint
 from .models import as_eps_model
 from .samplers import SAMPLERS, Trajectory, sample_loop
@@ -116,6 +116,24 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
     if labels is not None or guidance is not None:
         raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
     return (lambda x, t: eps_model(x, t)), None
+
+
+AUTOGUIDE_SCALE = 1.5  # the command line's default autoguidance scale (benchmarks/RESULTS.md, section committed)
+
+
+def autoguided(model, info: dict, weak, weak_info: dict, w: float = AUTOGUIDE_SCALE) -> AutoGuided:
+    """`model` guided by the weaker `weak` (autoguidance, `guidance.AutoGuided`); sample it with `info`.
+
+    Both checkpoints must describe the same parametrisation: objective, network output, schedule, T and data.
+    An early snapshot of the same run (`pretrained_snapshots`) is a weak model that always fits.
+    """
+    check_sampler_info(weak_info, "the weak model's checkpoint")
+    for key in ("objective", "prediction", "schedule", "T", "data"):
+        mine, theirs = (objective_of(i) if key == "objective" else i.get(key) for i in (info, weak_info))
+        if mine != theirs:
+            raise ValueError(f"the weak model must be trained like the model: its {key} is {theirs!r}, the model's "
+                             f"{mine!r}; use an earlier snapshot of the same run")
+    return AutoGuided(model, weak, w)
 
 
 def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guidance=None, labels=None,

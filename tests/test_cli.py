@@ -131,3 +131,17 @@ def test_bad_input_exits_non_zero_with_one_line(mnist_runs, tmp_path, args, mess
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+def test_autoguide_samples_with_a_weaker_checkpoint_and_refuses_a_scale_alone(mnist_runs, tmp_path):
+    common = ["sample", "--checkpoint", str(mnist_runs / "uncond"), "--steps", "3", "--n", "4"]
+    assert run(*common, "--out", str(tmp_path / "plain.npz")).returncode == 0
+    guided = run(*common, "--autoguide", str(mnist_runs / "uncond"), "--autoguide-scale", "2", "--out",
+                 str(tmp_path / "self.npz"))
+    assert guided.returncode == 0, guided.stderr
+    # guided by itself, the difference is zero at every step: the same samples as the model alone
+    assert np.allclose(np.load(tmp_path / "plain.npz")["images"], np.load(tmp_path / "self.npz")["images"], atol=1e-5)
+    refused = run(*common, "--autoguide-scale", "2", "--out", str(tmp_path / "x.npz"))
+    assert refused.returncode == 1 and "needs --autoguide" in refused.stderr and not (tmp_path / "x.npz").exists()
+    mismatched = run(*common, "--autoguide", str(mnist_runs / "ddpm"), "--out", str(tmp_path / "y.npz"))
+    assert mismatched.returncode == 1 and "trained like the model" in mismatched.stderr

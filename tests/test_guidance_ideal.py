@@ -118,3 +118,45 @@ def test_generate_checks_labels_and_unconditional_use():
         generate(cond, info, 3, "ddim", 2, labels=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="this model is unconditional"):
         generate(uncond, info, 3, "ddim", 2, guidance=3.0)
+
+
+def _flow_unet(seed: int, **config):
+    torch.manual_seed(seed)
+    return UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), **config)).eval()
+
+
+def test_autoguidance_is_the_guidance_rule_on_the_raw_outputs():
+    from diffusion_lib.guidance import AutoGuided
+
+    model, weak = _flow_unet(0), _flow_unet(1)
+    calls = []
+    weak.register_forward_hook(lambda *args: calls.append(1))
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([10.0, 500.0, 990.0])
+    with torch.no_grad():
+        out, out_weak = model(x, t), weak(x, t)
+        assert not torch.allclose(out, out_weak)  # two different networks, so the checks below can fail
+        calls.clear()
+        assert torch.equal(AutoGuided(model, weak, 1.0)(x, t), out) and not calls  # w = 1: the model alone, one call
+        assert torch.allclose(AutoGuided(model, weak, 0.0)(x, t), out_weak, atol=1e-6)
+        assert torch.allclose(AutoGuided(model, weak, 2.5)(x, t), out_weak + 2.5 * (out - out_weak), atol=1e-5)
+    with pytest.raises(ValueError, match="w must be >= 0"):
+        AutoGuided(model, weak, -1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        AutoGuided(model, _flow_unet(2, num_classes=10), 2.0)
+
+
+def test_autoguided_sampling_with_an_identical_weak_model_changes_nothing_and_checks_checkpoints():
+    import copy
+
+    from diffusion_lib import TrainConfig, autoguided, generate
+
+    info = TrainConfig(data="mnist", steps=1).info()  # the default recipe: flow matching
+    model = _flow_unet(0)
+    alone, _ = generate(model, info, 4, "heun", 3, seed=1)
+    twin = autoguided(model, info, copy.deepcopy(model), info, 3.0)  # model - weak = 0 at every step
+    assert torch.allclose(generate(twin, info, 4, "heun", 3, seed=1)[0], alone, atol=1e-5)
+    other = autoguided(model, info, _flow_unet(1), info, 3.0)
+    assert not torch.allclose(generate(other, info, 4, "heun", 3, seed=1)[0], alone, atol=1e-3)
+    ddpm_info = TrainConfig(data="mnist", steps=1, objective="ddpm").info()
+    with pytest.raises(ValueError, match="objective is 'ddpm'"):
+        autoguided(model, info, _flow_unet(1), ddpm_info, 2.0)
