@@ -84,7 +84,7 @@ def test_denoise_view_and_error_by_timestep():
     x0, noise = data[:1], torch.randn(1, 1, 28, 28, dtype=torch.float64)
     denoisers = {"ideal": dl.ideal_eps_fn(data, schedule), "zero": lambda x, t: torch.zeros_like(x)}
     early, late = ch03.denoise_view(5, x0, noise, denoisers, schedule), ch03.denoise_view(900, x0, noise, denoisers, schedule)
-    assert len(early.axes) == 8 and not np.allclose(_image_of(early), _image_of(late))
+    assert len(early.axes) == 10 and not np.allclose(_image_of(early), _image_of(late))
     assert np.allclose(_image_of(early, 3), (x0[0, 0].numpy() + 1) / 2, atol=1e-3)  # the ideal x0_hat is the digit
     errors = ch03.eps_error_by_timestep(denoisers["zero"], data, schedule, [0, 500, 999], torch.Generator().manual_seed(0))
     assert all(0.8 < e < 1.2 for e in errors)  # predicting 0 costs E[eps^2] = 1
