@@ -42,3 +42,30 @@ def noising_view(t: int, schedule_name: str, images: list[torch.Tensor], noises:
         ax.plot([t], [values[t]], "o", color="C3")
         ax.set(xlabel="t", ylabel=name, yscale=yscale, title=f"{name} = {values[t]:.3g} ({schedule_name})")
     return fig
+
+
+def _normal_pdf(x, mean, variance):
+    return np.exp(-((x - mean) ** 2) / (2 * variance)) / np.sqrt(2 * np.pi * variance)
+
+
+def two_point_reverse_density(grid: np.ndarray, xt: float, alpha_bar_s: float, alpha_bar_t: float) -> np.ndarray:
+    """The exact q(x_s | x_t) on `grid`, for data that is -1 or +1 with equal probability (s before t).
+
+    Bayes' rule on the grid: q(x_s | x_t) is proportional to q(x_t | x_s) q(x_s), with the prior
+    q(x_s) = (N(-sqrt(ab_s), 1 - ab_s) + N(+sqrt(ab_s), 1 - ab_s)) / 2 and the jump
+    q(x_t | x_s) = N(sqrt(ab_t / ab_s) x_s, 1 - ab_t / ab_s), ab = alpha-bar. Normalised on the grid.
+    """
+    if not 0 < alpha_bar_t < alpha_bar_s < 1:
+        raise ValueError(f"need 0 < alpha_bar_t < alpha_bar_s < 1, got {alpha_bar_t} and {alpha_bar_s}")
+    grid = np.asarray(grid, dtype=np.float64)
+    prior = sum(_normal_pdf(grid, sign * np.sqrt(alpha_bar_s), 1 - alpha_bar_s) for sign in (-1, 1)) / 2
+    ratio = alpha_bar_t / alpha_bar_s
+    density = prior * _normal_pdf(xt, np.sqrt(ratio) * grid, 1 - ratio)
+    return density / np.trapezoid(density, grid)
+
+
+def distance_to_gaussian(grid: np.ndarray, density: np.ndarray) -> float:
+    """Total variation distance between `density` on `grid` and the Gaussian of the same mean and variance."""
+    mean = np.trapezoid(grid * density, grid)
+    variance = np.trapezoid((grid - mean) ** 2 * density, grid)
+    return 0.5 * np.trapezoid(np.abs(density - _normal_pdf(grid, mean, variance)), grid)
