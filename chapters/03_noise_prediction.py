@@ -111,7 +111,7 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 #
 # $L_T$ holds no parameters. Each $L_{t-1}$ compares the model's reverse step with the *posterior* of the
 # forward process, which is Gaussian because, by Bayes' rule, $q(x_{t-1} \mid x_t, x_0) \propto q(x_t \mid x_{t-1})\, q(x_{t-1} \mid x_0)$
-# is a product of two Gaussians in $x_{t-1}$ (DDPM Eqs. 6-7; `dl.q_posterior`):
+# is a product of two Gaussians in $x_{t-1}$ (chapter 2, section 5 derives it; DDPM Eqs. 6-7; `dl.q_posterior`):
 #
 # $$q(x_{t-1} \mid x_t, x_0) = \mathcal N\big(\tilde\mu_t, \tilde\beta_t I\big), \qquad
 # \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t, \qquad
