@@ -26,6 +26,7 @@
 # - run the library's training loop with a progress bar and a live loss plot, and read the loss by noise level;
 # - say what the library's default recipe, flow matching, changes in that step, and why chapter 5's samplers still apply;
 # - explain what the exponential moving average (EMA) of the weights does, and see its effect.
+# - recognise the common training and sampling mistakes by their samples, and fix them.
 #
 # **Assumes**: chapters 2-3; a gradient step with an optimiser such as Adam. Samples are drawn with the
 # library's samplers used as black boxes (DDIM for the 2-D data, Heun's method for digits); chapter 5
@@ -319,6 +320,50 @@ plt.show()
 # unavoidable.
 
 # %% [markdown]
+# ## 6. When samples go wrong
+#
+# "My samples are pure noise" is the question diffusion code raises most often. The usual causes are
+# a handful of mistakes, and each leaves its own signature in the samples. `python benchmarks/run.py
+# --only gallery` made each one for real: the default recipe trained for the same number of steps
+# with one thing changed, or the reference model sampled the wrong way, and scored it on 1,000 samples
+# as the recipe study does (the minutes it took are printed below: too long for this page, so the
+# pictures and figures are committed):
+
+# %%
+gallery = load_measured("gallery")
+print(f"`{gallery['command']}`, {gallery['date']}, {gallery['machine']['cpu']}, {gallery['threads']} thread(s), "
+      f"{gallery['seconds'] / 60:.0f} min: {gallery['figures']['steps']:,} training steps per run; "
+      f"{gallery['figures']['n']:,} samples scored per case")
+display(ch04.gallery_figure(gallery["figures"]["entries"]))
+
+# %% [markdown]
+# Read each row against the first: the default recipe after the same 2,000 steps, digits but not
+# yet good ones. The scores in the labels are over 1,000 samples; the pictures show the first eight.
+#
+# - **No EMA** (row 2). The raw weights of the same run draw the same digits from the same noise, with
+#   rougher, sometimes broken strokes, and MNIST-FID nearly doubles. *Fix:* sample with the EMA weights
+#   (`result.ema_model`; every checkpoint the library saves holds them).
+# - **A learning rate ten times too high** (row 3). Speckled backgrounds and fragments; few samples are
+#   recognised: the weights keep jumping instead of settling. *Fix:* lower it.
+# - **Data left in [0, 1]** (row 4). The shapes are fine, but the background is grey: the model learned
+#   that an empty pixel is 0, and everything here (the plots, the classifier) reads pixels in [-1, 1],
+#   where 0 is mid-grey. *Fix:* scale pixels as $p/127.5 - 1$, as `dl.load_mnist` does, and map samples
+#   back the same way.
+# - **Two sampling steps** (row 5). Blurred, averaged digits: each long step lands near the average of
+#   all the images the noise could still become. *Fix:* more steps (the default is 18 Heun steps), or a
+#   sampler built for few steps (chapters 5 and 7).
+# - **Noise prediction in few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
+#   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
+#   (compare the scores). *Fix:* the $v$ or the flow target (exercise 3 asks why they do better), and
+#   enough steps for the target you have.
+#
+# None of these gives "pure noise". When samples are pure noise, the model and the sampler usually
+# disagree about something basic, which none of these runs had wrong: the network's output read as the
+# wrong target (a velocity taken for $\varepsilon$), noise levels passed in the wrong range or order, or
+# a network that was never trained (built, but its weights never loaded). Even section 3's step-100
+# snapshot is past that: it already draws strokes. Check those first.
+
+# %% [markdown]
 # ## Summary
 #
 # - A training step: draw $t$ and $\varepsilon$, jump to $x_t$, predict, take the squared error; repeat with Adam.
@@ -326,6 +371,7 @@ plt.show()
 # - The measured winner, and the library's default, is flow matching: $x_s = (1-s)x_0 + s\varepsilon$, regress $\varepsilon - x_0$. Divided by $\sqrt{(1-s)^2+s^2}$ it is a DDPM $x_t$, so DDPM's samplers apply.
 # - Snapshots of a longer run show the samples taking shape: scattered strokes after 100 steps, digit-like shapes by 1,000.
 # - Sample with the EMA of the weights (its decay warms up over the first thousands of steps); the loss depends strongly on the noise level.
+# - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction sampled in few steps stays grainy.
 #
 # ## Exercises
 #
