@@ -412,8 +412,9 @@ for t_value in (600, 400, 300, 200, 100, 10):
 # same committed `mnist_cond` (the code is `diffusion_lib/unet.py`).
 #
 # **How the network is told the noise level.** One number is a poor input for a stack of
-# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; $1000\,s$ for this
-# flow-matching model, chapter 4) becomes a vector of $d$ numbers, cosines and sines at
+# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; this model was trained with
+# flow matching, chapter 4, which measures noise by $s \in [0, 1]$ and passes $1000\,s$; all that matters
+# here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
 # geometrically spaced frequencies (the transformer's position code, Vaswani et al. 2017, Sec. 3.5):
 #
 # $$e(t) = \big[\cos(\omega_0 t), \dots, \cos(\omega_{d/2-1} t),\ \sin(\omega_0 t), \dots, \sin(\omega_{d/2-1} t)\big],
@@ -442,14 +443,14 @@ print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
       + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
 
 # %% [markdown]
-# The fast dimensions (rows 0-3 and 8-11 of the left panel) change completely within a few steps, so the
+# The fast dimensions (rows 0-1 and 8-9 of the left panel, periods of 6 and 20 steps) change completely within a few steps, so the
 # whole vector tells $t = 499$ from $t = 490$ (similarity 0.94 against 0.46); the slow dimensions
 # change smoothly over the whole range (similarity above 0.99 ten steps away), so nearby noise
 # levels also share most of their code. The MLP sees both.
 #
 # **A residual block**, the piece this U-Net repeats eleven times. With $c$ the conditioning vector
-# (the MLP's output plus, for this class-conditional model, a learned vector for the label; chapter
-# 6), GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
+# (the MLP's output plus, for this class-conditional model, a learned vector for the label: one row
+# per digit and an eleventh for "no label", which chapter 6 uses), GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
 # scale and shift per channel), $\mathrm{SiLU}(z) = z\,\sigma(z)$ and $3\times3$ convolutions $W_1, W_2$:
 #
 # $$h = W_1 \star \mathrm{SiLU}(\mathrm{GN}(x)) + A\,\mathrm{SiLU}(c), \qquad
@@ -458,7 +459,8 @@ print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
 # $A\,\mathrm{SiLU}(c)$ is one number per channel, added at every position: the same filters, shifted
 # by how noisy the input is and which digit is asked for. $S$ is the identity, or a $1\times1$
 # convolution where the channel count changes, so the block computes a correction to its input.
-# By hand (GroupNorm too) for the block that widens 16 channels to 32, against the library:
+# (Every linear map and convolution here also adds a bias; the equations leave them out.)
+# By hand (the first GroupNorm too) for the block that widens 16 channels to 32, against the library:
 
 # %%
 block = unet.down[4][0]
@@ -493,13 +495,14 @@ print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p i
 # the one grey channel into 16. On the way down, strided $3\times3$
 # convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
 # 7x7, where the channels are widest, sit most of the parameters and the self-attention layers.
-# On the way up, every block's input is wider than the previous part's output: the features saved
+# On the way up, every residual block's input is wider than the previous part's output: the features saved
 # at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
 # channels). These **skip connections** are why the shape is a U and not an hourglass: the
 # prediction must be right at every one of the 784 pixels, and the skips hand the up path the
-# full-resolution features that 7x7 cannot hold. Nearest-neighbour upsampling and a convolution
-# double the resolution; the head maps 16 channels back to one: the predicted velocity (for a
-# DDPM model, the noise).
+# full-resolution features directly instead of making it rebuild them from 7x7 (the design's
+# rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
+# double the resolution; the head maps 16 channels back to one: the predicted velocity (a DDPM
+# model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
 #
 # **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
 # An attention layer lets every one of the 49 positions read every other in one step. With one

@@ -125,8 +125,9 @@ for row in recipes["figures"]["rows"]:
           f"recognised {100 * row['recognised']:3.0f}%")
 
 # %% [markdown]
-# Predicting $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ (chapter 3) instead of
-# $\varepsilon$ helped most. The course's recipe study (`benchmarks/recipes.py`, written up in
+# (These recipes trained with batch 32 and lr $5\cdot10^{-3}$ and were sampled with DDIM-20.) Changing the
+# target from $\varepsilon$ to $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ (chapter 3) or to $x_0$
+# helped most; $v$ scored best by MNIST-FID, $x_0$ close behind, on one seed and 256 samples each. The course's recipe study (`benchmarks/recipes.py`, written up in
 # `benchmarks/RESULTS.md`) then compared whole families of recipes. Each got the number of training
 # steps that 10 minutes buy on 2 threads of the study's CPU, read from a measured speed table, and
 # each was scored on 1,000 samples (Heun's method with 25 steps for flow and EDM models, DDIM-50 for
@@ -238,14 +239,14 @@ display(show_grid(torch.cat([snapshots[s][:8] for s in snapshot_steps]),
 
 # %% [markdown]
 # What do minutes of training buy on a CPU like yours? `benchmarks/run.py --only budget` trained
-# the library's previous default recipe and the DDPM recipe this chapter trained before the study
+# the library's previous default recipe and a DDPM recipe an earlier version of this chapter trained
 # (16 base channels, cosine schedule, $v$ target, batch 32, lr $5\cdot10^{-3}$) against the clock and
 # scored the EMA model after each budget (256 samples each); the recipe study ran the new default for
 # 10 minutes of wall-clock time on 2 threads (1,000 samples). MNIST-FID depends on the sample count,
 # and so does its ratio to the floor, so compare figures only within one block; the blocks also come
 # from different machines and thread counts, printed with each. The wall-clock run made fewer steps
 # (4,107) than the study's step budget for the same recipe (5,464, from its speed table) and scored
-# correspondingly worse than its screening row above:
+# worse than its screening row above:
 
 # %%
 budget = load_measured("budget")
@@ -310,23 +311,23 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# The curve is U-shaped. The target is $\varepsilon - x_0$ at every $s$; what changes is how much of
-# it the input reveals. Near $s = 0$ the input is almost the clean digit and shows hardly any of the
-# noise, so the $\varepsilon$ part must be guessed; near $s = 1$ it is almost pure noise, so the $x_0$
-# part must be guessed; in between, both are partly visible. The longer-trained model is lower at
-# small and middle noise levels; at the highest levels the two nearly coincide. There the input
-# holds little of the digit, and training also visits those levels rarely (the logit-normal puts
-# about 1.4% of its draws above $s = 0.9$), so this plot alone cannot say how much of that loss is
-# unavoidable.
+# The loss is high at both ends and lowest near $s = 0.35$. The target is $\varepsilon - x_0$ at every $s$;
+# what changes is how much of it the input reveals. Near $s = 0$ the input is almost the clean digit
+# and shows the noise only faintly: where the image is known (the flat background) the noise can be
+# read off, elsewhere it must be guessed, so the loss is high but well below the 1 per pixel that
+# guessing everywhere would cost. Near $s = 1$ the input is almost pure noise, so the $x_0$ part must
+# be guessed; in between, both are partly visible. The committed model (longer-trained, and twice as
+# wide) is lower at small and middle noise levels; at the highest levels the two nearly coincide, since
+# there the input holds little of the digit. This plot alone cannot say how much of that loss is unavoidable.
 
 # %% [markdown]
 # ## 6. When samples go wrong
 #
-# "My samples are pure noise" is the question diffusion code raises most often. The usual causes are
-# a handful of mistakes, and each leaves its own signature in the samples. `python benchmarks/run.py
-# --only gallery` made each one for real: the default recipe trained for the same number of steps
-# with one thing changed, or the reference model sampled the wrong way, and scored it on 1,000 samples
-# as the recipe study does (the minutes it took are printed below: too long for this page, so the
+# When your own samples look wrong, the cause is often one of a handful of mistakes, and each leaves
+# its own signature in the samples. `python benchmarks/run.py --only gallery` made each one for real:
+# the default recipe trained for the same number of steps with one thing changed (rows 6-7 change the
+# whole recipe to DDPM with the $\varepsilon$ target, sampled with DDIM), or the reference model sampled
+# the wrong way, and scored on 1,000 samples against the same floor as the recipe study (the minutes it took are printed below: too long for this page, so the
 # pictures and figures are committed):
 
 # %%
@@ -352,12 +353,12 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 # - **Two sampling steps** (row 5). Blurred, averaged digits: each long step lands near the average of
 #   all the images the noise could still become. *Fix:* more steps (the default is 18 Heun steps), or a
 #   sampler built for few steps (chapters 5 and 7).
-# - **Noise prediction in few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
+# - **The $\varepsilon$ target, and few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
 #   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
 #   (compare the scores). *Fix:* the $v$ or the flow target (exercise 3 asks why they do better), and
 #   enough steps for the target you have.
 #
-# None of these gives "pure noise". When samples are pure noise, the model and the sampler usually
+# None of these is pure noise, though the tenfold learning rate comes close. When samples are pure noise, the model and the sampler usually
 # disagree about something basic, which none of these runs had wrong: the network's output read as the
 # wrong target (a velocity taken for $\varepsilon$), noise levels passed in the wrong range or order, or
 # a network that was never trained (built, but its weights never loaded). Even section 3's step-100
@@ -371,7 +372,7 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 # - The measured winner, and the library's default, is flow matching: $x_s = (1-s)x_0 + s\varepsilon$, regress $\varepsilon - x_0$. Divided by $\sqrt{(1-s)^2+s^2}$ it is a DDPM $x_t$, so DDPM's samplers apply.
 # - Snapshots of a longer run show the samples taking shape: scattered strokes after 100 steps, digit-like shapes by 1,000.
 # - Sample with the EMA of the weights (its decay warms up over the first thousands of steps); the loss depends strongly on the noise level.
-# - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction sampled in few steps stays grainy.
+# - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction stays blotchy even with DDIM-50 and grainier in 5 steps.
 #
 # ## Exercises
 #
@@ -400,8 +401,9 @@ ema_horizon = 1000
 exercises.check_ema_horizon(ema_horizon)
 
 # %% [markdown]
-# **Exercise 3 (open question).** In the measured DDPM recipes, predicting $v$ beat predicting
-# $\varepsilon$ for short training runs. Use chapter 3's identities: at which $t$ is
+# **Exercise 3 (open question).** In the measured DDPM recipes (sampled with DDIM-20), predicting $v$
+# beat predicting $\varepsilon$ for short training runs, and section 6 shows an $\varepsilon$ model losing more
+# again when sampled in few steps. Use chapter 3's identities: at which $t$ is
 # $\varepsilon$-prediction an awkward target for a small, briefly trained network (think of what
 # $\hat x_0$ a small error in $\hat\varepsilon$ implies), and why do $v$ and the flow's velocity
 # $\varepsilon - x_0$ avoid that?
