@@ -362,6 +362,7 @@ def study(args, device) -> dict:
     return {"runs": runs, **extra}
 
 
+UNCOND_STOCHASTIC = (("ddpm", 100),)  # mnist_uncond with DDPM's ancestral sampler on a respaced chain
 AUTOGUIDED = ((1000, 1.5), (1000, 2.0))  # (snapshot step of the weak model, autoguidance scale w) for mnist_uncond
 
 
@@ -378,6 +379,10 @@ def committed(args, device) -> dict:
                         "train_config": info["train_config"],
                         **score(model, info, sampler, sampler_steps, scales or (1.0,), n=n)}
     model, info = dl.pretrained("mnist_uncond", device)
+    for sampler, sampler_steps in UNCOND_STOCHASTIC:  # chapter 5's stochastic sampler, beside the default ODE solver
+        models[f"mnist_uncond, {sampler.upper()}-{sampler_steps}"] = {
+            "sampler": f"{sampler}-{sampler_steps}", "step": info["step"],
+            **score(model, info, sampler, sampler_steps, (1.0,), n=n)}
     snapshots = {int(p.stem.split("_")[1]): p for p in dl.pretrained_snapshots("mnist_uncond") if p.stem.startswith("step_")}
     sampler, sampler_steps = DEFAULT_SAMPLER[objective_of(info)]
     for weak_step, w in AUTOGUIDED:
