@@ -363,7 +363,7 @@ def study(args, device) -> dict:
 
 
 UNCOND_STOCHASTIC = (("ddpm", 100),)  # mnist_uncond with DDPM's ancestral sampler on a respaced chain
-AUTOGUIDED = ((1000, 1.5), (1000, 2.0))  # (snapshot step of the weak model, autoguidance scale w) for mnist_uncond
+AUTOGUIDED = ((1000, 1.5),)  # (snapshot step of the weak model, autoguidance scale w) for mnist_uncond
 
 
 def committed(args, device) -> dict:
