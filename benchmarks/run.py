@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -291,17 +292,17 @@ def gallery(args, device) -> dict:
              ("two sampling steps (Euler) on the reference model", (reference, config), "euler", 2),
              ("DDPM with eps-prediction, DDIM-5", eps_run := run(objective="ddpm", prediction="eps"), "ddim", 5),
              ("the same eps model, DDIM-50", eps_run, "ddim", 50)]
-    entries = []
+    entries, default = [], dataclasses.asdict(dl.TrainConfig())
     for name, (result, cfg), sampler, sampler_steps in cases:
-        entry = {"case": name, "sampler": f"{sampler}-{sampler_steps}", "changed": {k: v for k, v in cfg.__dict__.items()
-                                                                                   if getattr(dl.TrainConfig(), k) != v
-                                                                                   and k not in ("data", "steps", "save_every")}}
+        changed = {k: v for k, v in dataclasses.asdict(cfg).items()
+                   if v != default[k] and k not in ("data", "steps", "save_every")}
+        entry = {"case": name, "sampler": f"{sampler}-{sampler_steps}", "changed": changed}
         if isinstance(result, Exception):
             entries.append({**entry, "diverged": str(result)})
             continue
         samples, _ = dl.generate(result.ema_model, cfg.info(), 16, sampler, sampler_steps, seed=0)
         entries.append({**entry, "grid": encode_images(samples), **score(result.ema_model, cfg.info(), sampler, sampler_steps, n=n)})
-        print(name, {k: entry.get(k) for k in ("sampler",)}, flush=True)
+        print(name, entry["sampler"], flush=True)
     return {"steps": steps, "n": n, "entries": entries}
 
 
@@ -371,14 +372,14 @@ def committed(args, device) -> dict:
     from recipes import score  # the recipe study's scoring, so the committed models and the study compare
 
     n = 50 if args.quick else 1000
-    models = {}
+    models, loaded = {}, {}
     for name, scales in (("mnist_uncond", ()), ("mnist_cond", (0.5, 1.0, 2.0, 3.0))):
-        model, info = dl.pretrained(name, device)
+        model, info = loaded[name] = dl.pretrained(name, device)
         sampler, sampler_steps = DEFAULT_SAMPLER[objective_of(info)]
         models[name] = {"sampler": f"{sampler}-{sampler_steps}", "step": info["step"],
                         "train_config": info["train_config"],
                         **score(model, info, sampler, sampler_steps, scales or (1.0,), n=n)}
-    model, info = dl.pretrained("mnist_uncond", device)
+    model, info = loaded["mnist_uncond"]
     for sampler, sampler_steps in UNCOND_STOCHASTIC:  # chapter 5's stochastic sampler, beside the default ODE solver
         models[f"mnist_uncond, {sampler.upper()}-{sampler_steps}"] = {
             "sampler": f"{sampler}-{sampler_steps}", "step": info["step"],
