@@ -30,15 +30,15 @@ name noise by a real number instead (sigma, or s in [0, 1]); `continuous` says h
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
 from . import continuous, evaluation, inpainting, text
-from .data import load_mnist, make_toy
-from .evaluation import evaluate, mnist_fid
+from .data import load_fashion_mnist, load_folder, load_images, load_mnist, make_toy
+from .evaluation import evaluate, fid, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,
                       x0_from_eps, x0_from_v)
 from .guidance import guided_eps_fn
 from .ideal import gaussian_eps_fn, gaussian_x0, ideal_eps_fn, ideal_x0
 from .mlp import MLPConfig, MLPDenoiser
 from .models import as_eps_fn, as_eps_model, build_model
-from .pipeline import autoguided, generate
+from .pipeline import autoguided, generate, inpaint_images
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
 from .inpainting import inpaint, named_mask

@@ -15,18 +15,19 @@ import torch
 
 from .checkpoint import CheckpointError, check_sampler_info, load_model
 from .classifier import Classifier
-from .data import DATASETS, load_mnist
+from .data import DATASETS, is_image_data, load_images
 from .forward import PREDICTIONS
 from .inpainting import MASKS, named_mask
+from .models import arch_of
 from .continuous import OBJECTIVES
 from .outputs import OutputError, check_writable
 from .pipeline import (ALL_SAMPLERS, AUTOGUIDE_SCALE, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, autoguided,
-                       generate, inpaint_images, objective_of, parse_labels)
+                       generate, image_shape, inpaint_images, objective_of, parse_labels)
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
-from .training import (DDPM_PREDICTION, LOSS_WEIGHTS, MODEL_FILE, PRECISIONS, RECIPE_NETWORKS, TrainConfig, train,
-                       uses_bf16)
+from .training import (DDPM_PREDICTION, DENOISERS, LOSS_WEIGHTS, MODEL_FILE, PRECISIONS, RECIPE_NETWORKS, TrainConfig,
+                       train, uses_bf16)
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,12 +97,19 @@ def build_parser() -> Parser:
                              description="Train a denoiser: by default flow matching (the recipe study's winner), or DDPM "
                                          "(Algorithm 1) with --objective ddpm, or EDM. Resumes when OUT holds a run. "
                                          "Runs unchanged under 'torchrun --nproc_per_node N'.")
-    tr.add_argument("--data", required=True, choices=DATASETS, help="training data")
+    tr.add_argument("--data", required=True,
+                    help=f"training data: {', '.join(DATASETS)}, or folder:PATH, a folder of PNG or JPEG images "
+                         "(class subfolders make it labelled, for --conditional)")
+    tr.add_argument("--image-size", type=_positive_int, default=None,
+                    help="resize (shorter side) and centre-crop images to this square size (default: 28 for MNIST and "
+                         "Fashion-MNIST, 32 for a folder; a multiple of 4 for the default U-Net)")
+    tr.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                    help="1 grayscale or 3 RGB (default: 1 for MNIST and Fashion-MNIST, 3 for a folder)")
     tr.add_argument("--steps", required=True, type=_positive_int, help="total optimiser steps (a resumed run continues to this)")
     tr.add_argument("--out", required=True, type=Path, help="folder for model.safetensors and train_state.safetensors")
     tr.add_argument("--max-minutes", type=_positive_float, default=None,
                     help="stop early (with a checkpoint) after this many minutes of training; run again to resume")
-    tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (mnist only)")
+    tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (labelled image data)")
     tr.add_argument("--text", action="store_true",
                     help="caption-conditional U-Net (text encoder + cross-attention) on captions made from MNIST (mnist only)")
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
@@ -128,7 +136,8 @@ def build_parser() -> Parser:
     tr.add_argument("--snapshots", type=_step_list, default=(),
                     help="comma-separated steps at which to keep the EMA model in OUT/snapshots/, e.g. 100,500,2000")
     tr.add_argument("--arch", choices=("unet", "mlp", "pixelcnn", "classifier"), default=None,
-                    help="model to train (default: unet for mnist, mlp for 2-D data); pixelcnn and classifier use mnist")
+                    help="model to train (default: unet for images, mlp for 2-D data); pixelcnn uses mnist; classifier any "
+                         "labelled images (it is what 'evaluate' judges samples with)")
     tr.add_argument("--model-config", type=_json_object, default=None,
                     help="JSON overriding fields of the network, e.g. '{\"base_channels\": 24}' (the U-Net's default "
                          f"is the recipe's {json.dumps(RECIPE_NETWORKS['unet'])} over UNetConfig)")
@@ -138,8 +147,9 @@ def build_parser() -> Parser:
                     help="start afresh even where OUT holds a finished model without a training state (it is replaced)")
 
     sa = commands.add_parser("sample", help="sample from a checkpoint into an .npz",
-                             description="Sample from a trained checkpoint. Images are saved as float32 (N, 1, 28, 28) "
-                                         "in [-1, 1] under 'images' (2-D data: (N, 2) under 'points'); a conditional "
+                             description="Sample from a trained checkpoint. Images are saved as float32 (N, C, H, W) "
+                                         "(the model's shape; MNIST's is (N, 1, 28, 28)) in [-1, 1] under 'images' and "
+                                         "the data's name under 'data' (2-D data: (N, 2) under 'points'); a conditional "
                                          "model's labels as int64 (N,) under 'labels'; a text model's captions "
                                          "under 'prompts' (and, when each names a digit, those digits under 'labels').")
     sa.add_argument("--checkpoint", required=True, type=Path, help="a model.safetensors file, or a training --out folder")
@@ -165,8 +175,9 @@ def build_parser() -> Parser:
                          "times for several captions, used in turn for the N samples")
     sa.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same samples (default %(default)s)")
     sa.add_argument("--inpaint", default=None,
-                    help="fill in images instead of sampling from noise: an .npz with 'images' (N, 1, 28, 28) in [-1, 1] "
-                         "(and optionally 'mask'), or 'mnist-test' for the first N test digits (ddim only)")
+                    help="fill in images instead of sampling from noise: an .npz with 'images' (N, C, H, W) of the model's "
+                         "shape in [-1, 1] (and optionally 'mask'), or 'test' for the first N test images of the "
+                         "model's data ('mnist-test' also works for MNIST models) (ddim only)")
     sa.add_argument("--mask", default="top", choices=MASKS,
                     help="with --inpaint: the region to fill in, unless the .npz has a 'mask' (default %(default)s)")
     sa.add_argument("--resample", type=_positive_int, default=1, help="with --inpaint: RePaint tries per step (default 1)")
@@ -175,12 +186,16 @@ def build_parser() -> Parser:
                     help="images per network call: memory stays flat in --n; the samples do not depend on it "
                          "(default %(default)s)")
     sa.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
-    ev = commands.add_parser("evaluate", help="measure samples: MNIST-FID, class accuracy, histogram, diversity (JSON)",
-                             description="Print JSON: MNIST-FID against the MNIST test set with the real-vs-real baseline "
-                                         "at the same sample count, the class histogram, the within-class diversity, and, "
-                                         "when the file has 'labels', the fraction classified as the requested digit.")
-    ev.add_argument("samples", type=Path, help="an .npz with 'images' (N, 1, 28, 28) in [-1, 1] and optionally 'labels' (N,)")
-    ev.add_argument("--classifier", type=Path, default=None, help="classifier checkpoint (default: the committed one)")
+    ev = commands.add_parser("evaluate", help="measure samples: FID with its real floor, class accuracy, histogram, "
+                                              "diversity (JSON)",
+                             description="Print JSON: the FID in a classifier's features against the data's test set "
+                                         "(MNIST-FID for MNIST) with the real-vs-real baseline at the same sample count, "
+                                         "the class histogram, the within-class diversity, and, when the file has "
+                                         "'labels', the fraction classified as the requested class.")
+    ev.add_argument("samples", type=Path, help="an .npz from 'sample': 'images' (N, C, H, W) in [-1, 1], optionally "
+                                               "'labels' (N,) and 'data'")
+    ev.add_argument("--classifier", type=Path, default=None,
+                    help="classifier checkpoint (default: the committed one for the samples' data, MNIST or Fashion-MNIST)")
     return parser
 
 
@@ -194,6 +209,7 @@ def run_evaluate(args) -> None:
         if not hasattr(data, "files"):
             raise ValueError("it holds a single array (.npy), not named arrays")
         images, labels = data["images"], data["labels"] if "labels" in data.files else None
+        data_name = str(data["data"]) if "data" in data.files else None
     except (KeyError, ValueError, OSError, EOFError) as error:
         reason = "not an .npz file" if "pickle" in str(error) else str(error)
         raise ValueError(f"{args.samples} is not an .npz with an 'images' array ({reason}): make one with "
@@ -201,18 +217,25 @@ def run_evaluate(args) -> None:
     if images.dtype.kind != "f":
         raise ValueError(f"{args.samples}: 'images' must hold floats in [-1, 1], got dtype {images.dtype}")
     if labels is not None and labels.dtype.kind not in "iu":
-        raise ValueError(f"{args.samples}: 'labels' must hold whole digits 0-9, got dtype {labels.dtype}")
-    classifier = load_model(args.classifier)[0] if args.classifier else None
-    if classifier is not None and not isinstance(classifier, Classifier):
-        raise ValueError(f"--classifier {args.classifier} holds a {type(classifier).__name__}, not a classifier: "
-                         "leave --classifier out to use the committed mnist_classifier")
+        raise ValueError(f"{args.samples}: 'labels' must hold whole class numbers such as the digits 0-9, got dtype {labels.dtype}")
+    classifier, judged = None, None
+    if args.classifier:
+        classifier, classifier_info = load_model(args.classifier)
+        if not isinstance(classifier, Classifier):
+            raise ValueError(f"--classifier {args.classifier} holds a {type(classifier).__name__}, not a classifier: "
+                             "leave --classifier out to use the committed one for the samples' data")
+        judged = classifier_info.get("data", "mnist")
+        if data_name is not None and data_name != judged:
+            raise ValueError(f"{args.samples} holds {data_name} samples, but --classifier {args.classifier} was trained "
+                             f"on {judged}: give a classifier of {data_name}, or leave --classifier out")
+    data_name = data_name or judged or "mnist"  # files written before 'data' was saved hold MNIST digits
     result = evaluate(torch.from_numpy(images).float(), None if labels is None else torch.from_numpy(labels).long(),
-                      classifier)
+                      classifier, data_name)
     print(json.dumps(result, indent=2, allow_nan=False))
 
 
 def run_train(args) -> None:
-    config = TrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+    config = TrainConfig(data=args.data, image_size=args.image_size, channels=args.channels, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
                          precision=args.precision,
@@ -227,23 +250,27 @@ def run_train(args) -> None:
                    overwrite=args.overwrite)
     last = result.losses[-1] if result.losses else float("nan")
     precision = "bf16 autocast" if uses_bf16(config, pick_device(args.device)) else "float32"
-    print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s ({config.objective}, {precision}); "
+    what = config.objective if config.model_arch in DENOISERS else config.model_arch
+    print(f"trained to step {result.step} in {time.perf_counter() - start:.1f} s ({what}, {precision}); "
           f"last loss {last:.4f}; model in {args.out / MODEL_FILE}")
 
 
-def _inpaint_source(source: str, mask_name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (n, 1, 28, 28), mask) for --inpaint: the first n MNIST test digits, or an .npz of images."""
-    if source == "mnist-test":
-        images = load_mnist(train=False)[0]
+def _inpaint_source(source: str, mask_name: str, n: int, info: dict, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (n, C, H, W), mask) for --inpaint: the first n test images of the model's data, or an .npz of images."""
+    if source in ("test", "mnist-test"):
+        if source == "mnist-test" and info["data"] != "mnist":
+            raise ValueError(f"--inpaint mnist-test is for MNIST models; this one was trained on {info['data']}: "
+                             "use --inpaint test for its own test images")
+        images = load_images(info["data"], False, shape[0], shape[1])[0]
         if n > len(images):
-            raise ValueError(f"--inpaint mnist-test has {len(images)} test digits, fewer than --n {n}: lower --n")
+            raise ValueError(f"--inpaint {source} has {len(images)} test images, fewer than --n {n}: lower --n")
         return images[:n], named_mask(mask_name, images[:n].shape)
     try:
         data = np.load(source)
         images = torch.from_numpy(data["images"]).float()
         mask = torch.from_numpy(data["mask"]).float() if "mask" in data.files else None
     except (KeyError, ValueError, OSError) as error:
-        raise ValueError(f"--inpaint {source}: not 'mnist-test' or an .npz with an 'images' array: {error}") from error
+        raise ValueError(f"--inpaint {source}: not 'test' or an .npz with an 'images' array: {error}") from error
     if len(images) != n:
         raise ValueError(f"--inpaint {source} holds {len(images)} images but --n is {n}: make them equal")
     if not bool(images.isfinite().all()) or images.min() < -1 or images.max() > 1:
@@ -264,7 +291,7 @@ def _check_npz_out(path: Path) -> None:
 def run_sample(args) -> None:
     _check_npz_out(args.out)
     model, info = load_model(args.checkpoint, pick_device(args.device))
-    if not hasattr(model.config, "image_channels") and not hasattr(model.config, "data_dim"):
+    if arch_of(model) not in DENOISERS:
         hint = ("; sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python" if type(model).__name__ == "PixelCNN"
                 else "; give a checkpoint made by 'train --data mnist' (or a 2-D data set)")
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model{hint}")
@@ -295,14 +322,17 @@ def run_sample(args) -> None:
     if args.inpaint is not None:
         if args.sampler != "ddim":
             raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
-        images, mask = _inpaint_source(args.inpaint, args.mask, args.n)
+        images, mask = _inpaint_source(args.inpaint, args.mask, args.n, info, image_shape(model))
         samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
                                          args.seed, args.resample, prompts, batch_size=args.batch_size)
         arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
     else:
         samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
                                    args.seed, prompts=prompts, batch_size=args.batch_size)
-    arrays["images" if info["data"] == "mnist" else "points"] = samples.cpu().numpy().astype(np.float32)
+    if is_image_data(info["data"]):
+        arrays.update(images=samples.cpu().numpy().astype(np.float32), data=np.array(info["data"]))
+    else:
+        arrays["points"] = samples.cpu().numpy().astype(np.float32)
     if is_text:
         arrays["prompts"] = np.array(prompts)
         digits = [parse_caption(p)[0] for p in prompts]

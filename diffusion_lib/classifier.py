@@ -8,6 +8,9 @@ as every other model: `python -m diffusion_lib train --data mnist --arch classif
 | code          | meaning                                                  |
 | ------------- | -------------------------------------------------------- |
 | `features(x)` | the 128-d penultimate activations, (B, 128)              |
+
+The same network, with other `image_channels`, `image_size` and `num_classes`, judges Fashion-MNIST
+(`fashion_classifier`) or a labelled folder of one's own images.
 | `forward(x)`  | class logits, (B, 10), for images in [-1, 1]             |
 """
 
@@ -27,25 +30,32 @@ class ClassifierConfig:
     channels: int = 32
     feature_dim: int = 128
     num_classes: int | None = 10
+    image_channels: int = 1
+    image_size: int = 28  # a multiple of 4 (two 2x poolings)
+
+    def __post_init__(self):
+        if self.image_size < 4 or self.image_size % 4:
+            raise ValueError(f"the classifier's image_size must be a multiple of 4, got {self.image_size}")
 
 
 class Classifier(nn.Module):
-    """(conv-conv-pool) x 2 -> 128 features -> 10 logits, for (B, 1, 28, 28) images in [-1, 1]."""
+    """(conv-conv-pool) x 2 -> 128 features -> 10 logits, for (B, C, S, S) images in [-1, 1] (default (B, 1, 28, 28))."""
 
     def __init__(self, config: ClassifierConfig = ClassifierConfig()):
         super().__init__()
         self.config = c = config
         ch = c.channels
         self.body = nn.Sequential(
-            nn.Conv2d(1, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c.image_channels, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * ch, 2 * ch, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * ch * 7 * 7, c.feature_dim), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * ch * (c.image_size // 4) ** 2, c.feature_dim), nn.ReLU(),
         )
         self.head = nn.Linear(c.feature_dim, c.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"the classifier takes MNIST-shaped images (B, 1, 28, 28), got {tuple(x.shape)}")
+        shape = (self.config.image_channels, self.config.image_size, self.config.image_size)
+        if x.ndim != 4 or x.shape[1:] != shape:
+            raise ValueError(f"this classifier takes images of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
         return self.body(x)  # (B, feature_dim)
 
     def forward(self, x: torch.Tensor, t=None, labels=None) -> torch.Tensor:

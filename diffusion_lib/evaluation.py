@@ -1,4 +1,4 @@
-"""Measured sample quality: MNIST-FID, class accuracy, class histogram and diversity.
+"""Measured sample quality: MNIST-FID (or Fashion-MNIST-FID, ...), class accuracy, class histogram and diversity.
 
 FID (Heusel et al. 2017, Eq. 6) compares two sets of images through Gaussians fitted to their
 features:
@@ -6,7 +6,8 @@ features:
     FID = ||mu_1 - mu_2||^2 + Tr(C_1 + C_2 - 2 (C_1^{1/2} C_2 C_1^{1/2})^{1/2})
 
 Here the features are the committed MNIST classifier's 128-d penultimate activations
-("MNIST-FID"), not Inception's, and the reference set is the MNIST test set. FID is biased
+("MNIST-FID"), not Inception's, and the reference set is the MNIST test set. Other data sets are judged
+the same way by a classifier of their own (`committed_classifier`: `fashion_classifier` for Fashion-MNIST). FID is biased
 upwards at small sample counts, so `evaluate` always reports beside it the FID of the same
 number of *real* training digits against the same reference: a sample set is only as good as
 its distance to that baseline.
@@ -26,12 +27,12 @@ import torch
 
 from .checkpoint import pretrained
 from .classifier import Classifier
-from .data import load_mnist
+from .data import load_images
 
 
 @torch.no_grad()
 def features(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Penultimate-layer features (N, D), float64, of images (N, 1, 28, 28) in [-1, 1]."""
+    """Penultimate-layer features (N, D), float64, of images (N, C, H, W) in [-1, 1] of the classifier's shape."""
     classifier.eval()
     device = next(classifier.parameters()).device
     return torch.cat([classifier.features(images[i:i + batch_size].to(device)).double().cpu()
@@ -58,23 +59,51 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     return float(((mu1 - mu2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * torch.trace(cross))
 
 
-@lru_cache(maxsize=2)
-def _reference(classifier: Classifier):
-    test_images, _ = load_mnist(train=False)
+COMMITTED_CLASSIFIERS = {"mnist": "mnist_classifier", "fashion-mnist": "fashion_classifier"}
+
+
+def committed_classifier(data: str = "mnist") -> Classifier:
+    """The committed judge of a data set's images; a folder of one's own needs a classifier trained on it."""
+    if data not in COMMITTED_CLASSIFIERS:
+        raise ValueError(f"no committed classifier judges {data!r}: train one with 'python -m diffusion_lib train "
+                         f"--data {data} --arch classifier' (it needs class subfolders) and pass it as --classifier")
+    return pretrained(COMMITTED_CLASSIFIERS[data])[0]
+
+
+def _shaped(data: str, train: bool, classifier: Classifier):
+    c = classifier.config
+    return load_images(data, train, c.image_channels, c.image_size)
+
+
+@lru_cache(maxsize=4)
+def _reference(classifier: Classifier, data: str):
+    test_images, _ = _shaped(data, False, classifier)
     return gaussian_stats(features(classifier, test_images))
+
+
+def fid(images: torch.Tensor, classifier: Classifier, data: str = "mnist") -> float:
+    """FID of images in `classifier`'s features against `data`'s test set (a folder: all of its images).
+
+    With the MNIST classifier and data this is MNIST-FID; with `fashion_classifier`, Fashion-MNIST-FID.
+    """
+    mu, cov = gaussian_stats(features(classifier, images))
+    return frechet_distance(mu, cov, *_reference(classifier, data))
 
 
 def mnist_fid(images: torch.Tensor, classifier: Classifier) -> float:
     """MNIST-FID of images against the 10,000 MNIST test digits."""
-    mu, cov = gaussian_stats(features(classifier, images))
-    return frechet_distance(mu, cov, *_reference(classifier))
+    return fid(images, classifier, "mnist")
 
 
-def real_baseline_fid(n: int, classifier: Classifier, seed: int = 0) -> float:
-    """MNIST-FID of n random real training digits: the best a sample set of size n can expect."""
-    train_images, _ = load_mnist(train=True)
+def real_baseline_fid(n: int, classifier: Classifier, seed: int = 0, data: str = "mnist") -> float:
+    """The FID of n random real training images: the best a sample set of size n can expect.
+
+    A folder has no test split, so its floor draws n of the very images it is compared with and is lower
+    than a held-out set's would be.
+    """
+    train_images, _ = _shaped(data, True, classifier)
     index = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
-    return mnist_fid(train_images[index], classifier)
+    return fid(train_images[index], classifier, data)
 
 
 def diversity(images: torch.Tensor, classes: torch.Tensor) -> float:
@@ -90,10 +119,19 @@ def diversity(images: torch.Tensor, classes: torch.Tensor) -> float:
     return float(torch.stack(per_class).mean())
 
 
-def evaluate(images: torch.Tensor, labels: torch.Tensor | None = None, classifier: Classifier | None = None) -> dict:
-    """Every figure `python -m diffusion_lib evaluate` prints, as a dict."""
-    if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
-        raise ValueError(f"expected MNIST-shaped images (N, 1, 28, 28), got {tuple(images.shape)}")
+def evaluate(images: torch.Tensor, labels: torch.Tensor | None = None, classifier: Classifier | None = None,
+             data: str = "mnist") -> dict:
+    """Every figure `python -m diffusion_lib evaluate` prints, as a dict: `fid` against `data`'s test images
+    (also as `mnist_fid` for MNIST) with its real floor at the same n, and the judge's class figures.
+
+    `classifier` None takes the committed one for `data` (`committed_classifier`).
+    """
+    classifier = classifier if classifier is not None else committed_classifier(data)
+    c = classifier.config
+    shape = (c.image_channels, c.image_size, c.image_size)
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise ValueError(f"the classifier judges images of shape (N, {', '.join(map(str, shape))}), "
+                         f"got {tuple(images.shape)}")
     if len(images) < 2:
         raise ValueError(f"need at least 2 images to measure (FID needs a covariance), got {len(images)}")
     if not bool(images.isfinite().all()):
@@ -102,16 +140,19 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | None = None, classifie
         raise ValueError(f"images must lie in [-1, 1], got values in [{images.min():.2f}, {images.max():.2f}]")
     if labels is not None and labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
-    if labels is not None and (labels.is_floating_point() or labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"labels must be whole digits 0-9, got {labels.dtype} values in [{labels.min()}, {labels.max()}]")
-    classifier = classifier if classifier is not None else pretrained("mnist_classifier")[0]
+    if labels is not None and (labels.is_floating_point() or labels.min() < 0 or labels.max() >= c.num_classes):
+        raise ValueError(f"labels must be whole classes 0-{c.num_classes - 1}, got {labels.dtype} values in "
+                         f"[{labels.min()}, {labels.max()}]")
     with torch.no_grad():
         predicted = torch.cat([classifier(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
+    distance = fid(images, classifier, data)
     result = {
         "n": len(images),
-        "mnist_fid": mnist_fid(images, classifier),
-        "real_baseline_fid": real_baseline_fid(len(images), classifier),
-        "class_histogram": torch.bincount(predicted, minlength=10).tolist(),
+        "data": data,
+        "fid": distance,
+        **({"mnist_fid": distance} if data == "mnist" else {}),
+        "real_baseline_fid": real_baseline_fid(len(images), classifier, data=data),
+        "class_histogram": torch.bincount(predicted, minlength=c.num_classes).tolist(),
         "diversity": diversity(images, predicted),
     }
     if labels is not None:

@@ -78,7 +78,7 @@ class AutoGuided(nn.Module):
         super().__init__()
         if not w >= 0:
             raise ValueError(f"autoguidance scale w must be >= 0 (1 = the model alone, >1 guided), got {w}")
-        for field in ("image_channels", "num_classes", "text_dim", "data_dim"):
+        for field in ("image_channels", "image_size", "num_classes", "text_dim", "data_dim"):
             if getattr(model.config, field, None) != getattr(weak.config, field, None):
                 raise ValueError(f"the weak model must take the same inputs as the model: {field} is "
                                  f"{getattr(weak.config, field, None)} there, {getattr(model.config, field, None)} here")

@@ -14,6 +14,7 @@ import torch
 from .checkpoint import check_sampler_info
 from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, flow_velocity,
                          karras_sigmas, ode_sample)
+from .data import is_image_data
 from .guidance import AutoGuided, guided_eps_fn
 from .inpainting import inpaint
 from .models import as_eps_model
@@ -50,6 +51,11 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
     if any(v < 0 or v >= num_classes for v in values):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {text!r}")
     return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.long)
+
+
+def image_shape(model) -> tuple[int, int, int]:
+    """(channels, height, width) of the images an image model generates (28x28 for checkpoints that predate the field)."""
+    return model.config.image_channels, model.config.image_size, model.config.image_size
 
 
 def _native_fn(model, info: dict):
@@ -161,8 +167,8 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    is_image = info["data"] == "mnist"
-    shape = (n, model.config.image_channels, 28, 28) if is_image else (n, model.config.data_dim)
+    is_image = is_image_data(info["data"])
+    shape = (n, *image_shape(model)) if is_image else (n, model.config.data_dim)
     if sampler in ODE_SAMPLERS:
         if eta:
             raise ValueError("eta applies to the ddim sampler only")
@@ -197,16 +203,17 @@ def _ode_generate(native, objective: str, shape, sampler: str, steps, generator,
 def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,
                    guidance=None, labels=None, seed: int = 0, resample: int = 1, prompts=None,
                    batch_size: int = DEFAULT_BATCH):
-    """Fill the pixels of `images` (N, 1, 28, 28) where `mask` is 0 (see `inpainting.inpaint`).
+    """Fill the pixels of `images` (N, C, H, W) (the model's shape) where `mask` is 0 (see `inpainting.inpaint`).
 
     A conditional model can be asked for `labels` (a text model for `prompts`) with `guidance`, as in `generate`.
     Returns (completed images clipped to [-1, 1], labels or None).
     """
     check_sampler_info(info, "the model's checkpoint")
-    if info["data"] != "mnist":
-        raise ValueError("inpainting needs an image model (trained with --data mnist)")
-    if images.ndim != 4 or images.shape[1:] != (model.config.image_channels, 28, 28):
-        raise ValueError(f"images must have shape (N, {model.config.image_channels}, 28, 28), got {tuple(images.shape)}")
+    if not is_image_data(info["data"]):
+        raise ValueError(f"inpainting needs an image model, not one of 2-D points ({info['data']})")
+    if images.ndim != 4 or images.shape[1:] != image_shape(model):
+        raise ValueError(f"images must have the model's shape (N, {', '.join(map(str, image_shape(model)))}), "
+                         f"got {tuple(images.shape)}")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts, batch_size=batch_size)

@@ -46,7 +46,7 @@ from torch import nn
 from .classifier import classifier_loss
 from .continuous import OBJECTIVES, edm_loss, flow_loss
 from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors
-from .data import DATASETS, TOY_DATASETS, load_mnist, make_toy
+from .data import FOLDER, TOY_DATASETS, check_data_name, default_shape, image_classes, load_images, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
 from .models import build_model
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
@@ -76,7 +76,9 @@ PREVIOUS_DEFAULTS = {"batch_size": 128, "lr": 1e-3, "schedule": "linear", "predi
 class TrainConfig:
     """One training run. `model`: None for the recipe's network, or fields over the architecture's config defaults."""
 
-    data: str = "mnist"
+    data: str = "mnist"  # or fashion-mnist, folder:PATH, or a 2-D set (data.DATASETS)
+    image_size: int | None = None  # None: the data's own (28 for MNIST and Fashion-MNIST, 32 for a folder)
+    channels: int | None = None  # None: the data's own (1 for MNIST and Fashion-MNIST, 3 for a folder)
     steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
@@ -101,8 +103,17 @@ class TrainConfig:
     def __post_init__(self):
         if self.prediction is None and self.objective == "ddpm":
             object.__setattr__(self, "prediction", DDPM_PREDICTION)
+        check_data_name(self.data)
+        if self.data.startswith(FOLDER):  # stored absolute, so that samples and checkpoints name it from anywhere
+            object.__setattr__(self, "data", FOLDER + str(Path(self.data[len(FOLDER):]).expanduser().resolve()))
+        image_data, mnist = self.data not in TOY_DATASETS, self.data == "mnist"
         checks = [
-            (self.data in DATASETS, f"unknown data {self.data!r}: choose one of {', '.join(DATASETS)}"),
+            (image_data or (self.image_size is None and self.channels is None),
+             f"--image-size and --channels are for image data, not the 2-D set {self.data!r}"),
+            (self.channels in (None, 1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}"),
+            (self.image_size is None or self.image_size >= 4, f"image_size must be at least 4, got {self.image_size}"),
+            (not set(self.model or {}) & {"image_channels", "image_size", "num_classes"},
+             "set the image shape with --image-size and --channels, and classes through the data, not --model-config"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
             (self.prediction in PREDICTIONS + (None,),
              f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
@@ -122,16 +133,24 @@ class TrainConfig:
             (all(1 <= s <= self.steps for s in self.snapshots),
              f"snapshots must be steps between 1 and steps={self.steps}, got {list(self.snapshots)}"),
             (0 <= self.label_dropout < 1, "label_dropout must lie in [0, 1)"),
-            (not ((self.conditional or self.text) and self.data in TOY_DATASETS),
-             f"--conditional or --text needs labelled data (mnist), not {self.data!r}"),
+            (not ((self.conditional or self.text) and not image_data),
+             f"--conditional or --text needs labelled images, not the 2-D set {self.data!r}"),
+            (not self.text or mnist, f"--text trains on captions of MNIST digits: use --data mnist, not {self.data!r}"),
             (not (self.conditional and self.text), "choose --conditional (labels) or --text (captions), not both"),
             (self.arch in (None,) + DENOISERS + IMAGE_MODELS, f"unknown arch {self.arch!r}: choose one of {', '.join(DENOISERS + IMAGE_MODELS)}"),
-            (self.arch not in IMAGE_MODELS or (self.data == "mnist" and not self.conditional and not self.text),
-             f"arch {self.arch!r} trains on mnist and takes no --conditional or --text"),
+            (self.arch != "pixelcnn" or (mnist and self.image_size in (None, 28) and self.channels in (None, 1)),
+             "arch pixelcnn models binarised MNIST digits at 28x28: use --data mnist without --image-size or --channels"),
+            (self.arch not in IMAGE_MODELS or not (self.conditional or self.text),
+             f"arch {self.arch!r} takes no --conditional or --text"),
+            (self.arch != "classifier" or image_data, "arch classifier needs labelled images"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        classes = self.classes()  # also checks that a folder exists and holds images
+        if (self.conditional or self.arch == "classifier") and classes is None:
+            raise ValueError(f"{self.data[len(FOLDER):]} has no class subfolders, so --conditional and the classifier "
+                             "have no labels to learn: put each class's images in a subfolder of its own")
 
     @property
     def model_arch(self) -> str:
@@ -139,9 +158,28 @@ class TrainConfig:
             return self.arch
         return "mlp" if self.data in TOY_DATASETS else "unet"
 
+    def image_shape(self) -> tuple[int, int] | None:
+        """(channels, size) of the images the run trains on, or None for 2-D data."""
+        if self.data in TOY_DATASETS:
+            return None
+        channels, size = default_shape(self.data)
+        return self.channels or channels, self.image_size or size
+
     def model_config(self) -> dict:
-        condition = {"num_classes": 10} if self.conditional else {"text_dim": 64} if self.text else {}
-        return {**condition, **(RECIPE_NETWORKS.get(self.model_arch, {}) if self.model is None else self.model)}
+        """The network's config fields: the data's shape and classes, then the recipe's network or `model`."""
+        shape, classes = self.image_shape(), self.classes()
+        fields = {}
+        if shape and self.model_arch in ("unet", "classifier"):
+            fields = {"image_channels": shape[0], "image_size": shape[1]}
+        if self.conditional or self.model_arch == "classifier":
+            fields["num_classes"] = len(classes)
+        if self.text:
+            fields["text_dim"] = 64
+        return {**fields, **(RECIPE_NETWORKS.get(self.model_arch, {}) if self.model is None else self.model)}
+
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names of the training data (for a folder, its class subfolders), or None."""
+        return None if self.data in TOY_DATASETS else image_classes(self.data)
 
     @classmethod
     def from_stored(cls, stored: dict) -> "TrainConfig":
@@ -166,6 +204,8 @@ class TrainConfig:
         prediction = self.prediction if self.objective == "ddpm" else self.objective  # what the network outputs
         info = {"schedule": self.schedule, "T": self.T, "prediction": prediction, "objective": self.objective,
                 "data": self.data, "train_config": dataclasses.asdict(self)}
+        if self.conditional or self.model_arch == "classifier":
+            info["classes"] = list(self.classes())
         if self.text:
             info["text"] = {"thresholds": mnist_caption_data()[1],
                             "held_out": [[d, *pair] for d, pair in HELD_OUT.items()]}
@@ -225,8 +265,8 @@ class TrainResult:
 
 def load_training_data(config: TrainConfig):
     """(x (N, ...) float32, labels (N,) or None) for the configured data set."""
-    if config.data == "mnist":
-        return load_mnist(train=True)
+    if config.data not in TOY_DATASETS:
+        return load_images(config.data, True, *config.image_shape())
     return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
 
 

@@ -1,4 +1,4 @@
-"""A small U-Net noise predictor for 28x28 images, sized to train on a laptop CPU.
+"""A small U-Net noise predictor for images (28x28 gray by default, any size and 1 or 3 channels), sized for a laptop CPU.
 
 Architecture (DDPM Appendix B, shrunk; Ronneberger et al. 2015 for the U shape):
 
@@ -35,6 +35,7 @@ class UNetConfig:
     """Everything needed to rebuild a U-Net; stored in checkpoints."""
 
     image_channels: int = 1
+    image_size: int = 28  # the height and width it generates; a multiple of 2^(levels - 1)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 1, 2)
     num_res_blocks: int = 1
@@ -49,6 +50,12 @@ class UNetConfig:
     def __post_init__(self):
         if self.num_classes and self.text_dim:
             raise ValueError("a U-Net is conditioned on labels (num_classes) or on text (text_dim), not both")
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if self.image_size < factor or self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of {factor}, as a U-Net of "
+                             f"{len(self.channel_mults)} levels needs: choose for example {factor * 7} or {factor * 8}")
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got {self.image_channels}")
 
     @property
     def time_dim(self) -> int:

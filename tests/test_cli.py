@@ -37,7 +37,7 @@ def test_sample_writes_the_documented_npz(mnist_runs, tmp_path, sampler):
                  "--steps", "10", "--n", "8", "--out", str(out))
     assert result.returncode == 0, result.stderr
     data = np.load(out)
-    assert set(data.files) == {"images"}
+    assert set(data.files) == {"images", "data"} and str(data["data"]) == "mnist"
     images = data["images"]
     assert images.shape == (8, 1, 28, 28) and images.dtype == np.float32
     assert images.min() >= -1 and images.max() <= 1
@@ -59,7 +59,7 @@ def test_inpaint_keeps_the_known_pixels_and_writes_originals_and_mask(mnist_runs
                  "--inpaint", "mnist-test", "--mask", "left", "--labels", "7", "--guidance", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     data = np.load(out)
-    assert set(data.files) == {"images", "originals", "mask", "labels"} and data["images"].shape == (4, 1, 28, 28)
+    assert set(data.files) == {"images", "data", "originals", "mask", "labels"} and data["images"].shape == (4, 1, 28, 28)
     keep = data["mask"] == 1
     assert keep.mean() == 0.5 and np.array_equal(data["images"][keep], data["originals"][keep])
     assert not np.array_equal(data["images"][~keep], data["originals"][~keep])
@@ -77,7 +77,7 @@ def test_prompts_for_a_text_model(mnist_runs, tmp_path):
                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     data = np.load(out)
-    assert set(data.files) == {"images", "prompts", "labels"} and data["images"].shape == (3, 1, 28, 28)
+    assert set(data.files) == {"images", "data", "prompts", "labels"} and data["images"].shape == (3, 1, 28, 28)
     assert data["prompts"].tolist() == ["a thick seven", "one written slanted", "a thick seven"]
     assert data["labels"].tolist() == [7, 1, 7]  # the digits asked for, so 'evaluate' checks them
     result = run("sample", "--checkpoint", str(mnist_runs / "text"), "--sampler", "ddim", "--steps", "3", "--n", "2",
@@ -96,8 +96,8 @@ def test_help_documents_every_option():
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--data", "mnist", "--steps", "0", "--out", "x"], "must be a positive integer"),
-    (["train", "--data", "cifar", "--steps", "3", "--out", "x"], "invalid choice: 'cifar'"),
-    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--conditional"], "needs labelled data"),
+    (["train", "--data", "cifar", "--steps", "3", "--out", "x"], "unknown data 'cifar'"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--conditional"], "needs labelled images"),
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--wat"], "unrecognized arguments: --wat"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "lms", "--n", "2", "--out", "x.npz"], "invalid choice: 'lms'"),
@@ -117,7 +117,7 @@ def test_help_documents_every_option():
     (["sample", "--checkpoint", "COND", "--sampler", "dpm-solver++", "--eta", "1", "--n", "2", "--out", "x.npz"], "ddim only"),
     (["train", "--data", "moons", "--steps", "3", "--out", "x", "--max-minutes", "0"], "--max-minutes: must be a positive number"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddpm", "--n", "2", "--inpaint", "mnist-test", "--out", "x.npz"], "--sampler ddim"),
-    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--inpaint", "nothing.npz", "--out", "x.npz"], "not 'mnist-test'"),
+    (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--inpaint", "nothing.npz", "--out", "x.npz"], "not 'test' or an .npz"),
     (["sample", "--checkpoint", "CKPT", "--sampler", "ddim", "--n", "2", "--inpaint", "mnist-test", "--mask", "middle", "--out", "x.npz"], "invalid choice: 'middle'"),
     (["sample", "--checkpoint", "pyproject.toml", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "truncated or corrupt"),
 ])

@@ -58,7 +58,7 @@ def test_accuracy_histogram_and_diversity(classifier):
 
 
 def test_evaluate_rejects_bad_input(classifier):
-    with pytest.raises(ValueError, match=r"MNIST-shaped images \(N, 1, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"judges images of shape \(N, 1, 28, 28\), got \(4, 28, 28\)"):
         evaluation.evaluate(torch.zeros(4, 28, 28), classifier=classifier)
     with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
         evaluation.evaluate(torch.full((4, 1, 28, 28), 255.0), classifier=classifier)
@@ -74,7 +74,9 @@ def test_evaluate_command_prints_json(tmp_path):
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert set(result) == {"n", "mnist_fid", "real_baseline_fid", "class_histogram", "diversity", "accuracy"}
+    assert set(result) == {"n", "data", "fid", "mnist_fid", "real_baseline_fid", "class_histogram", "diversity",
+                           "accuracy"}
+    assert result["data"] == "mnist" and result["fid"] == result["mnist_fid"]
     assert result["n"] == 200 and result["accuracy"] > 0.95
     missing = subprocess.run([sys.executable, "-m", "diffusion_lib", "evaluate", str(tmp_path / "nope.npz")],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

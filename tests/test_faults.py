@@ -264,7 +264,7 @@ def test_messages_for_bad_files_and_options(tmp_path, capsys, uncond):
     cases = [
         (["evaluate", tmp_path / "empty.npz"], "at least 2 images"),
         (["evaluate", tmp_path / "strings.npz"], "must hold floats"),
-        (["evaluate", tmp_path / "strlabels.npz"], "whole digits 0-9"),
+        (["evaluate", tmp_path / "strlabels.npz"], "whole class numbers such as the digits 0-9"),
         (["evaluate", tmp_path / "plain.npy"], "not an .npz"),
         (["evaluate", tmp_path / "text.npz"], "not an .npz"),
         (["evaluate", tmp_path / "ok.npz", "--classifier", uncond], "not a classifier"),

@@ -121,7 +121,7 @@ def test_the_defaults_are_the_study_winner_and_stored_runs_keep_their_meaning():
     """TrainConfig() is flow matching on a 16-channel U-Net; a run stored before a field existed reads its old value."""
     new = TrainConfig()
     assert (new.objective, new.batch_size, new.lr, new.prediction, new.model_config()) == \
-        ("flow", 64, 2e-3, None, {"base_channels": 16})
+        ("flow", 64, 2e-3, None, {"base_channels": 16, "image_channels": 1, "image_size": 28})
     assert TrainConfig(objective="ddpm").info()["prediction"] == "v"
     assert TrainConfig(data="moons").model_config() == {}  # the recipe's network is the U-Net's
     # as mnist_cond stored its config in session 1: no objective, loss_weight or precision yet
@@ -130,7 +130,7 @@ def test_the_defaults_are_the_study_winner_and_stored_runs_keep_their_meaning():
               "label_dropout": 0.1, "seed": 0, "save_every": 250, "model": {}}
     old = TrainConfig.from_stored(stored)
     assert (old.objective, old.precision, old.loss_weight, old.prediction, old.model_config()) == \
-        ("ddpm", "fp32", "none", "eps", {"num_classes": 10})
+        ("ddpm", "fp32", "none", "eps", {"num_classes": 10, "image_channels": 1, "image_size": 28})
     with pytest.raises(ValueError, match="target of objective ddpm"):  # read naively, it is refused, not misread
         TrainConfig(**stored)
     # a flow run stored while prediction was still recorded for every objective
@@ -208,9 +208,9 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown data 'cifar'"):
         TrainConfig(data="cifar")
-    with pytest.raises(ValueError, match="--conditional or --text needs labelled data"):
+    with pytest.raises(ValueError, match="--conditional or --text needs labelled images"):
         TrainConfig(data="moons", conditional=True)
-    with pytest.raises(ValueError, match="--conditional or --text needs labelled data"):
+    with pytest.raises(ValueError, match="--conditional or --text needs labelled images"):
         TrainConfig(data="moons", text=True)
     with pytest.raises(ValueError, match="not both"):
         TrainConfig(conditional=True, text=True)
@@ -232,8 +232,10 @@ def test_the_train_command_trains_the_other_mnist_models(arch):
                          model={"channels": 8} if arch == "pixelcnn" else {"channels": 8, "feature_dim": 32})
     result = train(config, progress=False)
     assert sum(result.losses[-5:]) / 5 < 0.7 * sum(result.losses[:5]) / 5, (result.losses[:5], result.losses[-5:])
-    with pytest.raises(ValueError, match="trains on mnist and takes no --conditional"):
+    with pytest.raises(ValueError, match="MNIST digits at 28x28" if arch == "pixelcnn" else "needs labelled images"):
         TrainConfig(data="moons", arch=arch)
+    with pytest.raises(ValueError, match=f"arch '{arch}' takes no --conditional"):
+        TrainConfig(data="mnist", arch=arch, conditional=True)
     with pytest.raises(ValueError, match="unknown arch 'gan'"):
         TrainConfig(arch="gan")
 

@@ -1,6 +1,9 @@
-"""Chapter 4 helpers: a live loss plot for the training loop, the training-snapshot slider's view, the loss by noise level."""
+"""Chapter 4 helpers: a live loss plot for the training loop, the training-snapshot slider's view, the loss by noise level,
+and a folder of images to train on (section 7)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,3 +112,22 @@ def gallery_figure(entries: list[dict], per_row: int = 8) -> Figure:
         for ax, image in zip(row[1:], images):
             ax.imshow(to_numpy_image(image), cmap="gray", vmin=0, vmax=1)
     return fig
+
+
+def write_image_folder(images: torch.Tensor, folder: str | Path) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as PNG files 000.png, 001.png, ... in `folder` (a stand-in for your own)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
+    for i, image in enumerate(pixels):
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def nearest_distances(samples: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance (N,), index (N,)) of each sample's nearest image, as root-mean-square pixel distance in [-1, 1] units."""
+    distances = torch.cdist(samples.flatten(1).double(), images.flatten(1).double()) / samples[0].numel() ** 0.5
+    return distances.min(1)

@@ -8,8 +8,10 @@ from matplotlib.figure import Figure
 
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
-    """(1, H, W) or (H, W) tensor in [-1, 1] -> (H, W) array in [0, 1] for imshow."""
-    return ((image.detach().float().cpu().reshape(image.shape[-2:]) + 1) / 2).clamp(0, 1).numpy()
+    """(1, H, W) or (H, W) tensor in [-1, 1] -> (H, W) array in [0, 1] for imshow; (3, H, W) -> (H, W, 3)."""
+    image = image.detach().float().cpu()
+    image = image.permute(1, 2, 0) if image.ndim == 3 and image.shape[0] == 3 else image.reshape(image.shape[-2:])
+    return ((image + 1) / 2).clamp(0, 1).numpy()
 
 
 def image_grid(images: torch.Tensor, ncols: int = 8, pad: int = 2) -> np.ndarray:
