@@ -169,7 +169,7 @@ def build_parser() -> Parser:
                          "the model away from (autoguidance, Karras et al. 2024; works without labels)")
     sa.add_argument("--autoguide-scale", type=_non_negative_float, default=None,
                     help=f"with --autoguide: weak + w (model - weak); 1 = the model alone (default {AUTOGUIDE_SCALE})")
-    sa.add_argument("--labels", default=None, help="'0,3,7' (repeated to N) or 'all' (cycles 0..9); default: random")
+    sa.add_argument("--labels", default=None, help="'0,3,7' (repeated to N) or 'all' (cycles through the model's classes); default: random")
     sa.add_argument("--prompt", action="append", default=None,
                     help="for a text model (trained with --text): a caption such as 'a thick seven'; give it several "
                          "times for several captions, used in turn for the N samples")
@@ -293,7 +293,7 @@ def run_sample(args) -> None:
     model, info = load_model(args.checkpoint, pick_device(args.device))
     if arch_of(model) not in DENOISERS:
         hint = ("; sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python" if type(model).__name__ == "PixelCNN"
-                else "; give a checkpoint made by 'train --data mnist' (or a 2-D data set)")
+                else "; give a checkpoint made by 'python -m diffusion_lib train' without --arch (a denoiser)")
         raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, not a diffusion model{hint}")
     check_sampler_info(info, args.checkpoint)
     if args.autoguide is not None:

@@ -111,6 +111,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     info = _read_info(metadata, path, denoiser=metadata["arch"] in ("unet", "mlp"))
     model = build_model(metadata["arch"], config)
     _load_state(model, tensors, path)
+    if metadata["arch"] == "classifier":  # what it judges (`evaluation.judged_data`); MNIST before this was stored
+        model.trained_on = info.get("data", "mnist")
     return model.to(device).eval(), info
 
 

@@ -1,4 +1,4 @@
-"""A small MNIST classifier: the course's independent judge of generated digits.
+"""A small image classifier: the course's independent judge of generated digits (and clothes, and your own images).
 
 Chapters use it to ask "is this sample recognisably a digit, and which?", and its
 penultimate-layer features give a Frechet distance in a space that knows about digits
@@ -8,10 +8,11 @@ as every other model: `python -m diffusion_lib train --data mnist --arch classif
 | code          | meaning                                                  |
 | ------------- | -------------------------------------------------------- |
 | `features(x)` | the 128-d penultimate activations, (B, 128)              |
+| `forward(x)`  | class logits, (B, num_classes), for images in [-1, 1]    |
 
 The same network, with other `image_channels`, `image_size` and `num_classes`, judges Fashion-MNIST
-(`fashion_classifier`) or a labelled folder of one's own images.
-| `forward(x)`  | class logits, (B, 10), for images in [-1, 1]             |
+(`fashion_classifier`, trained with `--data fashion-mnist --arch classifier`) or a labelled folder of
+one's own images.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Classifier(nn.Module):
 
 
 def classifier_loss(model: Classifier, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the digit labels."""
+    """Cross-entropy of the class labels."""
     return F.cross_entropy(model(x), labels)
 
 

@@ -26,6 +26,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,7 +72,6 @@ def data_root() -> tuple[Path, bool]:
     if (REPO_DATA / "MNIST" / "raw").is_dir():
         return REPO_DATA, False
     return CACHE_DATA, True
-
 
 
 def load_mnist(train: bool = True, root: str | Path | None = None, download: bool | None = None):
@@ -170,7 +170,8 @@ def image_classes(name: str) -> tuple[str, ...] | None:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    """A PNG or JPEG file, not hidden (macOS writes ._NAME companions that are not images)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def _folder(path: str | Path) -> Path:
@@ -183,7 +184,7 @@ def _folder(path: str | Path) -> Path:
 def _class_folders(root: Path) -> tuple[list[Path], tuple[str, ...]]:
     """(the images directly in root, the names of its subfolders that hold images), with one-line errors."""
     loose = sorted(p for p in root.iterdir() if _is_image(p))
-    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__MACOSX"))
                            and any(_is_image(p) for p in d.iterdir())))
     if loose and classes:
         raise ValueError(f"{root} holds both images ({loose[0].name}, ...) and class subfolders ({classes[0]}, ...): "
@@ -220,13 +221,27 @@ def _read_folder(stamp: tuple, channels: int, size: int) -> torch.Tensor:
     return torch.stack([_read_image(Path(file), channels, size) for file, _, _ in stamp])
 
 
+def _eight_bit(image):
+    """An image as PIL's 8-bit modes read it: 16- and 32-bit gray scaled to 0..255 (PIL's own conversion clips
+    them), and transparent images laid on white (a photo's cut-out background)."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # "I;16", "I;16B", "I": integers up to 65535
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(array / (257 if array.max() > 255 else 1), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image
+
+
 def _read_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """One image file as (channels, size, size) in [-1, 1]: its largest centred square, resized to `size`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            image = _eight_bit(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"{path} cannot be read as an image ({error}): replace or remove it") from None
     width, height = image.size

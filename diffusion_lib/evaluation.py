@@ -9,7 +9,7 @@ Here the features are the committed MNIST classifier's 128-d penultimate activat
 ("MNIST-FID"), not Inception's, and the reference set is the MNIST test set. Other data sets are judged
 the same way by a classifier of their own (`committed_classifier`: `fashion_classifier` for Fashion-MNIST). FID is biased
 upwards at small sample counts, so `evaluate` always reports beside it the FID of the same
-number of *real* training digits against the same reference: a sample set is only as good as
+number of *real* training images against the same reference: a sample set is only as good as
 its distance to that baseline.
 
 | code              | meaning                                                       |
@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import pretrained
 from .classifier import Classifier
-from .data import load_images
+from .data import FOLDER, load_images
 
 
 @torch.no_grad()
@@ -70,22 +70,39 @@ def committed_classifier(data: str = "mnist") -> Classifier:
     return pretrained(COMMITTED_CLASSIFIERS[data])[0]
 
 
+def judged_data(classifier: Classifier, data: str | None = None) -> str:
+    """The data set a classifier judges: the one it was trained on (`load_model` records it; MNIST for a classifier
+    built in Python). Asking it to judge another is an error, not a silently wrong FID."""
+    trained_on = getattr(classifier, "trained_on", None)
+    if data is not None and trained_on is not None and data != trained_on:
+        raise ValueError(f"this classifier was trained on {trained_on}, so it cannot judge {data} images: give a "
+                         f"classifier of {data} (for Fashion-MNIST, the committed fashion_classifier)")
+    return data or trained_on or "mnist"
+
+
 def _shaped(data: str, train: bool, classifier: Classifier):
     c = classifier.config
     return load_images(data, train, c.image_channels, c.image_size)
 
 
-@lru_cache(maxsize=4)
 def _reference(classifier: Classifier, data: str):
+    if data.startswith(FOLDER):  # a folder may change between calls: never cached
+        return gaussian_stats(features(classifier, _shaped(data, False, classifier)[0]))
+    return _cached_reference(classifier, data)
+
+
+@lru_cache(maxsize=4)
+def _cached_reference(classifier: Classifier, data: str):
     test_images, _ = _shaped(data, False, classifier)
     return gaussian_stats(features(classifier, test_images))
 
 
-def fid(images: torch.Tensor, classifier: Classifier, data: str = "mnist") -> float:
-    """FID of images in `classifier`'s features against `data`'s test set (a folder: all of its images).
-
-    With the MNIST classifier and data this is MNIST-FID; with `fashion_classifier`, Fashion-MNIST-FID.
+def fid(images: torch.Tensor, classifier: Classifier, data: str | None = None) -> float:
+    """FID of images in `classifier`'s features against the test set of the data it judges (`judged_data`;
+    a folder: all of its images). With the MNIST classifier this is MNIST-FID; with `fashion_classifier`,
+    Fashion-MNIST-FID.
     """
+    data = judged_data(classifier, data)
     mu, cov = gaussian_stats(features(classifier, images))
     return frechet_distance(mu, cov, *_reference(classifier, data))
 
@@ -95,13 +112,17 @@ def mnist_fid(images: torch.Tensor, classifier: Classifier) -> float:
     return fid(images, classifier, "mnist")
 
 
-def real_baseline_fid(n: int, classifier: Classifier, seed: int = 0, data: str = "mnist") -> float:
+def real_baseline_fid(n: int, classifier: Classifier, seed: int = 0, data: str | None = None) -> float:
     """The FID of n random real training images: the best a sample set of size n can expect.
 
     A folder has no test split, so its floor draws n of the very images it is compared with and is lower
     than a held-out set's would be.
     """
+    data = judged_data(classifier, data)
     train_images, _ = _shaped(data, True, classifier)
+    if n > len(train_images):
+        raise ValueError(f"the real floor at n = {n} needs {n} real images, but {data} has {len(train_images)}: "
+                         f"measure at most {len(train_images)} samples")
     index = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
     return fid(train_images[index], classifier, data)
 
@@ -120,13 +141,15 @@ def diversity(images: torch.Tensor, classes: torch.Tensor) -> float:
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor | None = None, classifier: Classifier | None = None,
-             data: str = "mnist") -> dict:
+             data: str | None = None) -> dict:
     """Every figure `python -m diffusion_lib evaluate` prints, as a dict: `fid` against `data`'s test images
     (also as `mnist_fid` for MNIST) with its real floor at the same n, and the judge's class figures.
 
-    `classifier` None takes the committed one for `data` (`committed_classifier`).
+    `classifier` None takes the committed one for `data` (`committed_classifier`; data None: MNIST); a classifier
+    given judges the data it was trained on (`judged_data`).
     """
-    classifier = classifier if classifier is not None else committed_classifier(data)
+    classifier = classifier if classifier is not None else committed_classifier(data or "mnist")
+    data = judged_data(classifier, data)
     c = classifier.config
     shape = (c.image_channels, c.image_size, c.image_size)
     if images.ndim != 4 or images.shape[1:] != shape:

@@ -5,7 +5,7 @@
 | `unet`     | `UNet`         | `UNetConfig`   | eps (or x0, v) for images            |
 | `mlp`      | `MLPDenoiser`  | `MLPConfig`    | eps (or x0, v) for 2-D points        |
 | `pixelcnn` | `PixelCNN`     | `PixelCNNConfig` | Bernoulli logits, pixel by pixel   |
-| `classifier` | `Classifier` | `ClassifierConfig` | MNIST digit logits (the judge)    |
+| `classifier` | `Classifier` | `ClassifierConfig` | class logits (the judge of samples) |
 """
 
 from __future__ import annotations

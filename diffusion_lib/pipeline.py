@@ -54,8 +54,9 @@ def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Ten
 
 
 def image_shape(model) -> tuple[int, int, int]:
-    """(channels, height, width) of the images an image model generates (28x28 for checkpoints that predate the field)."""
-    return model.config.image_channels, model.config.image_size, model.config.image_size
+    """(channels, height, width) of the images an image model generates (28x28 where its config does not say)."""
+    size = model.config.image_size or 28
+    return model.config.image_channels, size, size
 
 
 def _native_fn(model, info: dict):

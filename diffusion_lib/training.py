@@ -270,8 +270,11 @@ def load_training_data(config: TrainConfig):
     return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
 
 
-def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
+def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, null_label: int | None = None):
     """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`.
+
+    `null_label`: the conditional model's null class, its number of classes (None: read from the data, which for
+    a folder lists its class subfolders; the training loop passes the model's own, read once).
 
     Labels are returned for a conditional model (with label dropout applied) and for the classifier;
     a text model gets caption token ids (B, L) instead (`text.training_captions`, the empty caption
@@ -287,7 +290,7 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator):
     batch_labels = None
     if config.conditional:
         drop = torch.rand(B, generator=generator) < config.label_dropout
-        null_label = config.model_config()["num_classes"]
+        null_label = config.model_config()["num_classes"] if null_label is None else null_label
         batch_labels = torch.where(drop, torch.full((B,), null_label), labels[idx])
     elif config.text:
         captions = training_captions(labels[idx], mnist_caption_data()[0][idx], generator)
@@ -399,7 +402,8 @@ def _agree(flag: bool, world: int, device) -> bool:
 
 
 def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, step, rank, world) -> float:
-    x0, t, noise, batch_labels = draw_batch(data, labels, config, generator)
+    null_label = getattr(model.config, "num_classes", None)  # read once, not from the (folder's) data each step
+    x0, t, noise, batch_labels = draw_batch(data, labels, config, generator, null_label)
     shard = slice(rank * len(t) // world, (rank + 1) * len(t) // world)
     device = data.device
     x0, t, noise = x0[shard], t[shard].to(device), noise[shard].to(device)
@@ -460,7 +464,7 @@ def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, gene
     tensors["rng.generator"] = generator.get_state()
     tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
     metadata = {"format": FORMAT, "kind": "train_state", "step": str(result.step),
-                "train_config": json.dumps(dataclasses.asdict(config))}
+                "train_config": json.dumps(dataclasses.asdict(config)), "classes": json.dumps(config.classes())}
     save_tensors(out_dir / STATE_FILE, tensors, metadata)
 
 
@@ -477,6 +481,11 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
             f"{path.parent} holds a run with other settings, (stored, now): {changed}. "
             "Resume with the same settings (only --steps may change) or choose another --out folder."
         )
+    classes = config.classes()
+    if "classes" in metadata and json.loads(metadata["classes"]) != (None if classes is None else list(classes)):
+        raise CheckpointError(f"{path.parent} holds a run on the classes {json.loads(metadata['classes'])}, but the "
+                              f"data now has {list(classes or [])}: restore the class subfolders, or train into a new "
+                              "--out folder")
     _check_complete(path, metadata, tensors, [f"optim.{i}.{k}" for i in range(len(list(model.parameters())))
                                               for k in ("step", "exp_avg", "exp_avg_sq")])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -35,7 +35,8 @@ class UNetConfig:
     """Everything needed to rebuild a U-Net; stored in checkpoints."""
 
     image_channels: int = 1
-    image_size: int = 28  # the height and width it generates; a multiple of 2^(levels - 1)
+    image_size: int | None = None  # the height and width it generates, a multiple of 2^(levels - 1); None: 28,
+    # as for checkpoints written before the field existed (the network itself takes any size its levels divide)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 1, 2)
     num_res_blocks: int = 1
@@ -51,7 +52,7 @@ class UNetConfig:
         if self.num_classes and self.text_dim:
             raise ValueError("a U-Net is conditioned on labels (num_classes) or on text (text_dim), not both")
         factor = 2 ** (len(self.channel_mults) - 1)
-        if self.image_size < factor or self.image_size % factor:
+        if self.image_size is not None and (self.image_size < factor or self.image_size % factor):
             raise ValueError(f"image_size {self.image_size} is not a multiple of {factor}, as a U-Net of "
                              f"{len(self.channel_mults)} levels needs: choose for example {factor * 7} or {factor * 8}")
         if self.image_channels not in (1, 3):

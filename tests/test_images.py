@@ -135,11 +135,11 @@ def test_a_labelled_folder_through_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     samples = np.load(tmp_path / "s.npz")
     assert samples["images"].shape == (4, 3, 32, 32) and samples["labels"].tolist() == [0, 1, 0, 1]
-    assert str(samples["data"]) == f"folder:{root}" and np.abs(samples["images"]).max() <= 1
+    assert str(samples["data"]) == f"folder:{root.resolve()}" and np.abs(samples["images"]).max() <= 1
     result = run("evaluate", tmp_path / "s.npz", "--classifier", tmp_path / "judge")
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert scores["data"] == f"folder:{root}" and len(scores["class_histogram"]) == 2 and "mnist_fid" not in scores
+    assert scores["data"] == f"folder:{root.resolve()}" and len(scores["class_histogram"]) == 2 and "mnist_fid" not in scores
     assert scores["fid"] >= 0 and 0 <= scores["accuracy"] <= 1
     result = run("evaluate", tmp_path / "s.npz")
     assert result.returncode == 1 and "no committed classifier judges" in result.stderr
@@ -164,6 +164,48 @@ def test_fashion_mnist_through_the_command_line(tmp_path):
     assert scores["data"] == "fashion-mnist" and "mnist_fid" not in scores and len(scores["class_histogram"]) == 10
     result = run("evaluate", tmp_path / "s.npz", "--classifier", PRETRAINED_DIR / "mnist_classifier")
     assert result.returncode == 1 and "trained on mnist" in result.stderr
+    result = run("sample", "--checkpoint", tmp_path / "run", "--sampler", "ddim", "--n", "2", "--inpaint", "mnist-test",
+                 "--out", tmp_path / "x.npz")
+    assert result.returncode == 1 and "use --inpaint test" in result.stderr
+    with pytest.raises(ValueError, match="trained on mnist, so it cannot judge fashion-mnist"):  # in Python too
+        dl.evaluate(torch.zeros(4, 1, 28, 28), classifier=dl.pretrained("mnist_classifier")[0], data="fashion-mnist")
+
+
+def test_image_size_and_channels_through_the_command_line(tmp_path):
+    """MNIST resized to 32x32 and repeated into RGB: the checkpoint records the shape and sample draws it."""
+    result = run("train", "--data", "mnist", "--image-size", "32", "--channels", "3", "--steps", "1", "--batch-size", "4",
+                 "--quiet", "--model-config", json.dumps(SMALL_UNET), "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    model, _ = load_model(tmp_path / "run")
+    assert (model.config.image_channels, model.config.image_size) == (3, 32)
+    assert run("sample", "--checkpoint", tmp_path / "run", "--steps", "1", "--n", "2",
+               "--out", tmp_path / "s.npz").returncode == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (2, 3, 32, 32)
+    result = run("train", "--data", "mnist", "--image-size", "30", "--steps", "1", "--out", tmp_path / "bad")
+    assert result.returncode == 1 and "not a multiple of 4" in result.stderr
+
+
+def test_configs_stored_before_the_shape_fields_still_load():
+    """A U-Net config without image_size (written before it existed) samples 28x28 and keeps any depth."""
+    config = dl.models.config_from_dict("unet", {"image_channels": 1, "base_channels": 8, "channel_mults": [1, 1, 2, 2],
+                                                  "attention_levels": [3]})
+    assert config.image_size is None and dl.pipeline.image_shape(dl.UNet(config)) == (1, 28, 28)
+    classifier = dl.models.config_from_dict("classifier", {"channels": 8, "feature_dim": 16, "num_classes": 10})
+    assert (classifier.image_channels, classifier.image_size) == (1, 28)
+
+
+def test_folder_reads_notice_edits_and_odd_files(tmp_path):
+    """An image changed on disk is read again; macOS's hidden ._ files are skipped; a 16-bit PNG is scaled, not
+    clipped to white; transparency is laid on white."""
+    Image.new("L", (8, 8), 0).save(tmp_path / "a.png")
+    assert load_folder(tmp_path, 1, 8)[0].max() == -1
+    Image.new("L", (8, 8), 255).save(tmp_path / "a.png")
+    assert load_folder(tmp_path, 1, 8)[0].min() == 1
+    (tmp_path / "._a.png").write_bytes(b"AppleDouble")
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "b.png")  # mid-grey in 16 bits
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "c.png")  # fully transparent
+    images, _ = load_folder(tmp_path, 1, 8)
+    assert len(images) == 3 and abs(float(images[1].mean())) < 0.02 and images[2].min() == 1
 
 
 def test_the_committed_fashion_classifier_judges_clothes():
