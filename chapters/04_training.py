@@ -520,6 +520,22 @@ exercises.check_ema_horizon(ema_horizon)
 # model draw, and why? (Chapter 3's ideal denoiser is the model that minimises the loss exactly on a
 # finite data set.) Then compare your prediction with the distances it prints.
 
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** Copies of the eight training images. Chapter 3's ideal
+# denoiser, the exact minimiser of the loss on a finite data set, pulls every noisy input towards a
+# weighted average of the training images, and sampling with it ends on one of them. With eight images,
+# a network of about 200,000 weights can get close to that minimiser: on the stand-in bags, 600 steps
+# bring each sample to a median RMS pixel distance of about 0.05 from a training bag, a tenth of the
+# distance (about 0.48) from 16 bags it never saw to the same eight. The samples are the training bags,
+# redrawn, not new bags. With 60,000 images the network cannot store them all, so what it learns has to
+# be shared across them; with a small folder of your own, expect copies unless you stop early (and
+# then, blur).
+#
+# **Rubric.** (1) Predicts copies of the training images (memorisation); (2) connects it to the ideal
+# denoiser as the loss's minimiser on a finite set; (3) reads the printed distances: samples far nearer
+# to training images than unseen images are; (4) names what makes samples new: many more images (or a
+# network too small to store them). (1)-(3) make a full answer.
+
 # %%
 import tempfile
 
@@ -538,22 +554,6 @@ print(f"RMS pixel distance from each sample to its nearest training image: media
 if MY_FOLDER is None:
     new_bags = dl.data.resize_images(fashion_images[fashion_labels == 8][8:24], 1, 32)
     print(f"the same for 16 other bags, never trained on: median {ch04.nearest_distances(new_bags, folder_images)[0].median():.3f}")
-
-# %% [markdown] tags=["solution"]
-# **Model answer (instructor edition).** Copies of the eight training images. Chapter 3's ideal
-# denoiser, the exact minimiser of the loss on a finite data set, pulls every noisy input towards a
-# weighted average of the training images, and sampling with it ends on one of them. With eight images,
-# a network of about 200,000 weights can get close to that minimiser: on the stand-in bags, 600 steps
-# bring each sample to a median RMS pixel distance of about 0.05 from a training bag, a tenth of the
-# distance (about 0.48) from 16 bags it never saw to the same eight. The samples are the training bags,
-# redrawn, not new bags. With 60,000 images the network cannot store them all, so what it learns has to
-# be shared across them; with a small folder of your own, expect copies unless you stop early (and
-# then, blur).
-#
-# **Rubric.** (1) Predicts copies of the training images (memorisation); (2) connects it to the ideal
-# denoiser as the loss's minimiser on a finite set; (3) reads the printed distances: samples far nearer
-# to training images than unseen images are; (4) names what makes samples new: many more images (or a
-# network too small to store them). (1)-(3) make a full answer.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")
