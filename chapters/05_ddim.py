@@ -23,7 +23,7 @@
 #
 # **After this chapter you can**
 # - write DDPM's ancestral step and DDIM's step, and show that DDIM with $\eta = 1$ on every step *is* DDPM;
-# - choose the number of steps and $\eta$ from measured speed and quality;
+# - choose the number of steps from measured speed and quality, and see what $\eta$ between 0 and 1 changes;
 # - invert an image to noise with DDIM and interpolate between two noises.
 #
 # **Assumes**: chapters 2-4 ($\bar\alpha_t$, $\hat x_0$ from $\varepsilon$; chapter 4's flow model `mnist_uncond`,
@@ -86,8 +86,11 @@ eps_fn = dl.as_eps_fn(model, schedule, info["prediction"])  # x_t, t -> the mode
 # $(1-\bar\alpha_{t'}-\sigma^2) + \sigma^2 = 1-\bar\alpha_{t'}$: exactly $q(x_{t'} \mid x_0)$, for any $t' < t$ and any
 # $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. So the network only ever meets the noise levels it was trained on.
 #
-# With $\eta = 0$ the step is deterministic. With $\eta = 1$ and $t' = t-1$ it is exactly DDPM's step
-# (the cell checks the DDPM and the DDIM step by hand against the library, then $\eta = 1$ against DDPM):
+# With $\eta = 0$ the step is deterministic. With $\eta = 1$ and $t' = t-1$ it is exactly DDPM's step:
+# then $\sigma^2 = \tilde\beta_t$, the coefficient of $x_t$ is $\sqrt{\bar\alpha_{t-1}/\bar\alpha_t} = 1/\sqrt{\alpha_t}$, and since
+# $1-\bar\alpha_{t-1}-\tilde\beta_t = \alpha_t (1-\bar\alpha_{t-1})^2/(1-\bar\alpha_t)$ the coefficient of $\varepsilon_\theta$ is
+# $\big(\alpha_t(1-\bar\alpha_{t-1}) - (1-\bar\alpha_t)\big)/\sqrt{\alpha_t(1-\bar\alpha_t)} = -\beta_t/\sqrt{\alpha_t(1-\bar\alpha_t)}$,
+# DDPM's. (The cell checks the DDPM and the DDIM step by hand against the library, then $\eta = 1$ against DDPM):
 
 # %%
 xt = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))

@@ -200,8 +200,8 @@ for side, m in maps.items():
 # background). Each position's weights sum to 1 over the tokens, so the maps share out attention.
 # At 14x14, the finer level (one of its cross-attention layers in the encoder, two in the decoder),
 # look for an attribute word along the stroke: here "thick" is read far more on the stroke than off it,
-# as the pixels that must become thick would; "slanted" is not. At 7x7 the words that carry the content
-# ("slanted", "seven") take most of the attention (their mean weights, in the panel titles, add up to
+# as the pixels that must become thick would; "slanted" is not. At 7x7 the digit word and the slant
+# word ("seven", "slanted") take most of the attention (their mean weights, in the panel titles, add up to
 # about two thirds): the coarse level decides the overall shape. `<start>` and "a" are not empty:
 # the text encoder reads the whole caption in both directions, so their vectors carry some of it too,
 # which may be why `<start>` still takes a share of the attention (large models show a related
