@@ -6,7 +6,8 @@ original files are committed in torchvision's layout (`data/MNIST/raw/*.gz`, `da
 Where that folder is absent (a pip install on Colab) the files are downloaded into
 `~/.cache/diffusion_course`. The environment variable `DIFFUSION_COURSE_DATA` names another folder.
 
-`folder:PATH` is a folder of PNG or JPEG images of any size: each is resized (shorter side) and
+`folder:PATH` is a folder of PNG or JPEG images (BMP, GIF, WebP and TIFF too; HEIC and camera raw files are
+refused by name) of any size: each is resized (shorter side) and
 centre-cropped to a square of `image_size` pixels, in grayscale (1 channel) or RGB (3). Class
 subfolders (PATH/cat/*.png, PATH/dog/*.png) make it labelled, for `--conditional`; the classes are
 the subfolder names in sorted order.
@@ -43,7 +44,8 @@ CLASSES = {"mnist": tuple(str(d) for d in range(10)),
                              "Bag", "Ankle boot")}
 NATIVE_SHAPE = (1, 28)  # (channels, size) of MNIST and Fashion-MNIST
 FOLDER_SHAPE = (3, 32)  # (channels, size) a folder is read at unless told otherwise
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what Pillow reads
+UNREADABLE_SUFFIXES = (".heic", ".heif", ".avif", ".raw", ".cr2", ".nef", ".dng", ".psd", ".svg")  # photos it cannot
 MAX_ASPECT = 4.0  # a centre crop of a wider (or taller) image would keep less than a quarter of it
 
 
@@ -170,7 +172,7 @@ def image_classes(name: str) -> tuple[str, ...] | None:
 
 
 def _is_image(path: Path) -> bool:
-    """A PNG or JPEG file, not hidden (macOS writes ._NAME companions that are not images)."""
+    """An image file Pillow reads (PNG, JPEG, ...), not hidden (macOS writes ._NAME companions that are not images)."""
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
@@ -183,6 +185,7 @@ def _folder(path: str | Path) -> Path:
 
 def _class_folders(root: Path) -> tuple[list[Path], tuple[str, ...]]:
     """(the images directly in root, the names of its subfolders that hold images), with one-line errors."""
+    _refuse_unreadable(root)
     loose = sorted(p for p in root.iterdir() if _is_image(p))
     classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__MACOSX"))
                            and any(_is_image(p) for p in d.iterdir())))
@@ -192,6 +195,14 @@ def _class_folders(root: Path) -> tuple[list[Path], tuple[str, ...]]:
     if not loose and not classes:
         raise ValueError(f"{root} holds no PNG or JPEG images (nor class subfolders of them)")
     return loose, classes
+
+
+def _refuse_unreadable(root: Path) -> None:
+    """An image file in a format Pillow cannot read would otherwise be left out without a word: refuse it."""
+    for path in sorted(root.glob("*")) + sorted(root.glob("*/*")):
+        if path.is_file() and path.suffix.lower() in UNREADABLE_SUFFIXES and not path.name.startswith("."):
+            raise ValueError(f"{path} is a {path.suffix[1:].upper()} image, which cannot be read here: convert it to "
+                             "PNG or JPEG, or move it out of the folder")
 
 
 def _folder_listing(path: str | Path) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None]:

@@ -101,6 +101,10 @@ def test_folders_it_cannot_read_get_one_line_errors(tmp_path):
     Image.new("L", (400, 20)).save(strip / "strip.png")
     with pytest.raises(ValueError, match="400x20: a square centre crop would keep less than a quarter"):
         load_folder(strip)
+    (strip / "photo.HEIC").write_bytes(b"not readable here")
+    with pytest.raises(ValueError, match="photo.HEIC is a HEIC image, which cannot be read here: convert it"):
+        load_folder(strip)
+    (strip / "photo.HEIC").unlink()
     with pytest.raises(ValueError, match="has no class subfolders"):
         TrainConfig(data=f"folder:{strip}", conditional=True)
     with pytest.raises(ValueError, match="not a multiple of 4"):
