@@ -218,24 +218,20 @@ def run_evaluate(args) -> None:
         raise ValueError(f"{args.samples}: 'images' must hold floats in [-1, 1], got dtype {images.dtype}")
     if labels is not None and labels.dtype.kind not in "iu":
         raise ValueError(f"{args.samples}: 'labels' must hold whole class numbers such as the digits 0-9, got dtype {labels.dtype}")
-    classifier, judged = None, None
-    if args.classifier:
-        classifier, classifier_info = load_model(args.classifier)
-        if not isinstance(classifier, Classifier):
-            raise ValueError(f"--classifier {args.classifier} holds a {type(classifier).__name__}, not a classifier: "
-                             "leave --classifier out to use the committed one for the samples' data")
-        judged = classifier_info.get("data", "mnist")
-        if data_name is not None and data_name != judged:
-            raise ValueError(f"{args.samples} holds {data_name} samples, but --classifier {args.classifier} was trained "
-                             f"on {judged}: give a classifier of {data_name}, or leave --classifier out")
-    data_name = data_name or judged or "mnist"  # files written before 'data' was saved hold MNIST digits
+    classifier = load_model(args.classifier)[0] if args.classifier else None
+    if classifier is not None and not isinstance(classifier, Classifier):
+        raise ValueError(f"--classifier {args.classifier} holds a {type(classifier).__name__}, not a classifier: "
+                         "leave --classifier out to use the committed one for the samples' data")
+    # the samples' data, if the file names it, must be what the classifier judges (evaluation.judged_data);
+    # a file written before 'data' was saved is read as the given classifier's data, else as MNIST
     result = evaluate(torch.from_numpy(images).float(), None if labels is None else torch.from_numpy(labels).long(),
                       classifier, data_name)
     print(json.dumps(result, indent=2, allow_nan=False))
 
 
 def run_train(args) -> None:
-    config = TrainConfig(data=args.data, image_size=args.image_size, channels=args.channels, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+    config = TrainConfig(data=args.data, image_size=args.image_size, channels=args.channels, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
                          precision=args.precision,

@@ -85,16 +85,17 @@ def _shaped(data: str, train: bool, classifier: Classifier):
     return load_images(data, train, c.image_channels, c.image_size)
 
 
+def _reference_stats(classifier: Classifier, data: str):
+    """(mean, covariance) of the classifier's features of `data`'s test images."""
+    return gaussian_stats(features(classifier, _shaped(data, False, classifier)[0]))
+
+
+_cached_reference_stats = lru_cache(maxsize=4)(_reference_stats)
+
+
 def _reference(classifier: Classifier, data: str):
-    if data.startswith(FOLDER):  # a folder may change between calls: never cached
-        return gaussian_stats(features(classifier, _shaped(data, False, classifier)[0]))
-    return _cached_reference(classifier, data)
-
-
-@lru_cache(maxsize=4)
-def _cached_reference(classifier: Classifier, data: str):
-    test_images, _ = _shaped(data, False, classifier)
-    return gaussian_stats(features(classifier, test_images))
+    """The reference statistics; cached, except for a folder, which may change between calls."""
+    return (_reference_stats if data.startswith(FOLDER) else _cached_reference_stats)(classifier, data)
 
 
 def fid(images: torch.Tensor, classifier: Classifier, data: str | None = None) -> float:
