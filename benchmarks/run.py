@@ -22,6 +22,8 @@ Sections:
   fashion    Fashion-MNIST: its classifier, and the default recipe trained as long as MNIST's study runs
   memory     peak memory of 'sample' against --n (sampling is batched, so memory stays flat)
   text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
+  fewsteps   chapters 8-9: the complete steps table on one teacher (mnist_uncond) and its distilled students,
+             1,000 samples a row; straightness before and after reflow; what distillation costs
   course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
 """
 
@@ -455,6 +457,44 @@ def inpainting(args, device) -> dict:
     return {"digits": n, "steps": 25, "rows": rows}
 
 
+FEWSTEPS_PRECISION_CHECK = [("heun", 18), ("ddim", 50)]  # rows also measured in float32, to show what bf16 changes
+
+
+def fewsteps(args, device) -> dict:
+    """The complete steps-vs-quality table (chapter 9) on mnist_uncond and its students; rows already measured are
+    kept in OUT/fewsteps.partial.json, so an interrupted run resumes. Sampling under bf16 autocast (2x faster here)."""
+    from diffusion_lib.course.ch08 import mnist_straightness
+    from diffusion_lib.course.ch09 import STUDENT_ROWS, TEACHER, TEACHER_ROWS, load_row_model, score_row
+
+    n = 50 if args.quick else 1000
+    net = classifier()
+    partial = args.out / "fewsteps.partial.json"
+    done = json.loads(partial.read_text()) if partial.exists() else {}
+    jobs = [(TEACHER, s, k, "bf16") for s, k in TEACHER_ROWS] + [(m, s, k, "bf16") for m, s, k in STUDENT_ROWS]
+    jobs += [(TEACHER, s, k, "fp32") for s, k in FEWSTEPS_PRECISION_CHECK]
+    jobs = jobs[:3] if args.quick else jobs
+    keys = [f"{name}|{sampler}|{steps}|{precision}|{n}" for name, sampler, steps, precision in jobs]
+    for key, (name, sampler, steps, precision) in zip(keys, jobs):
+        if key in done:
+            continue
+        try:
+            model, info = load_row_model(name, device)
+        except (dl.CheckpointError, FileNotFoundError) as error:  # a student not made yet: the rest still run
+            print(f"{key}: skipped ({error})", flush=True)
+            continue
+        row, samples = score_row(model, info, sampler, steps, net, n, precision=precision)
+        done[key] = {"model": name, **row, "grid": encode_images(samples[:16]),
+                     "distilled": {k: v for k, v in info.get("distilled", {}).items() if k != "config"},
+                     "distill_config": info.get("distilled", {}).get("config")}
+        partial.write_text(json.dumps(done, indent=1) + "\n")
+        print(f"{key}: FID {row['mnist_fid']:.1f}, recognised {100 * row['recognised']:.1f}%", flush=True)
+    paths = 64 if args.quick else 256
+    straight = {label: mnist_straightness(load_row_model(name, device)[0], paths, steps=64)
+                for label, name in (("teacher", TEACHER), ("reflow", "mnist_reflow"))}
+    return {"teacher": TEACHER, "n": n, "real_baseline_fid": real_baseline_fid(n, net),
+            "rows": [done[k] for k in keys if k in done], "straightness": straight, "straightness_paths": paths}
+
+
 def _run_chapter(notebook: Path, fast: bool) -> dict:
     """Wall seconds and the kernel's peak resident memory (MiB) of one chapter run top to bottom in a fresh kernel."""
     result = subprocess.run([sys.executable, "-m", "diffusion_lib.course.runner", str(notebook)] + (["--fast"] if fast else []),
@@ -466,14 +506,15 @@ def _run_chapter(notebook: Path, fast: bool) -> dict:
 def course(args, device) -> dict:
     """Wall time and peak memory of each chapter in fast and full mode, and the time of the fast-mode nbval suite."""
     rows = []
-    for notebook in CHAPTERS[:1] if args.quick else CHAPTERS:
+    chosen = [c for c in CHAPTERS if not args.chapters or c.stem.split("_")[0] in args.chapters.split(",")]
+    for notebook in CHAPTERS[:1] if args.quick else chosen:
         row = {"chapter": notebook.stem}
         for mode in ("fast", "full"):
             row.update({f"{mode}_{k}": v for k, v in _run_chapter(notebook, fast=mode == "fast").items()})
         row["learner_minutes"] = learner_minutes(notebook, row["full_seconds"])
         rows.append(row)
     suite = {}
-    if not args.quick:
+    if not args.quick and not args.chapters:
         start = time.perf_counter()
         code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "chapters"], cwd=REPO,
                               env={**os.environ, "DIFFUSION_COURSE_FAST": "1"}, capture_output=True).returncode
@@ -482,7 +523,7 @@ def course(args, device) -> dict:
 
 
 SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, committed, budget, recipes, study,
-                                    gallery, fashion, text, inpainting, memory, course)}
+                                    gallery, fashion, text, inpainting, memory, fewsteps, course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -885,6 +926,42 @@ def _render_fashion(f, study=None):
     return lines
 
 
+def _render_fewsteps(f):
+    floor = f["real_baseline_fid"]
+    lines = [f"Teacher {f['teacher']} and its distilled students, {f['n']:,} samples a row (seed 0), real-digit floor "
+             f"{floor:.1f}; recognised: classifier probability at least 0.9; diversity: mean pixel distance between two "
+             "samples of the same (predicted) class. The network runs under bf16 autocast unless the row says fp32; "
+             "times are of the quality runs themselves (500 images per call, the threads above).", "",
+             "| model | sampler | steps | network calls | s per image | MNIST-FID | FID / floor | recognised | diversity |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in f["rows"]:
+        note = "" if r["precision"] == "bf16" else " (fp32)"
+        lines.append(f"| {r['model']} | {r['sampler']}{note} | {r['steps']} | {r['calls']} | {r['seconds_per_image']:.4f} | "
+                     f"{r['mnist_fid']:.1f} | {r['mnist_fid'] / floor:.2f} | {100 * r['recognised']:.1f}% | "
+                     f"{r['diversity']:.2f} |")
+    by = {(r["model"], r["sampler"], r["steps"], r["precision"]): r for r in f["rows"]}
+    ddim50 = by.get((f["teacher"], "ddim", 50, "bf16"))
+    if ddim50:
+        lines += ["", f"Targets against the teacher's DDIM-50 (MNIST-FID {ddim50['mnist_fid']:.1f}): a 4-step model within "
+                      "1.5x, a 1-step model within 3x, both at least 90% recognised.", "",
+                  "| model | steps | FID / teacher's DDIM-50 | recognised | met |", "| --- | ---: | ---: | ---: | --- |"]
+        for (model, sampler, steps, precision), r in by.items():
+            if model != f["teacher"] and steps in (1, 4) and precision == "bf16":
+                ratio, limit = r["mnist_fid"] / ddim50["mnist_fid"], 1.5 if steps == 4 else 3.0
+                met = ratio <= limit and r["recognised"] >= 0.9
+                lines.append(f"| {model} ({sampler}) | {steps} | {ratio:.2f} (target {limit:g}) | "
+                             f"{100 * r['recognised']:.1f}% | {'yes' if met else 'no'} |")
+    costs = {r["model"].split("/")[0]: r["distilled"] for r in f["rows"] if r.get("distilled")}
+    if costs:
+        lines += ["", "What each distillation cost (wall time of its command on this machine, reflow's pairs included; "
+                      "the checkpoint READMEs give the commands):", ""]
+        lines += [f"- {name}: {d['method']}, {d['seconds'] / 60:.1f} min" for name, d in costs.items() if "seconds" in d]
+    st = f["straightness"]
+    lines += ["", f"Straightness S of {f['straightness_paths']} Euler-64 paths from the same noise (0: straight lines at "
+                  f"constant speed): teacher {st['teacher']['straightness']:.3f}, after reflow {st['reflow']['straightness']:.3f}."]
+    return lines
+
+
 def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
@@ -893,6 +970,10 @@ def _render_course(f):
     lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {r['fast_peak_mib']:.0f} | "
               f"{r['full_peak_mib']:.0f} | {_learner(r)} |" + ("" if r["fast_ok"] and r["full_ok"] else " **failed**")
               for r in f["rows"]]
+    later = [r for r in f["rows"] if "command" in r]
+    if later:
+        lines += ["", "Measured later, by themselves: " + "; ".join(f"{r['chapter']} ({r['date']}, `{r['command']}`)"
+                                                              for r in later) + "."]
     if f["rows"]:
         lines += ["", f"Learner minutes: an estimate, not a measurement (`diffusion_lib/course/timing.py`): prose at "
                       f"{WORDS_PER_MINUTE} words/min, code at {CODE_LINES_PER_MINUTE} lines/min, {MINUTES_PER_WIDGET} min per "
@@ -922,7 +1003,7 @@ def _learner(row) -> str:
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
              "recipes": _render_recipes, "study": _render_study, "gallery": _render_gallery, "committed": _render_committed, "fashion": _render_fashion, "memory": _render_memory, "text": _render_text,
-             "inpainting": _render_inpainting, "course": _render_course}
+             "inpainting": _render_inpainting, "fewsteps": _render_fewsteps, "course": _render_course}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -938,6 +1019,8 @@ def main(argv=None):
                         help="the Markdown report to write (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--recipe", default=None, help="budget section: only recipes whose name contains this")
+    parser.add_argument("--chapters", default=None,
+                        help="course section: only these chapters, e.g. 08,09 (the other rows and the suite's time are kept)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -961,6 +1044,13 @@ def main(argv=None):
                 old = json.loads(path.read_text())["figures"]
                 figures["recipes"] = {**old["recipes"], **figures["recipes"]}
                 figures["commands"] = {**old.get("commands", {}), **figures["commands"]}
+        if name == "course" and args.chapters and path.exists():  # some chapters re-measured: keep the others' rows
+            old = json.loads(path.read_text())
+            measured_now = {r["chapter"] for r in figures["rows"]}
+            figures["rows"] = sorted([r for r in old["figures"]["rows"] if r["chapter"] not in measured_now]
+                                     + [{**r, "command": command.strip(), "date": datetime.date.today().isoformat()}
+                                        for r in figures["rows"]], key=lambda r: r["chapter"])
+            figures = {**old["figures"], "rows": figures["rows"]}
         record = {"section": name, "command": command.strip(), "date": datetime.date.today().isoformat(),
                   "machine": machine(), "threads": torch.get_num_threads(), "device": str(device), "quick": args.quick,
                   "seconds": time.perf_counter() - start, "figures": figures}

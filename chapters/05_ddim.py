@@ -232,6 +232,22 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # model, not a rule.) What deterministic DDIM gives beyond
 # speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
 #
+# **The same table on 1,000 samples, down to one step.** Chapter 9 measures every sampler of the
+# course on this model again with 1,000 samples a row (its FID is less noisy than at 256), beside the
+# few-step models of chapters 8 and 9 (`python benchmarks/run.py --only fewsteps`; the network under
+# bfloat16 autocast there, so its times are about half the float32 ones above). Its rows for this model:
+
+# %%
+fewsteps = load_measured("fewsteps")["figures"]
+print(f"n = {fewsteps['n']:,} per row, real-digit floor {fewsteps['real_baseline_fid']:.1f}")
+for r in fewsteps["rows"]:
+    if r["model"] == "mnist_uncond" and r["precision"] == "bf16":
+        print(f"{r['sampler']:>12} {r['steps']:>5} steps: MNIST-FID {r['mnist_fid']:6.1f}, "
+              f"recognised {100 * r['recognised']:5.1f}%, {1000 * r['seconds_per_image']:6.1f} ms per image")
+
+# %% [markdown]
+# CH5-FEWSTEPS-PLACEHOLDER
+#
 # ## 3. Drag the steps and eta
 #
 # Sixteen samples, live. $\eta$ moves from deterministic DDIM ($0$) to DDPM-like ($1$).

@@ -8,6 +8,7 @@ One idea per module:
 | `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
 | `samplers`    | DDPM ancestral sampling, DDIM, DPM-Solver++(2M), DDIM inversion    |
 | `continuous`  | EDM and rectified flow on continuous noise levels (sigma, s); Heun and Euler ODE solvers; the change of variables to DDPM |
+| `distill`     | fewer steps from a flow model: reflow, progressive and consistency distillation; straightness of paths |
 | `guidance`    | classifier-free guidance and autoguidance as wrappers around the model |
 | `text`        | captions measured from MNIST, the tokenizer, text encoder, cross-attention |
 | `inpainting`  | filling masked pixels with any denoiser (replacement and RePaint)  |
@@ -29,7 +30,7 @@ name noise by a real number instead (sigma, or s in [0, 1]); `continuous` says h
 
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
-from . import continuous, evaluation, inpainting, text
+from . import continuous, distill, evaluation, inpainting, text
 from .data import load_fashion_mnist, load_folder, load_images, load_mnist, make_toy
 from .evaluation import evaluate, fid, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,

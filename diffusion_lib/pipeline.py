@@ -15,6 +15,7 @@ from .checkpoint import check_sampler_info
 from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, flow_velocity,
                          karras_sigmas, ode_sample)
 from .data import is_image_data
+from .distill import consistency_sample
 from .guidance import AutoGuided, guided_eps_fn
 from .inpainting import inpaint
 from .models import as_eps_model
@@ -22,12 +23,19 @@ from .samplers import SAMPLERS, Trajectory, sample_loop
 from .schedules import make_schedule
 from .text import tokenize
 
-ODE_SAMPLERS = ("heun", "euler")
+ODE_SAMPLERS = ("heun", "euler", "consistency")
 DEFAULT_BATCH = 500  # images per network call in `generate`: memory stays flat however many samples are drawn
 ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 # The sampler and step count `generate` uses when none is named, by training objective: DDIM-50 (chapter 5), and
 # Heun with EDM's 18 steps (35 network calls; Karras et al. 2022, Sec. 3) for models with continuous noise levels.
 DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 18), "flow": ("heun", 18)}
+
+
+def default_sampler(info: dict) -> tuple[str, int]:
+    """(sampler, steps) `generate` uses when none is named: a distilled student's own (`distill.student_info`),
+    else `DEFAULT_SAMPLER` for the checkpoint's objective."""
+    distilled = info.get("distilled") or {}
+    return tuple(distilled["sampler"]) if "sampler" in distilled else DEFAULT_SAMPLER[objective_of(info)]
 
 
 def objective_of(info: dict) -> str:
@@ -144,23 +152,30 @@ def autoguided(model, info: dict, weak, weak_info: dict, w: float = AUTOGUIDE_SC
 
 
 def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guidance=None, labels=None,
-             seed=0, progress=None, return_trajectory=False, prompts=None, batch_size: int = DEFAULT_BATCH):
+             seed=0, progress=None, return_trajectory=False, prompts=None, batch_size: int = DEFAULT_BATCH,
+             precision: str = "fp32"):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
     `sampler` is one of ddpm, ddim, dpm-solver++ (any model) or heun, euler (models trained with
-    the edm or flow objective); None takes `DEFAULT_SAMPLER` for the model's objective, and
-    `steps` None that sampler's default. heun with N steps makes 2N - 1 network calls.
+    the edm or flow objective) or consistency (flow models; `distill.consistency_sample`); None takes
+    `default_sampler(info)` and `steps` None that sampler's default (for a distilled student, its own
+    steps). heun with N steps makes 2N - 1 network calls.
     `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);
     `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
     A text model (trained with --text) takes `prompts`, n captions such as "a thick seven", and
     returns their token ids in place of labels.
     The network sees at most `batch_size` images per call (`chunked`); the samples do not depend on it.
     For heun and euler the trajectory holds the noise levels (sigma or s) and the latents, not x0_hats.
-    Images come back clipped to [-1, 1]. Returns (samples, labels or None[, trajectory]).
+    `precision="bf16"` runs the network under bfloat16 autocast (about 2x faster on CPUs with AMX; the
+    sampler's own arithmetic stays float32). Images come back clipped to [-1, 1].
+    Returns (samples, labels or None[, trajectory]).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     check_sampler_info(info, "the model's checkpoint")
     if sampler is None:
-        sampler = DEFAULT_SAMPLER[objective_of(info)][0]  # its steps: sample_loop's or _ode_generate's default
+        sampler, default_steps = default_sampler(info)
+        steps = default_steps if steps is None and (sampler in ODE_SAMPLERS or "distilled" in info) else steps
     if sampler not in ALL_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(ALL_SAMPLERS)}")
     if n < 1:
@@ -170,25 +185,45 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     generator = torch.Generator(device).manual_seed(seed)
     is_image = is_image_data(info["data"])
     shape = (n, *image_shape(model)) if is_image else (n, model.config.data_dim)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        samples, labels, trajectory = _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels,
+                                                seed, generator, progress, return_trajectory, prompts, batch_size)
+    samples = samples.float()
+    if is_image:
+        samples = samples.clamp(-1, 1)
+    return (samples, labels, trajectory) if return_trajectory else (samples, labels)
+
+
+def _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels, seed, generator, progress,
+              return_trajectory, prompts, batch_size):
+    """`generate`'s sampling, once its arguments are checked: (samples, labels, trajectory or None)."""
+    n, device, is_image = shape[0], next(model.parameters()).device, is_image_data(info["data"])
     if sampler in ODE_SAMPLERS:
         if eta:
             raise ValueError("eta applies to the ddim sampler only")
         native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info),
                                  batch_size)
+        if sampler == "consistency" and objective_of(info) != "flow":
+            raise ValueError("the consistency sampler needs a flow model (a consistency-distilled student is one)")
         samples, trajectory = _ode_generate(native, objective_of(info), shape, sampler, steps, generator, device)
     else:
         eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, batch_size=batch_size)
         out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
                           clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
         samples, trajectory = out if return_trajectory else (out, None)
-    if is_image:
-        samples = samples.clamp(-1, 1)
-    return (samples, labels, trajectory) if return_trajectory else (samples, labels)
+    return samples, labels, trajectory
 
 
 def _ode_generate(native, objective: str, shape, sampler: str, steps, generator, device):
-    """Solve the model's probability-flow ODE from noise: EDM's in sigma (Karras steps), the flow's in s."""
-    steps = DEFAULT_SAMPLER[objective][1] if steps is None else steps
+    """Solve the model's probability-flow ODE from noise: EDM's in sigma (Karras steps), the flow's in s.
+
+    "consistency" instead jumps to x_0 from each of `steps` times (`distill.consistency_sample`).
+    """
+    steps = (1 if sampler == "consistency" else DEFAULT_SAMPLER[objective][1]) if steps is None else steps
+    if sampler == "consistency":
+        with torch.no_grad():
+            x = torch.randn(shape, generator=generator, device=device)
+            return consistency_sample(native, x, steps, generator), Trajectory()
     if objective == "edm":
         times, derivative = karras_sigmas(steps), edm_derivative(native)
         x = SIGMA_MAX * torch.randn(shape, generator=generator, device=device)

@@ -459,8 +459,7 @@ def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, gene
     save_model(out_dir / MODEL_FILE, ema.model, info)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
-    for i, state in optimizer.state_dict()["state"].items():
-        tensors.update({f"optim.{i}.{k}": v.reshape(-1) if v.ndim == 0 else v for k, v in state.items()})
+    tensors.update(optimizer_tensors(optimizer))
     tensors["rng.generator"] = generator.get_state()
     tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
     metadata = {"format": FORMAT, "kind": "train_state", "step": str(result.step),
@@ -486,10 +485,30 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
         raise CheckpointError(f"{path.parent} holds a run on the classes {json.loads(metadata['classes'])}, but the "
                               f"data now has {list(classes or [])}: restore the class subfolders, or train into a new "
                               "--out folder")
-    _check_complete(path, metadata, tensors, [f"optim.{i}.{k}" for i in range(len(list(model.parameters())))
-                                              for k in ("step", "exp_avg", "exp_avg_sq")])
+    _check_complete(path, metadata, tensors, optimizer_keys(model))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    load_optimizer(optimizer, model, tensors)
+    generator.set_state(tensors["rng.generator"])
+    losses.extend(tensors["history.loss"].tolist())
+    return int(metadata["step"])
+
+
+def optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's state as flat named tensors (`optim.I.step`, `.exp_avg`, `.exp_avg_sq`), for a safetensors file."""
+    tensors = {}
+    for i, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optim.{i}.{k}": v.reshape(-1) if v.ndim == 0 else v for k, v in state.items()})
+    return tensors
+
+
+def optimizer_keys(model) -> list[str]:
+    """The names `optimizer_tensors` writes once every parameter of `model` has taken a step."""
+    return [f"optim.{i}.{k}" for i in range(len(list(model.parameters()))) for k in ("step", "exp_avg", "exp_avg_sq")]
+
+
+def load_optimizer(optimizer, model, tensors: dict[str, torch.Tensor]) -> None:
+    """Put the state written by `optimizer_tensors` back into `optimizer` (over `model`'s parameters)."""
     optim_state = optimizer.state_dict()
     for i, p in enumerate(model.parameters()):
         optim_state["state"][i] = {
@@ -498,9 +517,6 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
             "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device),
         }
     optimizer.load_state_dict(optim_state)
-    generator.set_state(tensors["rng.generator"])
-    losses.extend(tensors["history.loss"].tolist())
-    return int(metadata["step"])
 
 
 def _check_complete(path, metadata: dict, tensors: dict, needed: list[str]) -> None:

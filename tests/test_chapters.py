@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 import diffusion_lib as dl
 import functools
 
-from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -233,6 +233,18 @@ CHECKS = {
         ("my_dpm_data", exercises.check_dpm_data, lambda x0_hat, x0_before, r: 1.5 * x0_hat - 0.5 * x0_before),
         ("my_q_jump", exercises.check_q_jump, lambda x, ab_prev, ab, noise: ab.sqrt() * x + (1 - ab).sqrt() * noise),
     ],
+    "08_flow_matching": [
+        ("my_flow_pair", exercises.check_flow_pair,  # s not reshaped: wrong broadcasting, and the velocity reversed
+         lambda x0, eps, s: ((1 - s.reshape(-1, 1, 1, 1)) * x0 + s.reshape(-1, 1, 1, 1) * eps, x0 - eps)),
+        ("my_eps_x0", exercises.check_eps_from_velocity, lambda x_s, v, s: (x_s + s * v, x_s - (1 - s) * v)),
+        ("reflow_pair_calls", exercises.check_reflow_calls, 6000 * 36),  # 2N calls: the last step's correction counted
+    ],
+    "09_few_steps": [
+        ("my_target", exercises.check_progressive_target, lambda v, x, s, s_next: v(x, s)),
+        ("teacher_calls", exercises.check_distillation_calls, 5 * 600 * 64),  # one teacher call per image
+        ("my_sample", exercises.check_consistency_sampler,  # re-noised without scaling the image down
+         lambda f, noise, times, fresh: f(f(noise, 1.0) + times[1] * fresh[0], times[1])),
+    ],
 }
 
 
@@ -252,3 +264,26 @@ def test_checks_turn_a_stub_into_a_hint(capsys):
 
     assert exercises.check_q_sample(stub) is False
     assert "replace the stub" in capsys.readouterr().out
+
+
+def test_chapter_8_steps_view_draws_paths_and_samples_at_the_chosen_steps():
+    flow, _ = ch08.train_moons("flow", steps=50)
+    mnist = {"uncond": dl.pretrained("mnist_uncond")}
+    data = dl.make_toy("moons", 100)
+    one, two = (ch08.steps_view(k, {"flow": flow}, mnist, data, n_paths=5, n_images=2) for k in (1, 2))
+    lines = [ax for ax in one.axes if ax.lines]
+    assert len(lines) == 1 and all(len(line.get_xdata()) == 2 for line in lines[0].lines)  # one step: start, end
+    assert all(len(line.get_xdata()) == 3 for line in [ax for ax in two.axes if ax.lines][0].lines)
+    images = [ax.images[0].get_array() for ax in one.axes if ax.images]
+    assert len(images) == 2 and not np.allclose(images[0], images[1])
+
+
+def test_chapter_9_side_by_side_puts_each_model_in_a_row_and_skips_missing_students():
+    teacher, info = dl.pretrained("mnist_uncond")
+    models = {"ddim": (teacher, info, "ddim"), "students": {4: (teacher, info, "euler")}}
+    fig = ch09.side_by_side(2, models, n=3)
+    assert len([ax for ax in fig.axes if ax.images]) == 3  # the students have no 2-step model: one row
+    fig = ch09.side_by_side(4, models, n=3)
+    assert len([ax for ax in fig.axes if ax.images]) == 6
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels[0].startswith("ddim") and labels[1].startswith("students")

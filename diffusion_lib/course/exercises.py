@@ -343,3 +343,126 @@ def check_q_jump(my_q_jump) -> bool:
                     "the steps from t' to t multiply the signal by sqrt(ab_t / ab_t') and add noise of variance 1 - ab_t / ab_t'",
                     [(ab.sqrt() * x_prev + (1 - ab).sqrt() * noise,
                       "that noises a clean image to t; x_t' is already noisy, so use the ratio ab_t / ab_t'")])
+
+
+# Chapter 8 -----------------------------------------------------------------------------
+
+def check_flow_pair(my_flow_pair) -> bool:
+    """`my_flow_pair(x0, eps, s)` -> (x_s, v): the point of the straight path at times s (B,) and its velocity."""
+    generator = torch.Generator().manual_seed(10)
+    x0, eps = torch.randn(4, 1, 3, 3, generator=generator), torch.randn(4, 1, 3, 3, generator=generator)
+    s = torch.tensor([0.0, 0.25, 0.6, 1.0])
+    got, error = _call(my_flow_pair, x0, eps, s)
+    if error:
+        return _report(False, "", error)
+    if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(g, torch.Tensor) for g in got)):
+        return _report(False, "", "return the pair (x_s, v), two tensors shaped like x0")
+    column = s.reshape(-1, 1, 1, 1)
+    x_s, v = (1 - column) * x0 + column * eps, eps - x0
+    if got[0].shape != x0.shape or not torch.allclose(got[0], x_s, atol=1e-6):
+        swapped = column * x0 + (1 - column) * eps
+        return _report(False, "", "s = 0 must give the data and s = 1 the noise" if got[0].shape == x0.shape
+                       and torch.allclose(got[0], swapped, atol=1e-6) else
+                       "x_s = (1 - s) x0 + s eps, with s reshaped to (B, 1, 1, 1) to broadcast")
+    if torch.allclose(got[1], -v, atol=1e-6):
+        return _report(False, "", "the velocity is d x_s / ds: which way does x_s move as s grows from 0 to 1?")
+    return _report(torch.allclose(got[1], v, atol=1e-6), "x_s and v = eps - x0 are the flow's training pair",
+                   "differentiate x_s = (1 - s) x0 + s eps with respect to s")
+
+
+def check_eps_from_velocity(my_eps_x0) -> bool:
+    """`my_eps_x0(x_s, v, s)` -> (eps_hat, x0_hat) from a velocity, as `continuous.as_eps_model` uses them."""
+    generator = torch.Generator().manual_seed(11)
+    x0, eps = torch.randn(3, 5, generator=generator, dtype=torch.float64), torch.randn(3, 5, generator=generator,
+                                                                                        dtype=torch.float64)
+    s = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)[:, None]
+    x_s, v = (1 - s) * x0 + s * eps, eps - x0  # an exact velocity: the answer must recover eps and x0
+    got, error = _call(my_eps_x0, x_s, v, s)
+    if error:
+        return _report(False, "", error)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        return _report(False, "", "return the pair (eps_hat, x0_hat)")
+    ok = torch.allclose(got[0], eps, atol=1e-9) and torch.allclose(got[1], x0, atol=1e-9)
+    return _report(ok, "eps = x_s + (1 - s) v and x0 = x_s - s v recover the pair that made x_s",
+                   "two equations, x_s = (1 - s) x0 + s eps and v = eps - x0, in two unknowns: substitute x0 = eps - v")
+
+
+def check_reflow_calls(answer) -> bool:
+    """Network calls to draw the committed reflow's pairs: 6,000 pairs, Heun with 18 steps (2 N - 1 calls each)."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
+    from .ch09 import network_calls
+
+    expected = 6000 * network_calls("heun", 18)
+    return _report(answer == expected, f"{expected:,}: 6,000 pairs x 35 calls (Heun makes two per step but none to "
+                                       "correct its last step)",
+                   "Heun with N steps makes 2N - 1 calls per image (chapter 4); multiply by the pairs")
+
+
+# Chapter 9 -----------------------------------------------------------------------------
+
+def check_progressive_target(my_target) -> bool:
+    """`my_target(v, x, s, s_next)` -> the velocity of one step that lands where two half-steps of Euler on v land."""
+    from ..distill import progressive_target
+
+    generator = torch.Generator().manual_seed(12)
+    weights = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+
+    class Teacher(torch.nn.Module):  # a curved stand-in flow: v(x, s) = tanh(x W) (1 + s)
+        def forward(self, x, label, labels=None):
+            return torch.tanh(x @ weights) * (1 + label[:, None] / 1000)
+
+    teacher = Teacher()
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    s, s_next = torch.full((4,), 0.5, dtype=torch.float64), torch.full((4,), 0.25, dtype=torch.float64)
+    v = lambda x, s: teacher(x, 1000 * s)  # noqa: E731 - the learner's view of the teacher
+    expected = progressive_target(teacher, x, s, s_next)
+    one_step = v(x, s)
+    return _compare(my_target, (v, x, s, s_next), expected, 1e-9, "return a velocity shaped like x",
+                    "your target equals the library's progressive_target: two teacher Euler steps, as one",
+                    "take x to the midpoint (s + s_next) / 2 with v(x, s), then on to s_next with v at the midpoint; "
+                    "the target is (x_end - x) / (s_next - s)",
+                    [(one_step, "that is the teacher's own velocity at the start: the target must follow two steps")])
+
+
+def check_distillation_calls(answer) -> bool:
+    """Teacher network calls of progressive distillation from 32 steps to 1: 5 rounds x 600 steps x batch 64 x 2."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
+    from ..distill import DistillConfig, progressive_loss
+
+    config = DistillConfig("progressive", teacher_steps=32, student_steps=1, steps=600, batch_size=64)
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x, label, labels=None):
+            calls.append(len(x))
+            return torch.zeros_like(x)
+
+    x0 = torch.zeros(config.batch_size, 2)
+    progressive_loss(Counting(), Counting(), x0, x0, torch.ones(config.batch_size), 16)
+    per_step = sum(calls) - config.batch_size  # the student's own call is not the teacher's
+    expected = per_step * config.total_steps()
+    return _report(answer == expected, f"{expected:,}: {per_step} teacher calls per optimiser step (2 per image) x "
+                                       f"{config.total_steps():,} steps ({config.rounds()} rounds of 600)",
+                   "each image in a batch costs two teacher calls; count the rounds from 32 down to 1 by halving")
+
+
+def check_consistency_sampler(my_sample) -> bool:
+    """`my_sample(f, noise, times, fresh)` -> multistep consistency sampling, as `distill.consistency_sample`."""
+    from ..distill import consistency_sample
+
+    generator = torch.Generator().manual_seed(13)
+    weights = torch.randn(3, 3, generator=generator)
+    velocity = lambda x, s: torch.tanh(x @ weights) + s[:, None]  # noqa: E731 - a stand-in network
+    f = lambda x, s: x - s * velocity(x, torch.full((len(x),), s))  # noqa: E731
+    noise = torch.randn(4, 3, generator=generator)
+    draws = torch.Generator().manual_seed(99)
+    fresh = [torch.randn(4, 3, generator=draws) for _ in range(2)]  # the noise the library draws, in its order
+    times = [1.0, 2 / 3, 1 / 3]
+    replay = torch.Generator().manual_seed(99)
+    expected = consistency_sample(velocity, noise, 3, replay)
+    return _compare(my_sample, (f, noise, times, fresh), expected, 1e-5, "return a tensor shaped like noise",
+                    "your sampler equals the library's consistency_sample for 3 steps",
+                    "x = f(noise, 1); then for each later time s and its fresh noise z: x = f((1 - s) x + s z, s)",
+                    [(f(noise, 1.0), "one jump is one step: re-noise the result to each later time and jump again")])

@@ -1,0 +1,438 @@
+"""Fewer sampling steps from a trained flow model: reflow, progressive distillation, consistency distillation.
+
+All three start from a teacher trained with the flow objective (`continuous`: x_s = (1 - s) x_0 + s eps,
+the network predicts the velocity v = eps - x_0) and train a student of the same architecture,
+initialised from the teacher's weights, that still outputs a velocity:
+
+| method        | paper                          | what the student learns                                             |
+| ------------- | ------------------------------ | ------------------------------------------------------------------- |
+| `reflow`      | Liu et al. 2022, "rectified flow", Sec. 2.2 | flow matching on the straight lines between the teacher's own (noise, image) pairs: the new paths are straighter, so Euler needs fewer steps |
+| `progressive` | Salimans & Ho 2022, Alg. 2     | one Euler step of size 2h lands where two teacher Euler steps of size h land; the student becomes the next round's teacher, halving the steps each round |
+| `consistency` | Song et al. 2023, Alg. 2       | f(x_s, s) = x_s - s v(x_s, s) gives the same clean image from every point of one ODE trajectory |
+
+| code             | symbol / meaning                                                            |
+| ---------------- | --------------------------------------------------------------------------- |
+| `s`, `s_next`    | flow times (1 = noise, 0 = data); `s_next` < `s`                            |
+| `teacher_steps`  | progressive: the first teacher's Euler steps (2N for a student of N); consistency: the N of the grid s_n = n / N |
+| `f`              | the consistency function f(x, s) = x - s v(x, s); f(x, 0) = x holds for any network (the boundary condition) |
+| `target`         | theta^-, consistency's target network: an EMA (decay mu, `target_decay`) of the student |
+| `straightness`   | S = E ||v_k - (x_1 - x_0)||^2 / E ||x_1 - x_0||^2 along a path (Liu et al. 2022, Eq. 6, normalised); 0 for a straight line at constant speed |
+
+A flow's Euler step is DDIM's step (chapter 8 derives it), so "two teacher DDIM steps in one"
+(Salimans & Ho) is "two teacher Euler steps in one" here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, save_model, save_tensors
+from .continuous import _column, flow_derivative, flow_times, flow_velocity, ode_sample
+from .outputs import RunLock, check_new_run, check_writable, clean_temporary
+from .runtime import fast_bf16, pick_device
+from .training import (EMA, MODEL_FILE, TrainConfig, TrainingDiverged, load_optimizer, load_training_data,
+                       optimizer_keys, optimizer_tensors)
+
+METHODS = ("reflow", "progressive", "consistency")
+STATE_FILE, PAIRS_FILE, STUDENTS = "distill_state.safetensors", "pairs.safetensors", "students"
+RESUMABLE_CHANGES = ("save_every",)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """One distillation run. `teacher`: a committed model's name (`pretrained`) or a checkpoint path."""
+
+    method: str
+    teacher: str = "mnist_uncond"
+    steps: int = 1000  # optimiser steps; progressive: per halving round
+    batch_size: int = 64
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    save_every: int = 250
+    precision: str = "auto"  # "bf16", "fp32", or "auto": bf16 for a U-Net on hardware that runs it natively
+    pairs: int = 5000  # reflow: (noise, image) pairs drawn from the teacher
+    pair_steps: int = 18  # reflow: the teacher's Heun steps per pair
+    teacher_steps: int = 32  # progressive: the first teacher's Euler steps; consistency: the grid's N
+    student_steps: int = 1  # progressive: the last round's student takes this many steps
+    target_decay: float = 0.95  # consistency: mu of the target network (Song et al. 2023, CIFAR-10)
+
+    def __post_init__(self):
+        checks = [
+            (self.method in METHODS, f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}"),
+            (self.steps >= 1 and self.batch_size >= 1 and self.save_every >= 1, "steps, batch_size and save_every must be >= 1"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (0 <= self.ema_decay < 1 and 0 <= self.target_decay < 1, "ema_decay and target_decay must lie in [0, 1)"),
+            (self.precision in ("auto", "fp32", "bf16"), f"unknown precision {self.precision!r}: auto, fp32 or bf16"),
+            (self.pairs >= self.batch_size or self.method != "reflow",
+             f"reflow needs at least one batch of pairs: pairs {self.pairs} < batch_size {self.batch_size}"),
+            (self.pair_steps >= 1 and self.teacher_steps >= 2 and self.student_steps >= 1,
+             "pair_steps and student_steps must be >= 1, teacher_steps >= 2"),
+            (self.method != "progressive" or self.rounds() >= 1,
+             f"progressive distillation halves the steps each round: teacher_steps ({self.teacher_steps}) must be "
+             f"student_steps ({self.student_steps}) times a power of 2, such as 32 and 1 or 24 and 3"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def rounds(self) -> int:
+        """Progressive distillation's halving rounds (teacher_steps / student_steps = 2^rounds); 1 for the others."""
+        if self.method != "progressive":
+            return 1
+        ratio = self.teacher_steps // self.student_steps
+        exact = ratio * self.student_steps == self.teacher_steps and ratio >= 2 and ratio & (ratio - 1) == 0
+        return ratio.bit_length() - 1 if exact else 0
+
+    def total_steps(self) -> int:
+        return self.steps * self.rounds()
+
+    def round_students(self) -> list[int]:
+        """The sampling steps of each round's student: teacher_steps / 2, / 4, ... down to student_steps."""
+        return [self.teacher_steps >> (r + 1) for r in range(self.rounds())] if self.method == "progressive" else []
+
+
+def load_teacher(name: str, device="cpu"):
+    """(model, info) of a flow-trained unconditional denoiser: a committed model's name or a checkpoint path."""
+    if Path(name).exists():
+        model, info = load_model(name, device)
+    elif (PRETRAINED_DIR / name / MODEL_FILE).exists():
+        model, info = load_model(PRETRAINED_DIR / name / MODEL_FILE, device)
+    else:
+        raise FileNotFoundError(f"no teacher {name!r}: give a checkpoint path or a committed model such as mnist_uncond")
+    if info.get("objective") != "flow" or "train_config" not in info:
+        raise ValueError(f"the teacher {name} must be a flow model trained by 'python -m diffusion_lib train' "
+                         f"(objective flow, the default); this one is {info.get('objective', 'ddpm')!r}")
+    if getattr(model.config, "num_classes", None) or getattr(model.config, "text_dim", None):
+        raise ValueError(f"the teacher {name} is conditional; distillation here takes an unconditional model "
+                         "such as mnist_uncond")
+    return model.requires_grad_(False), info
+
+
+def student_files(folder: str | Path) -> dict[int, Path]:
+    """A progressive run's students by sampling steps ({4: .../students/steps_004.safetensors, ...}): from a
+    `distill --out` folder or a committed model's name."""
+    folder = Path(folder) if Path(folder).exists() else PRETRAINED_DIR / str(folder)
+    found = {int(p.stem.split("_")[1]): p for p in (folder / STUDENTS).glob("steps_*.safetensors")}
+    if not found:
+        raise FileNotFoundError(f"{folder / STUDENTS} holds no students: it is not a progressive distillation's folder")
+    return dict(sorted(found.items()))
+
+
+# ----------------------------------------------------------------------------------- the losses
+
+
+def _flow_point(x0, noise, s):
+    """x_s = (1 - s) x_0 + s eps for times s (B,)."""
+    return _column(1 - s, x0) * x0 + _column(s, x0) * noise
+
+
+def reflow_loss(student, noise, x1, s):
+    """Flow matching on the straight line from a pair's noise to the teacher's image x1 (Liu et al. 2022, Eq. 1)."""
+    x = _flow_point(x1, noise, s)
+    return ((flow_velocity(student, x, s) - (noise - x1)) ** 2).mean()
+
+
+def progressive_target(teacher, x, s, s_next):
+    """The velocity that takes x from s to s_next in one Euler step as two teacher Euler steps do (via the midpoint)."""
+    mid = (s + s_next) / 2
+    x_mid = x + _column(mid - s, x) * flow_velocity(teacher, x, s)
+    x_end = x_mid + _column(s_next - mid, x) * flow_velocity(teacher, x_mid, mid)
+    return (x_end - x) / _column(s_next - s, x)
+
+
+def progressive_loss(student, teacher, x0, noise, k, n_student):
+    """Salimans & Ho 2022, Alg. 2 in flow terms: k (B,) in 1..n_student picks s = k / n_student on the student's grid."""
+    s, s_next = k / n_student, (k - 1) / n_student
+    x = _flow_point(x0, noise, s)
+    with torch.no_grad():
+        target = progressive_target(teacher, x, s, s_next)
+    return ((flow_velocity(student, x, s) - target) ** 2).mean()
+
+
+def consistency_fn(net, x, s):
+    """f(x, s) = x - s v(x, s): the flow's estimate of x_0, exactly x at s = 0 (the consistency boundary condition)."""
+    return x - _column(s, x) * flow_velocity(net, x, s)
+
+
+def consistency_loss(student, target, teacher, x0, noise, n, N):
+    """Consistency distillation (Song et al. 2023, Alg. 2, squared L2): n (B,) in 1..N.
+
+    x at s_n = n / N; the teacher's Heun step (Euler on the last step, to s = 0) gives x-hat at s_{n-1};
+    the loss is ||f_theta(x, s_n) - f_target(x-hat, s_{n-1})||^2.
+    """
+    s, s_prev = n / N, (n - 1) / N
+    x = _flow_point(x0, noise, s)
+    with torch.no_grad():
+        v = flow_velocity(teacher, x, s)
+        x_hat = x + _column(s_prev - s, x) * v
+        heun = _column((s_prev > 0).to(x.dtype), x)  # Heun where s_prev > 0, Euler to the data
+        v_next = flow_velocity(teacher, x_hat, s_prev)
+        x_hat = x + _column(s_prev - s, x) * (v + heun * (v_next - v) / 2)
+        goal = consistency_fn(target, x_hat, s_prev)
+    return ((consistency_fn(student, x, s) - goal) ** 2).mean()
+
+
+# ----------------------------------------------------------------------------------- sampling
+
+
+def consistency_sample(velocity, noise: torch.Tensor, steps: int, generator=None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1) at times 1, (steps - 1) / steps, ..., 1 / steps.
+
+    x = f(noise, 1); then at each later time s, noise x again to x_s = (1 - s) x + s z with fresh z and
+    take x = f(x_s, s). `velocity(x, s)` is the network as a flow (s a (B,) tensor). One step is one call.
+    """
+    x = noise
+    for i, s in enumerate(flow_times(steps)[:-1].tolist()):
+        level = torch.full((len(x),), s, device=x.device, dtype=x.dtype)
+        if i:
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = (1 - s) * x + s * z
+        x = x - s * velocity(x, level)
+    return x
+
+
+def teacher_pairs(teacher, n: int, steps: int, seed: int, shape, batch_size: int = 500, bf16: bool = False):
+    """(noise, x1): n draws of noise and the images the teacher's Heun ODE (`steps` steps) takes them to, unclipped."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, *shape), generator=generator)
+    device = next(teacher.parameters()).device
+    derivative = flow_derivative(lambda x, s: flow_velocity(teacher, x, s))
+    out = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, n, batch_size):
+            out.append(ode_sample(derivative, noise[i:i + batch_size].to(device), flow_times(steps)).float().cpu())
+    return noise, torch.cat(out)
+
+
+def straightness(xs: list[torch.Tensor], times: list[float]) -> float:
+    """Liu et al. 2022's straightness of the paths visited at `times` (xs[k] (B, ...) at times[k]), normalised.
+
+    S = E sum_k dt_k ||v_k - c||^2 / (|tau_end - tau_0| E ||c||^2), with v_k = (x_{k+1} - x_k) / (tau_{k+1} - tau_k)
+    the velocity of segment k and c = (x_end - x_0) / (tau_end - tau_0) the straight line's, E the mean over paths:
+    0 when every segment moves along its chord at the chord's speed, so that one Euler step would land exactly;
+    1 when the velocity strays from the chord by as much as the chord's own length, on average.
+    """
+    if len(xs) != len(times) or len(xs) < 3:
+        raise ValueError("straightness needs at least 3 points of a path and one time for each")
+    span = times[-1] - times[0]
+    chord = (xs[-1] - xs[0]).flatten(1).double() / span  # (B, D)
+    total = torch.zeros(len(chord), dtype=torch.float64)
+    for k in range(len(xs) - 1):
+        dt = times[k + 1] - times[k]
+        v = (xs[k + 1] - xs[k]).flatten(1).double() / dt
+        total += abs(dt) * ((v - chord) ** 2).sum(1)
+    return float(total.mean() / (abs(span) * (chord**2).sum(1).mean()))
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class DistillResult:
+    model: torch.nn.Module  # the student being trained
+    ema_model: torch.nn.Module  # its EMA weights, for sampling
+    losses: list[float]
+    step: int
+    students: dict[int, torch.nn.Module] = dataclasses.field(default_factory=dict)  # progressive: steps -> EMA student
+    seconds: float = 0.0  # wall time of the whole run so far, resumed parts and reflow's pairs included
+
+
+def student_info(config: DistillConfig, teacher_info: dict, step: int, sampling_steps: int | None,
+                 seconds: float) -> dict:
+    """The checkpoint info of a student: the teacher's, with what was distilled, how long it took (wall seconds,
+    reflow's pairs included) and how it samples by default."""
+    sampler = {"reflow": ["euler", 4], "progressive": ["euler", sampling_steps], "consistency": ["consistency", 1]}
+    distilled = {"method": config.method, "teacher": config.teacher, "steps": sampling_steps,
+                 "sampler": sampler[config.method], "seconds": round(seconds, 1), "config": dataclasses.asdict(config)}
+    return {k: v for k, v in teacher_info.items() if k != "step"} | {"distilled": distilled, "step": step}
+
+
+def distill(config: DistillConfig, out_dir=None, device=None, progress: bool = True, max_seconds: float | None = None,
+            callback=None, overwrite: bool = False) -> DistillResult:
+    """Distil `config.teacher` into a student (or resume, when `out_dir` holds a distillation state).
+
+    Writes `out_dir/model.safetensors` (the student's EMA weights) and `distill_state.safetensors` (all that is
+    needed to resume, the same way `train` resumes) every `save_every` steps and at the end; progressive
+    distillation also keeps each round's student in `out_dir/students/steps_NNN.safetensors`. Reflow first
+    draws its pairs from the teacher into `out_dir/pairs.safetensors`. `max_seconds` stops early, with a
+    checkpoint; `callback(step, loss, result)` runs every step. Nothing earlier is lost (`outputs`).
+    """
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
+    if out_dir is None:
+        return _distill(config, None, device, progress, max_seconds, callback)
+    out_dir = check_writable(out_dir)
+    with RunLock(out_dir):
+        clean_temporary(out_dir)
+        check_new_run(out_dir, MODEL_FILE, STATE_FILE, overwrite)
+        return _distill(config, out_dir, device, progress, max_seconds, callback)
+
+
+def _uses_bf16(config: DistillConfig, model, device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and type(model).__name__ == "UNet"
+                                          and fast_bf16(device))
+
+
+def _distill(config, out_dir, device, progress, max_seconds, callback) -> DistillResult:
+    device = pick_device(device)
+    teacher, teacher_info = load_teacher(config.teacher, device)
+    bf16 = _uses_bf16(config, teacher, device)
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    ema, target = EMA(student, config.ema_decay), copy.deepcopy(teacher)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 1)  # training draws; the pairs use `seed` itself
+    result = DistillResult(student, ema.model, [], 0)
+    clock = time.perf_counter()
+    if out_dir is not None and (out_dir / STATE_FILE).exists():
+        result.step, result.seconds = _load_state(out_dir / STATE_FILE, config, student, ema, target, teacher,
+                                                  optimizer, generator, result.losses)
+    data = _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress)
+    bar = _progress_bar(config.total_steps(), result.step, progress)
+    start, out_of_time = time.perf_counter(), False
+    while result.step < config.total_steps() and not out_of_time:
+        round_, step_in_round = divmod(result.step, config.steps)
+        if config.method == "progressive" and step_in_round == 0 and round_ > 0:  # the last student teaches now
+            teacher.load_state_dict(ema.model.state_dict())
+            student.load_state_dict(ema.model.state_dict())
+            ema = EMA(student, config.ema_decay)
+            optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+            result.ema_model = ema.model
+        loss = _step(config, student, teacher, target, ema, optimizer, generator, data, round_, step_in_round, bf16,
+                     device)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss} at step {result.step + 1}: lower --lr")
+        result.step += 1
+        result.losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if callback is not None:
+            callback(result.step, loss, result)
+        out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
+        result.seconds, clock = result.seconds + time.perf_counter() - clock, time.perf_counter()
+        round_end = result.step % config.steps == 0
+        if config.method == "progressive" and round_end:
+            n = config.round_students()[result.step // config.steps - 1]
+            result.students[n] = copy.deepcopy(ema.model)
+            if out_dir is not None:
+                save_model(out_dir / STUDENTS / f"steps_{n:03d}.safetensors", ema.model,
+                           student_info(config, teacher_info, result.step, n, result.seconds))
+        last = result.step == config.total_steps() or out_of_time
+        if out_dir is not None and (result.step % config.save_every == 0 or last or round_end):
+            _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result)
+    bar.close()
+    return result
+
+
+def _step(config, student, teacher, target, ema, optimizer, generator, data, round_, step_in_round, bf16, device) -> float:
+    """One optimiser step of the configured method; the batch is drawn from `generator`."""
+    first, second = data
+    B = config.batch_size
+    idx = torch.randint(0, len(first), (B,), generator=generator)
+    student.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        if config.method == "reflow":  # first: the pairs' noise, second: the teacher's images
+            s = torch.rand(B, generator=generator).to(device)
+            loss = reflow_loss(student, first[idx], second[idx], s)
+        else:
+            noise = torch.randn((B, *first.shape[1:]), generator=generator).to(device)
+            if config.method == "progressive":
+                n_student = config.round_students()[round_]
+                k = torch.randint(1, n_student + 1, (B,), generator=generator).to(device)
+                loss = progressive_loss(student, teacher, first[idx], noise, k.float(), n_student)
+            else:
+                N = config.teacher_steps
+                n = torch.randint(1, N + 1, (B,), generator=generator).to(device)
+                loss = consistency_loss(student, target, teacher, first[idx], noise, n.float(), N)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+    optimizer.step()
+    ema.update(student, round_ * config.steps + step_in_round if config.method != "progressive" else step_in_round)
+    if config.method == "consistency":
+        with torch.no_grad():
+            for t_p, p in zip(target.parameters(), student.parameters()):
+                t_p.lerp_(p, 1 - config.target_decay)
+    return float(loss.detach())
+
+
+def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress):
+    """Reflow: (noise, teacher images) pairs, made once and kept in OUT; the others: (real data, None)."""
+    if config.method != "reflow":
+        data, _ = load_training_data(TrainConfig.from_stored(teacher_info["train_config"]))
+        return data.to(device), None
+    path = None if out_dir is None else out_dir / PAIRS_FILE
+    if path is not None and path.exists():
+        tensors, metadata = read_tensors(path)
+        if json.loads(metadata.get("made_by", "{}")) != _pair_recipe(config):
+            raise CheckpointError(f"{path} holds pairs made another way ({metadata.get('made_by')}): "
+                                  "distil into a new --out folder")
+        return tensors["noise"].to(device), tensors["images"].to(device)
+    if progress:
+        print(f"drawing {config.pairs} (noise, image) pairs from the teacher (Heun, {config.pair_steps} steps)")
+    shape = tuple(load_training_data(TrainConfig.from_stored(teacher_info["train_config"]))[0].shape[1:])
+    noise, images = teacher_pairs(teacher, config.pairs, config.pair_steps, config.seed, shape, bf16=bf16)
+    if path is not None:
+        save_tensors(path, {"noise": noise, "images": images},
+                     {"format": FORMAT, "kind": "reflow_pairs", "made_by": json.dumps(_pair_recipe(config))})
+    return noise.to(device), images.to(device)
+
+
+def _pair_recipe(config: DistillConfig) -> dict:
+    return {"teacher": config.teacher, "pairs": config.pairs, "pair_steps": config.pair_steps, "seed": config.seed,
+            "precision": config.precision}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="distilling", unit="step")
+
+
+def _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result) -> None:
+    """The student's EMA weights for sampling, then everything needed to resume."""
+    n = None
+    if config.method == "progressive":
+        n = config.round_students()[min((result.step - 1) // config.steps, config.rounds() - 1)]
+    save_model(out_dir / MODEL_FILE, ema.model, student_info(config, teacher_info, result.step, n, result.seconds))
+    tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+    tensors.update({f"target.{k}": v for k, v in target.state_dict().items()})
+    tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})  # progressive: this round's teacher
+    tensors.update(optimizer_tensors(optimizer))
+    tensors["rng.generator"] = generator.get_state()
+    tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
+    save_tensors(out_dir / STATE_FILE, tensors, {"format": FORMAT, "kind": "distill_state",
+                                                  "step": str(result.step),
+                                                  "seconds": f"{result.seconds:.3f}",
+                                                  "distill_config": json.dumps(dataclasses.asdict(config))})
+
+
+def _load_state(path, config, student, ema, target, teacher, optimizer, generator, losses) -> tuple[int, float]:
+    tensors, metadata = read_tensors(path)
+    if metadata.get("kind") != "distill_state":
+        raise CheckpointError(f"{path} is not a distillation state")
+    stored, current = json.loads(metadata["distill_config"]), dataclasses.asdict(config)
+    changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES}
+    if changed:
+        raise CheckpointError(f"{path.parent} holds a distillation with other settings, (stored, now): {changed}. "
+                              "Resume with the same settings or choose another --out folder")
+    step = int(metadata["step"])
+    for prefix, module in (("model.", student), ("ema.", ema.model), ("target.", target), ("teacher.", teacher)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    at_round_start = config.method == "progressive" and step % config.steps == 0
+    if not at_round_start and all(k in tensors for k in optimizer_keys(student)):
+        load_optimizer(optimizer, student, tensors)
+    generator.set_state(tensors["rng.generator"])
+    losses.extend(tensors["history.loss"].tolist())
+    return step, float(metadata.get("seconds", 0.0))
