@@ -156,7 +156,8 @@ def build_parser() -> Parser:
     di.add_argument("--method", required=True, choices=METHODS, help="reflow, progressive or consistency")
     di.add_argument("--teacher", default=ddefaults.teacher, help="checkpoint path or committed model (default %(default)s)")
     di.add_argument("--steps", required=True, type=_positive_int,
-                    help="optimiser steps (progressive: per halving round; a resumed run continues to this)")
+                    help="optimiser steps (progressive: per halving round); a resumed reflow or consistency run "
+                         "continues to this")
     di.add_argument("--out", required=True, type=Path, help="folder for model.safetensors and the distillation state")
     di.add_argument("--teacher-steps", type=_positive_int, default=ddefaults.teacher_steps,
                     help="progressive: the first teacher's Euler steps; consistency: the time grid's N (default %(default)s)")

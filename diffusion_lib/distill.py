@@ -16,7 +16,7 @@ initialised from the teacher's weights, that still outputs a velocity:
 | `teacher_steps`  | progressive: the first teacher's Euler steps (2N for a student of N); consistency: the N of the grid s_n = n / N |
 | `f`              | the consistency function f(x, s) = x - s v(x, s); f(x, 0) = x holds for any network (the boundary condition) |
 | `target`         | theta^-, consistency's target network: an EMA (decay mu, `target_decay`) of the student |
-| `straightness`   | S = E ||v_k - (x_1 - x_0)||^2 / E ||x_1 - x_0||^2 along a path (Liu et al. 2022, Eq. 6, normalised); 0 for a straight line at constant speed |
+| `straightness`   | S = E ||v_k - (x_1 - x_0)||^2 / E ||x_1 - x_0||^2 along a path (Liu et al. 2022's straightness, normalised); 0 for a straight line at constant speed |
 
 A flow's Euler step is DDIM's step (chapter 8 derives it), so "two teacher DDIM steps in one"
 (Salimans & Ho) is "two teacher Euler steps in one" here.
@@ -120,9 +120,13 @@ def load_teacher(name: str, device="cpu"):
 
 def student_files(folder: str | Path) -> dict[int, Path]:
     """A progressive run's students by sampling steps ({4: .../students/steps_004.safetensors, ...}): from a
-    `distill --out` folder or a committed model's name."""
+    `distill --out` folder or a committed model's name; the folder's model.safetensors counts as its own student."""
     folder = Path(folder) if Path(folder).exists() else PRETRAINED_DIR / str(folder)
     found = {int(p.stem.split("_")[1]): p for p in (folder / STUDENTS).glob("steps_*.safetensors")}
+    if (folder / MODEL_FILE).exists():  # the last round's student (a committed run keeps it only here)
+        distilled = json.loads(read_tensors(folder / MODEL_FILE)[1].get("info", "{}")).get("distilled") or {}
+        if distilled.get("method") == "progressive":
+            found.setdefault(distilled["steps"], folder / MODEL_FILE)
     if not found:
         raise FileNotFoundError(f"{folder / STUDENTS} holds no students: it is not a progressive distillation's folder")
     return dict(sorted(found.items()))
@@ -423,10 +427,12 @@ def _load_state(path, config, student, ema, target, teacher, optimizer, generato
     if metadata.get("kind") != "distill_state":
         raise CheckpointError(f"{path} is not a distillation state")
     stored, current = json.loads(metadata["distill_config"]), dataclasses.asdict(config)
-    changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES}
+    free = RESUMABLE_CHANGES + (("steps",) if config.method != "progressive" else ())  # rounds depend on steps
+    changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v and k not in free}
     if changed:
         raise CheckpointError(f"{path.parent} holds a distillation with other settings, (stored, now): {changed}. "
-                              "Resume with the same settings or choose another --out folder")
+                              "Resume with the same settings (reflow and consistency may change only --steps) or "
+                              "choose another --out folder")
     step = int(metadata["step"])
     for prefix, module in (("model.", student), ("ema.", ema.model), ("target.", target), ("teacher.", teacher)):
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

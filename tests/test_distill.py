@@ -140,6 +140,18 @@ def test_progressive_rounds_halve_the_steps_and_a_resumed_run_matches_one_that_w
         distill(dataclasses.replace(config, lr=1e-3), tmp_path / "parts", progress=False)
 
 
+def test_a_consistency_run_resumes_to_more_steps_like_one_that_ran_them_at_once(moons_teacher, tmp_path):
+    config = DistillConfig("consistency", moons_teacher, steps=8, teacher_steps=8, save_every=4)
+    whole = distill(dataclasses.replace(config, steps=12), tmp_path / "whole", progress=False)
+    distill(config, tmp_path / "parts", progress=False)
+    resumed = distill(dataclasses.replace(config, steps=12), tmp_path / "parts", progress=False)
+    assert resumed.step == 12 and len(resumed.losses) == 12
+    for a, b in zip(whole.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(dl.CheckpointError, match="other settings"):
+        distill(dataclasses.replace(config, steps=16, target_decay=0.9), tmp_path / "parts", progress=False)
+
+
 def test_distill_config_refuses_what_cannot_be_halved():
     with pytest.raises(ValueError, match="power of 2"):
         DistillConfig("progressive", teacher_steps=12, student_steps=1)

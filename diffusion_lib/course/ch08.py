@@ -22,11 +22,15 @@ def train_moons(objective: str = "flow", steps: int = 2000, seed: int = 0):
     return result.ema_model, {**config.info(), "step": result.step}
 
 
-def flow_paths(model, noise: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[float]]:
-    """The points an Euler solver of the flow ODE visits from `noise` (times 1 -> 0), and those times."""
+def flow_paths(model, noise: torch.Tensor, steps: int, times: list[float] | None = None):
+    """The points an Euler solver of the flow ODE visits from `noise` and those times: ([x, ...], [s, ...]).
+
+    The times are `steps` even steps from 1 to 0, or `times` (decreasing, ending at 0) when given.
+    """
     visited = []
+    grid = flow_times(steps) if times is None else torch.tensor(times, dtype=torch.float64)
     with torch.no_grad():
-        end = ode_sample(flow_derivative(lambda x, s: flow_velocity(model, x, s)), noise, flow_times(steps), heun=False,
+        end = ode_sample(flow_derivative(lambda x, s: flow_velocity(model, x, s)), noise, grid, heun=False,
                          trajectory=visited)
     return [x for _, x in visited] + [end], [tau for tau, _ in visited] + [0.0]
 
@@ -67,11 +71,37 @@ def ddim_against_euler(model, info: dict, steps: int, n: int = 8, seed: int = 0)
     return {"max_difference": float((ddim - euler).abs().max()), "sample_scale": float(ddim.abs().max())}
 
 
+def mnist_paths(model, n: int = 256, steps: int = 64, seed: int = 0):
+    """n Euler paths of an MNIST flow model from seeded noise: ([x, ...], [s, ...]), as `flow_paths`."""
+    noise = torch.randn((n, model.config.image_channels, 28, 28), generator=torch.Generator().manual_seed(seed))
+    return flow_paths(model, noise, steps)
+
+
 def mnist_straightness(model, n: int = 256, steps: int = 64, seed: int = 0) -> dict:
     """Straightness S (distill.straightness) of n Euler paths of an MNIST flow model from seeded noise."""
-    noise = torch.randn((n, model.config.image_channels, 28, 28), generator=torch.Generator().manual_seed(seed))
-    xs, times = flow_paths(model, noise, steps)
-    return {"straightness": straightness(xs, times), "n": n, "steps": steps}
+    return {"straightness": straightness(*mnist_paths(model, n, steps, seed)), "n": n, "steps": steps}
+
+
+def deviation_by_time(xs: list[torch.Tensor], times: list[float]) -> tuple[list[float], list[float]]:
+    """Where along the paths the velocity strays: for each segment k, its middle time and
+    E ||v_k - c||^2 / E ||c||^2 (the terms `straightness` averages, with weights dt_k)."""
+    span = times[-1] - times[0]
+    chord = (xs[-1] - xs[0]).flatten(1).double() / span
+    scale = (chord**2).sum(1).mean()
+    middles, values = [], []
+    for k in range(len(xs) - 1):
+        v = (xs[k + 1] - xs[k]).flatten(1).double() / (times[k + 1] - times[k])
+        middles.append((times[k] + times[k + 1]) / 2)
+        values.append(float(((v - chord) ** 2).sum(1).mean() / scale))
+    return middles, values
+
+
+def squared_distances(data: torch.Tensor, n: int = 500, seed: int = 0) -> dict:
+    """Mean squared distance from a noise draw to a data point, and between two data points (n pairs each)."""
+    generator = torch.Generator().manual_seed(seed)
+    a, b = (data[torch.randint(0, len(data), (n,), generator=generator)].flatten(1) for _ in range(2))
+    noise = torch.randn(a.shape, generator=generator)
+    return {"noise_to_data": float(((noise - a) ** 2).sum(1).mean()), "data_to_data": float(((a - b) ** 2).sum(1).mean())}
 
 
 def paths_figure(panels: list[tuple[str, list[torch.Tensor]]], data: torch.Tensor, show: int = 40) -> Figure:

@@ -19,10 +19,11 @@ TEACHER = "mnist_uncond"
 TEACHER_ROWS = [("ddpm", 1000), ("ddim", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5),
                 ("dpm-solver++", 20), ("dpm-solver++", 10), ("dpm-solver++", 5), ("heun", 18),
                 ("euler", 8), ("euler", 4), ("euler", 2), ("euler", 1)]
-STUDENT_ROWS = [("mnist_reflow", "euler", 8), ("mnist_reflow", "euler", 4), ("mnist_reflow", "euler", 2),
-                ("mnist_reflow", "euler", 1), ("mnist_progressive/4", "euler", 4), ("mnist_progressive/2", "euler", 2),
-                ("mnist_progressive/1", "euler", 1), ("mnist_consistency", "consistency", 1),
-                ("mnist_consistency", "consistency", 2)]
+STUDENT_ROWS = [("mnist_reflow", "heun", 18), ("mnist_reflow", "euler", 8), ("mnist_reflow", "euler", 4), ("mnist_reflow", "euler", 2),
+                ("mnist_reflow", "euler", 1), ("mnist_progressive/8", "euler", 8), ("mnist_progressive/4", "euler", 4),
+                ("mnist_progressive/2", "euler", 2), ("mnist_progressive/1", "euler", 1),
+                ("mnist_consistency", "consistency", 1), ("mnist_consistency", "consistency", 2),
+                ("mnist_consistency", "consistency", 4)]
 
 
 def network_calls(sampler: str, steps: int) -> int:

@@ -396,7 +396,7 @@ def check_reflow_calls(answer) -> bool:
     expected = 6000 * network_calls("heun", 18)
     return _report(answer == expected, f"{expected:,}: 6,000 pairs x 35 calls (Heun makes two per step but none to "
                                        "correct its last step)",
-                   "Heun with N steps makes 2N - 1 calls per image (chapter 4); multiply by the pairs")
+                   "Heun with N steps makes 2N - 1 calls per image (section 2); multiply by the pairs")
 
 
 # Chapter 9 -----------------------------------------------------------------------------
