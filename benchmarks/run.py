@@ -33,6 +33,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shlex
@@ -466,19 +467,28 @@ FEWSTEPS_SEED_CHECK = [("mnist_uncond", "ddim", 50), ("mnist_reflow", "euler", 4
 
 def fewsteps(args, device) -> dict:
     """The complete steps-vs-quality table (chapter 9) on mnist_uncond and its students; rows already measured are
-    kept in OUT/fewsteps.partial.json, so an interrupted run resumes. Sampling under bf16 autocast (2x faster here)."""
+    kept in OUT/fewsteps.cache/ (not committed), keyed by the weights, so an interrupted run resumes. Sampling under
+    bf16 autocast (2x faster here)."""
     from diffusion_lib.course.ch08 import mnist_straightness
     from diffusion_lib.course.ch09 import STUDENT_ROWS, TEACHER, TEACHER_ROWS, load_row_model, score_row
 
     n = 50 if args.quick else 1000
     net = classifier()
-    partial = args.out / "fewsteps.partial.json"
+    partial = args.out / "fewsteps.cache" / "rows.json"  # not a section: rows measured so far, to resume a run
+    partial.parent.mkdir(exist_ok=True)
     done = json.loads(partial.read_text()) if partial.exists() else {}
     jobs = [(TEACHER, s, k, "bf16", 0) for s, k in TEACHER_ROWS] + [(m, s, k, "bf16", 0) for m, s, k in STUDENT_ROWS]
     jobs += [(TEACHER, s, k, "fp32", 0) for s, k in FEWSTEPS_PRECISION_CHECK]
     jobs += [(m, s, k, "bf16", seed) for seed in (1, 2) for m, s, k in FEWSTEPS_SEED_CHECK]
     jobs = jobs[:3] if args.quick else jobs
-    keys = [f"{name}|{sampler}|{steps}|{precision}|{n}" + (f"|seed {seed}" if seed else "")
+    fingerprints = {}  # the weights of each model, so that a retrained model is measured again
+    for name in {job[0] for job in jobs}:
+        try:
+            weights = load_row_model(name, device)[0].state_dict().values()
+            fingerprints[name] = hashlib.sha1(b"".join(w.cpu().numpy().tobytes() for w in weights)).hexdigest()[:12]
+        except (dl.CheckpointError, FileNotFoundError):  # a student not made yet: its rows are skipped below
+            fingerprints[name] = "missing"
+    keys = [f"{name}|{sampler}|{steps}|{precision}|{n}" + (f"|seed {seed}" if seed else "") + f"|{fingerprints[name]}"
             for name, sampler, steps, precision, seed in jobs]
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][1:3] == ("ddpm", 1000))  # the slowest row last
     for i in order:
@@ -524,7 +534,7 @@ def course(args, device) -> dict:
         row["learner_minutes"] = learner_minutes(notebook, row["full_seconds"])
         rows.append(row)
     suite = {}
-    if not args.quick and not args.chapters:
+    if not args.quick:  # every chapter, also when only some were timed above
         start = time.perf_counter()
         code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "chapters"], cwd=REPO,
                               env={**os.environ, "DIFFUSION_COURSE_FAST": "1"}, capture_output=True).returncode
@@ -1041,7 +1051,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--recipe", default=None, help="budget section: only recipes whose name contains this")
     parser.add_argument("--chapters", default=None,
-                        help="course section: only these chapters, e.g. 08,09 (the other rows and the suite's time are kept)")
+                        help="course section: time only these chapters, e.g. 08,09 (the other chapters' rows are kept)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1071,7 +1081,7 @@ def main(argv=None):
             figures["rows"] = sorted([r for r in old["figures"]["rows"] if r["chapter"] not in measured_now]
                                      + [{**r, "command": command.strip(), "date": datetime.date.today().isoformat()}
                                         for r in figures["rows"]], key=lambda r: r["chapter"])
-            figures = {**old["figures"], "rows": figures["rows"]}
+            figures = {**old["figures"], **figures, "rows": figures["rows"]}
         record = {"section": name, "command": command.strip(), "date": datetime.date.today().isoformat(),
                   "machine": machine(), "threads": torch.get_num_threads(), "device": str(device), "quick": args.quick,
                   "seconds": time.perf_counter() - start, "figures": figures}
