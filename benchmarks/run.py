@@ -481,25 +481,24 @@ def fewsteps(args, device) -> dict:
     jobs += [(TEACHER, s, k, "fp32", 0) for s, k in FEWSTEPS_PRECISION_CHECK]
     jobs += [(m, s, k, "bf16", seed) for seed in (1, 2) for m, s, k in FEWSTEPS_SEED_CHECK]
     jobs = jobs[:3] if args.quick else jobs
-    fingerprints = {}  # the weights of each model, so that a retrained model is measured again
-    for name in {job[0] for job in jobs}:
+    models, fingerprints = {}, {}  # each model loaded once; its weights' hash, so a retrained model is measured again
+    for name in dict.fromkeys(job[0] for job in jobs):
         try:
-            weights = load_row_model(name, device)[0].state_dict().values()
-            fingerprints[name] = hashlib.sha1(b"".join(w.cpu().numpy().tobytes() for w in weights)).hexdigest()[:12]
-        except (dl.CheckpointError, FileNotFoundError):  # a student not made yet: its rows are skipped below
+            models[name] = load_row_model(name, device)
+        except (dl.CheckpointError, FileNotFoundError) as error:  # a student not made yet: its rows are skipped
+            print(f"{name}: skipped ({error})", flush=True)
             fingerprints[name] = "missing"
+            continue
+        weights = models[name][0].state_dict().values()
+        fingerprints[name] = hashlib.sha1(b"".join(w.cpu().numpy().tobytes() for w in weights)).hexdigest()[:12]
     keys = [f"{name}|{sampler}|{steps}|{precision}|{n}" + (f"|seed {seed}" if seed else "") + f"|{fingerprints[name]}"
             for name, sampler, steps, precision, seed in jobs]
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][1:3] == ("ddpm", 1000))  # the slowest row last
     for i in order:
         key, (name, sampler, steps, precision, seed) = keys[i], jobs[i]
-        if key in done:
+        if key in done or name not in models:
             continue
-        try:
-            model, info = load_row_model(name, device)
-        except (dl.CheckpointError, FileNotFoundError) as error:  # a student not made yet: the rest still run
-            print(f"{key}: skipped ({error})", flush=True)
-            continue
+        model, info = models[name]
         row, samples = score_row(model, info, sampler, steps, net, n, seed=seed, precision=precision)
         done[key] = {"model": name, **row, "grid": encode_images(samples[:16]),
                      "distilled": {k: v for k, v in info.get("distilled", {}).items() if k != "config"},
@@ -507,7 +506,10 @@ def fewsteps(args, device) -> dict:
         partial.write_text(json.dumps(done, indent=1) + "\n")
         print(f"{key}: FID {row['mnist_fid']:.1f}, recognised {100 * row['recognised']:.1f}%", flush=True)
     paths = 64 if args.quick else 256
-    straight = {label: mnist_straightness(load_row_model(name, device)[0], paths, steps=64)
+    for name in (TEACHER, "mnist_reflow"):
+        if name not in models:  # quick mode measures fewer rows
+            models[name] = load_row_model(name, device)
+    straight = {label: mnist_straightness(models[name][0], paths, steps=64)
                 for label, name in (("teacher", TEACHER), ("reflow", "mnist_reflow"))}
     return {"teacher": TEACHER, "n": n, "real_baseline_fid": real_baseline_fid(n, net),
             "rows": [done[k] for k, job in zip(keys, jobs) if k in done and job[4] == 0],

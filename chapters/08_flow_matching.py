@@ -269,17 +269,17 @@ for name, data in (("MNIST", dl.load_mnist(train=True)[0]), ("two moons", moons_
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 2.8))
-middles, values = ch08.deviation_by_time(teacher_xs, teacher_times)
+middles, values = dl.distill.segment_strays(teacher_xs, teacher_times)
 ax.plot(middles, values, label="mnist_uncond")
 reflow_xs, reflow_times = ch08.mnist_paths(reflowed, n_paths, steps=64)
-middles, values = ch08.deviation_by_time(reflow_xs, reflow_times)
+middles, values = dl.distill.segment_strays(reflow_xs, reflow_times)
 ax.plot(middles, values, label="mnist_reflow (section 5)")
 ax.set(xlabel="s (0 = data, 1 = noise)", ylabel="squared stray / squared chord", yscale="log")
 ax.invert_xaxis()
 ax.legend()
 plt.show()
 for name, (xs, times) in (("mnist_uncond", (teacher_xs, teacher_times)), ("mnist_reflow", (reflow_xs, reflow_times))):
-    middles, values = ch08.deviation_by_time(xs, times)
+    middles, values = dl.distill.segment_strays(xs, times)
     parts = {"s > 0.75 (near the noise)": [v for m, v in zip(middles, values) if m > 0.75],
              "0.25 < s < 0.75": [v for m, v in zip(middles, values) if 0.25 <= m <= 0.75],
              "s < 0.25 (near the data)": [v for m, v in zip(middles, values) if m < 0.25]}

@@ -37,9 +37,10 @@ import torch
 from .checkpoint import FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, save_model, save_tensors
 from .continuous import _column, flow_derivative, flow_times, flow_velocity, ode_sample
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
-from .runtime import fast_bf16, pick_device
-from .training import (EMA, MODEL_FILE, TrainConfig, TrainingDiverged, load_optimizer, load_training_data,
-                       optimizer_keys, optimizer_tensors)
+from .runtime import pick_device
+from .models import arch_of
+from .training import (EMA, MODEL_FILE, TrainConfig, TrainingDiverged, bf16_wanted, load_optimizer, load_training_data,
+                       optimizer_keys, optimizer_tensors, progress_bar)
 
 METHODS = ("reflow", "progressive", "consistency")
 STATE_FILE, PAIRS_FILE, STUDENTS = "distill_state.safetensors", "pairs.safetensors", "students"
@@ -218,24 +219,31 @@ def teacher_pairs(teacher, n: int, steps: int, seed: int, shape, batch_size: int
     return noise, torch.cat(out)
 
 
-def straightness(xs: list[torch.Tensor], times: list[float]) -> float:
-    """Liu et al. 2022's straightness of the paths visited at `times` (xs[k] (B, ...) at times[k]), normalised.
+def segment_strays(xs: list[torch.Tensor], times: list[float]) -> tuple[list[float], list[float]]:
+    """Where along the paths the velocity strays: for each segment k of the paths visited at `times` (xs[k] (B, ...)
+    at times[k]), its middle time and E ||v_k - c||^2 / E ||c||^2, with v_k = (x_{k+1} - x_k) / (tau_{k+1} - tau_k)
+    the segment's velocity, c = (x_end - x_0) / (tau_end - tau_0) the straight line's, E the mean over paths."""
+    if len(xs) != len(times) or len(xs) < 3:
+        raise ValueError("straightness needs at least 3 points of a path and one time for each")
+    chord = (xs[-1] - xs[0]).flatten(1).double() / (times[-1] - times[0])  # (B, D)
+    scale = (chord**2).sum(1).mean()
+    middles, values = [], []
+    for k in range(len(xs) - 1):
+        v = (xs[k + 1] - xs[k]).flatten(1).double() / (times[k + 1] - times[k])
+        middles.append((times[k] + times[k + 1]) / 2)
+        values.append(float(((v - chord) ** 2).sum(1).mean() / scale))
+    return middles, values
 
-    S = E sum_k dt_k ||v_k - c||^2 / (|tau_end - tau_0| E ||c||^2), with v_k = (x_{k+1} - x_k) / (tau_{k+1} - tau_k)
-    the velocity of segment k and c = (x_end - x_0) / (tau_end - tau_0) the straight line's, E the mean over paths:
+
+def straightness(xs: list[torch.Tensor], times: list[float]) -> float:
+    """Liu et al. 2022's straightness of the paths visited at `times`, normalised: the `segment_strays` averaged
+    over time, S = sum_k |dt_k| stray_k / |tau_end - tau_0| = E sum_k |dt_k| ||v_k - c||^2 / (|tau_end - tau_0| E ||c||^2).
+
     0 when every segment moves along its chord at the chord's speed, so that one Euler step would land exactly;
     1 when the velocity strays from the chord by as much as the chord's own length, on average.
     """
-    if len(xs) != len(times) or len(xs) < 3:
-        raise ValueError("straightness needs at least 3 points of a path and one time for each")
-    span = times[-1] - times[0]
-    chord = (xs[-1] - xs[0]).flatten(1).double() / span  # (B, D)
-    total = torch.zeros(len(chord), dtype=torch.float64)
-    for k in range(len(xs) - 1):
-        dt = times[k + 1] - times[k]
-        v = (xs[k + 1] - xs[k]).flatten(1).double() / dt
-        total += abs(dt) * ((v - chord) ** 2).sum(1)
-    return float(total.mean() / (abs(span) * (chord**2).sum(1).mean()))
+    _, strays = segment_strays(xs, times)
+    return sum(abs(b - a) * v for a, b, v in zip(times, times[1:], strays)) / abs(times[-1] - times[0])
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -282,15 +290,10 @@ def distill(config: DistillConfig, out_dir=None, device=None, progress: bool = T
         return _distill(config, out_dir, device, progress, max_seconds, callback)
 
 
-def _uses_bf16(config: DistillConfig, model, device) -> bool:
-    return config.precision == "bf16" or (config.precision == "auto" and type(model).__name__ == "UNet"
-                                          and fast_bf16(device))
-
-
 def _distill(config, out_dir, device, progress, max_seconds, callback) -> DistillResult:
     device = pick_device(device)
     teacher, teacher_info = load_teacher(config.teacher, device)
-    bf16 = _uses_bf16(config, teacher, device)
+    bf16 = bf16_wanted(config.precision, arch_of(teacher), device)
     student = copy.deepcopy(teacher).requires_grad_(True)
     ema, target = EMA(student, config.ema_decay), copy.deepcopy(teacher)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
@@ -301,7 +304,7 @@ def _distill(config, out_dir, device, progress, max_seconds, callback) -> Distil
         result.step, result.seconds = _load_state(out_dir / STATE_FILE, config, student, ema, target, teacher,
                                                   optimizer, generator, result.losses)
     data = _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress)
-    bar = _progress_bar(config.total_steps(), result.step, progress)
+    bar = progress_bar(config.total_steps(), result.step, progress, desc="distilling")
     start, out_of_time = time.perf_counter(), False
     while result.step < config.total_steps() and not out_of_time:
         round_, step_in_round = divmod(result.step, config.steps)
@@ -372,9 +375,9 @@ def _step(config, student, teacher, target, ema, optimizer, generator, data, rou
 
 def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress):
     """Reflow: (noise, teacher images) pairs, made once and kept in OUT; the others: (real data, None)."""
+    stored = TrainConfig.from_stored(teacher_info["train_config"])
     if config.method != "reflow":
-        data, _ = load_training_data(TrainConfig.from_stored(teacher_info["train_config"]))
-        return data.to(device), None
+        return load_training_data(stored)[0].to(device), None
     path = None if out_dir is None else out_dir / PAIRS_FILE
     if path is not None and path.exists():
         tensors, metadata = read_tensors(path)
@@ -384,7 +387,8 @@ def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progres
         return tensors["noise"].to(device), tensors["images"].to(device)
     if progress:
         print(f"drawing {config.pairs} (noise, image) pairs from the teacher (Heun, {config.pair_steps} steps)")
-    shape = tuple(load_training_data(TrainConfig.from_stored(teacher_info["train_config"]))[0].shape[1:])
+    image = stored.image_shape()  # (channels, size), or None for 2-D points
+    shape = (image[0], image[1], image[1]) if image else (teacher.config.data_dim,)
     noise, images = teacher_pairs(teacher, config.pairs, config.pair_steps, config.seed, shape, bf16=bf16)
     if path is not None:
         save_tensors(path, {"noise": noise, "images": images},
@@ -395,12 +399,6 @@ def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progres
 def _pair_recipe(config: DistillConfig) -> dict:
     return {"teacher": config.teacher, "pairs": config.pairs, "pair_steps": config.pair_steps, "seed": config.seed,
             "precision": config.precision}
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="distilling", unit="step")
 
 
 def _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result) -> None:

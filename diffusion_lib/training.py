@@ -361,7 +361,7 @@ def _train(config: TrainConfig, out_dir, device, progress, callback, max_seconds
     data, labels = load_training_data(config)
     data = data.to(device)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    bar = _progress_bar(config.steps, result.step, enabled=progress and rank == 0)
+    bar = progress_bar(config.steps, result.step, enabled=progress and rank == 0)
     start, out_of_time = time.perf_counter(), False
     while result.step < config.steps and not out_of_time:
         loss = _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, result.step, rank, world)
@@ -429,8 +429,12 @@ def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, c
 def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether a training step runs under bfloat16 autocast: "bf16"; or "auto", for the U-Net (where the study
     measured the gain) on hardware with native bf16. Small MLPs and other models stay in float32."""
-    return config.precision == "bf16" or (config.precision == "auto" and config.model_arch == "unet"
-                                          and fast_bf16(device))
+    return bf16_wanted(config.precision, config.model_arch, device)
+
+
+def bf16_wanted(precision: str, arch: str, device: torch.device) -> bool:
+    """`uses_bf16` for any run (training or distillation): precision "bf16", or "auto" for a U-Net on fast bf16."""
+    return precision == "bf16" or (precision == "auto" and arch == "unet" and fast_bf16(device))
 
 
 def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch.Tensor:
@@ -446,10 +450,11 @@ def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch
     return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str = "training"):
+    """A tqdm bar over optimiser steps, starting at `initial` (a resumed run), or a silent one."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="training", unit="step")
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step")
 
 
 def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, generator, result: TrainResult) -> None:

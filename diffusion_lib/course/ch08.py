@@ -82,20 +82,6 @@ def mnist_straightness(model, n: int = 256, steps: int = 64, seed: int = 0) -> d
     return {"straightness": straightness(*mnist_paths(model, n, steps, seed)), "n": n, "steps": steps}
 
 
-def deviation_by_time(xs: list[torch.Tensor], times: list[float]) -> tuple[list[float], list[float]]:
-    """Where along the paths the velocity strays: for each segment k, its middle time and
-    E ||v_k - c||^2 / E ||c||^2 (the terms `straightness` averages, with weights dt_k)."""
-    span = times[-1] - times[0]
-    chord = (xs[-1] - xs[0]).flatten(1).double() / span
-    scale = (chord**2).sum(1).mean()
-    middles, values = [], []
-    for k in range(len(xs) - 1):
-        v = (xs[k + 1] - xs[k]).flatten(1).double() / (times[k + 1] - times[k])
-        middles.append((times[k] + times[k + 1]) / 2)
-        values.append(float(((v - chord) ** 2).sum(1).mean() / scale))
-    return middles, values
-
-
 def squared_distances(data: torch.Tensor, n: int = 500, seed: int = 0) -> dict:
     """Mean squared distance from a noise draw to a data point, and between two data points (n pairs each)."""
     generator = torch.Generator().manual_seed(seed)
