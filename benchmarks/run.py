@@ -24,6 +24,8 @@ Sections:
   text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
   fewsteps   chapters 8-9: the complete steps table on one teacher (mnist_uncond) and its distilled students,
              1,000 samples a row; straightness before and after reflow; what distillation costs
+  latent     chapter 10: the autoencoder's ceiling, pixel vs latent step costs, quality and caption agreement at
+             equal training time (pixel U-Net, latent U-Net, latent MMDiT), image-to-image, negative prompts
   course     wall time of the fast-mode test suite and of each chapter in full mode, with peak memory
 """
 
@@ -517,6 +519,39 @@ def fewsteps(args, device) -> dict:
             "straightness": straight, "straightness_paths": paths}
 
 
+def latent(args, device) -> dict:
+    """Chapter 10's figures: the autoencoder, and the three text models trained for the same wall time."""
+    from diffusion_lib.course import ch10
+
+    net = classifier()
+    n = 50 if args.quick else 1000
+    images, labels = dl.load_mnist(train=False)
+    vae = dl.pretrained(ch10.AUTOENCODER)[0]
+    figures = {"n": n, "real_baseline_fid": real_baseline_fid(n, net),
+               "reconstruction": ch10.reconstruction_scores(vae, images[:n], net),
+               "decode_seconds_per_64": ch10.seconds_to_decode(64), "models": {}}
+    seeds = (0,) if args.quick else (0, 1, 2)
+    per_caption = 2 if args.quick else 50
+    held_out = caption_sets()["held out"]
+    for label, name in ch10.MODELS.items():
+        model, info = dl.pretrained(name, device)
+        row = {"name": name, "parameters": sum(p.numel() for p in model.parameters()),
+               "seconds_per_call_64": ch10.seconds_per_call(model, 64), "training_steps": info.get("step"),
+               "quality": [ch10.quality(model, info, net, n, w, seed)[0] for w in (1.0, 3.0) for seed in seeds],
+               "held_out": [{"w": w, **caption_scores(model, info, net, held_out, per_caption, w, steps=10, seed=5)}
+                            for w in (1.0, 3.0)]}
+        figures["models"][label] = row
+        print(label, json.dumps({k: v for k, v in row.items() if k in ("parameters", "seconds_per_call_64")}), flush=True)
+    best = dl.pretrained(ch10.MODELS["latent MMDiT"], device)
+    m = 20 if args.quick else 200
+    figures["image_to_image"] = [ch10.image_to_image_scores(*best, net, images[:m], labels[:m], strength)
+                                 for strength in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    figures["negative"] = [{"negative": negative, "thick_share": ch10.attribute_shares(
+        *best, "a seven", negative, "thickness", m), **ch10.negative_prompt_scores(*best, net, "a seven", negative, m)}
+        for negative in (None, "a thick seven", "a thin seven")]
+    return figures
+
+
 def _run_chapter(notebook: Path, fast: bool) -> dict:
     """Wall seconds and the kernel's peak resident memory (MiB) of one chapter run top to bottom in a fresh kernel."""
     result = subprocess.run([sys.executable, "-m", "diffusion_lib.course.runner", str(notebook)] + (["--fast"] if fast else []),
@@ -545,7 +580,7 @@ def course(args, device) -> dict:
 
 
 SECTIONS = {f.__name__: f for f in (training, sampling, steps, guidance, pretrained, committed, budget, recipes, study,
-                                    gallery, fashion, text, inpainting, memory, fewsteps, course)}
+                                    gallery, fashion, text, inpainting, memory, fewsteps, latent, course)}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -995,6 +1030,45 @@ def _render_fewsteps(f):
     return lines
 
 
+def _render_latent(f):
+    r = f["reconstruction"]
+    floor = f["real_baseline_fid"]
+    lines = [f"The autoencoder `mnist_vae` on the first {r['n']} test digits: pixel MSE {r['mse']:.4f} (in [-1, 1] units), "
+             f"MNIST-FID of its reconstructions **{r['mnist_fid']:.1f}** against a real-digit floor of {floor:.1f} (the "
+             f"ceiling a latent model can reach), {100 * r['recognised']:.1f}% recognised, {100 * r['same_class']:.1f}% "
+             f"the same class as the original. Decoding 64 latents: {1000 * f['decode_seconds_per_64']:.1f} ms.", "",
+             "Three text models trained on the same captions for the same wall time (each folder's README), sampled with "
+             "Heun-10 (19 network calls) for the captions 'a zero' to 'a nine', n = "
+             f"{f['n']} per row; FID and shares are means over seeds (range in brackets).", "",
+             "| model | parameters | training steps | ms per call (64) | w | MNIST-FID | x floor | recognised | "
+             "requested digit |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, m in f["models"].items():
+        for w in sorted({q["w"] for q in m["quality"]}):
+            rows = [q for q in m["quality"] if q["w"] == w]
+            fids = [q["mnist_fid"] for q in rows]
+            mean = statistics.mean(fids)
+            lines.append(f"| {label} | {m['parameters']:,} | {m['training_steps']:,} | "
+                         f"{1000 * m['seconds_per_call_64']:.1f} | {w:g} | {mean:.1f} ({min(fids):.1f}-{max(fids):.1f}) | "
+                         f"{mean / floor:.2f} | {100 * statistics.mean(q['recognised'] for q in rows):.1f}% | "
+                         f"{100 * statistics.mean(q['requested_digit'] for q in rows):.1f}% |")
+    lines += ["", "Held-out captions (each digit's unseen (thickness, slant) pair, DPM-Solver++-10; chapter 7's "
+                  "measure, chance 0.5):", "", "| model | w | digit accuracy | thickness agreement | slant agreement |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {h['w']:g} | {h['digit_accuracy']:.3f} | {h['thickness']:.3f} | {h['slant']:.3f} |"
+              for label, m in f["models"].items() for h in m["held_out"]]
+    lines += ["", "Image-to-image (SDEdit) with the latent MMDiT from real test digits, asked for (label + 1) mod 10 "
+                  "at w = 3, Euler-10:", "", "| strength | follows the caption | still the source digit | RMS change |",
+              "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['strength']:.1f} | {100 * r['follows']:.1f}% | {100 * r['keeps_source_digit']:.1f}% | "
+              f"{r['rms_change']:.3f} |" for r in f["image_to_image"]]
+    lines += ["", "Negative prompts with the latent MMDiT: 'a seven' at w = 3, the negative caption in the empty "
+                  "caption's place:", "", "| negative prompt | samples | a seven | thicker than the median |",
+              "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['negative'] or '(none)'} | {r['n']} | {100 * r['digit_accuracy']:.1f}% | {100 * r['thick_share']:.1f}% |"
+              for r in f["negative"]]
+    return lines
+
+
 def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
@@ -1036,7 +1110,8 @@ def _learner(row) -> str:
 RENDERERS = {"training": _render_training, "sampling": _render_sampling, "steps": _render_steps,
              "guidance": _render_guidance, "pretrained": _render_pretrained, "budget": _render_budget,
              "recipes": _render_recipes, "study": _render_study, "gallery": _render_gallery, "committed": _render_committed, "fashion": _render_fashion, "memory": _render_memory, "text": _render_text,
-             "inpainting": _render_inpainting, "fewsteps": _render_fewsteps, "course": _render_course}
+             "inpainting": _render_inpainting, "fewsteps": _render_fewsteps, "latent": _render_latent,
+             "course": _render_course}
 
 
 # ---------------------------------------------------------------------------------------------- main

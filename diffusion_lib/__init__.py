@@ -12,8 +12,10 @@ One idea per module:
 | `guidance`    | classifier-free guidance and autoguidance as wrappers around the model |
 | `text`        | captions measured from MNIST, the tokenizer, text encoder, cross-attention |
 | `inpainting`  | filling masked pixels with any denoiser (replacement and RePaint)  |
+| `autoencoder` | the KL-regularised autoencoder of latent diffusion (images to latents and back) |
+| `latent`      | a latent model's autoencoder, scaled latents, decoding its samples |
 | `ideal`       | exact denoisers for finite and Gaussian data sets                  |
-| `unet`, `mlp`, `pixelcnn` | the networks                                           |
+| `unet`, `dit`, `mlp`, `pixelcnn` | the networks (`dit`: a diffusion transformer, MMDiT with text) |
 | `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
 | `data`        | MNIST in [-1, 1] and 2-D toy data sets                             |
 | `training`    | the DDPM loss (and min-SNR weighting), EMA, the resumable (and distributable) training loop |
@@ -21,7 +23,7 @@ One idea per module:
 | `classifier`  | a small MNIST classifier, the judge of generated digits            |
 | `evaluation`  | MNIST-FID, class accuracy, histogram and diversity of samples      |
 | `course`      | the chapters' widget callbacks, measurements and exercise checks   |
-| `pipeline`    | checkpoint -> samples in one call (used by the command line)       |
+| `pipeline`    | checkpoint -> samples in one call (used by the command line); image-to-image |
 | `runtime`     | device choice and the course's fast mode                           |
 
 Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`). EDM and flow models
@@ -30,7 +32,7 @@ name noise by a real number instead (sigma, or s in [0, 1]); `continuous` says h
 
 from .checkpoint import CheckpointError, load_model, load_weights, pretrained, pretrained_snapshots, save_model
 from .classifier import Classifier, ClassifierConfig, classify
-from . import continuous, distill, evaluation, inpainting, text
+from . import autoencoder, continuous, distill, evaluation, inpainting, latent, text
 from .data import load_fashion_mnist, load_folder, load_images, load_mnist, make_toy
 from .evaluation import evaluate, fid, mnist_fid
 from .forward import (eps_from_v, eps_from_x0, q_posterior, q_sample, q_step, to_eps, training_target, v_from_eps_x0,
@@ -39,7 +41,8 @@ from .guidance import guided_eps_fn
 from .ideal import gaussian_eps_fn, gaussian_x0, ideal_eps_fn, ideal_x0
 from .mlp import MLPConfig, MLPDenoiser
 from .models import as_eps_fn, as_eps_model, build_model
-from .pipeline import autoguided, generate, inpaint_images
+from .dit import DiT, DiTConfig
+from .pipeline import autoguided, generate, image_to_image, inpaint_images
 from .pixelcnn import PixelCNN, PixelCNNConfig, binarize, pixelcnn_loss, pixelcnn_sample
 from .runtime import by_mode, fast_mode, pick_device
 from .inpainting import inpaint, named_mask
@@ -48,5 +51,6 @@ from .samplers import (Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_
 from .schedules import Schedule, make_schedule
 from .training import EMA, TrainConfig, diffusion_loss, train
 from .unet import UNet, UNetConfig, timestep_embedding
+from .autoencoder import VAE, VAEConfig
 
 __version__ = "0.1.0"

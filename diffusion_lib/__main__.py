@@ -137,9 +137,13 @@ def build_parser() -> Parser:
     tr.add_argument("--save-every", type=_positive_int, default=defaults.save_every, help="checkpoint interval in steps (default %(default)s)")
     tr.add_argument("--snapshots", type=_step_list, default=(),
                     help="comma-separated steps at which to keep the EMA model in OUT/snapshots/, e.g. 100,500,2000")
-    tr.add_argument("--arch", choices=("unet", "mlp", "pixelcnn", "classifier"), default=None,
-                    help="model to train (default: unet for images, mlp for 2-D data); pixelcnn uses mnist; classifier any "
-                         "labelled images (it is what 'evaluate' judges samples with)")
+    tr.add_argument("--arch", choices=("unet", "mlp", "dit", "pixelcnn", "classifier", "vae"), default=None,
+                    help="model to train (default: unet for images, mlp for 2-D data); dit a diffusion transformer "
+                         "(MMDiT with --text); pixelcnn uses mnist; classifier any "
+                         "labelled images (it is what 'evaluate' judges samples with); vae the autoencoder of latent diffusion")
+    tr.add_argument("--latent", default=None, metavar="AUTOENCODER",
+                    help="train on the latents of this autoencoder (a committed name such as mnist_vae, or the folder of "
+                         "a 'train --arch vae' run); sampling decodes them back to images")
     tr.add_argument("--model-config", type=_json_object, default=None,
                     help="JSON overriding fields of the network, e.g. '{\"base_channels\": 24}' (the U-Net's default "
                          f"is the recipe's {json.dumps(RECIPE_NETWORKS['unet'])} over UNetConfig)")
@@ -212,6 +216,9 @@ def build_parser() -> Parser:
     sa.add_argument("--prompt", action="append", default=None,
                     help="for a text model (trained with --text): a caption such as 'a thick seven'; give it several "
                          "times for several captions, used in turn for the N samples")
+    sa.add_argument("--negative-prompt", default=None,
+                    help="for a text model: a caption to steer away from, in place of the empty one in guidance (so it "
+                         "needs --guidance other than 1), e.g. --prompt 'a seven' --negative-prompt 'a thick seven'")
     sa.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same samples (default %(default)s)")
     sa.add_argument("--inpaint", default=None,
                     help="fill in images instead of sampling from noise: an .npz with 'images' (N, C, H, W) of the model's "
@@ -292,7 +299,7 @@ def run_train(args) -> None:
                          precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
-                         arch=args.arch)
+                         arch=args.arch, latent=args.latent)
     if args.model_config is not None:  # over the recipe's network, so '{"attention_levels": []}' keeps its width
         config = dataclasses.replace(config, model={**RECIPE_NETWORKS.get(config.model_arch, {}), **args.model_config})
     start = time.perf_counter()
@@ -363,8 +370,11 @@ def run_sample(args) -> None:
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
     is_text = bool(getattr(model.config, "text_dim", None))
-    if args.prompt is not None and not is_text:
-        raise ValueError(f"--prompt needs a text model (trained with --text); {args.checkpoint} is not one")
+    if (args.prompt is not None or args.negative_prompt is not None) and not is_text:
+        raise ValueError(f"--prompt and --negative-prompt need a text model (trained with --text); {args.checkpoint} "
+                         "is not one")
+    if args.negative_prompt is not None and (args.guidance is None or args.guidance == 1):
+        raise ValueError("--negative-prompt acts through guidance: add --guidance, e.g. 3 (at 1 it changes nothing)")
     if is_text and (args.prompt is None or args.labels is not None):
         raise ValueError(f"{args.checkpoint} is a text model: describe the digits with --prompt 'a thick seven' "
                          "(not --labels); --prompt '' asks for no caption")
@@ -384,7 +394,8 @@ def run_sample(args) -> None:
         arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
     else:
         samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
-                                   args.seed, prompts=prompts, batch_size=args.batch_size, precision=args.precision)
+                                   args.seed, prompts=prompts, batch_size=args.batch_size, precision=args.precision,
+                                   negative_prompt=args.negative_prompt)
     if is_image_data(info["data"]):
         arrays.update(images=samples.cpu().numpy().astype(np.float32), data=np.array(info["data"]))
     else:

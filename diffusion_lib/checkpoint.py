@@ -108,7 +108,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except Exception as error:  # a header can be wrong in any way; whatever breaks, say which file and why
         raise CheckpointError(f"{path}: its architecture header cannot be rebuilt: {error!r}") from error
     _check_shapes(skeleton.state_dict(), tensors, path)
-    info = _read_info(metadata, path, denoiser=metadata["arch"] in ("unet", "mlp"))
+    info = _read_info(metadata, path, denoiser=metadata["arch"] in ("unet", "mlp", "dit"))
     model = build_model(metadata["arch"], config)
     _load_state(model, tensors, path)
     if metadata["arch"] == "classifier":  # what it judges (`evaluation.judged_data`); MNIST before this was stored

@@ -4,8 +4,10 @@
 | ---------- | -------------- | -------------- | ------------------------------------ |
 | `unet`     | `UNet`         | `UNetConfig`   | eps (or x0, v) for images            |
 | `mlp`      | `MLPDenoiser`  | `MLPConfig`    | eps (or x0, v) for 2-D points        |
+| `dit`      | `DiT`          | `DiTConfig`    | the same, by a transformer (MMDiT with text) |
 | `pixelcnn` | `PixelCNN`     | `PixelCNNConfig` | Bernoulli logits, pixel by pixel   |
 | `classifier` | `Classifier` | `ClassifierConfig` | class logits (the judge of samples) |
+| `vae`      | `VAE`          | `VAEConfig`    | images to latents and back (latent diffusion) |
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import dataclasses
 
 from torch import nn
 
+from .autoencoder import VAE, VAEConfig
 from .classifier import Classifier, ClassifierConfig
 from .continuous import OBJECTIVES
+from .dit import DiT, DiTConfig
 from .continuous import as_eps_model as continuous_eps_model
 from .forward import PREDICTIONS, to_eps, to_eps_x0
 from .mlp import MLPConfig, MLPDenoiser
@@ -23,8 +27,8 @@ from .pixelcnn import PixelCNN, PixelCNNConfig
 from .schedules import Schedule
 from .unet import UNet, UNetConfig
 
-ARCHITECTURES = {"unet": (UNet, UNetConfig), "mlp": (MLPDenoiser, MLPConfig), "pixelcnn": (PixelCNN, PixelCNNConfig),
-                 "classifier": (Classifier, ClassifierConfig)}
+ARCHITECTURES = {"unet": (UNet, UNetConfig), "mlp": (MLPDenoiser, MLPConfig), "dit": (DiT, DiTConfig), "pixelcnn": (PixelCNN, PixelCNNConfig),
+                 "classifier": (Classifier, ClassifierConfig), "vae": (VAE, VAEConfig)}
 
 
 def arch_of(model: nn.Module) -> str:

@@ -17,6 +17,7 @@ from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative
 from .data import is_image_data
 from .distill import consistency_sample
 from .guidance import AutoGuided, guided_eps_fn
+from . import latent
 from .inpainting import inpaint
 from .models import as_eps_model
 from .samplers import SAMPLERS, Trajectory, sample_loop
@@ -100,10 +101,11 @@ def chunked(model_fn, batch_size: int):
 
 
 def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None, model_fn=None,
-            batch_size: int = DEFAULT_BATCH):
+            batch_size: int = DEFAULT_BATCH, negative_prompt: str | None = None):
     """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used.
 
-    A text model takes `prompts` (n captions) and returns their token ids as its "labels".
+    A text model takes `prompts` (n captions) and returns their token ids as its "labels"; a `negative_prompt`
+    takes the empty caption's place in guidance (so it steers only where w != 1).
     `model_fn(x, t, labels)` replaces the noise predictor (the ODE samplers pass `_native_fn`).
     """
     if labels is not None and tuple(labels.shape) != (n,):
@@ -117,9 +119,9 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
         if prompts is None or len(prompts) != n:
             raise ValueError(f"a text model needs {n} prompts, one per sample (got {None if prompts is None else len(prompts)})")
         ids = tokenize(list(prompts))[0].to(device)
-        return guided_eps_fn(eps_model, ids, w, null_label=tokenize([""])[0]), ids
-    if prompts is not None:
-        raise ValueError("prompts need a text model (trained with --text)")
+        return guided_eps_fn(eps_model, ids, w, null_label=tokenize([negative_prompt or ""])[0]), ids
+    if prompts is not None or negative_prompt is not None:
+        raise ValueError("prompts and negative prompts need a text model (trained with --text)")
     num_classes = model.config.num_classes
     if num_classes and labels is not None and (labels.is_floating_point() or labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be integers in 0..{num_classes - 1} (the null class {num_classes} is what "
@@ -153,7 +155,7 @@ def autoguided(model, info: dict, weak, weak_info: dict, w: float = AUTOGUIDE_SC
 
 def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guidance=None, labels=None,
              seed=0, progress=None, return_trajectory=False, prompts=None, batch_size: int = DEFAULT_BATCH,
-             precision: str = "fp32"):
+             precision: str = "fp32", negative_prompt: str | None = None, decode: bool = True):
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
     `sampler` is one of ddpm, ddim, dpm-solver++ (any model) or heun, euler (models trained with
@@ -163,7 +165,9 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);
     `guidance` is the classifier-free guidance scale w (None: 1, the plain conditional model).
     A text model (trained with --text) takes `prompts`, n captions such as "a thick seven", and
-    returns their token ids in place of labels.
+    returns their token ids in place of labels; `negative_prompt` replaces the empty caption in guidance.
+    A latent model (trained with --latent) samples latents and returns them decoded to images (`latent.decode`),
+    or as latents with `decode=False`; its trajectory holds latents.
     The network sees at most `batch_size` images per call (`chunked`); the samples do not depend on it.
     For heun and euler the trajectory holds the noise levels (sigma or s) and the latents, not x0_hats.
     `precision="bf16"` runs the network under bfloat16 autocast (about 2x faster on CPUs with AMX; the
@@ -187,29 +191,34 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     shape = (n, *image_shape(model)) if is_image else (n, model.config.data_dim)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         samples, labels, trajectory = _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels,
-                                                seed, generator, progress, return_trajectory, prompts, batch_size)
+                                                seed, generator, progress, return_trajectory, prompts, batch_size,
+                                                negative_prompt)
     samples = samples.float()
-    if is_image:
+    if "latent" in info and decode:
+        samples = latent.decode(info, samples)
+    elif is_image and "latent" not in info:
         samples = samples.clamp(-1, 1)
     return (samples, labels, trajectory) if return_trajectory else (samples, labels)
 
 
 def _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels, seed, generator, progress,
-              return_trajectory, prompts, batch_size):
+              return_trajectory, prompts, batch_size, negative_prompt):
     """`generate`'s sampling, once its arguments are checked: (samples, labels, trajectory or None)."""
-    n, device, is_image = shape[0], next(model.parameters()).device, is_image_data(info["data"])
+    n, device = shape[0], next(model.parameters()).device
+    pixels = is_image_data(info["data"]) and "latent" not in info  # x0_hat is clipped to [-1, 1] in pixels only
     if sampler in ODE_SAMPLERS:
         if eta:
             raise ValueError("eta applies to the ddim sampler only")
         native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info),
-                                 batch_size)
+                                 batch_size, negative_prompt)
         if sampler == "consistency" and objective_of(info) != "flow":
             raise ValueError("the consistency sampler needs a flow model (a consistency-distilled student is one)")
         samples, trajectory = _ode_generate(native, objective_of(info), shape, sampler, steps, generator, device)
     else:
-        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, batch_size=batch_size)
+        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, batch_size=batch_size,
+                                 negative_prompt=negative_prompt)
         out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
-                          clip_x0=is_image, return_trajectory=return_trajectory, progress=progress)
+                          clip_x0=pixels, return_trajectory=return_trajectory, progress=progress)
         samples, trajectory = out if return_trajectory else (out, None)
     return samples, labels, trajectory
 
@@ -247,6 +256,9 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
     check_sampler_info(info, "the model's checkpoint")
     if not is_image_data(info["data"]):
         raise ValueError(f"inpainting needs an image model, not one of 2-D points ({info['data']})")
+    if "latent" in info:
+        raise ValueError("inpainting here replaces pixels, and this model makes latents: use a pixel model, or "
+                         "image_to_image for a latent one")
     if images.ndim != 4 or images.shape[1:] != image_shape(model):
         raise ValueError(f"images must have the model's shape (N, {', '.join(map(str, image_shape(model)))}), "
                          f"got {tuple(images.shape)}")
@@ -256,3 +268,37 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
     out = inpaint(eps_fn, images.to(device), mask.to(device), schedule, steps, eta, resample,
                   generator=torch.Generator(device).manual_seed(seed), clip_x0=True)
     return out.clamp(-1, 1), labels
+
+
+def image_to_image(model, info: dict, images: torch.Tensor, prompts, strength: float = 0.6, steps: int = 20,
+                   guidance: float | None = None, negative_prompt: str | None = None, seed: int = 0,
+                   heun: bool = False, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022, Sec. 3): noise `images` (N, C, H, W) part-way and solve back under `prompts`.
+
+    For a flow model, x_s = (1 - s) x_0 + s eps at s = `strength` (0: the image unchanged, 1: pure noise,
+    an ordinary sample), then the ODE from s to 0 in `steps` even steps (Euler, or `heun`). A latent model
+    does this to the image's latents (`latent.encode`) and decodes the result. `prompts`: n captions for a
+    text model (None for any other); `guidance` and `negative_prompt` as in `generate`.
+    Returns images clipped to [-1, 1], (N, C, H, W).
+    """
+    check_sampler_info(info, "the model's checkpoint")
+    if objective_of(info) != "flow":
+        raise ValueError(f"image_to_image solves a flow model's ODE; this model is {objective_of(info)!r}")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1] (0 keeps the image, 1 ignores it), got {strength}")
+    shape = latent.pixel_shape(info) if "latent" in info else image_shape(model)
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise ValueError(f"images must have shape (N, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    x0 = latent.encode(info, images) if "latent" in info else images
+    x0 = x0.to(device)
+    schedule = make_schedule(info["schedule"], info["T"])
+    native, _ = _eps_fn(model, info, schedule, len(images), guidance, None, seed, prompts, _native_fn(model, info),
+                        batch_size, negative_prompt)
+    eps = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+    x = (1 - strength) * x0 + strength * eps
+    if strength > 0:
+        with torch.no_grad():
+            x = ode_sample(flow_derivative(native), x, strength * flow_times(steps), heun=heun)
+    out = latent.decode(info, x) if "latent" in info else x
+    return out.clamp(-1, 1)

@@ -180,6 +180,22 @@ def tokenize(captions: list[str], max_tokens: int = MAX_TOKENS) -> tuple[torch.T
     return ids, ids != 0
 
 
+def check_caption_ids(batch: int, ids: torch.Tensor | None) -> None:
+    """Refuse anything but `tokenize`'s ids (B, L) for a batch of `batch` (None, the empty caption, passes)."""
+    if ids is None:
+        return
+    if ids.ndim != 2 or len(ids) != batch or ids.dtype != torch.long:
+        raise ValueError(f"this network reads captions: pass token ids (B={batch}, L) from text.tokenize, "
+                         f"got {tuple(ids.shape)} {ids.dtype}")
+    if int(ids.min()) < 0 or int(ids.max()) >= len(VOCABULARY) or not bool((ids[:, 0] == 1).all()):
+        raise ValueError("token ids must come from text.tokenize (<start> = 1 first, words, 0 = padding)")
+
+
+def pooled(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The mean of a caption's real token vectors: (B, L, D), (B, L) -> (B, D)."""
+    return (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+
+
 class TextEncoder(nn.Module):
     """tau(y): word embeddings plus learned positions through a small transformer encoder. (B, L) -> (B, L, D)."""
 

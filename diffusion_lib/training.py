@@ -17,7 +17,8 @@ TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a
 | `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32); "auto": bf16 where the hardware runs it natively |
 
 The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
-log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels), so every
+log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels; `arch="vae"`: the
+autoencoder of latent diffusion, `autoencoder.vae_loss`), so every
 committed model comes from the one `python -m diffusion_lib train` command.
 
 All randomness of a run (batches, t, eps, label dropout) comes from one `torch.Generator`
@@ -43,11 +44,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .autoencoder import vae_loss
 from .classifier import classifier_loss
 from .continuous import OBJECTIVES, edm_loss, flow_loss
 from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors
 from .data import FOLDER, TOY_DATASETS, check_data_name, default_shape, image_classes, load_images, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
+from .latent import autoencoder_ref, latent_info, load_autoencoder, training_latents
 from .models import build_model
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
@@ -59,7 +62,7 @@ MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
-DENOISERS, IMAGE_MODELS = ("unet", "mlp"), ("pixelcnn", "classifier")
+DENOISERS, IMAGE_MODELS = ("unet", "mlp", "dit"), ("pixelcnn", "classifier", "vae")
 LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
 PRECISIONS = ("auto", "fp32", "bf16")
 # The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
@@ -98,12 +101,15 @@ class TrainConfig:
     save_every: int = 500
     snapshots: tuple[int, ...] = ()  # steps at which to keep a copy of the EMA model in OUT/snapshots/
     model: dict | None = None  # None: the recipe's network (RECIPE_NETWORKS); a dict: fields over the arch's defaults
-    arch: str | None = None  # None: the data's denoiser (unet for mnist, mlp for 2-D); or pixelcnn, classifier
+    arch: str | None = None  # None: the data's denoiser (unet for mnist, mlp for 2-D); or dit, pixelcnn, classifier, vae
+    latent: str | None = None  # an autoencoder (committed name or run folder): train on its latents (`latent`)
 
     def __post_init__(self):
         if self.prediction is None and self.objective == "ddpm":
             object.__setattr__(self, "prediction", DDPM_PREDICTION)
         check_data_name(self.data)
+        if self.latent is not None:  # a committed name as it is, any other autoencoder by its absolute path
+            object.__setattr__(self, "latent", autoencoder_ref(self.latent))
         if self.data.startswith(FOLDER):  # stored absolute, so that samples and checkpoints name it from anywhere
             object.__setattr__(self, "data", FOLDER + str(Path(self.data[len(FOLDER):]).expanduser().resolve()))
         image_data, mnist = self.data not in TOY_DATASETS, self.data == "mnist"
@@ -143,10 +149,18 @@ class TrainConfig:
             (self.arch not in IMAGE_MODELS or not (self.conditional or self.text),
              f"arch {self.arch!r} takes no --conditional or --text"),
             (self.arch != "classifier" or image_data, "arch classifier needs labelled images"),
+            (self.arch != "vae" or image_data, f"arch vae encodes images, not the 2-D set {self.data!r}"),
+            (self.latent is None or (image_data and self.model_arch in ("unet", "dit")),
+             "--latent trains a unet or dit denoiser on an autoencoder's latents of image data"),
+            (self.latent is None or self.image_size is None and self.channels is None,
+             "--latent takes the latents' shape from the autoencoder: drop --image-size and --channels"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.latent is not None and load_autoencoder(self.latent)[1].get("data") != self.data:
+            raise ValueError(f"the autoencoder {self.latent} was trained on {load_autoencoder(self.latent)[1].get('data')!r}, "
+                             f"not on --data {self.data!r}: train one on that data with --arch vae")
         classes = self.classes()  # also checks that a folder exists and holds images
         if (self.conditional or self.arch == "classifier") and classes is None:
             raise ValueError(f"{self.data[len(FOLDER):]} has no class subfolders, so --conditional and the classifier "
@@ -162,6 +176,9 @@ class TrainConfig:
         """(channels, size) of the images the run trains on, or None for 2-D data."""
         if self.data in TOY_DATASETS:
             return None
+        if self.latent is not None:
+            vae = load_autoencoder(self.latent)[0].config
+            return vae.latent_channels, vae.latent_size
         channels, size = default_shape(self.data)
         return self.channels or channels, self.image_size or size
 
@@ -169,7 +186,7 @@ class TrainConfig:
         """The network's config fields: the data's shape and classes, then the recipe's network or `model`."""
         shape, classes = self.image_shape(), self.classes()
         fields = {}
-        if shape and self.model_arch in ("unet", "classifier"):
+        if shape and self.model_arch in ("unet", "dit", "classifier", "vae"):
             fields = {"image_channels": shape[0], "image_size": shape[1]}
         if self.conditional or self.model_arch == "classifier":
             fields["num_classes"] = len(classes)
@@ -206,6 +223,8 @@ class TrainConfig:
                 "data": self.data, "train_config": dataclasses.asdict(self)}
         if self.conditional or self.model_arch == "classifier":
             info["classes"] = list(self.classes())
+        if self.latent is not None:
+            info["latent"] = latent_info(self.latent)
         if self.text:
             info["text"] = {"thresholds": mnist_caption_data()[1],
                             "held_out": [[d, *pair] for d, pair in HELD_OUT.items()]}
@@ -265,6 +284,9 @@ class TrainResult:
 
 def load_training_data(config: TrainConfig):
     """(x (N, ...) float32, labels (N,) or None) for the configured data set."""
+    if config.latent is not None:  # the autoencoder's scaled latents of the same images, in the same order
+        vae = load_autoencoder(config.latent)[0].config
+        return training_latents(config.latent)[0], load_images(config.data, True, vae.image_channels, vae.image_size)[1]
     if config.data not in TOY_DATASETS:
         return load_images(config.data, True, *config.image_shape())
     return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
@@ -286,7 +308,7 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, nu
         t = torch.randint(0, config.T, (B,), generator=generator)
     else:  # a standard normal draw; the loss turns it into sigma (edm) or s (flow)
         t = torch.randn(B, generator=generator)
-    noise = torch.randn((B, *data.shape[1:]), generator=generator)
+    noise = torch.randn((B, *noise_shape(config, data.shape[1:])), generator=generator)
     batch_labels = None
     if config.conditional:
         drop = torch.rand(B, generator=generator) < config.label_dropout
@@ -299,6 +321,14 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, nu
     elif config.model_arch == "classifier":
         batch_labels = labels[idx]
     return data[idx], t, noise, batch_labels
+
+
+def noise_shape(config: TrainConfig, item_shape) -> tuple[int, ...]:
+    """The shape of one example's noise: the data's own, or for the autoencoder its latent's (reparameterisation)."""
+    if config.model_arch != "vae":
+        return tuple(item_shape)
+    vae_config = build_model("vae", config.model_config()).config
+    return vae_config.latent_channels, vae_config.latent_size, vae_config.latent_size
 
 
 def _distributed() -> tuple[int, int]:
@@ -443,6 +473,8 @@ def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch
         return pixelcnn_loss(net, binarize(x0))
     if config.model_arch == "classifier":
         return classifier_loss(net, x0, labels)
+    if config.model_arch == "vae":
+        return vae_loss(net, x0, noise)
     if config.objective == "edm":
         return edm_loss(net, x0, t, noise, labels)
     if config.objective == "flow":

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text import VOCABULARY, CrossAttention, TextEncoder
+from .text import CrossAttention, TextEncoder, check_caption_ids, pooled
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class UNetConfig:
         if self.image_size is not None and (self.image_size < factor or self.image_size % factor):
             raise ValueError(f"image_size {self.image_size} is not a multiple of {factor}, as a U-Net of "
                              f"{len(self.channel_mults)} levels needs: choose for example {factor * 7} or {factor * 8}")
-        if self.image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got {self.image_channels}")
+        if self.image_channels < 1:  # 1 gray, 3 RGB, or an autoencoder's latent channels (`autoencoder`)
+            raise ValueError(f"image_channels must be at least 1, got {self.image_channels}")
 
     @property
     def time_dim(self) -> int:
@@ -189,7 +189,7 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image, got {tuple(t.shape)}")
         check_noise_labels(t)
         if c.text_dim:
-            self._check_tokens(x.shape[0], labels)
+            check_caption_ids(x.shape[0], labels)
         elif labels is not None and not c.num_classes:
             raise ValueError("this U-Net is unconditional (num_classes=None): pass labels=None")
         elif labels is not None and (labels.shape != t.shape or int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
@@ -197,15 +197,6 @@ class UNet(nn.Module):
                 f"labels must have shape ({x.shape[0]},) with values in 0..{c.num_classes - 1} "
                 f"(or {c.num_classes} for the null class), got shape {tuple(labels.shape)}"
             )
-
-    def _check_tokens(self, batch: int, ids: torch.Tensor | None) -> None:
-        if ids is None:
-            return
-        if ids.ndim != 2 or len(ids) != batch or ids.dtype != torch.long:
-            raise ValueError(f"this U-Net reads captions: pass token ids (B={batch}, L) from text.tokenize, "
-                             f"got {tuple(ids.shape)} {ids.dtype}")
-        if int(ids.min()) < 0 or int(ids.max()) >= len(VOCABULARY) or not bool((ids[:, 0] == 1).all()):
-            raise ValueError("token ids must come from text.tokenize (<start> = 1 first, words, 0 = padding)")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """`labels`: class labels (B,) for a class-conditional U-Net, caption token ids (B, L) for a text one."""
@@ -220,8 +211,7 @@ class UNet(nn.Module):
         if self.config.text_dim:
             text = self.encode_text(labels if labels is not None else empty_caption_ids(len(x), x.device))
             tokens, keep = text
-            pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)  # (B, text_dim)
-            emb = emb + self.text_emb(pooled)
+            emb = emb + self.text_emb(pooled(tokens, keep))  # (B, time_dim)
         h = self.stem(x)
         skips = [h]
         for layer in self.down:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 import diffusion_lib as dl
 import functools
 
-from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -245,6 +245,12 @@ CHECKS = {
         ("my_sample", exercises.check_consistency_sampler,  # re-noised without scaling the image down
          lambda f, noise, times, fresh: f(f(noise, 1.0) + times[1] * fresh[0], times[1])),
     ],
+    "10_latent_diffusion": [
+        ("my_kl", exercises.check_kl, lambda mu, logvar: (mu ** 2 + logvar.exp() - 1 - logvar).mean()),  # no 1/2
+        ("my_patchify", exercises.check_patchify,  # patches in column order
+         lambda x, p: x.reshape(2, 4, 4, p, 4, p).permute(0, 4, 2, 1, 3, 5).reshape(2, 16, 16)),
+        ("images_through_denoiser", exercises.check_pipeline_calls, 19 * 8),  # guidance's second branch forgotten
+    ],
 }
 
 
@@ -287,3 +293,28 @@ def test_chapter_9_side_by_side_puts_each_model_in_a_row_and_skips_missing_stude
     assert len([ax for ax in fig.axes if ax.images]) == 6
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert labels[0].startswith("ddim") and labels[1].startswith("students")
+
+
+def test_chapter_10_pipeline_view_draws_eight_samples_and_image_to_image_starts_from_the_sources():
+    model, info = dl.pretrained("mnist_latent_mmdit")
+    sources = dl.load_mnist(train=False)[0][:2]
+    fig, seconds = ch10.pipeline_view(model, info, "a seven", 3.0, n=2, steps=2)
+    assert len([ax for ax in fig.axes if ax.images]) == 2 and seconds > 0 and "'a seven'" in fig._suptitle.get_text()
+    near, _ = ch10.pipeline_view(model, info, "a seven", 3.0, source=sources, strength=0.1, n=2, steps=2)
+    far, _ = ch10.pipeline_view(model, info, "a seven", 3.0, source=sources, strength=0.9, n=2, steps=2)
+    original = (sources[0, 0].numpy() + 1) / 2
+    near_gap, far_gap = (np.abs(_image_of(f) - original).mean() for f in (near, far))
+    assert near_gap < far_gap and "strength 0.10" in near._suptitle.get_text()
+    negative, _ = ch10.pipeline_view(model, info, "a seven", 3.0, negative="a thick seven", n=2, steps=2)
+    assert "not 'a thick seven'" in negative._suptitle.get_text()
+    assert not np.allclose(_image_of(negative), _image_of(fig))
+
+
+def test_chapter_10_interpolation_ends_at_the_two_digits():
+    vae, _ = dl.pretrained("mnist_vae")
+    a, b = dl.load_mnist(train=False)[0][:2]
+    pixels, latents = ch10.interpolation(vae, 1.3, a, b, steps=5)
+    assert torch.allclose(pixels[0], a) and torch.allclose(pixels[-1], b) and torch.allclose(pixels[2], (a + b) / 2)
+    ends = dl.autoencoder.decode_latents(vae, dl.autoencoder.encode_images(vae, torch.stack([a, b])))
+    assert torch.allclose(latents[[0, -1]], ends, atol=1e-5)
+    assert not torch.allclose(latents[2], pixels[2], atol=0.1)  # the latent middle is not the double exposure

@@ -466,3 +466,55 @@ def check_consistency_sampler(my_sample) -> bool:
                     "your sampler equals the library's consistency_sample for 3 steps",
                     "x = f(noise, 1); then for each later time s and its fresh noise z: x = f((1 - s) x + s z, s)",
                     [(f(noise, 1.0), "one jump is one step: re-noise the result to each later time and jump again")])
+
+
+# Chapter 10 ----------------------------------------------------------------------------
+
+def check_kl(my_kl) -> bool:
+    """`my_kl(mu, logvar)` -> KL(N(mu, exp(logvar)) || N(0, 1)) per latent number, averaged (`kl_to_standard_normal`)."""
+    from ..autoencoder import kl_to_standard_normal
+
+    generator = torch.Generator().manual_seed(14)
+    mu, logvar = torch.randn(3, 4, 2, 2, generator=generator), torch.randn(3, 4, 2, 2, generator=generator)
+    expected = kl_to_standard_normal(mu, logvar)
+    sigma = (0.5 * logvar).exp()
+    return _compare(my_kl, (mu, logvar), expected, 1e-5, "return one number: a tensor of shape ()",
+                    "your KL equals the library's kl_to_standard_normal",
+                    "KL = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2) for each number, then the mean; log sigma^2 is logvar",
+                    [(2 * expected, "that is twice the KL: the Gaussian KL has a factor 1/2 in front"),
+                     (0.5 * (mu ** 2 + sigma - 1 - logvar).mean(), "sigma^2 is exp(logvar), not exp(logvar / 2)")])
+
+
+def check_patchify(my_patchify) -> bool:
+    """`my_patchify(x, p)` -> (B, N, C p p): the DiT's tokens, as `dit.patchify`."""
+    from ..dit import patchify
+
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(15))
+    expected = patchify(x, 2)
+    channel_last = x.reshape(2, 4, 4, 2, 4, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, 16)
+    return _compare(my_patchify, (x, 2), expected, 0, "return (B, N, C p p): here (2, 16, 16)",
+                    "your patches equal the library's: row by row, each patch flattened channel first",
+                    "split H and W into (H/p, p) and (W/p, p), bring the two patch indices forward, then flatten "
+                    "(C, p, p) for each patch",
+                    [(channel_last, "right patches, but each flattened channel last: flatten (C, p, p), channel first")])
+
+
+def check_pipeline_calls(answer) -> bool:
+    """Images through the denoiser for 8 samples of a text model with Heun-10 at w = 3: counted on a real call."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
+    from ..checkpoint import pretrained
+    from ..pipeline import generate
+
+    model, info = pretrained("mnist_latent_mmdit")
+    seen = []
+    hook = model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    try:
+        generate(model, info, 8, "heun", 10, guidance=3.0, prompts=["a seven"] * 8, seed=0)
+    finally:
+        hook.remove()
+    expected = sum(seen)
+    return _report(answer == expected, f"{expected}: {len(seen)} calls (Heun-10 is 2 x 10 - 1) on batches of "
+                                       f"{seen[0]} (guidance runs both captions in one batch of 2 x 8)",
+                   "count the calls of Heun with 10 steps (the last step has no correction), and the batch each call sees "
+                   "when guidance needs the empty caption's prediction too")

@@ -1,0 +1,537 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 10: A tiny Stable Diffusion — latent space, a transformer, a prompt in, an image out
+#
+# DALL-E 2, Midjourney and Stable Diffusion do not denoise pixels. An **autoencoder** squeezes each image into
+# a small **latent**, a denoiser is trained and sampled there under a text encoder's guidance, and a
+# **decoder** turns the generated latent into pixels (Rombach et al. 2022, "latent diffusion"). Stable
+# Diffusion 3 and FLUX also replace the U-Net with a **transformer** that attends jointly over image patches
+# and caption tokens (Esser et al. 2024). The course has built every other piece: flow matching (chapters 4
+# and 8), a text encoder with classifier-free guidance (chapters 6 and 7), fast solvers (chapters 5, 7, 9).
+# This chapter puts them together at MNIST scale, trained on a CPU, and measures what each new piece buys.
+#
+# **After this chapter you can**
+# - derive and train a KL-regularised autoencoder, and compute Stable Diffusion's latent scale factor;
+# - say what latent space saves per sampling step, and what it costs (the decoder's ceiling on quality);
+# - build a diffusion transformer (patches, adaLN-Zero) and its joint-attention text form (MMDiT), and compare it
+#   with a U-Net with cross-attention of the same size and training time;
+# - run the whole text-to-image pipeline, image-to-image (SDEdit) and negative prompts, and measure each.
+#
+# **Assumes**: chapter 4 (the flow-matching recipe), chapter 6 (classifier-free guidance), chapter 7 (the
+# captions, the text encoder and cross-attention), chapter 8 (the flow ODE).
+
+# %%
+# Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "diffusion_lib @ git+https://github.com/diffusion-course/diffusion-course"
+    pass
+
+# %%
+# %matplotlib inline
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import display
+
+import diffusion_lib as dl
+from diffusion_lib.autoencoder import decode_latents, encode_images, kl_to_standard_normal, latent_scale
+from diffusion_lib.continuous import flow_loss
+from diffusion_lib.course import ch10, exercises
+from diffusion_lib.course.ch01 import recognised
+from diffusion_lib.course.ch07 import caption_scores, caption_sets
+from diffusion_lib.course.measured import load_measured
+from diffusion_lib.course.plots import show_grid
+from diffusion_lib.dit import DiT, DiTConfig, patchify, unpatchify
+
+chapter_start = time.perf_counter()
+FAST = dl.fast_mode()
+print("fast mode" if FAST else "full mode")
+torch.manual_seed(0)
+vae, vae_info = dl.pretrained("mnist_vae")
+classifier, _ = dl.pretrained("mnist_classifier")
+models = {label: dl.pretrained(name) for label, name in ch10.MODELS.items()}
+mmdit, mmdit_info = models["latent MMDiT"]
+measured = load_measured("latent")["figures"]
+test_images, test_labels = dl.load_mnist(train=False)
+
+# %% [markdown]
+# ## 1. Why not denoise pixels?
+#
+# A convolution's cost grows with the number of positions it runs over, and a sampler calls the network
+# 10 to 50 times per image (chapters 5 and 9). A 28x28 digit has 784 positions; an 8x8 latent has 64, twelve
+# times fewer. At 512x512 Stable Diffusion's autoencoder makes a 64x64x4 latent from 512x512x3 pixels, 48
+# times fewer numbers, and that is what makes it run on one graphics card. Here is the same comparison on
+# this machine, for the three text-conditional networks this chapter trains (all about 230,000 to 255,000
+# parameters): one network call on a batch of 64, and the decoder, which runs once per image, not once per step:
+
+# %%
+call_ms = {label: 1000 * ch10.seconds_per_call(model) for label, (model, _) in models.items()}
+decode_ms = 1000 * ch10.seconds_to_decode()
+for label, (model, _) in models.items():
+    shape = "x".join(map(str, dl.pipeline.image_shape(model)))
+    print(f"{label:<14} {sum(p.numel() for p in model.parameters()):>8,} parameters, input {shape:>7}: "
+          f"{call_ms[label]:6.1f} ms per call of 64   ({call_ms['pixel U-Net'] / call_ms[label]:.1f}x cheaper "
+          f"than the pixel U-Net)")
+print(f"decoder: {decode_ms:.1f} ms for 64 latents, once per image; a 19-call sampler (Heun-10) then costs "
+      f"{19 * call_ms['latent U-Net'] + decode_ms:.0f} ms with the latent U-Net against "
+      f"{19 * call_ms['pixel U-Net']:.0f} ms in pixels")
+
+# %% [markdown]
+# ## 2. The autoencoder
+#
+# The encoder $E$ does not output one latent but a Gaussian, $q(z\mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma^2(x))$;
+# the decoder $D$ maps a latent back to an image. Training maximises the evidence lower bound of a VAE (Kingma &
+# Welling 2014): with a Gaussian decoder of fixed variance, $-\log p(x\mid z)$ is a squared error up to a constant,
+# and the bound becomes
+#
+# $$\mathcal L = \mathbb E_{\varepsilon}\,\lVert x - D(\mu + \sigma\odot\varepsilon)\rVert^2 + \beta\,\mathrm{KL}\big(q(z\mid x)\,\Vert\,\mathcal N(0, I)\big).$$
+#
+# The sample $z = \mu + \sigma\odot\varepsilon$ is the reparameterisation trick: the randomness sits in
+# $\varepsilon$, so gradients reach $\mu$ and $\sigma$. For one latent number, the KL between two Gaussians
+# follows from the definition $\mathrm{KL} = \mathbb E_q[\log q - \log p]$:
+#
+# $$\mathbb E_q\Big[-\tfrac12\log\sigma^2 - \tfrac{(z-\mu)^2}{2\sigma^2} + \tfrac{z^2}{2}\Big]
+# = -\tfrac12\log\sigma^2 - \tfrac12 + \tfrac12(\mu^2 + \sigma^2),$$
+#
+# using $\mathbb E_q(z-\mu)^2 = \sigma^2$ and $\mathbb E_q z^2 = \mu^2 + \sigma^2$; so
+# $\mathrm{KL} = \tfrac12(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, zero exactly when $\mu = 0, \sigma = 1$. Stable
+# Diffusion keeps $\beta$ tiny (its "KL-f8" autoencoder uses $10^{-6}$, with a perceptual and an adversarial loss
+# besides): the KL only stops the latents from drifting to huge values and leaves holes small, and reconstruction
+# is what matters. `mnist_vae` uses the pixel MSE (per pixel) plus $\beta = 10^{-3}$ times the KL per latent
+# number. The library's KL against a Monte-Carlo estimate of $\mathbb E_q[\log q - \log p]$:
+
+# %%
+mu, logvar = torch.randn(2000, 1) * 0.7, torch.randn(2000, 1) * 0.5
+sigma = (0.5 * logvar).exp()
+z = mu + sigma * torch.randn(2000, 4000, generator=torch.Generator().manual_seed(1))
+log_q = -0.5 * logvar - (z - mu) ** 2 / (2 * sigma ** 2)  # the log(2 pi) terms cancel in log q - log p
+log_p = -(z ** 2) / 2
+print(f"Monte Carlo KL {float((log_q - log_p).mean()):.4f}   closed form {float(kl_to_standard_normal(mu, logvar)):.4f}")
+
+# %% [markdown]
+# The network: 28x28 digits are padded with background to 32x32, halved twice by strided convolutions to an
+# 8x8 grid of 4 channels (256 numbers for 784 pixels), and brought back up by the decoder, which crops to
+# 28x28. It was trained for 12 minutes with the course's training command (`train --arch vae`; the README in
+# `diffusion_lib/checkpoints/mnist_vae` records the command). Originals above, reconstructions $D(\mu(x))$
+# below, on test digits it never saw:
+
+# %%
+originals = test_images[:12]
+recon = decode_latents(vae, encode_images(vae, originals))
+display(show_grid(torch.cat([originals, recon]), "test digits (top) and their reconstructions D(mu(x)) (bottom)", ncols=12))
+
+# %% [markdown]
+# Whatever the denoiser does, its samples pass through $D$, so the decoder's reconstructions are the best a
+# latent model can reach: its **ceiling**. Scored like every sample in the course (MNIST-FID against the real-digit
+# floor, and the share the classifier recognises with probability at least 0.9):
+
+# %%
+n_recon = 200 if FAST else 1000
+scores = ch10.reconstruction_scores(vae, test_images[:n_recon], classifier)
+floor_here = dl.real_baseline_fid(n_recon, classifier)
+print(f"{n_recon} test digits: pixel MSE {scores['mse']:.4f} (pixels in [-1, 1]); MNIST-FID of reconstructions "
+      f"{scores['mnist_fid']:.1f}, real-digit floor {floor_here:.1f}; recognised {100 * scores['recognised']:.1f}%, "
+      f"same class as the original {100 * scores['same_class']:.1f}%")
+r = measured["reconstruction"]
+print(f"benchmark, n = {r['n']}: MNIST-FID {r['mnist_fid']:.1f} against a floor of {measured['real_baseline_fid']:.1f}")
+
+# %% [markdown]
+# RECONSTRUCTION_READING
+#
+# **The scale factor.** A diffusion model's noise has unit variance, and its schedule assumes the data has
+# roughly that scale too. Rombach et al. (2022, Appendix G) therefore divide the latents by their standard
+# deviation over the training set; Stable Diffusion's famous `0.18215` is that number for its autoencoder. The
+# latent models here were trained on $z = c\,\mu(x)$ with $c = 1/\operatorname{std}(\mu)$ computed over all
+# 60,000 training digits, and their checkpoints store $c$. Computed again on a subset:
+
+# %%
+n_scale = 2000 if FAST else 10000
+mu_train = encode_images(vae, dl.load_mnist(train=True)[0][:n_scale])
+scale = latent_scale(mu_train)
+stored = mmdit_info["latent"]["scale"]
+print(f"std of mu over {n_scale} training digits {mu_train.std():.3f}: scale {scale:.4f} (stored, from all 60,000: "
+      f"{stored:.4f}); scaled latents: mean {(stored * mu_train).mean():.3f}, std {(stored * mu_train).std():.3f}")
+print("per channel std after scaling:", [round(float(v), 2) for v in (stored * mu_train).std(dim=(0, 2, 3))])
+
+# %% [markdown]
+# SCALE_READING
+#
+# ## 3. Walking between two digits
+#
+# A latent space is useful if its neighbourhoods mean something. Averaging two images in pixels gives a
+# double exposure; averaging their latents and decoding gives what the decoder makes of a point between them:
+
+# %%
+pair = test_images[[0, 1]]  # a seven and a two
+pixels_row, latents_row = ch10.interpolation(vae, stored, pair[0], pair[1])
+display(ch10.interpolation_figure(pixels_row, latents_row))
+share_pixels, pred_pixels, _ = recognised(classifier, pixels_row)
+share_latents, pred_latents, _ = recognised(classifier, latents_row)
+print("classifier on the pixel average:  ", pred_pixels.tolist(), f"(recognised {100 * share_pixels:.0f}%)")
+print("classifier on the latent average: ", pred_latents.tolist(), f"(recognised {100 * share_latents:.0f}%)")
+
+# %% [markdown]
+# INTERPOLATION_READING
+
+# %% [markdown]
+# ## 4. Latent diffusion: the same recipe, on latents
+#
+# Nothing in flow matching (chapter 4) cares what $x_0$ is. A latent model is trained with the same loss on
+# $z_0 = c\,\mu(x)$: $z_s = (1-s)\,z_0 + s\,\varepsilon$, and the network regresses $v = \varepsilon - z_0$; it
+# samples a latent by solving the same ODE from noise, and the decoder makes the image. The training command is
+# the course's own with one more flag, the autoencoder:
+#
+# ```bash
+# python -m diffusion_lib train --data mnist --latent mnist_vae --text --steps 20000 --out runs/my_latent_model
+# ```
+#
+# The cell checks that claim on a batch of real latents with the committed latent U-Net: the library's
+# `flow_loss` against the loss written out by hand, with the same times and noise:
+
+# %%
+unet_latent, unet_latent_info = models["latent U-Net"]
+z0 = stored * encode_images(vae, test_images[:8])  # (8, 4, 8, 8)
+ids = dl.text.tokenize([f"a {dl.text.DIGIT_WORDS[int(d)]}" for d in test_labels[:8]])[0]
+draw = torch.Generator().manual_seed(3)
+u, noise = torch.randn(8, generator=draw), torch.randn(z0.shape, generator=draw)
+s = torch.sigmoid(0.0 + 1.0 * u).reshape(-1, 1, 1, 1)  # SD3's logit-normal times (chapter 4), mean 0 and std 1
+with torch.no_grad():
+    by_hand = ((unet_latent((1 - s) * z0 + s * noise, 1000 * s.flatten(), ids) - (noise - z0)) ** 2).mean()
+    library = flow_loss(unet_latent, z0, u, noise, ids)
+print(f"flow loss on latents by hand {by_hand:.5f}, library {library:.5f}")
+
+# %% [markdown]
+# A sample is a latent first. The top row shows the first of its 4 channels (8x8) for eight generated latents,
+# the bottom row what the decoder makes of them:
+
+# %%
+prompts = ch10.digit_prompts(8)
+latents, _ = dl.generate(unet_latent, unet_latent_info, 8, "heun", 10, guidance=3.0, prompts=prompts, seed=1,
+                         decode=False)  # (8, 4, 8, 8)
+samples = dl.latent.decode(unet_latent_info, latents)  # D(z / c): (8, 1, 28, 28)
+print(f"latents {tuple(latents.shape)}, std {latents.std():.2f}; decoded images {tuple(samples.shape)}")
+fig, axes = plt.subplots(2, 8, figsize=(9, 2.4))
+for i in range(8):
+    axes[0, i].imshow(latents[i, 0], cmap="RdBu_r")
+    axes[1, i].imshow(samples[i, 0], cmap="gray", vmin=-1, vmax=1)
+    axes[0, i].set_title(prompts[i], fontsize=8)
+    for ax in axes[:, i]:
+        ax.axis("off")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. A transformer instead of a U-Net
+#
+# **Patches.** A diffusion transformer (DiT; Peebles & Xie 2023) cuts its input into $p\times p$ patches, flattens
+# each into a vector and maps it linearly to a token of width $D$; a learned position vector says where the patch
+# was. The 4x8x8 latent with $p = 2$ becomes $N = 16$ tokens of $4\cdot2\cdot2 = 16$ numbers each. At the end the
+# same cut is undone:
+
+# %%
+z = torch.randn(2, 4, 8, 8)
+tokens = patchify(z, 2)
+print(f"latent {tuple(z.shape)} -> patches {tuple(tokens.shape)} -> back: equal = "
+      f"{torch.equal(unpatchify(tokens, 2, 4, 8), z)}")
+print("the first patch is the top-left 2x2 block of every channel:", torch.equal(tokens[0, 0], z[0, :, :2, :2].flatten()))
+
+# %% [markdown]
+# **adaLN-Zero.** Each transformer block is attention then an MLP, each with a residual connection and a layer
+# norm before it. The timestep (and a pooled caption) enters not as an added embedding, as in the U-Net's
+# ResBlocks, but by *modulating* the layer norms: a linear layer of the condition vector $c$ gives a shift, a scale
+# and a gate per branch,
+#
+# $$h \leftarrow h + g_1(c)\odot \mathrm{Attn}\big(\mathrm{LN}(h)\,(1 + a_1(c)) + b_1(c)\big), \qquad
+# h \leftarrow h + g_2(c)\odot \mathrm{MLP}\big(\mathrm{LN}(h)\,(1 + a_2(c)) + b_2(c)\big).$$
+#
+# That linear layer starts at zero, so every gate is 0 and every block the identity: training starts from a
+# network whose output layer (also zero) predicts 0, and the blocks open one by one as they learn (DiT Sec. 3.2
+# found this the best of its conditioning schemes). A freshly built DiT:
+
+# %%
+fresh = DiT(DiTConfig(width=36, depth=4, heads=4, patch_size=2, text_dim=32))
+out = fresh(torch.randn(3, 4, 8, 8), torch.tensor([100.0, 500.0, 900.0]), dl.text.tokenize(["a seven"] * 3)[0])
+print(f"largest output of an untrained DiT: {out.abs().max():.1f}")
+
+# %% [markdown]
+# **Joint attention (MMDiT).** Chapter 7's U-Net reads the caption by *cross-attention*: image positions ask,
+# caption tokens answer, and the caption's vectors never change inside the U-Net. Stable Diffusion 3's MMDiT
+# instead concatenates the two sequences and runs **one** attention over all $N + L$ tokens: image tokens attend to
+# words, words to image tokens, and both to themselves. Each stream keeps its own weights (its own adaLN, QKV,
+# output and MLP: "multi-modal"), because image patches and words are different kinds of thing, but they meet in
+# the same softmax, so the caption's representation is updated block by block by what the image looks like. The
+# padding tokens of short captions are masked out of the keys, so a caption's meaning does not depend on how far it
+# is padded:
+
+# %%
+mmdit_net = mmdit
+x_check, t_check = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([300.0, 700.0])
+with torch.no_grad():
+    long_ids = dl.text.tokenize(["a thick seven", "a nine"], 8)[0]  # padded to 8 tokens
+    short_ids = dl.text.tokenize(["a thick seven", "a nine"], 4)[0]  # padded to 4
+    gap = (mmdit_net(x_check, t_check, long_ids) - mmdit_net(x_check, t_check, short_ids)).abs().max()
+    other = (mmdit_net(x_check, t_check, long_ids) - mmdit_net(x_check, t_check, dl.text.tokenize(["a thin one", "a two"], 8)[0])).abs().max()
+print(f"same captions padded to 8 or 4 tokens: largest difference {gap:.1e}; other captions: {other:.2f}")
+print(f"attention per block: ({mmdit_net.config.tokens} image + 8 caption tokens)^2 = "
+      f"{(mmdit_net.config.tokens + 8) ** 2} scores per head")
+
+# %% [markdown]
+# ## 6. Pixels or latents, U-Net or transformer: measured
+#
+# Three text-conditional models were trained on chapter 7's captions with the course's recipe (flow matching,
+# batch 64, bfloat16 autocast) for the **same wall time**, 20 minutes each, all three at once on this 2-core
+# machine (each folder's README records the command and the steps it reached):
+#
+# - **pixel U-Net** (`mnist_text_pixel`): chapter 7's network, a 3-level U-Net of base width 16 with
+#   cross-attention, on 28x28 pixels;
+# - **latent U-Net** (`mnist_latent_unet`): a 2-level U-Net of base width 16 with cross-attention, on the
+#   4x8x8 latents of `mnist_vae`;
+# - **latent MMDiT** (`mnist_latent_mmdit`): the transformer above, width 36, 4 blocks, 2x2 patches, on the same
+#   latents (learning rate 1e-3 where the U-Nets use the recipe's 2e-3: transformers are known to need a smaller one).
+#
+# The two latent models have the same number of parameters to within 1%, and the pixel U-Net 12% more. The
+# benchmark (`python benchmarks/run.py --only latent`) scored each on 1,000 samples for the captions "a zero" to
+# "a nine", from three seeds, with Heun-10 (19 network calls):
+
+# %%
+floor = measured["real_baseline_fid"]
+print(f"n = {measured['n']:,} per seed; real-digit floor {floor:.1f}; the autoencoder's ceiling (reconstructions) "
+      f"{measured['reconstruction']['mnist_fid']:.1f}\n")
+print(f"{'model':<14}{'params':>9}{'steps':>8}{'ms/call':>9}{'w':>4}{'MNIST-FID (3 seeds)':>26}{'mean':>7}"
+      f"{'recognised':>12}{'digit':>8}")
+for label, m in measured["models"].items():
+    for w in (1.0, 3.0):
+        rows = [q for q in m["quality"] if q["w"] == w]
+        fids = [q["mnist_fid"] for q in rows]
+        print(f"{label:<14}{m['parameters']:>9,}{m['training_steps']:>8,}{1000 * m['seconds_per_call_64']:>9.1f}{w:>4g}"
+              f"{'  '.join(f'{v:6.1f}' for v in fids):>26}{np.mean(fids):>7.1f}"
+              f"{100 * np.mean([q['recognised'] for q in rows]):>11.1f}%{100 * np.mean([q['requested_digit'] for q in rows]):>7.1f}%")
+
+# %% [markdown]
+# COMPARISON_READING
+#
+# The same captions, the same noise, a few samples from each model (w = 3):
+
+# %%
+n_show = 10
+fig, axes = plt.subplots(len(models), 1, figsize=(9, 1.2 * len(models)))
+for ax, (label, (model, info)) in zip(axes, models.items()):
+    images, _ = dl.generate(model, info, n_show, "heun", 10, guidance=3.0, prompts=ch10.digit_prompts(n_show), seed=4)
+    ax.imshow(torch.cat(list(((images[:, 0] + 1) / 2).clamp(0, 1)), dim=1).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Captions the models never saw.** Chapter 7 held out one (thickness, slant) pair per digit from training, to ask
+# whether a model composes words it only saw apart. The benchmark asked each model for those captions (50 samples
+# each, DPM-Solver++-10), and for comparison chapter 7's `mnist_text` (the same pixel network, trained 48 minutes
+# on one thread with the recipe of that time, `benchmarks/RESULTS.md`, section text):
+
+# %%
+text_measured = load_measured("text")["figures"]
+reference = {r["w"]: r for r in text_measured["captions"] if r["captions"] == "held out"}
+print(f"{'model':<28}{'w':>4}{'digit':>8}{'thickness':>11}{'slant':>8}")
+for w in (1.0, 3.0):
+    r = reference[w]
+    print(f"{'mnist_text (chapter 7)':<28}{w:>4g}{r['digit_accuracy']:>8.3f}{r['thickness']:>11.3f}{r['slant']:>8.3f}")
+    for label, m in measured["models"].items():
+        h = next(h for h in m["held_out"] if h["w"] == w)
+        print(f"{label:<28}{w:>4g}{h['digit_accuracy']:>8.3f}{h['thickness']:>11.3f}{h['slant']:>8.3f}")
+
+# %% [markdown]
+# HELDOUT_READING
+#
+# A smaller version runs here (held-out captions, 10 samples each at w = 3, the latent MMDiT):
+
+# %%
+live = caption_scores(mmdit, mmdit_info, classifier, caption_sets()["held out"], 3 if FAST else 10, 3.0, steps=10, seed=5)
+print({k: round(v, 3) for k, v in live.items()})
+
+# %% [markdown]
+# ## 7. The whole pipeline: a prompt in, an image out
+#
+# Stable Diffusion's `pipe("a photo of ...")` is four steps, and so is this one:
+#
+# 1. the **tokenizer and text encoder** turn the prompt into token vectors (chapter 7; here inside the denoiser);
+# 2. the **latent denoiser** solves the flow ODE from noise, each call run twice in one batch, with the caption and
+#    with the empty caption, and combined by classifier-free guidance, $v = v_\varnothing + w\,(v_c - v_\varnothing)$
+#    (chapter 6);
+# 3. the latent is unscaled, $z/c$;
+# 4. the **decoder** makes the pixels.
+#
+# In the library that is one call, `dl.generate(model, info, n, prompts=[...], guidance=w)`, which reads from the
+# checkpoint that the model is a latent one and which autoencoder decodes it; and one command:
+
+# %%
+out_file = Path(tempfile.mkdtemp()) / "sevens.npz"
+command = [sys.executable, "-m", "diffusion_lib", "sample", "--checkpoint",
+           str(Path(dl.checkpoint.PRETRAINED_DIR) / "mnist_latent_mmdit"), "--prompt", "a thick seven",
+           "--guidance", "3", "--n", "8", "--out", str(out_file)]
+print("$ python -m diffusion_lib sample --checkpoint diffusion_lib/checkpoints/mnist_latent_mmdit "
+      "--prompt 'a thick seven' --guidance 3 --n 8 --out sevens.npz")
+print(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
+saved = np.load(out_file)
+display(show_grid(torch.from_numpy(saved["images"]), f"{saved['images'].shape}: 'a thick seven', decoded to pixels"))
+
+# %% [markdown]
+# ## 8. Image-to-image (SDEdit)
+#
+# Start the ODE not from pure noise but from a real image, noised part of the way (Meng et al. 2022, "SDEdit").
+# On the flow's path a point at time $s$ is $z_s = (1-s)\,z_0 + s\,\varepsilon$ (chapter 8). Encode the source
+# image, $z_0 = c\,\mu(x)$, put it at $s$ = **strength**, and solve the ODE from there to 0 under a new caption.
+# Strength 0 returns the source (decoded), strength 1 ignores it (an ordinary sample); in between, the noise
+# has wiped out the detail but kept the coarse layout, the stroke's position and thickness, and the model redraws
+# the rest to fit the caption. `dl.image_to_image` does it for any flow model, in pixels or in latents.
+#
+# The benchmark took 200 test digits and asked for the next digit, "a seven" for a six (w = 3, Euler-10), and
+# measured how often the result is the asked digit, how often it is still the source's, and how far it moved
+# (root-mean-square pixel change, pixels in [-1, 1]):
+
+# %%
+print(f"{'strength':>8}{'follows caption':>17}{'still source digit':>20}{'RMS change':>12}")
+for r in measured["image_to_image"]:
+    print(f"{r['strength']:>8.1f}{100 * r['follows']:>16.1f}%{100 * r['keeps_source_digit']:>19.1f}%{r['rms_change']:>12.3f}")
+
+# %% [markdown]
+# IMG2IMG_READING
+#
+# Three sources, each asked to become the next digit, at rising strength:
+
+# %%
+sources = test_images[:3]
+targets = [f"a {dl.text.DIGIT_WORDS[(int(d) + 1) % 10]}" for d in test_labels[:3]]
+strengths = (0.0, 0.3, 0.5, 0.7, 0.9)
+rows = [dl.image_to_image(mmdit, mmdit_info, sources, targets, strength, 10, guidance=3.0, seed=2) for strength in strengths]
+grid = torch.stack(rows, 1).reshape(-1, 1, 28, 28)
+display(show_grid(grid, "rows: " + ", ".join(f"'{t}'" for t in targets) + "; columns: strength " +
+                  ", ".join(map(str, strengths)), ncols=len(strengths)))
+
+# %% [markdown]
+# ## 9. Negative prompts
+#
+# Guidance pushes the sample from the empty caption's prediction towards the caption's. A **negative prompt**
+# puts another caption where the empty one was:
+#
+# $$v = v_{\text{neg}} + w\,\big(v_{\text{pos}} - v_{\text{neg}}\big) = v_{\text{pos}} + (w - 1)\,\big(v_{\text{pos}} - v_{\text{neg}}\big),$$
+#
+# so for $w > 1$ the sample moves away from what the negative caption describes, as far as the positive caption
+# allows. At $w = 1$ the negative prompt drops out, which is why Stable Diffusion's negative prompts need a guidance
+# scale above 1 (the command line refuses `--negative-prompt` without one). The benchmark asked the latent MMDiT for
+# "a seven" 200 times with each negative prompt (w = 3) and measured the share of sevens whose stroke is thicker than
+# the median training seven:
+
+# %%
+print(f"{'negative prompt':<18}{'samples':>8}{'a seven':>9}{'thicker than the median':>26}")
+for r in measured["negative"]:
+    print(f"{r['negative'] or '(none)':<18}{r['n']:>8}{100 * r['digit_accuracy']:>8.1f}%{100 * r['thick_share']:>25.1f}%")
+
+# %% [markdown]
+# NEGATIVE_READING
+#
+# ## 10. Try it: the pipeline, live
+#
+# Type a caption (words from chapter 7's vocabulary: a digit's name, thin or thick, upright or slanted, narrow or
+# wide), set the guidance scale, a negative prompt, and the strength: below 1 the eight samples start from eight
+# test digits (image-to-image); at 1 they start from noise. Each redraw runs the whole pipeline, Euler-10 on the
+# latent MMDiT, and prints its time.
+
+# %%
+widget_sources = test_images[:8]
+
+
+def show_pipeline(text="a thick seven", w=3.0, negative="", strength=1.0):
+    try:
+        fig, seconds = ch10.pipeline_view(mmdit, mmdit_info, text, w, negative, widget_sources, strength)
+    except ValueError as error:  # an unknown word: say which, instead of a traceback
+        print(error)
+        return
+    display(fig)
+
+
+widgets.interact(show_pipeline, text=widgets.Text(value="a thick seven", continuous_update=False),
+                 w=widgets.FloatSlider(value=3.0, min=0.0, max=6.0, step=0.5, continuous_update=False),
+                 negative=widgets.Text(value="", continuous_update=False),
+                 strength=widgets.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.1, continuous_update=False));
+
+# %%
+batch_seconds = [ch10.pipeline_view(mmdit, mmdit_info, "a thick seven", 3.0, seed=k)[1] for k in range(3)]
+print(f"a batch of 8 through the whole pipeline (Euler-10, w = 3): {min(batch_seconds):.2f} s at best of 3")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 (implement).** Write `my_kl(mu, logvar)`: the KL divergence from $\mathcal N(\mu, \sigma^2)$ to
+# $\mathcal N(0, 1)$ for every latent number, averaged over all of them, with $\log\sigma^2$ given as `logvar`
+# (section 2 derives it).
+
+# %% tags=["solution"]
+def my_kl(mu, logvar):
+    return 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_kl(my_kl)
+
+# %% [markdown]
+# **Exercise 2 (implement).** Write `my_patchify(x, p)`: cut a batch `x` of shape (B, C, H, W) into p x p patches,
+# in row order (left to right, then top to bottom), each flattened channel first, giving (B, H W / p^2, C p^2).
+
+# %% tags=["solution"]
+def my_patchify(x, p):
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_patchify(my_patchify)
+
+# %% [markdown]
+# **Exercise 3 (predict, then check).** The widget's pipeline makes 8 images. With Heun's method and 10 steps
+# (chapter 8: the last step has no correction) at guidance w = 3, how many images pass through the latent MMDiT
+# in all, counting every image of every call?
+
+# %% tags=["solution"]
+images_through_denoiser = 19 * 16
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_pipeline_calls(images_through_denoiser)
+
+# %% [markdown]
+# **Exercise 4 (open question).** EXERCISE4_QUESTION
+
+# %% [markdown] tags=["solution"]
+# **Model answer (instructor edition).** EXERCISE4_ANSWER
+
+# %%
+print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")
