@@ -371,7 +371,7 @@ def run_sample(args) -> None:
         raise ValueError("--eta applies to --sampler ddim only")
     is_text = bool(getattr(model.config, "text_dim", None))
     if (args.prompt is not None or args.negative_prompt is not None) and not is_text:
-        raise ValueError(f"--prompt and --negative-prompt need a text model (trained with --text); {args.checkpoint} "
+        raise ValueError(f"--prompt (and --negative-prompt) needs a text model (trained with --text); {args.checkpoint} "
                          "is not one")
     if args.negative_prompt is not None and (args.guidance is None or args.guidance == 1):
         raise ValueError("--negative-prompt acts through guidance: add --guidance, e.g. 3 (at 1 it changes nothing)")
@@ -386,6 +386,9 @@ def run_sample(args) -> None:
         raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
     arrays = {}
     if args.inpaint is not None:
+        if "latent" in info:  # before reading test images at the latents' shape, which would fail obscurely
+            raise ValueError(f"--inpaint replaces pixels, and {args.checkpoint} makes latents (trained with --latent): "
+                             "inpaint with a pixel model, or edit images with pipeline.image_to_image in Python")
         if args.sampler != "ddim":
             raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
         images, mask = _inpaint_source(args.inpaint, args.mask, args.n, info, image_shape(model))

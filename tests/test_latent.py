@@ -28,8 +28,17 @@ FLOW_INFO = {"objective": "flow", "prediction": "flow", "schedule": "cosine", "T
 TINY_DIT = {"width": 16, "depth": 1, "heads": 2}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The networks here are tiny: a second thread only adds synchronisation, which on a busy CPU costs seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run(*args):
-    env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DIFFUSION_COURSE_DEVICE": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "diffusion_lib", *map(str, args)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
 
@@ -236,7 +245,8 @@ def text_dit():
 
 
 def test_a_negative_prompt_replaces_the_empty_caption_in_guidance(text_dit):
-    """One Euler step of the flow from s = 1 to 0: x_0 = eps - v_guided(eps, 1), v_guided = v_neg + w (v_pos - v_neg)."""
+    """One Euler step of the flow from s = 1 to 0: x_0 = eps - v_guided(eps, 1),
+    v_guided = v_neg + w (v_pos - v_neg)."""
     prompts, negative, w = ["a thick seven", "one"], "a thin seven", 3.0
     samples, ids = generate(text_dit, FLOW_INFO, n=2, sampler="euler", steps=1, guidance=w, prompts=prompts,
                             negative_prompt=negative, seed=7)
@@ -355,6 +365,9 @@ def test_latent_errors_are_one_line(latent_runs, tmp_path, capsys):
                  "--steps", "1", "--out", str(tmp_path / "run")]) == 1
     assert "drop --image-size" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    assert main(["sample", "--checkpoint", str(root / "dit"), "--n", "2", "--inpaint", "test",
+                 "--out", str(tmp_path / "i.npz")]) == 1
+    assert "makes latents" in capsys.readouterr().err
 
 
 def test_negative_prompt_needs_guidance_on_the_command_line(text_dit, tmp_path, capsys):
