@@ -542,7 +542,8 @@ def latent(args, device) -> dict:
                             for w in (1.0, 3.0)]}
         figures["models"][label] = row
         print(label, json.dumps({k: v for k, v in row.items() if k in ("parameters", "seconds_per_call_64")}), flush=True)
-    best = dl.pretrained(ch10.MODELS["latent MMDiT"], device)
+    best = dl.pretrained(ch10.MODELS[ch10.PIPELINE], device)
+    figures["pipeline_model"] = ch10.PIPELINE
     m = 20 if args.quick else 200
     figures["image_to_image"] = [ch10.image_to_image_scores(*best, net, images[:m], labels[:m], strength)
                                  for strength in (0.2, 0.4, 0.6, 0.8, 1.0)]
@@ -1056,13 +1057,13 @@ def _render_latent(f):
               "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {label} | {h['w']:g} | {h['digit_accuracy']:.3f} | {h['thickness']:.3f} | {h['slant']:.3f} |"
               for label, m in f["models"].items() for h in m["held_out"]]
-    lines += ["", "Image-to-image (SDEdit) with the latent MMDiT from real test digits, asked for (label + 1) mod 10 "
-                  "at w = 3, Euler-10:", "", "| strength | follows the caption | still the source digit | RMS change |",
+    lines += ["", f"Image-to-image (SDEdit) with the {f['pipeline_model']} from real test digits, asked for (label + 1) "
+                  "mod 10 at w = 3, Euler-10:", "", "| strength | follows the caption | still the source digit | RMS change |",
               "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['strength']:.1f} | {100 * r['follows']:.1f}% | {100 * r['keeps_source_digit']:.1f}% | "
               f"{r['rms_change']:.3f} |" for r in f["image_to_image"]]
-    lines += ["", "Negative prompts with the latent MMDiT: 'a seven' at w = 3, the negative caption in the empty "
-                  "caption's place:", "", "| negative prompt | samples | a seven | thicker than the median |",
+    lines += ["", f"Negative prompts with the {f['pipeline_model']}: 'a seven' at w = 3 (Heun-10), the negative caption "
+                  "in the empty caption's place:", "", "| negative prompt | samples | a seven | thicker than the median |",
               "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['negative'] or '(none)'} | {r['n']} | {100 * r['digit_accuracy']:.1f}% | {100 * r['thick_share']:.1f}% |"
               for r in f["negative"]]

@@ -53,3 +53,25 @@ def test_bad_arguments_are_refused_with_a_reason():
         assert result.returncode == 2 and message in result.stderr
     with pytest.raises(FileNotFoundError, match="benchmarks/run.py --only nosuch"):
         load_measured("nosuch")
+
+
+@pytest.mark.slow
+def test_quick_latent_section_measures_the_three_models_and_image_to_image(tmp_path):
+    report = tmp_path / "RESULTS.md"
+    result = subprocess.run([sys.executable, str(RUN), "--quick", "--only", "latent", "--out", str(tmp_path),
+                             "--results", str(report), "--threads", "2"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "latent.json").read_text())["figures"]
+    models = figures["models"]
+    assert set(models) == {"pixel U-Net", "latent U-Net", "latent MMDiT"}
+    assert all(m["seconds_per_call_64"] > 0 and m["training_steps"] > 0 for m in models.values())
+    assert abs(models["latent U-Net"]["parameters"] / models["latent MMDiT"]["parameters"] - 1) < 0.05
+    assert 0 < figures["reconstruction"]["mse"] < 0.05 and figures["reconstruction"]["n"] == 50
+    by_strength = {r["strength"]: r for r in figures["image_to_image"]}
+    # a light touch keeps the source's digit, full strength follows the caption (w = 3)
+    assert by_strength[0.2]["keeps_source_digit"] > by_strength[1.0]["keeps_source_digit"]
+    assert by_strength[1.0]["follows"] > by_strength[0.2]["follows"]
+    assert by_strength[0.2]["rms_change"] < by_strength[1.0]["rms_change"]
+    negatives = {r["negative"]: r for r in figures["negative"]}
+    assert negatives["a thick seven"]["thick_share"] < negatives["a thin seven"]["thick_share"]
+    assert "## latent" in report.read_text()

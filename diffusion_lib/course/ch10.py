@@ -22,6 +22,9 @@ AUTOENCODER = "mnist_vae"
 # parameters, trained on the same captions for the same wall time (their READMEs)
 MODELS = {"pixel U-Net": "mnist_text_pixel", "latent U-Net": "mnist_latent_unet", "latent MMDiT": "mnist_latent_mmdit"}
 SAMPLER = ("heun", 10)  # 19 network calls
+# the denoiser of the pipeline, image-to-image and negative-prompt measurements and the widget: the latent model
+# with the better MNIST-FID at equal training time (`benchmarks/RESULTS.md`, section latent)
+PIPELINE = "latent U-Net"
 
 
 def digit_prompts(n: int) -> list[str]:

@@ -500,13 +500,15 @@ def check_patchify(my_patchify) -> bool:
 
 
 def check_pipeline_calls(answer) -> bool:
-    """Images through the denoiser for 8 samples of a text model with Heun-10 at w = 3: counted on a real call."""
+    """Images through the denoiser for 8 samples of the chapter's pipeline with Heun-10 at w = 3: counted on a real call."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     from ..checkpoint import pretrained
     from ..pipeline import generate
 
-    model, info = pretrained("mnist_latent_mmdit")
+    from .ch10 import MODELS, PIPELINE
+
+    model, info = pretrained(MODELS[PIPELINE])
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
     try:
