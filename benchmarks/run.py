@@ -537,7 +537,8 @@ def latent(args, device) -> dict:
         model, info = dl.pretrained(name, device)
         row = {"name": name, "parameters": sum(p.numel() for p in model.parameters()),
                "seconds_per_call_64": ch10.seconds_per_call(model, 64), "training_steps": info.get("step"),
-               "quality": [ch10.quality(model, info, net, n, w, seed)[0] for w in (1.0, 3.0) for seed in seeds],
+               "seconds_per_train_step_64": ch10.seconds_per_train_step(model, 64),
+               "quality": [ch10.quality(model, info, net, n, w, seed)[0] for w in (1.0, 1.5, 3.0) for seed in seeds],
                "held_out": [{"w": w, **caption_scores(model, info, net, held_out, per_caption, w, steps=10, seed=5)}
                             for w in (1.0, 3.0)]}
         figures["models"][label] = row
@@ -668,6 +669,27 @@ def _render_targets(f: dict) -> list[str]:
             if at3:
                 add("mnist_cond: requested digit at w = 3", "at least 99%", f"{100 * at3['accuracy']:.1f}%",
                     at3["accuracy"] >= 0.99)
+    if "latent" in f:
+        models = f["latent"]["models"]
+        pixel, latent_unet = models["pixel U-Net"], models["latent U-Net"]
+
+        def mean_of(m, w, key):
+            return statistics.mean(q[key] for q in m["quality"] if q["w"] == w)
+
+        faster = mean_of(pixel, 1.0, "seconds_per_image") / mean_of(latent_unet, 1.0, "seconds_per_image")
+        add("latent U-Net vs pixel U-Net: sampling time per image (Heun-10, w = 1, decoding included)",
+            "at least 3x cheaper", f"{faster:.1f}x", faster >= 3)
+        best = {label: min(mean_of(m, w, "mnist_fid") for w in {q["w"] for q in m["quality"]}) for label, m in models.items()}
+        ratio = best["latent U-Net"] / best["pixel U-Net"]
+        add("latent U-Net vs pixel U-Net at equal training time: best MNIST-FID (each at its best w)", "at most 1.25x",
+            f"{ratio:.2f}x", ratio <= 1.25)
+        if "text" in f:
+            mine = next(h for h in latent_unet["held_out"] if h["w"] == 3.0)
+            theirs = next(r for r in f["text"]["captions"] if r["captions"] == "held out" and r["w"] == 3.0)
+            keys = ("digit_accuracy", "thickness", "slant")
+            add("held-out captions at w = 3, latent U-Net vs mnist_text (digit, thickness, slant)", "as high as chapter 7's",
+                " / ".join(f"{mine[k]:.3f}" for k in keys) + " vs " + " / ".join(f"{theirs[k]:.3f}" for k in keys),
+                all(mine[k] >= theirs[k] for k in keys))
     if "memory" in f and f["memory"]["rows"][-1]["n"] >= 10000:
         peak = f["memory"]["rows"][-1]["peak_mib"]
         add("peak memory of sample --n 10000", "at most 1536 MiB", f"{peak:.0f} MiB", peak <= 1536)
@@ -1040,16 +1062,21 @@ def _render_latent(f):
              f"the same class as the original. Decoding 64 latents: {1000 * f['decode_seconds_per_64']:.1f} ms.", "",
              "Three text models trained on the same captions for the same wall time (each folder's README), sampled with "
              "Heun-10 (19 network calls) for the captions 'a zero' to 'a nine', n = "
-             f"{f['n']} per row; FID and shares are means over seeds (range in brackets).", "",
-             "| model | parameters | training steps | ms per call (64) | w | MNIST-FID | x floor | recognised | "
-             "requested digit |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"{f['n']} per row; FID, shares and times per image are means over seeds (FID's range in brackets). A call "
+             "of 64 is timed alone (noisy at this size); the time per image is the whole sampling run, calls of up to "
+             "500 images (twice that with guidance) and the decoder included.", "",
+             "| model | parameters | ms per training step (64) | training steps | ms per call (64) | w | ms per image | "
+             "MNIST-FID | x floor | recognised | requested digit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, m in f["models"].items():
         for w in sorted({q["w"] for q in m["quality"]}):
             rows = [q for q in m["quality"] if q["w"] == w]
             fids = [q["mnist_fid"] for q in rows]
             mean = statistics.mean(fids)
-            lines.append(f"| {label} | {m['parameters']:,} | {m['training_steps']:,} | "
-                         f"{1000 * m['seconds_per_call_64']:.1f} | {w:g} | {mean:.1f} ({min(fids):.1f}-{max(fids):.1f}) | "
+            lines.append(f"| {label} | {m['parameters']:,} | {1000 * m['seconds_per_train_step_64']:.1f} | "
+                         f"{m['training_steps']:,} | {1000 * m['seconds_per_call_64']:.1f} | {w:g} | "
+                         f"{1000 * statistics.mean(q['seconds_per_image'] for q in rows):.1f} | "
+                         f"{mean:.1f} ({min(fids):.1f}-{max(fids):.1f}) | "
                          f"{mean / floor:.2f} | {100 * statistics.mean(q['recognised'] for q in rows):.1f}% | "
                          f"{100 * statistics.mean(q['requested_digit'] for q in rows):.1f}% |")
     lines += ["", "Held-out captions (each digit's unseen (thickness, slant) pair, DPM-Solver++-10; chapter 7's "

@@ -51,7 +51,7 @@ from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_
 from .data import FOLDER, TOY_DATASETS, check_data_name, default_shape, image_classes, load_images, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
 from .latent import autoencoder_ref, latent_info, load_autoencoder, training_latents
-from .models import build_model
+from .models import build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
 from .runtime import fast_bf16, pick_device
@@ -327,7 +327,7 @@ def noise_shape(config: TrainConfig, item_shape) -> tuple[int, ...]:
     """The shape of one example's noise: the data's own, or for the autoencoder its latent's (reparameterisation)."""
     if config.model_arch != "vae":
         return tuple(item_shape)
-    vae_config = build_model("vae", config.model_config()).config
+    vae_config = config_from_dict("vae", config.model_config())
     return vae_config.latent_channels, vae_config.latent_size, vae_config.latent_size
 
 

@@ -13,7 +13,7 @@ from ..checkpoint import pretrained
 from ..classifier import classify
 from ..evaluation import mnist_fid
 from ..pipeline import generate, image_shape, image_to_image
-from ..text import DIGIT_WORDS, attribute_agreement, parse_caption
+from ..text import attribute_agreement, caption, parse_caption
 from .ch01 import recognised
 from .plots import show_grid, to_numpy_image
 
@@ -28,8 +28,8 @@ PIPELINE = "latent U-Net"
 
 
 def digit_prompts(n: int) -> list[str]:
-    """"a zero", "a one", ..., "a nine", in turn for n samples."""
-    return [f"a {DIGIT_WORDS[i % 10]}" for i in range(n)]
+    """"a zero", "a one", ..., "an eight", "a nine" (as the training captions say them), in turn for n samples."""
+    return [caption(i % 10, {}) for i in range(n)]
 
 
 def reconstruction_scores(vae, images: torch.Tensor, classifier) -> dict:
@@ -56,6 +56,30 @@ def seconds_per_call(model, batch: int = 64, repeats: int = 5) -> float:
             model(x, t, ids)
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def seconds_per_train_step(model, batch: int = 64, repeats: int = 5) -> float:
+    """Median seconds of one training step (flow loss, backward, AdamW) on `batch` random inputs of the model's shape,
+    under bfloat16 autocast as the committed runs trained; the model's weights are left as they were."""
+    import copy
+
+    from ..continuous import flow_loss
+    from ..text import tokenize
+
+    net = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x0, z, noise = torch.randn(batch, *image_shape(net)), torch.randn(batch), torch.randn(batch, *image_shape(net))
+    ids = tokenize(["a thick seven"] * batch)[0] if getattr(net.config, "text_dim", None) else None
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = flow_loss(net, x0, z, noise, ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[repeats // 2]  # the first step warms up
 
 
 def seconds_to_decode(batch: int = 64, repeats: int = 5) -> float:
@@ -91,7 +115,7 @@ def image_to_image_scores(model, info, classifier, images: torch.Tensor, labels:
     """SDEdit from real digits towards another digit ((label + 1) mod 10, "a seven" for a six): how often the result
     is the asked digit, how often it is still the source's, and how far it moved (RMS pixel difference)."""
     target = (labels + 1) % 10
-    prompts = [f"a {DIGIT_WORDS[int(d)]}" for d in target]
+    prompts = [caption(int(d), {}) for d in target]
     out = image_to_image(model, info, images, prompts, strength, steps, guidance=w, seed=seed)
     predicted, _ = classify(classifier, out)
     return {"strength": strength, "n": len(images), "w": w, "follows": float((predicted == target).float().mean()),
