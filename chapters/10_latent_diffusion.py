@@ -17,17 +17,18 @@
 # %% [markdown]
 # # Chapter 10: A tiny Stable Diffusion — latent space, a transformer, a prompt in, an image out
 #
-# DALL-E 2, Midjourney and Stable Diffusion do not denoise pixels. An **autoencoder** squeezes each image into
-# a small **latent**, a denoiser is trained and sampled there under a text encoder's guidance, and a
-# **decoder** turns the generated latent into pixels (Rombach et al. 2022, "latent diffusion"). Stable
-# Diffusion 3 and FLUX also replace the U-Net with a **transformer** that attends jointly over image patches
+# Stable Diffusion, and after it Stable Diffusion 3 and FLUX, do not denoise pixels. An **autoencoder** squeezes
+# each image into a small **latent**, a denoiser is trained and sampled there under a text encoder's guidance,
+# and a **decoder** turns the generated latent into pixels (Rombach et al. 2022, "latent diffusion"; DALL-E 2, by
+# contrast, diffuses pixels). Stable Diffusion 3 and FLUX also replace the U-Net with a **transformer** that attends jointly over image patches
 # and caption tokens (Esser et al. 2024). The course has built every other piece: flow matching (chapters 4
 # and 8), a text encoder with classifier-free guidance (chapters 6 and 7), fast solvers (chapters 5, 7, 9).
 # This chapter puts them together at MNIST scale, trained on a CPU, and measures what each new piece buys.
 #
 # **After this chapter you can**
-# - derive and train a KL-regularised autoencoder, and compute Stable Diffusion's latent scale factor;
-# - say what latent space saves per sampling step, and what it costs (the decoder's ceiling on quality);
+# - derive a KL-regularised autoencoder's loss (and train one with the course's command), and compute Stable
+#   Diffusion's latent scale factor;
+# - say what latent space saves per sampling step, and what it costs (the decoder's limit on quality);
 # - build a diffusion transformer (patches, adaLN-Zero) and its joint-attention text form (MMDiT), and compare it
 #   with a U-Net with cross-attention of the same size and training time;
 # - run the whole text-to-image pipeline, image-to-image (SDEdit) and negative prompts, and measure each.
@@ -85,8 +86,8 @@ test_images, test_labels = dl.load_mnist(train=False)
 # 10 to 50 times per image (chapters 5 and 9). A 28x28 digit has 784 positions; an 8x8 latent has 64, twelve
 # times fewer. At 512x512 Stable Diffusion's autoencoder makes a 64x64x4 latent from 512x512x3 pixels, 48
 # times fewer numbers, and that is what makes it run on one graphics card. Here is the same comparison on
-# this machine, for the three text-conditional networks this chapter trains (all about 230,000 to 255,000
-# parameters): one network call on a batch of 256 (sampling calls the network on hundreds of images at a time), one
+# this machine, for the three text-conditional networks this chapter compares (227,000 to 255,000 parameters,
+# trained with the course's command; section 6 says how): one network call on a batch of 256 (sampling calls the network on hundreds of images at a time), one
 # training step on a batch of 64 (forward, backward and AdamW under bfloat16, as they were trained), and the
 # decoder, which runs once per image, not once per step:
 
@@ -107,21 +108,25 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
       f"latent U-Net, decoding included ({pixel_image / latent_image:.1f}x cheaper)")
 
 # %% [markdown]
-# On the run stored above (timings move by tens of percent from run to run on a shared CPU), a call on 256
-# inputs costs the latent networks about a fifth of the pixel U-Net's (5.1 and 5.8 times less), and a training
-# step less than half (39.8 and 54.7 ms against 90.4). The decoder is not free: decoding a batch costs as much as
-# seven calls of the latent U-Net on it, so with 19 calls the latent pipeline is 3.7 times cheaper per image, not
-# 5; the fewer the sampling steps (chapter 9), the larger the decoder's share. Section 6 times whole sampling runs.
+# On the run stored above (timings vary from run to run on a shared CPU), a call on 256 inputs costs the latent
+# networks 7.5 and 7.7 times less than the pixel U-Net, and a training step of 64 takes them 45% and 63% of the
+# pixel U-Net's time (45.9 and 64.9 ms against 103.1). The decoder is not free: decoding a batch costs as much as 11
+# calls of the latent U-Net on it, so with 19 calls the latent pipeline is 4.8 times cheaper per image, not 7.5; the
+# fewer the sampling steps (chapter 9), the larger the decoder's share. Section 6 times whole sampling runs.
 #
 # ## 2. The autoencoder
 #
 # The encoder $E$ does not output one latent but a Gaussian, $q(z\mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma^2(x))$;
-# the decoder $D$ maps a latent back to an image. Training maximises the evidence lower bound of a VAE (Kingma &
-# Welling 2014): with a Gaussian decoder of fixed variance, $-\log p(x\mid z)$ is a squared error up to a constant,
-# and the bound becomes
+# the decoder $D$ maps a latent back to an image. A VAE (Kingma & Welling 2014) maximises the evidence lower bound
+# $\mathbb E_q[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\Vert\,p(z))$ with the prior $p(z) = \mathcal N(0, I)$. With a
+# Gaussian decoder of fixed variance $\sigma_x^2$, $-\log p(x\mid z) = \lVert x - D(z)\rVert^2/(2\sigma_x^2) + \text{const}$,
+# so minus the bound, times $2\sigma_x^2$, is
 #
-# $$\mathcal L = \mathbb E_{\varepsilon}\,\lVert x - D(\mu + \sigma\odot\varepsilon)\rVert^2 + \beta\,\mathrm{KL}\big(q(z\mid x)\,\Vert\,\mathcal N(0, I)\big).$$
+# $$\mathcal L = \mathbb E_{\varepsilon}\,\lVert x - D(\mu + \sigma\odot\varepsilon)\rVert^2 + \beta\,\mathrm{KL}\big(q(z\mid x)\,\Vert\,\mathcal N(0, I)\big),
+# \qquad \beta = 2\sigma_x^2 .$$
 #
+# Choosing $\beta$ is choosing how noisy the decoder is allowed to be; any $\beta$ other than the one that matches
+# the data is a "$\beta$-VAE", and latent diffusion picks a small one.
 # The sample $z = \mu + \sigma\odot\varepsilon$ is the reparameterisation trick: the randomness sits in
 # $\varepsilon$, so gradients reach $\mu$ and $\sigma$. For one latent number, the KL between two Gaussians
 # follows from the definition $\mathrm{KL} = \mathbb E_q[\log q - \log p]$:
@@ -129,12 +134,15 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
 # $$\mathbb E_q\Big[-\tfrac12\log\sigma^2 - \tfrac{(z-\mu)^2}{2\sigma^2} + \tfrac{z^2}{2}\Big]
 # = -\tfrac12\log\sigma^2 - \tfrac12 + \tfrac12(\mu^2 + \sigma^2),$$
 #
-# using $\mathbb E_q(z-\mu)^2 = \sigma^2$ and $\mathbb E_q z^2 = \mu^2 + \sigma^2$; so
-# $\mathrm{KL} = \tfrac12(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, zero exactly when $\mu = 0, \sigma = 1$. Stable
-# Diffusion keeps $\beta$ tiny (its "KL-f8" autoencoder uses $10^{-6}$, with a perceptual and an adversarial loss
-# besides): the KL only stops the latents from drifting to huge values and leaves holes small, and reconstruction
-# is what matters. `mnist_vae` uses the pixel MSE (per pixel) plus $\beta = 10^{-3}$ times the KL per latent
-# number. The library's KL against a Monte-Carlo estimate of $\mathbb E_q[\log q - \log p]$:
+# where the two densities' $-\tfrac12\log 2\pi$ cancel, using $\mathbb E_q(z-\mu)^2 = \sigma^2$ and
+# $\mathbb E_q z^2 = \mu^2 + \sigma^2$; so $\mathrm{KL} = \tfrac12(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, zero exactly when
+# $\mu = 0, \sigma = 1$. With a diagonal covariance the latent numbers are independent, and the KL of the whole
+# latent is the sum of these. Stable Diffusion keeps $\beta$ tiny (its "KL-f8" autoencoder uses $10^{-6}$ on sums,
+# with a perceptual and an adversarial loss besides): the KL only keeps the latents from drifting to huge values,
+# and reconstruction is what matters. The library (`autoencoder.vae_loss`) writes the same loss with means instead
+# of sums, $\tfrac1{784}\lVert x - D(z)\rVert^2 + 10^{-3}\cdot\tfrac1{256}\mathrm{KL}$ for a 28x28 digit and its 256
+# latent numbers, which is the displayed loss with $\beta = 10^{-3}\cdot 784/256 \approx 3\times10^{-3}$, divided by 784.
+# The library's KL against a Monte-Carlo estimate of $\mathbb E_q[\log q - \log p]$:
 
 # %%
 mu, logvar = torch.randn(2000, 1) * 0.7, torch.randn(2000, 1) * 0.5
@@ -157,8 +165,9 @@ recon = decode_latents(vae, encode_images(vae, originals))
 display(show_grid(torch.cat([originals, recon]), "test digits (top) and their reconstructions D(mu(x)) (bottom)", ncols=12))
 
 # %% [markdown]
-# Whatever the denoiser does, its samples pass through $D$, so the decoder's reconstructions are the best a
-# latent model can reach: its **ceiling**. Scored like every sample in the course (MNIST-FID against the real-digit
+# Whatever the denoiser does, its samples pass through $D$, so how well $D$ gives back real digits is a useful
+# **reference** for what a latent model can expect (not a strict bound: a generated latent need not look like the
+# encoding of a real digit). Scored like every sample in the course (MNIST-FID against the real-digit
 # floor, and the share the classifier recognises with probability at least 0.9):
 
 # %%
@@ -174,19 +183,21 @@ print(f"1,000 test digits: pixel MSE {scores['mse']:.4f} (pixels in [-1, 1]); MN
 # originals, and the FID sees it: 23.9, twice the floor of 12.1. A squared-error loss rewards the *average* of the
 # images a latent could stand for, and an average of strokes is a blurred stroke; Stable Diffusion's autoencoder
 # adds a perceptual loss and an adversarial one for exactly this reason. Every sample of a latent model passes
-# through this decoder, so on this measure a latent model cannot be expected to do much better than about 24.
+# through this decoder, so on this measure a latent model should not be expected to do much better than about 24.
 #
 # **The scale factor.** A diffusion model's noise has unit variance, and its schedule assumes the data has
-# roughly that scale too. Rombach et al. (2022, Appendix G) therefore divide the latents by their standard
-# deviation over the training set; Stable Diffusion's famous `0.18215` is that number for its autoencoder. The
-# latent models here were trained on $z = c\,\mu(x)$ with $c = 1/\operatorname{std}(\mu)$ computed over all
-# 60,000 training digits, and their checkpoints store $c$. Computed again on the test digits:
+# roughly that scale too. Rombach et al. (2022, Sec. 4.3.2) therefore multiply the latents by one over their
+# standard deviation, estimated from a batch of encoded images; Stable Diffusion's famous `0.18215` is that number
+# for its autoencoder, applied to a sample of $q(z\mid x)$. The latent models here were trained on $z = k\,\mu(x)$,
+# the posterior mean, with $k = 1/\operatorname{std}(\mu)$ computed over all 60,000 training digits, and their
+# checkpoints store $k$. Computed again on the test digits:
 
 # %%
-mu_test = encode_images(vae, test_images)
+n_scale = 2000 if FAST else 10000
+mu_test = encode_images(vae, test_images[:n_scale])
 scale = latent_scale(mu_test)
 stored = pipe_info["latent"]["scale"]
-print(f"std of mu over the 10,000 test digits {mu_test.std():.3f}: scale {scale:.4f} (stored, from the 60,000 "
+print(f"std of mu over {n_scale:,} test digits {mu_test.std():.3f}: scale {scale:.4f} (stored, from the 60,000 "
       f"training digits: {stored:.4f}); scaled test latents: mean {(stored * mu_test).mean():.3f}, "
       f"std {(stored * mu_test).std():.3f}")
 print("per channel std after scaling:", [round(float(v), 2) for v in (stored * mu_test).std(dim=(0, 2, 3))])
@@ -224,16 +235,18 @@ print("classifier on the latent average: ", pred_latents.tolist(), f"(recognised
 # ## 4. Latent diffusion: the same recipe, on latents
 #
 # Nothing in flow matching (chapter 4) cares what $x_0$ is. A latent model is trained with the same loss on
-# $z_0 = c\,\mu(x)$: $z_s = (1-s)\,z_0 + s\,\varepsilon$, and the network regresses $v = \varepsilon - z_0$; it
+# $z_0 = k\,\mu(x)$: $z_s = (1-s)\,z_0 + s\,\varepsilon$, and the network regresses $v = \varepsilon - z_0$; it
 # samples a latent by solving the same ODE from noise, and the decoder makes the image. The training command is
-# the course's own with one more flag, the autoencoder:
+# the course's own with one more flag, the autoencoder; `mnist_latent_unet` was made with (its README has the rest)
 #
 # ```bash
-# python -m diffusion_lib train --data mnist --latent mnist_vae --text --steps 20000 --out runs/my_latent_model
+# python -m diffusion_lib train --data mnist --latent mnist_vae --text --steps 40000 --batch-size 64 --seed 0 \
+#     --model-config '{"base_channels": 16, "channel_mults": [1, 2], "attention_levels": [1], "cross_attention_levels": [0, 1], "text_dim": 32}' \
+#     --max-minutes 20 --out runs/my_latent_unet
 # ```
 #
-# The cell checks that claim on a batch of real latents with the committed latent U-Net: the library's
-# `flow_loss` against the loss written out by hand, with the same times and noise:
+# The cell checks that the library's `flow_loss`, on a batch of real latents and the committed latent U-Net, is
+# the loss written out by hand, with the same times and noise:
 
 # %%
 unet_latent, unet_latent_info = models["latent U-Net"]
@@ -271,8 +284,8 @@ plt.show()
 # ## 5. A transformer instead of a U-Net
 #
 # **Patches.** A diffusion transformer (DiT; Peebles & Xie 2023) cuts its input into $p\times p$ patches, flattens
-# each into a vector and maps it linearly to a token of width $D$; a learned position vector says where the patch
-# was. The 4x8x8 latent with $p = 2$ becomes $N = 16$ tokens of $4\cdot2\cdot2 = 16$ numbers each. At the end the
+# each into a vector and maps it linearly to a token of width $d$; a position vector added to each token says where
+# the patch was (DiT uses fixed sine-cosine vectors; this library learns them). The 4x8x8 latent with $p = 2$ becomes $N = 16$ tokens of $4\cdot2\cdot2 = 16$ numbers each. At the end the
 # same cut is undone:
 
 # %%
@@ -285,30 +298,40 @@ print("the first patch is the top-left 2x2 block of every channel:", torch.equal
 # %% [markdown]
 # **adaLN-Zero.** Each transformer block is attention then an MLP, each with a residual connection and a layer
 # norm before it. The timestep (and a pooled caption) enters not as an added embedding, as in the U-Net's
-# ResBlocks, but by *modulating* the layer norms: a linear layer of the condition vector $c$ gives a shift, a scale
-# and a gate per branch,
+# ResBlocks, but by *modulating* the layer norms: a linear layer of $\mathrm{SiLU}(c)$, with $c$ the condition
+# vector, gives a shift $b$, a scale $a$ and a gate $g$ per branch,
 #
-# $$h \leftarrow h + g_1(c)\odot \mathrm{Attn}\big(\mathrm{LN}(h)\,(1 + a_1(c)) + b_1(c)\big), \qquad
-# h \leftarrow h + g_2(c)\odot \mathrm{MLP}\big(\mathrm{LN}(h)\,(1 + a_2(c)) + b_2(c)\big).$$
+# $$h \leftarrow h + g_1\odot \mathrm{Attn}\big(\mathrm{LN}(h)\,(1 + a_1) + b_1\big), \qquad
+# h \leftarrow h + g_2\odot \mathrm{MLP}\big(\mathrm{LN}(h)\,(1 + a_2) + b_2\big),
+# \qquad (a, b, g)_{1,2} = W\,\mathrm{SiLU}(c) + b_W .$$
 #
-# That linear layer starts at zero, so every gate is 0 and every block the identity: training starts from a
-# network whose output layer (also zero) predicts 0, and the blocks open one by one as they learn (DiT Sec. 3.2
-# found this the best of its conditioning schemes). A freshly built DiT:
+# That linear layer starts at zero, so every gate is 0 and every block the identity, and the output layer also
+# starts at zero: training starts from a network that predicts 0 (DiT's experiments, Fig. 5, found this
+# "adaLN-Zero" the best of their conditioning schemes). A freshly built DiT, and one of its blocks:
 
 # %%
 fresh = DiT(DiTConfig(width=36, depth=4, heads=4, patch_size=2, text_dim=32))
 out = fresh(torch.randn(3, 4, 8, 8), torch.tensor([100.0, 500.0, 900.0]), dl.text.tokenize(["a seven"] * 3)[0])
 print(f"largest output of an untrained DiT: {out.abs().max():.1f}")
+h_in, cond = torch.randn(3, 16, 36), torch.randn(3, 36)  # 16 image tokens of width 36, a condition vector
+words, keep = torch.randn(3, 2, 36), torch.ones(3, 2, dtype=torch.bool)  # two caption tokens
+h_out, _ = fresh.blocks[0](h_in, cond, words, keep)
+print(f"largest change a fresh block makes to its image tokens: {(h_out - h_in).abs().max():.1f}")
 
 # %% [markdown]
 # **Joint attention (MMDiT).** Chapter 7's U-Net reads the caption by *cross-attention*: image positions ask,
 # caption tokens answer, and the caption's vectors never change inside the U-Net. Stable Diffusion 3's MMDiT
-# instead concatenates the two sequences and runs **one** attention over all $N + L$ tokens: image tokens attend to
-# words, words to image tokens, and both to themselves. Each stream keeps its own weights (its own adaLN, QKV,
-# output and MLP: "multi-modal"), because image patches and words are different kinds of thing, but they meet in
-# the same softmax, so the caption's representation is updated block by block by what the image looks like. The
-# padding tokens of short captions are masked out of the keys, so a caption's meaning does not depend on how far it
-# is padded:
+# instead concatenates the two sequences, $N$ image tokens and the caption's $L$ tokens, and runs **one**
+# attention over all $N + L$: with queries, keys and values made by each stream's own weights,
+#
+# $$\big[\,O_x;\,O_y\,\big] = \mathrm{softmax}\Big(\frac{[Q_x; Q_y]\,[K_x; K_y]^\top}{\sqrt{d_h}} + M\Big)\,[V_x; V_y],$$
+#
+# split back into the $N$ image rows $O_x$ and the $L$ caption rows $O_y$ ($d_h$ the width of a head, $M$ = $-\infty$
+# in the columns of padding tokens, 0 elsewhere). Image tokens attend to words, words to image tokens, and both
+# to themselves, and since all share one softmax, words and patches compete for each query's attention. Each stream
+# keeps its own weights (its own adaLN, QKV, output and MLP: "multi-modal"), because patches and words are
+# different kinds of thing, and the caption's vectors are updated block by block by what the image looks like.
+# Masking the padding keeps a caption's meaning independent of how far it is padded:
 
 # %%
 x_check, t_check = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([300.0, 700.0])
@@ -342,7 +365,7 @@ print(f"attention per block: ({mmdit.config.tokens} image + 8 caption tokens)^2 
 
 # %%
 floor = measured["real_baseline_fid"]
-print(f"n = {measured['n']:,} per seed; real-digit floor {floor:.1f}; the autoencoder's ceiling (reconstructions) "
+print(f"n = {measured['n']:,} per seed; real-digit floor {floor:.1f}; the autoencoder's reconstructions "
       f"{measured['reconstruction']['mnist_fid']:.1f}\n")
 print(f"{'model':<14}{'params':>9}{'steps':>8}{'w':>4}{'ms/image':>9}{'MNIST-FID (3 seeds)':>26}{'mean':>7}"
       f"{'recognised':>12}{'digit':>8}")
@@ -374,26 +397,32 @@ for label in ("latent U-Net", "latent MMDiT"):
 # **Speed.** Whole sampling runs of 1,000 images, decoding included, take 4.0 ms per image with the latent U-Net
 # against 20.2 ms with the pixel U-Net (w = 1), 5.1 times less; and in the same 20 minutes the latent U-Net took
 # 8,436 training steps to the pixel U-Net's 3,212. The course's target for latent diffusion, at least 3 times
-# cheaper per sampling step, is met.
+# cheaper to sample, is met per image with decoding included. Per call on a batch of 64 the benchmark measured
+# only 2.7 times (33.4 against 12.3 ms, `benchmarks/RESULTS.md`): small batches leave a small network's CPU
+# half idle, and the gap widens with the batch (section 1's batches of 256 gave 7.5 times per call, 4.8 per
+# image with decoding; the sampling runs here call the network on up to 500 images at once).
 #
 # **Quality.** Yet the pixel U-Net's samples are the best: MNIST-FID 27.4 at w = 1, against 40.6 for the latent
 # U-Net at its best scale (w = 1.5), 1.48 times as much. The course's target was at most 1.25 times: it is
-# missed. One reason is visible in section 2: reconstructions of *real* digits already score 23.9, so every latent
-# sample is judged through a decoder that blurs. The 2.6 times as many training steps did not make up for it in
-# 20 minutes. The latent U-Net's digits are not worse to read, though: at w = 1.5 it is recognised 98.3% of the
-# time and gives the requested digit 99.1% of the time, against 95.7% and 96.5% for the pixel U-Net at its best w.
+# missed. Part of the gap is the decoder (section 2): reconstructions of *real* digits already score 23.9, so
+# every latent sample is judged through a decoder that blurs. The rest, from about 24 to 40.6, is the denoiser's,
+# and 2.6 times as many training steps did not close it in 20 minutes. Which digit comes out is hardly affected:
+# at w = 1.5 the latent U-Net is recognised 98.3% of the time and gives the requested digit 99.1% of the time,
+# against 99.5% and 99.6% for the pixel U-Net at the same scale; the gap is in how the digits are drawn.
 #
-# **Transformer or U-Net.** At the same size and training time the MMDiT loses to the latent U-Net at every scale:
-# 57.9 at its best (w = 1.5) against 40.6, and at w = 1 far worse (120.5, 87.0% recognised). Its training step
+# **Transformer or U-Net.** At the same size and training time the MMDiT loses to the latent U-Net clearly at
+# w = 1 and 1.5: 57.9 at its best (w = 1.5) against 40.6, and at w = 1 far worse (120.5, 87.0% recognised); at
+# w = 3 the two are within the seeds' spread (116.2 against 113.5, ranges overlapping). Its training step
 # costs more (54.7 against 39.8 ms above), so it took 5,644 steps to the U-Net's 8,436; and a transformer must learn
 # from data what a convolution builds in, that neighbouring positions belong together. DiT and Stable Diffusion 3
-# win at scale, with hundreds of millions of parameters and long training; at 227,000 parameters and 20 minutes
+# win at scale, with hundreds of millions to billions of parameters and long training; at 227,000 parameters and 20 minutes
 # the convolution's head start is worth more. (One run each, and the MMDiT's learning rate was not tuned.) From
 # section 7 on, the pipeline uses the latent U-Net.
 #
 # **Strong guidance and FID.** At w = 3 every model names the requested digit 99.8% to 100% of the time, but its
-# FID rises several-fold (113.5 to 192.3): guidance pulls each caption's samples towards a few typical shapes, and
-# FID counts the variety lost (chapter 6). The pixel U-Net loses the most.
+# FID is 2 to 7 times its best (pixel U-Net 192.3 against 27.4, latent U-Net 113.5 against 40.6, MMDiT 116.2
+# against 57.9): guidance pulls each caption's samples towards a few typical shapes, and FID counts the variety
+# lost (chapter 6). The pixel U-Net loses the most.
 #
 # The same captions, the same noise, a few samples from each model (w = 3):
 
@@ -449,13 +478,15 @@ print({k: round(v, 3) for k, v in live.items()})
 #
 # 1. the **tokenizer and text encoder** turn the prompt into token vectors (chapter 7; here inside the denoiser);
 # 2. the **latent denoiser** solves the flow ODE from noise, each call run twice in one batch, with the caption and
-#    with the empty caption, and combined by classifier-free guidance, $v = v_\varnothing + w\,(v_c - v_\varnothing)$
-#    (chapter 6);
-# 3. the latent is unscaled, $z/c$;
+#    with the empty caption, and combined by classifier-free guidance, $v = v_\varnothing + w\,(v_y - v_\varnothing)$
+#    for the caption $y$ (chapter 6);
+# 3. the latent is unscaled, $z/k$;
 # 4. the **decoder** makes the pixels.
 #
-# In the library that is one call, `dl.generate(model, info, n, prompts=[...], guidance=w)`, which reads from the
-# checkpoint that the model is a latent one and which autoencoder decodes it; and one command:
+# One difference from Stable Diffusion: there a large text encoder (CLIP), trained beforehand and frozen, encodes
+# the prompt once; here the small encoder was trained together with the denoiser and runs inside every call. In
+# the library the pipeline is one call, `dl.generate(model, info, n, prompts=[...], guidance=w)`, which reads from
+# the checkpoint that the model is a latent one and which autoencoder decodes it; and one command:
 
 # %%
 out_file = Path(tempfile.mkdtemp()) / "sevens.npz"
@@ -471,9 +502,11 @@ display(show_grid(torch.from_numpy(saved["images"]), f"{saved['images'].shape}: 
 # %% [markdown]
 # ## 8. Image-to-image (SDEdit)
 #
-# Start the ODE not from pure noise but from a real image, noised part of the way (Meng et al. 2022, "SDEdit").
+# Start the ODE not from pure noise but from a real image, noised part of the way. SDEdit (Meng et al. 2022) did
+# this with a reverse SDE, to turn rough paintings into images; Stable Diffusion's img2img does it with its ODE
+# solvers and a new caption, and so does this section.
 # On the flow's path a point at time $s$ is $z_s = (1-s)\,z_0 + s\,\varepsilon$ (chapter 8). Encode the source
-# image, $z_0 = c\,\mu(x)$, put it at $s$ = **strength**, and solve the ODE from there to 0 under a new caption.
+# image, $z_0 = k\,\mu(x)$, put it at $s$ = **strength**, and solve the ODE from there to 0 under a new caption.
 # Strength 0 returns the source (decoded), strength 1 ignores it (an ordinary sample); in between, the noise
 # has wiped out the detail but kept the coarse layout, the stroke's position and thickness, and the model redraws
 # the rest to fit the caption. `dl.image_to_image` does it for any flow model, in pixels or in latents.
@@ -491,10 +524,11 @@ for r in measured["image_to_image"]:
 # Strength is not a linear dial. Up to 0.4 the result is still the source's digit (99.0% to 99.5%) and has moved
 # little (RMS 0.08 and 0.17); from 0.8 on it is always the asked digit and never the source's, and it has moved
 # almost as far as an unrelated sample (0.689 against 0.761 at strength 1). The switch comes near 0.6, where a third
-# of the results follow the caption and nearly half still show the source's digit: at s = 0.6 the noise already
-# outweighs the image on the flow's path (0.6 against 0.4), and still the source's layout decides half the time.
-# Useful edits live in a narrow band, here about 0.5 to 0.7. In the pictures, strength 0.5 keeps the seven and the
-# two and bends the one towards a two; at 0.7 all three have become the asked digit, drawn where the source was.
+# of the results follow the caption, nearly half still show the source's digit, and the other 20% are neither: at
+# s = 0.6 the noise already outweighs the image on the flow's path (0.6 against 0.4), and still the source's layout
+# decides half the time. Useful edits live in a narrow band between 0.4 and 0.8 (the benchmark measured no strength
+# in between but 0.6). In the pictures, strength 0.5 keeps the seven and the two and bends the one towards a two;
+# at 0.7 all three have become the asked digit, drawn where the source was.
 #
 # Three sources, each asked to become the next digit, at rising strength:
 
@@ -517,9 +551,9 @@ display(show_grid(grid, "rows: " + ", ".join(f"'{t}'" for t in targets) + "; col
 #
 # so for $w > 1$ the sample moves away from what the negative caption describes, as far as the positive caption
 # allows. At $w = 1$ the negative prompt drops out, which is why Stable Diffusion's negative prompts need a guidance
-# scale above 1 (the command line refuses `--negative-prompt` without one). The benchmark asked the latent MMDiT for
-# "a seven" 200 times with each negative prompt (w = 3) and measured the share of sevens whose stroke is thicker than
-# the median training seven:
+# scale above 1 (the command line refuses `--negative-prompt` without one). The benchmark asked the latent U-Net for
+# "a seven" 200 times with each negative prompt (w = 3, Heun-10) and measured the share of the 200 samples whose
+# stroke is thicker than the median training seven:
 
 # %%
 print(f"{'negative prompt':<18}{'samples':>8}{'a seven':>9}{'thicker than the median':>26}")
@@ -527,19 +561,22 @@ for r in measured["negative"]:
     print(f"{r['negative'] or '(none)':<18}{r['n']:>8}{100 * r['digit_accuracy']:>8.1f}%{100 * r['thick_share']:>25.1f}%")
 
 # %% [markdown]
-# Without a negative prompt 58.5% of the sevens are thicker than the median training seven; with "a thick seven"
-# as the negative prompt 1.0% are, and with "a thin seven" 99.5%. A negative prompt steers as hard as a word in the
-# prompt itself. It has a price: 96.0% and 86.0% of the samples are still sevens, against 100% without, because the
-# negative caption says "seven" too, and pushing away from it pushes partly away from sevens. Stable Diffusion's
-# users write negative prompts that name only what they do not want ("blurry, extra fingers"); this model was
-# trained on captions that always name a digit, so here the digit comes along.
+# Without a negative prompt 58.5% of the samples are thicker than the median training seven; with "a thick seven"
+# as the negative prompt 1.0% are, and with "a thin seven" 99.5%. It has a price: 96.0% and 86.0% of the samples
+# are sevens, against 100% without. The second form of the formula says why. Guidance adds $(w - 1)$ times the
+# difference between the two predictions; against the empty caption that difference holds everything the prompt
+# says, "seven" included, so guidance amplifies the digit. Against "a thick seven" the two captions share "seven",
+# so the difference holds only thin against thick, and the digit is left with the plain conditional model's
+# strength, which at w = 1 gives the requested digit 93.6% of the time (section 6). Stable Diffusion's users write
+# negative prompts that name only what they do not want ("blurry, extra fingers"); this model was trained on
+# captions that always name a digit.
 #
 # ## 10. Try it: the pipeline, live
 #
 # Type a caption (words from chapter 7's vocabulary: a digit's name, thin or thick, upright or slanted, narrow or
 # wide), set the guidance scale, a negative prompt, and the strength: below 1 the eight samples start from eight
 # test digits (image-to-image); at 1 they start from noise. Each redraw runs the whole pipeline, Euler-10 on the
-# latent MMDiT, and prints its time.
+# latent U-Net, and shows its time in the title.
 
 # %%
 widget_sources = test_images[:8]
@@ -568,7 +605,7 @@ print(f"a batch of 8 through the whole pipeline (Euler-10, w = 3): {min(batch_se
 #
 # **Exercise 1 (implement).** Write `my_kl(mu, logvar)`: the KL divergence from $\mathcal N(\mu, \sigma^2)$ to
 # $\mathcal N(0, 1)$ for every latent number, averaged over all of them, with $\log\sigma^2$ given as `logvar`
-# (section 2 derives it).
+# (section 2 derives it); return it as a tensor (or a number).
 
 # %% tags=["solution"]
 def my_kl(mu, logvar):
@@ -581,7 +618,9 @@ exercises.check_kl(my_kl)
 
 # %% [markdown]
 # **Exercise 2 (implement).** Write `my_patchify(x, p)`: cut a batch `x` of shape (B, C, H, W) into p x p patches,
-# in row order (left to right, then top to bottom), each flattened channel first, giving (B, H W / p^2, C p^2).
+# in row order (left to right, then top to bottom), and flatten each patch in the order (C, p, p), channel, then row
+# within the patch, then column, giving (B, H W / p^2, C p^2). (A learned linear layer would work with any fixed
+# order; the check compares with the library's.)
 
 # %% tags=["solution"]
 def my_patchify(x, p):
@@ -595,9 +634,9 @@ def my_patchify(x, p):
 exercises.check_patchify(my_patchify)
 
 # %% [markdown]
-# **Exercise 3 (predict, then check).** The widget's pipeline makes 8 images. With Heun's method and 10 steps
-# (chapter 8: the last step has no correction) at guidance w = 3, how many images pass through the latent MMDiT
-# in all, counting every image of every call?
+# **Exercise 3 (predict, then check).** The chapter's pipeline model (the latent U-Net) makes 8 images with
+# `dl.generate`, Heun's method with 10 steps (chapter 8: the last step has no correction), guidance w = 3 and 8
+# prompts. How many images pass through the denoiser in all, counting every image of every call?
 
 # %% tags=["solution"]
 images_through_denoiser = 19 * 16
@@ -610,26 +649,27 @@ exercises.check_pipeline_calls(images_through_denoiser)
 # %% [markdown]
 # **Exercise 4 (open question).** Stable Diffusion 3 moved from 4 latent channels to 16 (Esser et al. 2024,
 # Sec. 5.2.1). Suppose `mnist_vae` kept its 8x8 grid but had 16 channels. Using what this chapter measured (the
-# reconstruction ceiling, the latent models' FID at equal training time, the cost of a call), argue what would
-# change: (a) for the ceiling, (b) for the cost of one denoiser call, (c) for how hard the denoiser's task is, and so
+# reconstructions' FID, the latent models' FID at equal training time, the cost of a call), argue what would
+# change: (a) for the reconstructions, (b) for the cost of one denoiser call, (c) for how hard the denoiser's task is, and so
 # (d) whether the latent U-Net's samples would get better or worse in the same 20 minutes.
 
 # %% [markdown] tags=["solution"]
 # **Model answer (instructor edition).** (a) More channels carry more of the image: reconstructions get closer
-# to the originals and the ceiling's FID falls towards the real-digit floor (SD3 reports much better reconstruction
+# to the originals and their FID falls towards the real-digit floor (SD3 reports much better reconstruction
 # with 16 channels). (b) The cost of a call barely moves: only the denoiser's first and last layers (the U-Net's
 # stem and head, or the DiT's patch embedding and output layer) see the channel count; every layer between works at
 # the network's own width on the same 8x8 grid. The decoder's first layer grows too, once per image. (c) The
 # denoiser must now model 1,024 numbers per digit instead of 256, including the fine detail that the 4-channel
 # autoencoder threw away: its data distribution is richer and less compressed, so a network of the same size
 # learns it more slowly. (d) So in a short budget with a small network the samples could well get worse, although
-# the ceiling improved: SD3 found that 16 channels pay off only for its larger models. The trade is between what the
-# autoencoder can express and what the denoiser can learn in the time it has; this chapter's 4 channels already put
-# the ceiling far below the models' FID, so the denoiser, not the ceiling, limits quality here.
+# the reconstructions improved: SD3 found that 16 channels pay off only for its larger models. The trade is between what the
+# autoencoder can express and what the denoiser can learn in the time it has. Here the reconstructions (23.9)
+# already score well below the latent U-Net's samples (40.6): the decoder costs something, but the denoiser limits
+# quality more.
 #
-# **Rubric.** (1) The ceiling improves with channels; (2) the per-call cost is set by the network's width and grid,
+# **Rubric.** (1) The reconstructions improve with channels; (2) the per-call cost is set by the network's width and grid,
 # not the latent's channels; (3) more numbers to model make the denoiser's task harder; (4) concludes from the
-# measured gap between ceiling and samples which of the two limits quality at this scale.
+# measured gap between reconstructions and samples which of the two limits quality at this scale.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -6,9 +6,9 @@ trained on z, and a decoder D maps a generated z back to pixels. E outputs a dia
 q(z | x) = N(mu, sigma^2), and a small KL term pulls it towards N(0, I) so that the latent space has
 no holes (Kingma & Welling 2014, Eq. 10):
 
-    loss = ||x - D(z)||^2 / pixels + kl_weight * KL(q(z | x) || N(0, I)) / latent dims,
+    loss = ||x - D(z)||^2 / pixels + kl_weight * KL(q(z | x) || N(0, I)) / latent numbers,
     z = mu + sigma * eps (the reparameterisation trick),
-    KL = 1/2 sum(mu^2 + sigma^2 - 1 - log sigma^2).
+    KL = 1/2 sum(mu^2 + sigma^2 - 1 - log sigma^2), a sum over the latent numbers (divided by their count above).
 
 The denoiser then trains on `scale * mu` with `scale = 1 / std(z)` over the training set, so that its
 latents have unit variance as the noise does (Rombach et al. 2022, Appendix G; Stable Diffusion's
