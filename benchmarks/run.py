@@ -1058,7 +1058,7 @@ def _render_latent(f):
     floor = f["real_baseline_fid"]
     lines = [f"The autoencoder `mnist_vae` on the first {r['n']} test digits: pixel MSE {r['mse']:.4f} (in [-1, 1] units), "
              f"MNIST-FID of its reconstructions **{r['mnist_fid']:.1f}** against a real-digit floor of {floor:.1f} (the "
-             f"ceiling a latent model can reach), {100 * r['recognised']:.1f}% recognised, {100 * r['same_class']:.1f}% "
+             f"reference for a latent model on this decoder), {100 * r['recognised']:.1f}% recognised, {100 * r['same_class']:.1f}% "
              f"the same class as the original. Decoding 64 latents: {1000 * f['decode_seconds_per_64']:.1f} ms.", "",
              "Three text models trained on the same captions for the same wall time (each folder's README), sampled with "
              "Heun-10 (19 network calls) for the captions 'a zero' to 'a nine', n = "
