@@ -386,4 +386,4 @@ def test_negative_prompt_needs_guidance_on_the_command_line(text_dit, tmp_path, 
     save_model(unconditional, DiT(CONFIGS["unconditional"]), FLOW_INFO)
     assert main(["sample", "--checkpoint", str(unconditional), "--n", "2", "--negative-prompt", "one",
                  "--guidance", "3", "--out", str(tmp_path / "c.npz")]) == 1
-    assert "need a text model" in capsys.readouterr().err
+    assert "needs a text model" in capsys.readouterr().err

@@ -41,6 +41,17 @@ def reconstruction_scores(vae, images: torch.Tensor, classifier) -> dict:
             "recognised": share, "same_class": float((predicted == real_predicted).float().mean())}
 
 
+def median_seconds(fn, repeats: int = 5) -> float:
+    """Median wall seconds of `fn()` over `repeats` calls, after one call to warm up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def seconds_per_call(model, batch: int = 64, repeats: int = 5) -> float:
     """Median seconds of one network call on `batch` inputs of the model's shape (text models get a caption)."""
     from ..text import tokenize
@@ -48,14 +59,8 @@ def seconds_per_call(model, batch: int = 64, repeats: int = 5) -> float:
     x = torch.randn(batch, *image_shape(model))
     t = torch.full((batch,), 500.0)
     ids = tokenize(["a thick seven"] * batch)[0] if getattr(model.config, "text_dim", None) else None
-    times = []
     with torch.no_grad():
-        model(x, t, ids)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x, t, ids)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: model(x, t, ids), repeats)
 
 
 def seconds_per_train_step(model, batch: int = 64, repeats: int = 5) -> float:
@@ -70,16 +75,15 @@ def seconds_per_train_step(model, batch: int = 64, repeats: int = 5) -> float:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0, z, noise = torch.randn(batch, *image_shape(net)), torch.randn(batch), torch.randn(batch, *image_shape(net))
     ids = tokenize(["a thick seven"] * batch)[0] if getattr(net.config, "text_dim", None) else None
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = flow_loss(net, x0, z, noise, ids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[repeats // 2]  # the first step warms up
+
+    return median_seconds(step, repeats)
 
 
 def seconds_to_decode(batch: int = 64, repeats: int = 5) -> float:
@@ -87,14 +91,8 @@ def seconds_to_decode(batch: int = 64, repeats: int = 5) -> float:
     vae = pretrained(AUTOENCODER)[0]
     c = vae.config
     z = torch.randn(batch, c.latent_channels, c.latent_size, c.latent_size)
-    times = []
     with torch.no_grad():
-        vae.decode(z)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            vae.decode(z)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: vae.decode(z), repeats)
 
 
 def quality(model, info, classifier, n: int, w: float = 1.0, seed: int = 0, sampler=SAMPLER) -> tuple[dict, torch.Tensor]:
