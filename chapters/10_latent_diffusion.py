@@ -558,7 +558,7 @@ display(show_grid(grid, "rows: " + ", ".join(f"'{t}'" for t in targets) + "; col
 # %%
 print(f"{'negative prompt':<18}{'samples':>8}{'a seven':>9}{'thicker than the median':>26}")
 for r in measured["negative"]:
-    print(f"{r['negative'] or '(none)':<18}{r['n']:>8}{100 * r['digit_accuracy']:>8.1f}%{100 * r['thick_share']:>25.1f}%")
+    print(f"{r['negative'] or '(none)':<18}{r['n']:>8}{100 * r['digit_accuracy']:>8.1f}%{100 * r['above_median']['thickness']:>25.1f}%")
 
 # %% [markdown]
 # Without a negative prompt 58.5% of the samples are thicker than the median training seven; with "a thick seven"

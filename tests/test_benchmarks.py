@@ -73,5 +73,5 @@ def test_quick_latent_section_measures_the_three_models_and_image_to_image(tmp_p
     assert by_strength[1.0]["follows"] > by_strength[0.2]["follows"]
     assert by_strength[0.2]["rms_change"] < by_strength[1.0]["rms_change"]
     negatives = {r["negative"]: r for r in figures["negative"]}
-    assert negatives["a thick seven"]["thick_share"] < negatives["a thin seven"]["thick_share"]
+    assert negatives["a thick seven"]["above_median"]["thickness"] < negatives["a thin seven"]["above_median"]["thickness"]
     assert "## latent" in report.read_text()

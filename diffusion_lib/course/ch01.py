@@ -22,16 +22,21 @@ def raster_view(snapshots: list[torch.Tensor], index: int, pixels_per_snapshot: 
     return show_grid(canvas, f"after {done} of {canvas.shape[-1] * canvas.shape[-2]} pixels ({done} network calls)")
 
 
-def seconds_per_call(fn, repeats: int = 5) -> float:
+def median_seconds(fn, repeats: int = 5) -> float:
     """The median wall time of `fn()` over `repeats` runs, after one warm-up run."""
-    with torch.no_grad():
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def seconds_per_call(fn, repeats: int = 5) -> float:
+    """`median_seconds` of a network call, without autograd."""
+    with torch.no_grad():
+        return median_seconds(fn, repeats)
 
 
 def call_cost_by_side(unet: UNet, pixelcnn: PixelCNN, sides, repeats: int = 3) -> dict[int, tuple[float, float]]:
