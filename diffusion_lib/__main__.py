@@ -24,7 +24,7 @@ from .models import arch_of
 from .continuous import OBJECTIVES
 from .outputs import OutputError, check_writable
 from .pipeline import (ALL_SAMPLERS, AUTOGUIDE_SCALE, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, autoguided,
-                       default_sampler, generate, image_shape, inpaint_images, parse_labels)
+                       check_images, default_sampler, generate, image_shape, inpaint_images, parse_labels)
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
@@ -193,7 +193,8 @@ def build_parser() -> Parser:
                                          "the data's name under 'data' (2-D data: (N, 2) under 'points'); a conditional "
                                          "model's labels as int64 (N,) under 'labels'; a text model's captions "
                                          "under 'prompts' (and, when each names a digit, those digits under 'labels').")
-    sa.add_argument("--checkpoint", required=True, type=Path, help="a model.safetensors file, or a training --out folder")
+    sa.add_argument("--checkpoint", required=True, type=Path,
+                    help="a model.safetensors file, a training --out folder, or a committed model such as mnist_cond")
     sa.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
                     help="ddpm (ancestral), ddim, dpm-solver++ (second order, good at 10-20 steps), or for edm and "
                          "flow models heun (2 calls a step) and euler, and for flow models consistency (one jump to "
@@ -227,7 +228,9 @@ def build_parser() -> Parser:
     sa.add_argument("--mask", default="top", choices=MASKS,
                     help="with --inpaint: the region to fill in, unless the .npz has a 'mask' (default %(default)s)")
     sa.add_argument("--resample", type=_positive_int, default=1, help="with --inpaint: RePaint tries per step (default 1)")
-    sa.add_argument("--out", required=True, type=Path, help="output file, ending in .npz")
+    sa.add_argument("--out", required=True, type=Path, help="output file, ending in .npz (an existing one is kept "
+                                                             "unless --overwrite)")
+    sa.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     sa.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
                     help="images per network call: memory stays flat in --n; the samples do not depend on it "
                          "(default %(default)s)")
@@ -243,7 +246,7 @@ def build_parser() -> Parser:
     ev.add_argument("samples", type=Path, help="an .npz from 'sample': 'images' (N, C, H, W) in [-1, 1], optionally "
                                                "'labels' (N,) and 'data'")
     ev.add_argument("--classifier", type=Path, default=None,
-                    help="classifier checkpoint (default: the committed one for the samples' data, MNIST or Fashion-MNIST)")
+                    help="classifier checkpoint or committed name such as fashion_classifier (default: the committed one for the samples' data, MNIST or Fashion-MNIST)")
     return parser
 
 
@@ -327,29 +330,31 @@ def _inpaint_source(source: str, mask_name: str, n: int, info: dict, shape) -> t
         return images[:n], named_mask(mask_name, images[:n].shape)
     try:
         data = np.load(source)
-        images = torch.from_numpy(data["images"]).float()
+        images = torch.from_numpy(data["images"])
         mask = torch.from_numpy(data["mask"]).float() if "mask" in data.files else None
     except (KeyError, ValueError, OSError) as error:
         raise ValueError(f"--inpaint {source}: not 'test' or an .npz with an 'images' array: {error}") from error
     if len(images) != n:
         raise ValueError(f"--inpaint {source} holds {len(images)} images but --n is {n}: make them equal")
-    if not bool(images.isfinite().all()) or images.min() < -1 or images.max() > 1:
-        raise ValueError(f"--inpaint {source}: images must be finite and lie in [-1, 1] (got values in "
-                         f"[{images.min():.3g}, {images.max():.3g}]): scale 0..255 pixels as p / 127.5 - 1")
+    check_images(images.float() if images.dtype == torch.float64 else images, shape, f"--inpaint {source}: images")
+    images = images.float()
     return images, (named_mask(mask_name, images.shape) if mask is None else mask)
 
 
-def _check_npz_out(path: Path) -> None:
-    """Before any work: the output must be a writable path ending in .npz (numpy would add the suffix silently)."""
+def _check_npz_out(path: Path, overwrite: bool) -> None:
+    """Before any work: the output must be a writable path ending in .npz (numpy would add the suffix silently),
+    and not a file that exists already, unless `overwrite`."""
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder: give a file name such as {path / 'samples.npz'}")
     if path.suffix != ".npz":
         raise OutputError(f"--out {path} must end in .npz, e.g. {path.with_suffix('.npz')}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"--out {path} exists already: choose another name, or add --overwrite to replace it")
     check_writable(path.parent)
 
 
 def run_sample(args) -> None:
-    _check_npz_out(args.out)
+    _check_npz_out(args.out, args.overwrite)
     model, info = load_model(args.checkpoint, pick_device(args.device))
     if arch_of(model) not in DENOISERS:
         hint = ("; sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python" if type(model).__name__ == "PixelCNN"

@@ -16,7 +16,9 @@ the target, so an interrupted write never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -59,13 +61,46 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
             os.remove(tmp)
 
 
-def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file and its header, turning every failure into a CheckpointError."""
+def committed_names() -> list[str]:
+    """The names of the models committed with the course (`pretrained`)."""
+    return sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/model.safetensors"))
+
+
+def resolve(path: str | Path) -> Path:
+    """The file a checkpoint reference names: a file, a training --out folder, or a committed model's name.
+
+    A path that exists wins over a committed name, so a local folder called `mnist_cond` is what it says.
+    """
     path = Path(path)
+    if not path.exists() and str(path) in committed_names():
+        path = PRETRAINED_DIR / str(path)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train one with 'python -m diffusion_lib train --out DIR'")
+        raise CheckpointError(f"no checkpoint at {path}: give a model.safetensors file, a training --out folder, or "
+                              f"a committed model ({', '.join(committed_names())}); train one with "
+                              "'python -m diffusion_lib train --out DIR'")
+    return path
+
+
+def weights_digest(path: str | Path) -> str:
+    """A short SHA-256 of a checkpoint's weights (names, dtypes, shapes, values; not its header).
+
+    A model trained on another model's outputs (a latent model on an autoencoder, a student on its teacher)
+    stores this to notice when the file at the same path later holds other weights.
+    """
+    tensors, _ = read_tensors(path)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file and its header, turning every failure into a CheckpointError."""
+    path = resolve(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -148,9 +183,21 @@ def check_sampler_info(info: dict, where, required: bool = True) -> None:
         if key not in info or not ok(info[key]):
             raise CheckpointError(f"{where}: its info has {key}={info.get(key)!r}, which is missing or not valid; "
                                   "sample from a checkpoint written by 'python -m diffusion_lib train'")
+    if "latent" in info:
+        _check_latent_info(info["latent"], where)
+
+
+def _check_latent_info(latent, where) -> None:
+    """A latent model's `info["latent"]`: its autoencoder's reference and a finite positive scale (`latent`)."""
+    ok = (isinstance(latent, dict) and isinstance(latent.get("autoencoder"), str) and latent["autoencoder"]
+          and type(latent.get("scale")) in (int, float) and math.isfinite(latent["scale"]) and latent["scale"] > 0)
+    if not ok:
+        raise CheckpointError(f"{where}: its info's 'latent' must name an autoencoder and a positive scale, got "
+                              f"{str(latent)[:80]!r}; sample from a checkpoint written by 'train --latent'")
 
 
 def _check_shapes(expected: dict, tensors: dict[str, torch.Tensor], path) -> None:
+    """The file's tensors must be the model's: the same names and shapes, and floats where the model has floats."""
     state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -159,6 +206,18 @@ def _check_shapes(expected: dict, tensors: dict[str, torch.Tensor], path) -> Non
             f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shapes {wrong[:5]}"
         )
+    kinds = [k for k in expected if state[k].is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        raise CheckpointError(f"{path} stores {', '.join(kinds[:3])} as {state[kinds[0]].dtype}, where the model holds "
+                              f"{expected[kinds[0]].dtype}: it was not written by save_model; retrain or restore it")
+
+
+def _check_values(tensors: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights that hold NaN or infinity (every sample would be NaN)."""
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if broken:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}): the file is damaged "
+                              "or its training diverged; restore it or retrain it")
 
 
 def pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -166,7 +225,7 @@ def pretrained(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module
 
     Each folder's README.md records the exact `python -m diffusion_lib train` command that made it.
     """
-    available = sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/model.safetensors"))
+    available = committed_names()
     if name not in available:
         raise CheckpointError(f"no pretrained model {name!r}; available: {', '.join(available) or 'none'}. "
                               f"Its folder {PRETRAINED_DIR / name} should hold model.safetensors")
@@ -206,4 +265,5 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
 
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
     _check_shapes(model.state_dict(), tensors, path)
+    _check_values(tensors, path)
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)})

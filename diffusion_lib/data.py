@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +48,7 @@ FOLDER_SHAPE = (3, 32)  # (channels, size) a folder is read at unless told other
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what Pillow reads
 UNREADABLE_SUFFIXES = (".heic", ".heif", ".avif", ".raw", ".cr2", ".nef", ".dng", ".psd", ".svg")  # photos it cannot
 MAX_ASPECT = 4.0  # a centre crop of a wider (or taller) image would keep less than a quarter of it
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes to 120 MB of RGB; larger ones are refused before decoding
 
 
 def check_data_name(name: str) -> None:
@@ -246,14 +248,33 @@ def _eight_bit(image):
     return image
 
 
+class OversizedImage(ValueError):
+    """An image file too large to decode here (`MAX_PIXELS`)."""
+
+
+def _refuse_oversized(path: Path, width: int, height: int) -> None:
+    """Refuse, by name and before decoding, an image whose header declares more than `MAX_PIXELS` pixels."""
+    if width * height > MAX_PIXELS:
+        raise OversizedImage(f"{path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
+                         f"{MAX_PIXELS // 1_000_000} megapixels read here: shrink it or move it out of the folder")
+
+
 def _read_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """One image file as (channels, size, size) in [-1, 1]: its largest centred square, resized to `size`."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
-            image = _eight_bit(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused here, by name, if too large
+            with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
+                _refuse_oversized(path, *opened.size)
+                image = _eight_bit(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
+    except Image.DecompressionBombError:  # Pillow's own refusal, from the header, of over ~180 megapixels
+        raise ValueError(f"{path} declares over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels, far more than the "
+                         f"{MAX_PIXELS // 1_000_000} read here: shrink it or move it out of the folder") from None
+    except OversizedImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, MemoryError) as error:
         raise ValueError(f"{path} cannot be read as an image ({error}): replace or remove it") from None
     width, height = image.size
     if max(width, height) > MAX_ASPECT * min(width, height):

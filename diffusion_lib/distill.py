@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, save_model, save_tensors
+from .checkpoint import (FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, resolve, save_model,
+                         save_tensors, weights_digest)
 from .continuous import _column, flow_derivative, flow_times, flow_velocity, ode_sample
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .runtime import pick_device
 from .models import arch_of
-from .training import (EMA, MODEL_FILE, TrainConfig, TrainingDiverged, bf16_wanted, load_optimizer, load_training_data,
+from .training import (DENOISERS, EMA, MODEL_FILE, TrainConfig, TrainingDiverged, bf16_wanted, load_optimizer, load_training_data,
                        optimizer_keys, optimizer_tensors, progress_bar)
 
 METHODS = ("reflow", "progressive", "consistency")
@@ -104,12 +105,15 @@ class DistillConfig:
 
 def load_teacher(name: str, device="cpu"):
     """(model, info) of a flow-trained unconditional denoiser: a committed model's name or a checkpoint path."""
-    if Path(name).exists():
-        model, info = load_model(name, device)
-    elif (PRETRAINED_DIR / name / MODEL_FILE).exists():
-        model, info = load_model(PRETRAINED_DIR / name / MODEL_FILE, device)
-    else:
-        raise FileNotFoundError(f"no teacher {name!r}: give a checkpoint path or a committed model such as mnist_uncond")
+    try:
+        path = resolve(name)
+    except CheckpointError:
+        raise FileNotFoundError(f"no teacher {name!r}: give a checkpoint path or a committed model such as "
+                                "mnist_uncond") from None
+    model, info = load_model(path, device)
+    if arch_of(model) not in DENOISERS:
+        raise ValueError(f"the teacher {name} holds a {type(model).__name__}, not a diffusion model: give a flow model "
+                         "trained by 'python -m diffusion_lib train', such as mnist_uncond")
     if info.get("objective") != "flow" or "train_config" not in info:
         raise ValueError(f"the teacher {name} must be a flow model trained by 'python -m diffusion_lib train' "
                          f"(objective flow, the default); this one is {info.get('objective', 'ddpm')!r}")
@@ -117,6 +121,11 @@ def load_teacher(name: str, device="cpu"):
         raise ValueError(f"the teacher {name} is conditional; distillation here takes an unconditional model "
                          "such as mnist_uncond")
     return model.requires_grad_(False), info
+
+
+def teacher_digest(config: DistillConfig) -> str:
+    """The digest of the teacher's weights (`checkpoint.weights_digest`): a run resumes only with the same teacher."""
+    return weights_digest(resolve(config.teacher))
 
 
 def student_files(folder: str | Path) -> dict[int, Path]:
@@ -381,7 +390,10 @@ def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progres
     path = None if out_dir is None else out_dir / PAIRS_FILE
     if path is not None and path.exists():
         tensors, metadata = read_tensors(path)
-        if json.loads(metadata.get("made_by", "{}")) != _pair_recipe(config):
+        made_by, recipe = json.loads(metadata.get("made_by", "{}")), _pair_recipe(config)
+        if "teacher_sha256" not in made_by:  # pairs drawn before the teacher's digest was recorded
+            recipe.pop("teacher_sha256")
+        if made_by != recipe:
             raise CheckpointError(f"{path} holds pairs made another way ({metadata.get('made_by')}): "
                                   "distil into a new --out folder")
         return tensors["noise"].to(device), tensors["images"].to(device)
@@ -398,7 +410,7 @@ def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progres
 
 def _pair_recipe(config: DistillConfig) -> dict:
     return {"teacher": config.teacher, "pairs": config.pairs, "pair_steps": config.pair_steps, "seed": config.seed,
-            "precision": config.precision}
+            "precision": config.precision, "teacher_sha256": teacher_digest(config)}
 
 
 def _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result) -> None:
@@ -417,7 +429,8 @@ def _save_state(out_dir, config, teacher_info, student, ema, target, teacher, op
     save_tensors(out_dir / STATE_FILE, tensors, {"format": FORMAT, "kind": "distill_state",
                                                   "step": str(result.step),
                                                   "seconds": f"{result.seconds:.3f}",
-                                                  "distill_config": json.dumps(dataclasses.asdict(config))})
+                                                  "distill_config": json.dumps(dataclasses.asdict(config)),
+                                                  "teacher_sha256": teacher_digest(config)})
 
 
 def _load_state(path, config, student, ema, target, teacher, optimizer, generator, losses) -> tuple[int, float]:
@@ -431,6 +444,11 @@ def _load_state(path, config, student, ema, target, teacher, optimizer, generato
         raise CheckpointError(f"{path.parent} holds a distillation with other settings, (stored, now): {changed}. "
                               "Resume with the same settings (reflow and consistency may change only --steps) or "
                               "choose another --out folder")
+    pinned = metadata.get("teacher_sha256")
+    if pinned is not None and pinned != teacher_digest(config):
+        raise CheckpointError(f"{path.parent} holds a distillation of the teacher {config.teacher} as it was ({pinned}); "
+                              f"its weights are now {teacher_digest(config)}: restore that teacher, or distil into a "
+                              "new --out folder")
     step = int(metadata["step"])
     for prefix, module in (("model.", student), ("ema.", ema.model), ("target.", target), ("teacher.", teacher)):
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

@@ -79,9 +79,10 @@ class AutoGuided(nn.Module):
         if not w >= 0:
             raise ValueError(f"autoguidance scale w must be >= 0 (1 = the model alone, >1 guided), got {w}")
         for field in ("image_channels", "image_size", "num_classes", "text_dim", "data_dim"):
-            if getattr(model.config, field, None) != getattr(weak.config, field, None):
+            mine, theirs = _input_field(model.config, field), _input_field(weak.config, field)
+            if mine != theirs:
                 raise ValueError(f"the weak model must take the same inputs as the model: {field} is "
-                                 f"{getattr(weak.config, field, None)} there, {getattr(model.config, field, None)} here")
+                                 f"{theirs} there, {mine} here")
         self.model, self.weak, self.w, self.config = model, weak, float(w), model.config
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,3 +90,9 @@ class AutoGuided(nn.Module):
         if self.w == 1:
             return out
         return _combine(out, self.weak(x, t, labels), self.w)
+
+
+def _input_field(config, field: str):
+    """A config's input field as the network reads it: a U-Net's image_size None (older checkpoints) means 28."""
+    value = getattr(config, field, None)
+    return 28 if field == "image_size" and value is None and hasattr(config, "image_channels") else value

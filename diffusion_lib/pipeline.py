@@ -9,6 +9,8 @@ is new mathematics; it only wires the pieces together.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .checkpoint import check_sampler_info
@@ -19,7 +21,7 @@ from .distill import consistency_sample
 from .guidance import AutoGuided, guided_eps_fn
 from . import latent
 from .inpainting import inpaint
-from .models import as_eps_model
+from .models import DENOISERS, arch_of, as_eps_model
 from .samplers import SAMPLERS, Trajectory, sample_loop
 from .schedules import make_schedule
 from .text import tokenize
@@ -42,6 +44,45 @@ def default_sampler(info: dict) -> tuple[str, int]:
 def objective_of(info: dict) -> str:
     """The checkpoint's training objective ("ddpm" for checkpoints written before there were others)."""
     return info.get("objective", "ddpm")
+
+
+# ------------------------------------------------------------------ what the API and the command line both check
+
+
+def check_scale(w, what: str = "guidance") -> None:
+    """A guidance scale: None (no guidance) or a finite number >= 0."""
+    if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0 (1 = the model alone), got {w!r}")
+
+
+def check_fraction(value, what: str, meaning: str) -> None:
+    """A number in [0, 1], such as image_to_image's strength; `meaning` says what its ends do."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+        raise ValueError(f"{what} must lie in [0, 1] ({meaning}), got {value!r}")
+
+
+def check_images(images, shape: tuple[int, ...], what: str = "images") -> None:
+    """Images a model reads: a float tensor (N, *shape), finite, in [-1, 1] (0..255 pixels are refused, not guessed)."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{what} must be a float tensor in [-1, 1], got {kind}: convert 0..255 pixels with "
+                         "torch.as_tensor(p).float() / 127.5 - 1")
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(f"{what} must have shape (N, {', '.join(map(str, shape))}), the model's, got "
+                         f"{tuple(images.shape)}")
+    if not bool(images.isfinite().all()) or images.min() < -1 or images.max() > 1:
+        low, high = float(images.nan_to_num().min()), float(images.nan_to_num().max())
+        raise ValueError(f"{what} must be finite and lie in [-1, 1] (got values in [{low:.3g}, {high:.3g}]"
+                         f"{', and NaN or infinity' if not bool(images.isfinite().all()) else ''}): scale 0..255 "
+                         "pixels as p / 127.5 - 1")
+
+
+def check_finite(samples: torch.Tensor) -> torch.Tensor:
+    """Samples must be finite before anyone uses or saves them."""
+    if not bool(samples.isfinite().all()):
+        raise ValueError("sampling produced NaN or infinite values: the guidance scale may be far too large, or the "
+                         "checkpoint is damaged; lower the scale, or retrain the model")
+    return samples
 
 
 def parse_labels(text: str | None, n: int, num_classes: int | None) -> torch.Tensor | None:
@@ -144,6 +185,9 @@ def autoguided(model, info: dict, weak, weak_info: dict, w: float = AUTOGUIDE_SC
     Both checkpoints must describe the same parametrisation: objective, network output, schedule, T and data.
     An early snapshot of the same run (`pretrained_snapshots`) is a weak model that always fits.
     """
+    if arch_of(weak) not in DENOISERS:
+        raise ValueError(f"the weak model is a {type(weak).__name__}, not a diffusion model: give an earlier snapshot "
+                         "of the same run, or another checkpoint trained the same way")
     check_sampler_info(weak_info, "the weak model's checkpoint")
     for key in ("objective", "prediction", "schedule", "T", "data"):
         mine, theirs = (objective_of(i) if key == "objective" else i.get(key) for i in (info, weak_info))
@@ -177,6 +221,9 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     check_sampler_info(info, "the model's checkpoint")
+    check_scale(guidance)
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
+        raise ValueError(f"eta must be a number in [0, 1] (0 deterministic DDIM, 1 DDPM-like), got {eta!r}")
     if sampler is None:
         sampler, default_steps = default_sampler(info)
         steps = default_steps if steps is None and (sampler in ODE_SAMPLERS or "distilled" in info) else steps
@@ -193,7 +240,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
         samples, labels, trajectory = _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels,
                                                 seed, generator, progress, return_trajectory, prompts, batch_size,
                                                 negative_prompt)
-    samples = samples.float()
+    samples = check_finite(samples.float())
     if "latent" in info and decode:
         samples = latent.decode(info, samples)
     elif is_image and "latent" not in info:
@@ -259,9 +306,10 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
     if "latent" in info:
         raise ValueError("inpainting here replaces pixels, and this model makes latents: use a pixel model, or "
                          "image_to_image for a latent one")
-    if images.ndim != 4 or images.shape[1:] != image_shape(model):
-        raise ValueError(f"images must have the model's shape (N, {', '.join(map(str, image_shape(model)))}), "
-                         f"got {tuple(images.shape)}")
+    check_images(images, image_shape(model))
+    check_scale(guidance)
+    if not isinstance(mask, torch.Tensor) or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must be a tensor of 0s (pixels to fill) and 1s (pixels to keep), e.g. from named_mask")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
     eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts, batch_size=batch_size)
@@ -284,11 +332,9 @@ def image_to_image(model, info: dict, images: torch.Tensor, prompts, strength: f
     check_sampler_info(info, "the model's checkpoint")
     if objective_of(info) != "flow":
         raise ValueError(f"image_to_image solves a flow model's ODE; this model is {objective_of(info)!r}")
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must lie in [0, 1] (0 keeps the image, 1 ignores it), got {strength}")
-    shape = latent.pixel_shape(info) if "latent" in info else image_shape(model)
-    if images.ndim != 4 or images.shape[1:] != shape:
-        raise ValueError(f"images must have shape (N, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
+    check_fraction(strength, "strength", "0 keeps the image, 1 ignores it")
+    check_scale(guidance)
+    check_images(images, latent.pixel_shape(info) if "latent" in info else image_shape(model))
     device = next(model.parameters()).device
     x0 = latent.encode(info, images) if "latent" in info else images
     x0 = x0.to(device)

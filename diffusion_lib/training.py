@@ -47,11 +47,11 @@ from torch import nn
 from .autoencoder import vae_loss
 from .classifier import classifier_loss
 from .continuous import OBJECTIVES, edm_loss, flow_loss
-from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors
+from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors, weights_digest
 from .data import FOLDER, TOY_DATASETS, check_data_name, default_shape, image_classes, load_images, make_toy
 from .forward import PREDICTIONS, q_sample, training_target
-from .latent import autoencoder_ref, latent_info, load_autoencoder, training_latents
-from .models import build_model, config_from_dict
+from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoencoder, training_latents
+from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
 from .runtime import fast_bf16, pick_device
@@ -62,7 +62,7 @@ MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
-DENOISERS, IMAGE_MODELS = ("unet", "mlp", "dit"), ("pixelcnn", "classifier", "vae")
+IMAGE_MODELS = ("pixelcnn", "classifier", "vae")
 LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
 PRECISIONS = ("auto", "fp32", "bf16")
 # The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
@@ -286,7 +286,8 @@ def load_training_data(config: TrainConfig):
     """(x (N, ...) float32, labels (N,) or None) for the configured data set."""
     if config.latent is not None:  # the autoencoder's scaled latents of the same images, in the same order
         vae = load_autoencoder(config.latent)[0].config
-        return training_latents(config.latent)[0], load_images(config.data, True, vae.image_channels, vae.image_size)[1]
+        images, labels = load_images(config.data, True, vae.image_channels, vae.image_size)
+        return training_latents(config.latent, len(images))[0], labels
     if config.data not in TOY_DATASETS:
         return load_images(config.data, True, *config.image_shape())
     return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
@@ -501,6 +502,8 @@ def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, gene
     tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
     metadata = {"format": FORMAT, "kind": "train_state", "step": str(result.step),
                 "train_config": json.dumps(dataclasses.asdict(config)), "classes": json.dumps(config.classes())}
+    if config.latent is not None:  # the autoencoder whose latents the run learns (`_check_same_autoencoder`)
+        metadata["autoencoder_sha256"] = weights_digest(autoencoder_path(config.latent))
     save_tensors(out_dir / STATE_FILE, tensors, metadata)
 
 
@@ -522,6 +525,7 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
         raise CheckpointError(f"{path.parent} holds a run on the classes {json.loads(metadata['classes'])}, but the "
                               f"data now has {list(classes or [])}: restore the class subfolders, or train into a new "
                               "--out folder")
+    _check_same_autoencoder(path, metadata, config)
     _check_complete(path, metadata, tensors, optimizer_keys(model))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -529,6 +533,18 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
     generator.set_state(tensors["rng.generator"])
     losses.extend(tensors["history.loss"].tolist())
     return int(metadata["step"])
+
+
+def _check_same_autoencoder(path, metadata: dict, config: TrainConfig) -> None:
+    """A latent run resumes only on the latents of the autoencoder it started on, not one retrained at its path."""
+    pinned = metadata.get("autoencoder_sha256")
+    if config.latent is None or pinned is None:
+        return
+    digest = weights_digest(autoencoder_path(config.latent))
+    if digest != pinned:
+        raise CheckpointError(f"{path.parent} holds a run on the latents of the autoencoder {config.latent} as it was "
+                              f"({pinned}); its weights are now {digest}: restore that autoencoder, or train into a "
+                              "new --out folder")
 
 
 def optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:

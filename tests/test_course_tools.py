@@ -58,6 +58,24 @@ def test_repoint_refuses_a_bad_name_and_changes_nothing(checkout, capsys):
     assert all(path.read_text() == text for path, text in before.items())
 
 
+@pytest.mark.parametrize("name", ["../evil", "./.", "alice/.", "alice/..", "alice/...", "-alice/course", "alice/",
+                                  "/course", "alice", "alice/my course", "alice/x/y", "alice/course\n", "al.ice/course",
+                                  "a" * 40 + "/course", "alice/" + "a" * 101, "alice/" + "a" * 3000],
+                         ids=lambda name: repr(name) if len(name) < 30 else f"{len(name)} characters")
+def test_repoint_refuses_what_github_would_refuse_in_one_short_line(checkout, name):
+    before = {path: path.read_text() for path in fork.linked_files(checkout)}
+    with pytest.raises(ValueError, match="is not a GitHub repository name: give OWNER/NAME") as error:
+        fork.repoint(checkout, name)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
+    assert all(path.read_text() == text for path, text in before.items())
+
+
+@pytest.mark.parametrize("name", ["a/b", "alice-1/my.course_v2", "alice/.github", "Alice/course.git",
+                                  "a" * 39 + "/" + "b" * 100])
+def test_repoint_accepts_every_name_github_allows(name):
+    assert fork.VALID_NAME.fullmatch(name)
+
+
 def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
     words = " ".join(["word"] * 233)
     text = (f"# %% [markdown]\n# {words}\n\n"  # 233 words + the exercise headers' 3 + 4 = 240: two minutes

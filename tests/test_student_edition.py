@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 import diffusion_lib as dl
 from diffusion_lib.course import exercises
+from diffusion_lib.course.__main__ import main
 from diffusion_lib.course.runner import run_notebook
 from diffusion_lib.course.edition import SOLUTION_TAG, STUB_MARK, stub_source, write_student_edition
 
@@ -118,6 +120,78 @@ def test_refuses_to_overwrite_the_chapters_and_names_a_missing_folder(tmp_path):
         write_student_edition(CHAPTERS, CHAPTERS)
     with pytest.raises(FileNotFoundError, match="chapters/ folder"):
         write_student_edition(tmp_path, tmp_path / "out")
+
+
+def test_a_rerun_writes_only_what_is_missing_and_keeps_every_learners_file_byte_for_byte(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["student-edition", str(out), "--chapters", str(CHAPTERS)]) == 0
+    first = {path.name: path.read_bytes() for path in out.iterdir()}
+    notebook = jupytext.read(out / "02_forward_noising.ipynb")  # a learner answers in Jupyter, then deletes the .py
+    notebook.cells[0].source += "\n\nmy notes"
+    jupytext.write(notebook, out / "02_forward_noising.ipynb")
+    (out / "02_forward_noising.py").unlink()
+    (out / "03_noise_prediction.py").write_text(first["03_noise_prediction.py"].decode() + "x = 1  # my answer\n")
+    (out / "05_ddim.py").unlink()  # its .ipynb is untouched: the pair is rewritten whole
+    (out / "jupytext.toml").write_text("# my settings\n")
+    edited = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    assert main(["student-edition", str(out), "--chapters", str(CHAPTERS)]) == 0
+    printed = capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != "05_ddim.py"} == edited
+    assert not (out / "02_forward_noising.py").exists(), "half a pair written next to a learner's notebook"
+    assert (out / "05_ddim.py").read_bytes() == first["05_ddim.py"]
+    kept = ["02_forward_noising.ipynb", "03_noise_prediction.ipynb", "03_noise_prediction.py", "jupytext.toml"]
+    assert f"files written 1, already up to date {len(first) - 2 - len(kept)}, kept as they are {len(kept)}" in printed
+    assert f"(a learner's work?): {', '.join(kept)}\n" in printed
+
+
+def test_a_rerun_over_an_untouched_edition_writes_nothing(edition, capsys):
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in edition.iterdir()}
+    assert main(["student-edition", str(edition), "--chapters", str(CHAPTERS)]) == 0
+    assert f"files written 0, already up to date {len(before)}, kept as they are 0" in capsys.readouterr().out
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in edition.iterdir()} == before
+
+
+def _refused(argv, capsys) -> str:
+    """The one-line error that `main` gives for argv (exit 2)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m diffusion_lib.course: error: "), err
+    return err
+
+
+def test_a_file_as_out_dir_is_refused_in_one_line_without_a_traceback(tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    result = subprocess.run([sys.executable, "-m", "diffusion_lib.course", "student-edition", str(afile),
+                             "--chapters", str(CHAPTERS)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert f"{afile} is a file, not a folder: give OUT_DIR as a new folder" in result.stderr
+    err = _refused(["student-edition", str(afile / "student"), "--chapters", str(CHAPTERS)], capsys)
+    assert f"{afile / 'student'} cannot be created: {afile} is a file" in err
+    assert afile.read_text() == "mine"
+
+
+def test_a_read_only_out_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    locked, access = tmp_path / "locked", os.access
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode, **kw))
+    for out in (locked, locked / "student"):
+        err = _refused(["student-edition", str(out), "--chapters", str(CHAPTERS)], capsys)
+        assert f"cannot write in {locked} (no permission): give an OUT_DIR you can write to" in err
+    assert not any(locked.iterdir())
+
+
+def test_a_folder_made_read_only_with_chmod_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user (root?) may write in a mode-555 folder; the monkeypatched test above covers it")
+        err = _refused(["student-edition", str(locked), "--chapters", str(CHAPTERS)], capsys)
+        assert "cannot write in" in err and not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
 
 
 @pytest.mark.slow

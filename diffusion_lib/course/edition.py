@@ -9,18 +9,27 @@ reference answer passing). A markdown cell tagged `solution`, the model answer a
 open question, is left out. Every other cell, and its stored output, is unchanged. Both files of
 each jupytext pair are written.
 
+Run again into the same folder, it writes only what is missing and never overwrites: a file
+already there that differs from the edition (a learner's work) is kept as it is, with the other
+file of its chapter pair, so that a pair is never half rewritten; each kept file is reported.
+An OUT_DIR that is a file, or in a folder that cannot be written, is refused before anything is
+written.
+
     python -m diffusion_lib.course student-edition OUT_DIR [--chapters chapters]
 """
 
 from __future__ import annotations
 
 import ast
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jupytext
 
 SOLUTION_TAG = "solution"
 STUB_MARK = "# YOUR CODE HERE"
+PAIR = ((".ipynb", "ipynb"), (".py", "py:percent"))  # the two files of each chapter, in jupytext's formats
 
 
 def stub_source(source: str) -> str:
@@ -66,24 +75,71 @@ def student_notebook(notebook):
     return notebook
 
 
-def write_student_edition(chapters: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the student edition of every chapter in `chapters` (its .ipynb files) to `out_dir`, .ipynb and .py."""
+@dataclass
+class EditionReport:
+    """What `write_student_edition` did with each file of the edition in OUT_DIR."""
+
+    written: list[Path] = field(default_factory=list)     # were missing, now written
+    up_to_date: list[Path] = field(default_factory=list)  # already there, byte for byte the same
+    kept: list[Path] = field(default_factory=list)        # already there and different, or paired with one that is
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse an OUT_DIR that is a file, lies under a file, or lies in a folder that cannot be written."""
+    existing = out_dir
+    while not (existing.exists() or existing.is_symlink()):  # the nearest part of the path already there
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == out_dir else f" cannot be created: {existing}"
+        raise NotADirectoryError(f"{out_dir}{where} is a file, not a folder: "
+                                 "give OUT_DIR as a new folder or an existing one")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in {existing} (no permission): give an OUT_DIR you can write to, "
+                              "or make that folder writable")
+
+
+def edition_files(chapters: Path, out_dir: Path) -> list[dict[Path, bytes]]:
+    """The bytes of every file of the edition, in the units written or kept whole: each chapter's pair, the config."""
+    groups = []
+    for path in sorted(chapters.glob("[0-9][0-9]_*.ipynb")):
+        student = student_notebook(jupytext.read(path))
+        texts = {out_dir / path.with_suffix(suffix).name: jupytext.writes(student, fmt=fmt) for suffix, fmt in PAIR}
+        groups.append({target: (text if text.endswith("\n") else text + "\n").encode("utf-8")  # as jupytext.write
+                       for target, text in texts.items()})
+    config = next((d / "jupytext.toml" for d in (chapters, chapters.parent) if (d / "jupytext.toml").exists()), None)
+    if config is not None:  # the pairing settings, so that the new folder's pairs stay paired
+        groups.append({out_dir / config.name: config.read_bytes()})
+    return groups
+
+
+def write_missing(group: dict[Path, bytes], report: EditionReport) -> None:
+    """Write the group's missing files, unless one already there differs: then keep the group's files as they are."""
+    existing = {path: path.read_bytes() for path in group if path.exists()}
+    if any(content != group[path] for path, content in existing.items()):
+        report.kept.extend(existing)
+        return
+    for path, content in group.items():
+        if path in existing:
+            report.up_to_date.append(path)
+        else:
+            path.write_bytes(content)
+            report.written.append(path)
+
+
+def write_student_edition(chapters: str | Path, out_dir: str | Path) -> EditionReport:
+    """Write the student edition of every chapter in `chapters` (its .ipynb files) to `out_dir`, .ipynb and .py.
+
+    Never overwrites a file: see the module docstring. Everything is checked and built before the first write.
+    """
     chapters, out_dir = Path(chapters), Path(out_dir)
-    notebooks = sorted(chapters.glob("[0-9][0-9]_*.ipynb"))
-    if not notebooks:
+    if not any(chapters.glob("[0-9][0-9]_*.ipynb")):
         raise FileNotFoundError(f"no chapter notebooks (NN_name.ipynb) in {chapters}: give the course's chapters/ folder")
     if out_dir.resolve() == chapters.resolve():
         raise ValueError("OUT_DIR must differ from the chapters folder: the student edition would overwrite the solutions")
+    check_writable(out_dir)
+    groups = edition_files(chapters, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in notebooks:
-        student = student_notebook(jupytext.read(path))
-        for suffix, fmt in ((".ipynb", "ipynb"), (".py", "py:percent")):
-            target = out_dir / path.with_suffix(suffix).name
-            jupytext.write(student, target, fmt=fmt)
-            written.append(target)
-    config = next((d / "jupytext.toml" for d in (chapters, chapters.parent) if (d / "jupytext.toml").exists()), None)
-    if config is not None:  # the pairing settings, so that the new folder's pairs stay paired
-        (out_dir / config.name).write_text(config.read_text())
-        written.append(out_dir / config.name)
-    return written
+    report = EditionReport()
+    for group in groups:
+        write_missing(group, report)
+    return report

@@ -22,7 +22,11 @@ REPOSITORY = "diffusion-course/diffusion-course"
 # The link kinds that name the course's own repository; each is followed by OWNER/NAME.
 LINK = re.compile(r"(?P<prefix>git\+https://github\.com/|colab\.research\.google\.com/github/|mybinder\.org/v2/gh/)"
                   r"(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)")
-VALID_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+# GitHub's rules: an owner is 1-39 letters, digits or hyphens, not starting with a hyphen; a repository
+# name is 1-100 letters, digits, ".", "_" or "-", and not only dots (".", "..").
+VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}/(?!\.+\Z)[A-Za-z0-9_.-]{1,100}")
+NAME_RULES = ("OWNER is 1-39 letters, digits or hyphens, not starting with a hyphen; "
+              "NAME is 1-100 letters, digits, '.', '_' or '-', not only dots")
 MODULE = Path("diffusion_lib", "course", "fork.py")  # this file, relative to the repository root
 
 
@@ -45,7 +49,9 @@ def repoint(root: str | Path, repository: str) -> dict[Path, int]:
     Returns the number of changes per file changed.
     """
     if not VALID_NAME.fullmatch(repository):
-        raise ValueError(f"{repository!r} is not a GitHub repository name: give OWNER/NAME, e.g. alice/diffusion-course")
+        shown = repr(repository) if len(repository) <= 80 else f"{repository[:60]!r}... ({len(repository)} characters)"
+        raise ValueError(f"{shown} is not a GitHub repository name: give OWNER/NAME, e.g. alice/diffusion-course "
+                         f"({NAME_RULES})")
     if not (Path(root) / "chapters").is_dir():
         raise FileNotFoundError(f"{root} has no chapters/ folder: run this from the course's repository root, or pass --root")
     changed = {}
