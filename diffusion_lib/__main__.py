@@ -93,8 +93,15 @@ _json_object.__name__ = "JSON object"
 def build_parser() -> Parser:
     parser = Parser(prog="python -m diffusion_lib", description="Train diffusion models and sample from them.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    defaults = TrainConfig()
+    _recipe_options(_train_parser(commands), TrainConfig())
+    _distill_parser(commands)
+    _sample_parser(commands)
+    _evaluate_parser(commands)
+    return parser
 
+
+def _train_parser(commands):
+    """`train`: what to train on, where, and for how long."""
     tr = commands.add_parser("train", help="train a denoiser; resumes when --out already holds a run",
                              description="Train a denoiser: by default flow matching (the recipe study's winner), or DDPM "
                                          "(Algorithm 1) with --objective ddpm, or EDM. Resumes when OUT holds a run. "
@@ -114,6 +121,11 @@ def build_parser() -> Parser:
     tr.add_argument("--conditional", action="store_true", help="class-conditional U-Net with label dropout (labelled image data)")
     tr.add_argument("--text", action="store_true",
                     help="caption-conditional U-Net (text encoder + cross-attention) on captions made from MNIST (mnist only)")
+    return tr
+
+
+def _recipe_options(tr, defaults: TrainConfig) -> None:
+    """`train`: the recipe (optimiser, objective, network) and the run's plumbing."""
     tr.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
     tr.add_argument("--lr", type=_positive_float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
     tr.add_argument("--warmup", type=_non_negative_int, default=defaults.warmup, help="linear learning-rate warm-up steps (default %(default)s)")
@@ -152,6 +164,8 @@ def build_parser() -> Parser:
     tr.add_argument("--overwrite", action="store_true",
                     help="start afresh even where OUT holds a finished model without a training state (it is replaced)")
 
+
+def _distill_parser(commands) -> None:
     di = commands.add_parser("distill", help="teach a student to sample a flow model in fewer steps; resumes like train",
                              description="Distil a flow-trained unconditional model (a checkpoint, or a committed name such "
                                          "as mnist_uncond) into a student of the same network that needs fewer steps: "
@@ -187,6 +201,8 @@ def build_parser() -> Parser:
     di.add_argument("--quiet", action="store_true", help="no progress bar")
     di.add_argument("--overwrite", action="store_true", help="start afresh where OUT holds a finished model without a state")
 
+
+def _sample_parser(commands) -> None:
     sa = commands.add_parser("sample", help="sample from a checkpoint into an .npz",
                              description="Sample from a trained checkpoint. Images are saved as float32 (N, C, H, W) "
                                          "(the model's shape; MNIST's is (N, 1, 28, 28)) in [-1, 1] under 'images' and "
@@ -237,6 +253,9 @@ def build_parser() -> Parser:
     sa.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: the network under bfloat16 autocast, about 2x faster on CPUs with AMX (default %(default)s)")
     sa.add_argument("--device", default=None, help="cpu, cuda or mps (default: $DIFFUSION_COURSE_DEVICE, else the best available)")
+
+
+def _evaluate_parser(commands) -> None:
     ev = commands.add_parser("evaluate", help="measure samples: FID with its real floor, class accuracy, histogram, "
                                               "diversity (JSON)",
                              description="Print JSON: the FID in a classifier's features against the data's test set "
@@ -247,7 +266,6 @@ def build_parser() -> Parser:
                                                "'labels' (N,) and 'data'")
     ev.add_argument("--classifier", type=Path, default=None,
                     help="classifier checkpoint or committed name such as fashion_classifier (default: the committed one for the samples' data, MNIST or Fashion-MNIST)")
-    return parser
 
 
 def run_evaluate(args) -> None:
@@ -355,6 +373,29 @@ def _check_npz_out(path: Path, overwrite: bool) -> None:
 
 def run_sample(args) -> None:
     _check_npz_out(args.out, args.overwrite)
+    model, info = _sample_model(args)
+    labels, prompts = _conditions(args, model, info)
+    arrays = {}
+    if args.inpaint is not None:
+        if "latent" in info:  # before reading test images at the latents' shape, which would fail obscurely
+            raise ValueError(f"--inpaint replaces pixels, and {args.checkpoint} makes latents (trained with --latent): "
+                             "inpaint with a pixel model, or edit images with pipeline.image_to_image in Python")
+        if args.sampler != "ddim":
+            raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
+        images, mask = _inpaint_source(args.inpaint, args.mask, args.n, info, image_shape(model))
+        samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
+                                         args.seed, args.resample, prompts, batch_size=args.batch_size)
+        arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
+    else:
+        samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
+                                   args.seed, prompts=prompts, batch_size=args.batch_size, precision=args.precision,
+                                   negative_prompt=args.negative_prompt)
+    np.savez(args.out, **arrays, **_sample_arrays(samples, labels, prompts, info))
+    print(f"wrote {args.n} samples to {args.out}")
+
+
+def _sample_model(args):
+    """The checkpoint's denoiser (autoguided by --autoguide) and info; args.sampler and args.steps resolved."""
     model, info = load_model(args.checkpoint, pick_device(args.device))
     if arch_of(model) not in DENOISERS:
         hint = ("; sample a PixelCNN with diffusion_lib.pixelcnn_sample in Python" if type(model).__name__ == "PixelCNN"
@@ -374,6 +415,13 @@ def run_sample(args) -> None:
         args.steps = default_steps if args.steps is None and "distilled" in info else args.steps
     if args.sampler != "ddim" and args.eta:
         raise ValueError("--eta applies to --sampler ddim only")
+    if args.steps is not None and args.sampler not in ODE_SAMPLERS and args.steps > info["T"]:
+        raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
+    return model, info
+
+
+def _conditions(args, model, info) -> tuple[torch.Tensor | None, list[str] | None]:
+    """(labels, prompts) from --labels, --prompt and --negative-prompt, checked against what the model reads."""
     is_text = bool(getattr(model.config, "text_dim", None))
     if (args.prompt is not None or args.negative_prompt is not None) and not is_text:
         raise ValueError(f"--prompt (and --negative-prompt) needs a text model (trained with --text); {args.checkpoint} "
@@ -387,35 +435,23 @@ def run_sample(args) -> None:
     prompts = [args.prompt[i % len(args.prompt)] for i in range(args.n)] if is_text else None
     if args.guidance is not None and not (model.config.num_classes or is_text):
         raise ValueError("--guidance needs a conditional checkpoint (trained with --conditional or --text)")
-    if args.steps is not None and args.sampler not in ODE_SAMPLERS and args.steps > info["T"]:
-        raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
+    return labels, prompts
+
+
+def _sample_arrays(samples, labels, prompts, info) -> dict:
+    """What the .npz holds (see `sample --help`): images or points, the data's name, labels, prompts."""
     arrays = {}
-    if args.inpaint is not None:
-        if "latent" in info:  # before reading test images at the latents' shape, which would fail obscurely
-            raise ValueError(f"--inpaint replaces pixels, and {args.checkpoint} makes latents (trained with --latent): "
-                             "inpaint with a pixel model, or edit images with pipeline.image_to_image in Python")
-        if args.sampler != "ddim":
-            raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
-        images, mask = _inpaint_source(args.inpaint, args.mask, args.n, info, image_shape(model))
-        samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
-                                         args.seed, args.resample, prompts, batch_size=args.batch_size)
-        arrays.update(originals=images.numpy().astype(np.float32), mask=mask.expand_as(images).numpy().astype(np.float32))
-    else:
-        samples, labels = generate(model, info, args.n, args.sampler, args.steps, args.eta, args.guidance, labels,
-                                   args.seed, prompts=prompts, batch_size=args.batch_size, precision=args.precision,
-                                   negative_prompt=args.negative_prompt)
     if is_image_data(info["data"]):
         arrays.update(images=samples.cpu().numpy().astype(np.float32), data=np.array(info["data"]))
     else:
         arrays["points"] = samples.cpu().numpy().astype(np.float32)
-    if is_text:
+    if prompts is not None:
         arrays["prompts"] = np.array(prompts)
         digits = [parse_caption(p)[0] for p in prompts]
         labels = None if None in digits else torch.tensor(digits)  # 'evaluate' then checks the digits asked for
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    np.savez(args.out, **arrays)
-    print(f"wrote {args.n} samples to {args.out}")
+    return arrays
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ never run code (unlike pickle). The header carries:
 | key       | value                                                        |
 | --------- | ------------------------------------------------------------ |
 | `format`  | `diffusion_course/1`                                         |
-| `arch`    | `unet`, `mlp` or `pixelcnn` (see `models.ARCHITECTURES`)     |
+| `arch`    | `unet`, `mlp`, `dit`, `pixelcnn`, `classifier` or `vae` (see `models.ARCHITECTURES`) |
 | `config`  | the model config as JSON                                     |
 | `info`    | JSON of whatever else a sampler needs (schedule, T, prediction, data, step, ...) |
 

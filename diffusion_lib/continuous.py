@@ -115,15 +115,16 @@ def flow_times(steps: int) -> torch.Tensor:
 # -------------------------------------------------------------------------- solving the ODE
 
 
-def ode_sample(derivative, x: torch.Tensor, times: torch.Tensor, heun: bool = True, trajectory=None):
+def ode_sample(derivative, x: torch.Tensor, times: torch.Tensor, heun: bool = True, trajectory=None, progress=None):
     """Integrate dx/dtau = derivative(x, tau) along `times` (decreasing, ending at 0). EDM Algorithm 1.
 
     Each step is Euler's x' = x + (tau' - tau) d; with `heun` it is corrected by the slope at the
     new point, x' = x + (tau' - tau) (d + d') / 2, except on the last step to tau' = 0 (EDM
     Alg. 1, line 7), so N steps cost 2N - 1 network calls (Euler: N). `trajectory`, a list,
-    collects (tau, x) before each step.
+    collects (tau, x) before each step; `progress` optionally wraps the steps (tqdm).
     """
-    for tau, tau_next in zip(times[:-1].tolist(), times[1:].tolist()):
+    steps = list(zip(times[:-1].tolist(), times[1:].tolist()))
+    for tau, tau_next in progress(steps) if progress else steps:
         if trajectory is not None:
             trajectory.append((tau, x))
         d = derivative(x, tau)

@@ -36,7 +36,9 @@ import torch
 
 from .checkpoint import (FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, resolve, save_model,
                          save_tensors, weights_digest)
-from .continuous import _column, flow_derivative, flow_times, flow_velocity, ode_sample
+from .continuous import _column, flow_times, flow_velocity
+from .denoisers import Denoiser, bound, flow_estimates
+from .samplers import flow_levels, sample_consistency, sample_heun
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .runtime import pick_device
 from .models import arch_of
@@ -204,15 +206,9 @@ def consistency_sample(velocity, noise: torch.Tensor, steps: int, generator=None
 
     x = f(noise, 1); then at each later time s, noise x again to x_s = (1 - s) x + s z with fresh z and
     take x = f(x_s, s). `velocity(x, s)` is the network as a flow (s a (B,) tensor). One step is one call.
+    This is `samplers.sample_consistency` on the straight path's levels.
     """
-    x = noise
-    for i, s in enumerate(flow_times(steps)[:-1].tolist()):
-        level = torch.full((len(x),), s, device=x.device, dtype=x.dtype)
-        if i:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = (1 - s) * x + s * z
-        x = x - s * velocity(x, level)
-    return x
+    return sample_consistency(lambda x, level: flow_estimates(velocity, x, level), noise, flow_levels(steps), generator)
 
 
 def teacher_pairs(teacher, n: int, steps: int, seed: int, shape, batch_size: int = 500, bf16: bool = False):
@@ -220,11 +216,11 @@ def teacher_pairs(teacher, n: int, steps: int, seed: int, shape, batch_size: int
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, *shape), generator=generator)
     device = next(teacher.parameters()).device
-    derivative = flow_derivative(lambda x, s: flow_velocity(teacher, x, s))
+    denoiser = bound(Denoiser(teacher, "flow"))
     out = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, n, batch_size):
-            out.append(ode_sample(derivative, noise[i:i + batch_size].to(device), flow_times(steps)).float().cpu())
+            out.append(sample_heun(denoiser, noise[i:i + batch_size].to(device), flow_levels(steps)).float().cpu())
     return noise, torch.cat(out)
 
 

@@ -13,7 +13,8 @@ Code name -> paper symbol:
 w = 0 is the unconditional model, w = 1 the plain conditional model, w > 1 pushes samples
 further towards what makes the label likely (sharper, less diverse). The paper's own
 guidance weight is w - 1 in this form. Samplers never know guidance is happening: they
-receive an ordinary `eps_fn(xt, t)`.
+receive an ordinary `eps_fn(xt, t)` (`guided_eps_fn`, chapters 6-7) or an ordinary denoiser
+(`guided`, what `generate` uses), which applies the same rule to x0_hat and eps_hat alike.
 
 `AutoGuided` is the same rule with a *weaker model* in place of the unconditional branch
 (autoguidance, Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
@@ -40,24 +41,41 @@ def guided_eps_fn(model_eps, labels: torch.Tensor, w: float, null_label: int | t
     Guidance is linear in the model's output, so `model_eps` may return anything affine in eps
     (x0, v, EDM's D) or an (eps, x0_hat) pair, and the same formula applies to each part.
     """
-    if w < 0:
-        raise ValueError(f"guidance scale w must be >= 0 (0 = unconditional, 1 = conditional), got {w}")
-    if isinstance(null_label, torch.Tensor):
-        null = null_label.to(labels.device).expand_as(labels)
-    else:
-        null = torch.full_like(labels, null_label)
+    return _guided(model_eps, labels, w, null_label)
 
-    def eps_fn(xt, t):
+
+def guided(denoiser, labels: torch.Tensor, w: float, null_label: int | torch.Tensor):
+    """Classifier-free guidance around a `denoisers.Denoiser`: `fn(x, level)` -> the same rule applied to x0_hat and
+    to eps_hat (both are affine in the network's output, so guiding either guides the other). As `guided_eps_fn`."""
+    return _guided(denoiser, labels, w, null_label)
+
+
+def _guided(call, labels: torch.Tensor, w: float, null_label):
+    """`fn(x, when)` = call(x, when, null) + w (call(x, when, labels) - call(x, when, null)), both in one batched call;
+    `when` is a timestep tensor (B,) (doubled with x) or a noise level (shared); outputs may be pairs."""
+    null = _null_labels(labels, w, null_label)
+
+    def fn(x, when):
         if w == 1:
-            return model_eps(xt, t, labels)
+            return call(x, when, labels)
         if w == 0:
-            return model_eps(xt, t, null)
-        out = model_eps(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null]))
+            return call(x, when, null)
+        both = torch.cat([when, when]) if isinstance(when, torch.Tensor) else when
+        out = call(torch.cat([x, x]), both, torch.cat([labels, null]))
         if isinstance(out, tuple):
             return tuple(_combine(*part.chunk(2), w) for part in out)
         return _combine(*out.chunk(2), w)
 
-    return eps_fn
+    return fn
+
+
+def _null_labels(labels: torch.Tensor, w: float, null_label: int | torch.Tensor) -> torch.Tensor:
+    """The "no label" input for each row: the null class, or a text model's empty (or negative) caption."""
+    if w < 0:
+        raise ValueError(f"guidance scale w must be >= 0 (0 = unconditional, 1 = conditional), got {w}")
+    if isinstance(null_label, torch.Tensor):
+        return null_label.to(labels.device).expand_as(labels)
+    return torch.full_like(labels, null_label)
 
 
 def _combine(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:

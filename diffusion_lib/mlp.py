@@ -1,6 +1,7 @@
-"""A small MLP noise predictor for 2-D point data (two moons, Swiss roll, ...).
+"""A small MLP denoising network for 2-D point data (two moons, Swiss roll, ...).
 
-eps_theta(x_t, t): (B, D), (B,) -> (B, D). The timestep enters through the same sinusoidal
+F(x, noise label): (B, D), (B,) -> (B, D). What it outputs (eps, x0 or v on DDPM's steps, EDM's F, or the
+flow's velocity) is its checkpoint's `prediction`; `denoisers` turns it into x0_hat and eps_hat. The label enters through the same sinusoidal
 embedding as the U-Net's (Vaswani et al. 2017, Sec. 3.5), concatenated to the input
 (as in tiny-diffusion). Code timestep `t` in 0..T-1 is the paper's t+1.
 """

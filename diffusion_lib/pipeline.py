@@ -1,10 +1,11 @@
 """From a checkpoint to samples in one call: what the command line and the chapters use.
 
-`generate` reads the schedule, parametrisation and data kind from the checkpoint's info,
-builds the `eps_fn` (with classifier-free guidance for a class-conditional model) and runs a
-sampler from `samplers`; for a model trained with EDM's or the flow's loss it can instead run
-the ODE solvers of `continuous` ("heun", "euler") in that model's own variables. Nothing here
-is new mathematics; it only wires the pieces together.
+`generate` is load, denoise, guide, sample, decode: the checkpoint's network becomes a denoiser
+(`denoisers.denoiser_for`), guidance wraps it (`guidance.guided`), the sampler named walks the levels
+it visits (`samplers.sampler_levels`: DDPM's discrete steps for ddpm, ddim and dpm-solver++, the
+network's own path for heun, euler and consistency), and a latent model's result is decoded
+(`latent.decode`). Nothing here is new mathematics; it only wires the pieces together, and checks
+once, for the API and the command line alike, what a caller passes in (`check_*`).
 """
 
 from __future__ import annotations
@@ -14,21 +15,18 @@ import math
 import torch
 
 from .checkpoint import check_sampler_info
-from .continuous import (SIGMA_MAX, edm_denoise, edm_derivative, flow_derivative, flow_times, flow_velocity,
-                         karras_sigmas, ode_sample)
 from .data import is_image_data
-from .distill import consistency_sample
-from .guidance import AutoGuided, guided_eps_fn
+from .denoisers import bound, check_flow, chunked, clipped, denoiser_for, eps_fn_of, native_path
+from .guidance import AutoGuided, guided
 from . import latent
 from .inpainting import inpaint
-from .models import DENOISERS, arch_of, as_eps_model
-from .samplers import SAMPLERS, Trajectory, sample_loop
+from .models import DENOISERS, arch_of
+from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, flow_levels, sample, sample_euler,
+                       sample_heun, sampler_levels, start_noise)
 from .schedules import make_schedule
 from .text import tokenize
 
-ODE_SAMPLERS = ("heun", "euler", "consistency")
 DEFAULT_BATCH = 500  # images per network call in `generate`: memory stays flat however many samples are drawn
-ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 # The sampler and step count `generate` uses when none is named, by training objective: DDIM-50 (chapter 5), and
 # Heun with EDM's 18 steps (35 network calls; Karras et al. 2022, Sec. 3) for models with continuous noise levels.
 DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 18), "flow": ("heun", 18)}
@@ -43,7 +41,7 @@ def default_sampler(info: dict) -> tuple[str, int]:
 
 def objective_of(info: dict) -> str:
     """The checkpoint's training objective ("ddpm" for checkpoints written before there were others)."""
-    return info.get("objective", "ddpm")
+    return native_path(info)
 
 
 # ------------------------------------------------------------------ what the API and the command line both check
@@ -109,50 +107,18 @@ def image_shape(model) -> tuple[int, int, int]:
     return model.config.image_channels, size, size
 
 
-def _native_fn(model, info: dict):
-    """`fn(x, level, labels)` in the model's own variables: EDM's D(x; sigma) or the flow's v(x, s)."""
-    if objective_of(info) == "edm":
-        return lambda x, sigma, labels=None: edm_denoise(model, x, sigma, labels)
-    if objective_of(info) == "flow":
-        return lambda x, s, labels=None: flow_velocity(model, x, s, labels)
-    raise ValueError(f"the heun and euler samplers need a model trained with --objective edm or flow; this one is "
-                     f"{objective_of(info)!r}: use --sampler ddim or dpm-solver++")
-
-
-def chunked(model_fn, batch_size: int):
-    """`model_fn(x, t, labels)` called on at most `batch_size` rows at a time (outputs concatenated, also pairs).
-
-    The sampler still holds all n samples, but the network's activations, which dominate memory,
-    only ever exist for one chunk. Each row's output depends only on that row, so the chunk size
-    does not change the samples.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-    def fn(x, t, labels=None):
-        if len(x) <= batch_size:
-            return model_fn(x, t, labels)
-        parts = [model_fn(x[i:i + batch_size], t[i:i + batch_size], None if labels is None else labels[i:i + batch_size])
-                 for i in range(0, len(x), batch_size)]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(p) for p in zip(*parts))
-        return torch.cat(parts)
-
-    return fn
-
-
-def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, prompts=None, model_fn=None,
-            batch_size: int = DEFAULT_BATCH, negative_prompt: str | None = None):
-    """The checkpoint's noise predictor as `eps_fn(x, t)`, guided for a conditional model; and the labels used.
+def conditioned(model, info: dict, n: int, guidance=None, labels=None, seed: int = 0, prompts=None,
+                negative_prompt: str | None = None, batch_size: int = DEFAULT_BATCH, schedule=None):
+    """The checkpoint's denoiser as a sampler calls it, `fn(x, level)`, guided for a conditional model; and its labels.
 
     A text model takes `prompts` (n captions) and returns their token ids as its "labels"; a `negative_prompt`
-    takes the empty caption's place in guidance (so it steers only where w != 1).
-    `model_fn(x, t, labels)` replaces the noise predictor (the ODE samplers pass `_native_fn`).
+    takes the empty caption's place in guidance (so it steers only where w != 1). A class-conditional model
+    without `labels` draws them from `seed`. The network sees at most `batch_size` rows a call (`chunked`).
     """
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(labels.shape)}")
+    denoiser = chunked(denoiser_for(model, info, schedule), batch_size)
     device = next(model.parameters()).device
-    eps_model = chunked(model_fn or as_eps_model(model, schedule, info["prediction"], with_x0=True), batch_size)
     w = 1.0 if guidance is None else guidance
     if getattr(model.config, "text_dim", None):
         if labels is not None:
@@ -160,7 +126,7 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
         if prompts is None or len(prompts) != n:
             raise ValueError(f"a text model needs {n} prompts, one per sample (got {None if prompts is None else len(prompts)})")
         ids = tokenize(list(prompts))[0].to(device)
-        return guided_eps_fn(eps_model, ids, w, null_label=tokenize([negative_prompt or ""])[0]), ids
+        return guided(denoiser, ids, w, null_label=tokenize([negative_prompt or ""])[0]), ids
     if prompts is not None or negative_prompt is not None:
         raise ValueError("prompts and negative prompts need a text model (trained with --text)")
     num_classes = model.config.num_classes
@@ -170,10 +136,10 @@ def _eps_fn(model, info: dict, schedule, n: int, guidance, labels, seed: int, pr
     if num_classes:
         if labels is None:
             labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-        return guided_eps_fn(eps_model, labels.to(device), w, null_label=num_classes), labels
+        return guided(denoiser, labels.to(device), w, null_label=num_classes), labels
     if labels is not None or guidance is not None:
         raise ValueError("this model is unconditional: labels and guidance need a --conditional checkpoint")
-    return (lambda x, t: eps_model(x, t)), None
+    return bound(denoiser), None
 
 
 AUTOGUIDE_SCALE = 1.5  # the command line's default autoguidance scale (benchmarks/RESULTS.md, section committed)
@@ -231,65 +197,27 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(ALL_SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if eta and sampler != "ddim":
+        raise ValueError("eta applies to the ddim sampler only")
     schedule = make_schedule(info["schedule"], info["T"])
+    levels = sampler_levels(sampler, schedule, steps, native_path(info))
+    denoiser, labels = conditioned(model, info, n, guidance, labels, seed, prompts, negative_prompt, batch_size,
+                                   schedule)
+    is_image = is_image_data(info["data"])
+    if is_image and "latent" not in info and sampler in SAMPLERS:  # DDPM's samplers clip x0_hat to the pixels' range
+        denoiser = clipped(denoiser)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    is_image = is_image_data(info["data"])
-    shape = (n, *image_shape(model)) if is_image else (n, model.config.data_dim)
+    x = start_noise(levels, (n, *image_shape(model)) if is_image else (n, model.config.data_dim), generator, device)
+    trajectory = Trajectory() if return_trajectory else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        samples, labels, trajectory = _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels,
-                                                seed, generator, progress, return_trajectory, prompts, batch_size,
-                                                negative_prompt)
+        samples = sample(sampler, denoiser, x, levels, generator, eta, trajectory, progress)
     samples = check_finite(samples.float())
     if "latent" in info and decode:
         samples = latent.decode(info, samples)
     elif is_image and "latent" not in info:
         samples = samples.clamp(-1, 1)
     return (samples, labels, trajectory) if return_trajectory else (samples, labels)
-
-
-def _generate(model, info, schedule, shape, sampler, steps, eta, guidance, labels, seed, generator, progress,
-              return_trajectory, prompts, batch_size, negative_prompt):
-    """`generate`'s sampling, once its arguments are checked: (samples, labels, trajectory or None)."""
-    n, device = shape[0], next(model.parameters()).device
-    pixels = is_image_data(info["data"]) and "latent" not in info  # x0_hat is clipped to [-1, 1] in pixels only
-    if sampler in ODE_SAMPLERS:
-        if eta:
-            raise ValueError("eta applies to the ddim sampler only")
-        native, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, _native_fn(model, info),
-                                 batch_size, negative_prompt)
-        if sampler == "consistency" and objective_of(info) != "flow":
-            raise ValueError("the consistency sampler needs a flow model (a consistency-distilled student is one)")
-        samples, trajectory = _ode_generate(native, objective_of(info), shape, sampler, steps, generator, device)
-    else:
-        eps_fn, labels = _eps_fn(model, info, schedule, n, guidance, labels, seed, prompts, batch_size=batch_size,
-                                 negative_prompt=negative_prompt)
-        out = sample_loop(eps_fn, shape, schedule, sampler, steps, eta, generator=generator, device=device,
-                          clip_x0=pixels, return_trajectory=return_trajectory, progress=progress)
-        samples, trajectory = out if return_trajectory else (out, None)
-    return samples, labels, trajectory
-
-
-def _ode_generate(native, objective: str, shape, sampler: str, steps, generator, device):
-    """Solve the model's probability-flow ODE from noise: EDM's in sigma (Karras steps), the flow's in s.
-
-    "consistency" instead jumps to x_0 from each of `steps` times (`distill.consistency_sample`).
-    """
-    steps = (1 if sampler == "consistency" else DEFAULT_SAMPLER[objective][1]) if steps is None else steps
-    if sampler == "consistency":
-        with torch.no_grad():
-            x = torch.randn(shape, generator=generator, device=device)
-            return consistency_sample(native, x, steps, generator), Trajectory()
-    if objective == "edm":
-        times, derivative = karras_sigmas(steps), edm_derivative(native)
-        x = SIGMA_MAX * torch.randn(shape, generator=generator, device=device)
-    else:
-        times, derivative = flow_times(steps), flow_derivative(native)
-        x = torch.randn(shape, generator=generator, device=device)
-    visited = []
-    with torch.no_grad():
-        x = ode_sample(derivative, x, times, heun=sampler == "heun", trajectory=visited)
-    return x, Trajectory(timesteps=[tau for tau, _ in visited], xs=[v for _, v in visited])
 
 
 def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, steps: int = 50, eta: float = 0.0,
@@ -312,8 +240,9 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
         raise ValueError("mask must be a tensor of 0s (pixels to fill) and 1s (pixels to keep), e.g. from named_mask")
     schedule = make_schedule(info["schedule"], info["T"])
     device = next(model.parameters()).device
-    eps_fn, labels = _eps_fn(model, info, schedule, len(images), guidance, labels, seed, prompts, batch_size=batch_size)
-    out = inpaint(eps_fn, images.to(device), mask.to(device), schedule, steps, eta, resample,
+    denoiser, labels = conditioned(model, info, len(images), guidance, labels, seed, prompts, None, batch_size,
+                                   schedule)
+    out = inpaint(eps_fn_of(denoiser, schedule), images.to(device), mask.to(device), schedule, steps, eta, resample,
                   generator=torch.Generator(device).manual_seed(seed), clip_x0=True)
     return out.clamp(-1, 1), labels
 
@@ -330,21 +259,17 @@ def image_to_image(model, info: dict, images: torch.Tensor, prompts, strength: f
     Returns images clipped to [-1, 1], (N, C, H, W).
     """
     check_sampler_info(info, "the model's checkpoint")
-    if objective_of(info) != "flow":
-        raise ValueError(f"image_to_image solves a flow model's ODE; this model is {objective_of(info)!r}")
+    check_flow(info, "image_to_image")
     check_fraction(strength, "strength", "0 keeps the image, 1 ignores it")
     check_scale(guidance)
     check_images(images, latent.pixel_shape(info) if "latent" in info else image_shape(model))
     device = next(model.parameters()).device
     x0 = latent.encode(info, images) if "latent" in info else images
     x0 = x0.to(device)
-    schedule = make_schedule(info["schedule"], info["T"])
-    native, _ = _eps_fn(model, info, schedule, len(images), guidance, None, seed, prompts, _native_fn(model, info),
-                        batch_size, negative_prompt)
+    denoiser, _ = conditioned(model, info, len(images), guidance, None, seed, prompts, negative_prompt, batch_size)
     eps = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
     x = (1 - strength) * x0 + strength * eps
     if strength > 0:
-        with torch.no_grad():
-            x = ode_sample(flow_derivative(native), x, strength * flow_times(steps), heun=heun)
+        x = (sample_heun if heun else sample_euler)(denoiser, x, flow_levels(steps, top=strength))
     out = latent.decode(info, x) if "latent" in info else x
     return out.clamp(-1, 1)

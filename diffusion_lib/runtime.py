@@ -4,7 +4,6 @@
   `DIFFUSION_COURSE_DEVICE`, else cuda, then mps, then cpu.
 - `fast_mode()`: true when `DIFFUSION_COURSE_FAST=1`; chapters and tests use it to shrink
   step counts and sample sizes so the whole course executes in minutes.
-  `by_mode(full, fast)` picks between two values accordingly.
 - `fast_bf16(device)`: whether bfloat16 arithmetic runs natively there (training's
   `precision="auto"` uses it: bf16 autocast speeds a step up only where the hardware has it).
 """
@@ -63,7 +62,3 @@ def fast_mode() -> bool:
     """True when the environment variable DIFFUSION_COURSE_FAST is set to 1 (or true/yes)."""
     return os.environ.get("DIFFUSION_COURSE_FAST", "").strip().lower() in ("1", "true", "yes")
 
-
-def by_mode(full, fast):
-    """`fast` in fast mode, `full` otherwise: `steps = by_mode(full=2000, fast=20)`."""
-    return fast if fast_mode() else full

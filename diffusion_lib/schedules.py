@@ -71,14 +71,6 @@ class Schedule:
         return (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars) * self.betas
 
     @property
-    def posterior_log_variance_clipped(self) -> torch.Tensor:
-        """log beta-tilde_t with the first entry (which is 0) replaced by the second, as in DDPM's code."""
-        var = self.posterior_variance
-        if self.T == 1:
-            return torch.log(self.betas)
-        return torch.log(torch.cat([var[1:2], var[1:]]))
-
-    @property
     def sqrt_alpha_bars(self) -> torch.Tensor:
         return self.alpha_bars.sqrt()
 

@@ -112,8 +112,21 @@ class TrainConfig:
             object.__setattr__(self, "latent", autoencoder_ref(self.latent))
         if self.data.startswith(FOLDER):  # stored absolute, so that samples and checkpoints name it from anywhere
             object.__setattr__(self, "data", FOLDER + str(Path(self.data[len(FOLDER):]).expanduser().resolve()))
+        for ok, message in self._rules():
+            if not ok:
+                raise ValueError(message)
+        if self.latent is not None and load_autoencoder(self.latent)[1].get("data") != self.data:
+            raise ValueError(f"the autoencoder {self.latent} was trained on {load_autoencoder(self.latent)[1].get('data')!r}, "
+                             f"not on --data {self.data!r}: train one on that data with --arch vae")
+        classes = self.classes()  # also checks that a folder exists and holds images
+        if (self.conditional or self.arch == "classifier") and classes is None:
+            raise ValueError(f"{self.data[len(FOLDER):]} has no class subfolders, so --conditional and the classifier "
+                             "have no labels to learn: put each class's images in a subfolder of its own")
+
+    def _rules(self) -> list[tuple[bool, str]]:
+        """(holds, what to do if not) for every rule a run's settings must follow."""
         image_data, mnist = self.data not in TOY_DATASETS, self.data == "mnist"
-        checks = [
+        return [
             (image_data or (self.image_size is None and self.channels is None),
              f"--image-size and --channels are for image data, not the 2-D set {self.data!r}"),
             (self.channels in (None, 1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}"),
@@ -155,16 +168,6 @@ class TrainConfig:
             (self.latent is None or self.image_size is None and self.channels is None,
              "--latent takes the latents' shape from the autoencoder: drop --image-size and --channels"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if self.latent is not None and load_autoencoder(self.latent)[1].get("data") != self.data:
-            raise ValueError(f"the autoencoder {self.latent} was trained on {load_autoencoder(self.latent)[1].get('data')!r}, "
-                             f"not on --data {self.data!r}: train one on that data with --arch vae")
-        classes = self.classes()  # also checks that a folder exists and holds images
-        if (self.conditional or self.arch == "classifier") and classes is None:
-            raise ValueError(f"{self.data[len(FOLDER):]} has no class subfolders, so --conditional and the classifier "
-                             "have no labels to learn: put each class's images in a subfolder of its own")
 
     @property
     def model_arch(self) -> str:

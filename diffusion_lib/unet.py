@@ -1,4 +1,4 @@
-"""A small U-Net noise predictor for images (28x28 gray by default, any size and 1 or 3 channels), sized for a laptop CPU.
+"""A small U-Net denoising network for images (28x28 gray by default, any size and 1 or 3 channels), sized for a laptop CPU.
 
 Architecture (DDPM Appendix B, shrunk; Ronneberger et al. 2015 for the U shape):
 
@@ -124,7 +124,11 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t[, label]): (B, C, H, W), (B,)[, (B,)] -> (B, C, H, W)."""
+    """F(x, noise label[, condition]): (B, C, H, W), (B,)[, (B,) or (B, L)] -> (B, C, H, W).
+
+    What it outputs (eps, x0 or v on DDPM's steps, EDM's F, or the flow's velocity) is its checkpoint's
+    `prediction`; `denoisers` turns it into x0_hat and eps_hat. The noise label is DDPM's step t, or 1000 c_noise
+    (EDM) or 1000 s (flow) (`continuous`)."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()

@@ -14,18 +14,6 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
     return ((image + 1) / 2).clamp(0, 1).numpy()
 
 
-def image_grid(images: torch.Tensor, ncols: int = 8, pad: int = 2) -> np.ndarray:
-    """(N, 1, H, W) in [-1, 1] -> one (rows*(H+pad), ncols*(W+pad)) array in [0, 1]; (N, 3, H, W) -> (..., 3)."""
-    n, c, h, w = images.shape
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad) + ((3,) if c == 3 else ()))
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = to_numpy_image(images[i])
-    return grid
-
-
 def show_grid(images: torch.Tensor, title: str, ncols: int = 8, captions: list[str] | None = None,
               size: float = 1.1) -> Figure:
     """A grid of images with a title and optional per-image captions."""
