@@ -308,7 +308,7 @@ print("drowned at " + " ".join(f"{t:>4d}" for t in drowned_at[1:].tolist()))
 # (kernel_size, kernel_size) tensor of 0s and 1s that a raster-order masked convolution multiplies
 # its kernel with, for `mask_type` "A" (hides the centre) or "B" (keeps it).
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch01-make-mask"]
 def make_mask(kernel_size, mask_type):
     import torch
 
@@ -328,14 +328,14 @@ exercises.check_raster_mask(make_mask)
 # green and blue values of each pixel one after another. How many network calls does one sample
 # take? Write your number before running anything.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch01-colour-calls"]
 colour_calls = 64 * 64 * 3
 
 # %%
 # NBVAL_CHECK_OUTPUT
 exercises.check_pixelcnn_calls(colour_calls)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch01-open-ordering"]
 # **Exercise 3 (open question).** Raster order is one choice among many. Propose an ordering or
 # grouping of pixels (for example several resolutions, coarse to fine) that would make samples more
 # globally coherent or cheaper. What does your proposal give up? How does a diffusion model's

@@ -425,7 +425,7 @@ plt.show()
 # batch `x0` of shape (B, 1, H, W), timesteps `t` of shape (B,) and the tensor `alpha_bars` of shape (T,).
 # Then run the check.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch02-q-sample"]
 def my_q_sample(x0, t, noise, alpha_bars):
     ab = alpha_bars[t].reshape(-1, *([1] * (x0.ndim - 1)))  # (B, 1, 1, 1): one alpha-bar per image
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -440,14 +440,14 @@ exercises.check_q_sample(my_q_sample)
 # $\bar\alpha_t$ first drop below 0.5, the point where signal and noise carry equal variance?
 # Write your guess *before* computing anything, then compute it and check.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch02-half-signal-step"]
 half_signal_step = int((dl.make_schedule("linear", 1000).alpha_bars < 0.5).nonzero()[0])
 
 # %%
 # NBVAL_CHECK_OUTPUT
 exercises.check_half_signal_step(half_signal_step)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch02-open-large-images"]
 # **Exercise 3 (open question).** The slider showed the 128x128 photograph surviving noise that
 # erases the 28x28 digit at the same $t$. Why? What would you change in the schedule for 256x256
 # images so that the model still spends its steps where the image is being decided? (Hint: think of

@@ -546,7 +546,7 @@ print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 p
 #
 # **Exercise 1 (implement).** Write `my_x0_from_eps(xt, t, eps, alpha_bars)` returning $\hat x_0$.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch03-x0-from-eps"]
 def my_x0_from_eps(xt, t, eps, alpha_bars):
     ab = alpha_bars[t].reshape(-1, *([1] * (xt.ndim - 1)))
     return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
@@ -560,7 +560,7 @@ exercises.check_x0_from_eps(my_x0_from_eps)
 # **Exercise 2 (implement).** Write `my_ideal_x0(xt, t, data, alpha_bars)`: $\mathbb E[x_0 \mid x_t]$
 # for `xt` of shape (B, D), `data` of shape (N, D). Use `torch.softmax` for numerical safety.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch03-ideal-x0"]
 def my_ideal_x0(xt, t, data, alpha_bars):
     import torch
 
@@ -580,14 +580,14 @@ exercises.check_ideal_x0(my_ideal_x0)
 # change with $t$? Work it out from how $\varepsilon$ is drawn, write down the number, then check. Afterwards, draw it
 # as a horizontal line on section 3's two plots: at which $t$ does the ideal denoiser do worse than this lazy network?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch03-zero-predictor-loss"]
 zero_predictor_loss = 1.0
 
 # %%
 # NBVAL_CHECK_OUTPUT
 exercises.check_zero_predictor_loss(zero_predictor_loss)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch03-open-memorise"]
 # **Exercise 4 (open question).** The ideal denoiser memorises; the network generalises. What
 # would you expect to happen to the learned curve in section 3 if you trained a much larger network
 # for much longer on only 500 MNIST digits? How could you detect it from samples alone?
@@ -615,7 +615,7 @@ exercises.check_zero_predictor_loss(zero_predictor_loss)
 # **Exercise 5 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
 # section 5 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch03-timestep-embedding"]
 def my_timestep_embedding(t, dim):
     import torch
 

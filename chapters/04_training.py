@@ -467,7 +467,7 @@ for name, m in f["models"].items():
 #
 # **Exercise 1 (implement).** Write `my_loss(model, x0, t, noise, alpha_bars)`, the simple DDPM loss for given $t$ and noise.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch04-loss"]
 def my_loss(model, x0, t, noise, alpha_bars):
     ab = alpha_bars[t].reshape(-1, *([1] * (x0.ndim - 1)))
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -482,14 +482,14 @@ exercises.check_training_loss(my_loss)
 # **Exercise 2 (predict, then check).** An EMA with decay $d = 0.999$ averages, roughly, over how
 # many of the most recent steps?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch04-ema-horizon"]
 ema_horizon = 1000
 
 # %%
 # NBVAL_CHECK_OUTPUT
 exercises.check_ema_horizon(ema_horizon)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch04-open-v-target"]
 # **Exercise 3 (open question).** In the measured DDPM recipes (sampled with DDIM-20), predicting $v$
 # beat predicting $\varepsilon$ for short training runs, and section 6 shows an $\varepsilon$ model losing more
 # again when sampled in few steps. Use chapter 3's identities: at which $t$ is
@@ -516,7 +516,7 @@ exercises.check_ema_horizon(ema_horizon)
 # $\hat x_0$ have a factor of at most 1; (4) links it to sampling: the early, high-noise steps set
 # the layout. (1)-(3) make a full answer.
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch04-open-own-folder"]
 # **Exercise 4 (open question).** Train on a folder. Set `MY_FOLDER` to a folder of your own images
 # (photos of one kind of thing work best; 32x32 is small, so pick something that survives it). Left
 # as `None`, the cell writes a stand-in: eight Fashion-MNIST bags as PNG files. It trains the default

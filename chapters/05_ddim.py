@@ -337,7 +337,7 @@ display(show_grid(images, "DDIM from noises along a great circle between two dra
 #
 # **Exercise 1 (implement).** Write the deterministic DDIM step `my_ddim_step(xt, eps, alpha_bar_t, alpha_bar_prev)`.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch05-ddim-step"]
 def my_ddim_step(xt, eps, alpha_bar_t, alpha_bar_prev):
     x0_hat = (xt - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
     return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * eps
@@ -352,14 +352,14 @@ exercises.check_ddim_step(my_ddim_step)
 # (20, 50 and 200 steps in full mode). With 50 inversion steps, mapped back with DDIM-50: How many times does the network run for
 # one image, there and back?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch05-round-trip-calls"]
 round_trip_calls = 100
 
 # %%
 # NBVAL_CHECK_OUTPUT
 exercises.check_round_trip_calls(round_trip_calls)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch05-open-two-predictions"]
 # **Exercise 3 (open question).** DDIM with very few steps distorts digits. Each step trusts one
 # $\hat x_0$ and moves straight along it. How could a sampler use *two* consecutive predictions to
 # take better large steps? (This is the idea behind higher-order solvers. The library's

@@ -285,7 +285,7 @@ for name, row in committed["figures"]["models"].items():
 #
 # **Exercise 1 (implement).** Write `my_guided_eps(eps_cond, eps_uncond, w)`.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch06-guided-eps"]
 def my_guided_eps(eps_cond, eps_uncond, w):
     return eps_uncond + w * (eps_cond - eps_uncond)
 
@@ -299,13 +299,13 @@ exercises.check_guided_eps(my_guided_eps)
 # will the classifier assign to the digit that was "requested"? Predict it, then check against the
 # sweep's own measurement.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch06-unguided-accuracy-guess"]
 unguided_accuracy_guess = 0.1
 
 # %%
 exercises.check_unguided_accuracy(unguided_accuracy_guess, measured=sweep["accuracy"][0])
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch06-open-one-call"]
 # **Exercise 3 (open question).** Guidance needs two network calls per step. Could you get the
 # benefit of $w = 3$ with one call, for example by training a model whose conditional prediction
 # already *is* the guided one? What would you lose? (Look up "guidance distillation" afterwards.)

@@ -430,7 +430,7 @@ print(f"committed, mnist_uncond, {steps_figures['n']} samples: "
 # **Exercise 1 (implement).** Write `my_attention(q, k, v, keep)`: $q$ (B, N, d), $k, v$ (B, L, d),
 # `keep` (B, L) bool; return softmax$(q k^\top/\sqrt d)\,v$ with padded tokens given weight 0.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch07-attention"]
 def my_attention(q, k, v, keep):
     import math
 
@@ -449,7 +449,7 @@ exercises.check_attention(my_attention)
 # Why does $r = 1$ (equal steps) give $1.5\,\hat x_0 - 0.5\,\hat x_0^{\text{before}}$, a linear
 # extrapolation to the middle of the step?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch07-dpm-data"]
 def my_dpm_data(x0_hat, x0_before, r):
     return (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_before
 
@@ -463,7 +463,7 @@ exercises.check_dpm_data(my_dpm_data)
 # for a later $t$. Write `my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise)` (the alpha-bars are
 # (B, 1, 1, 1) tensors). Hint: the forward steps from $t'$ to $t$ compose like those from 0 to $t$.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch07-q-jump"]
 def my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise):
     ratio = alpha_bar / alpha_bar_prev
     return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * noise
@@ -473,7 +473,7 @@ def my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise):
 # NBVAL_CHECK_OUTPUT
 exercises.check_q_jump(my_q_jump)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch07-open-held-out-word"]
 # **Exercise 4 (open question, with a long run).** The held-out pairs above combine two words the
 # model saw separately with the digit. Hold out something harder: never say "wide" of a seven (drop
 # the word in `dl.text.training_captions` when the digit is 7), retrain with the command in

@@ -380,7 +380,7 @@ widgets.interact(show_steps, steps=widgets.IntSlider(value=2, min=1, max=8, step
 # **Exercise 1 (implement).** Write `my_flow_pair(x0, eps, s)`, returning the point $x_s$ of the straight
 # path at times `s` (shape (B,)) and the velocity the network is trained to predict.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch08-flow-pair"]
 def my_flow_pair(x0, eps, s):
     s = s.reshape(-1, *([1] * (x0.ndim - 1)))
     return (1 - s) * x0 + s * eps, eps - x0
@@ -395,7 +395,7 @@ exercises.check_flow_pair(my_flow_pair)
 # prediction and a clean-image prediction. Write `my_eps_x0(x_s, v, s)` returning $(\hat\varepsilon, \hat x_0)$;
 # here `s` already has a shape that broadcasts against `x_s` (one time per row).
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch08-eps-x0"]
 def my_eps_x0(x_s, v, s):
     return x_s + (1 - s) * v, x_s - s * v
 
@@ -408,7 +408,7 @@ exercises.check_eps_from_velocity(my_eps_x0)
 # **Exercise 3 (predict, then check).** `mnist_reflow` was trained on 6,000 pairs, each drawn from the
 # teacher with Heun's method in 18 steps. How many network calls did drawing the pairs take?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch08-reflow-pair-calls"]
 reflow_pair_calls = 6000 * 35
 
 
@@ -416,7 +416,7 @@ reflow_pair_calls = 6000 * 35
 # NBVAL_CHECK_OUTPUT
 exercises.check_reflow_calls(reflow_pair_calls)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch08-open-reflow-again"]
 # **Exercise 4 (open question).** Reflow can be repeated: draw new pairs from the reflowed model and
 # train again ("2-rectified", "3-rectified" flow). What would you expect a second reflow to change in
 # straightness and in sample quality, and why can't repeated reflow give a perfect one-step model for free?

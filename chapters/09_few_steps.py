@@ -432,7 +432,7 @@ for key in picked:
 # trained to output at $(x, s)$, given the teacher as a function `v(x, s)`. `s` and `s_next` have shape (B,): reshape
 # them to (B, 1, ...) before multiplying them with `x`.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch09-target"]
 def my_target(v, x, s, s_next):
     mid = (s + s_next) / 2
     column = lambda a: a.reshape(-1, *([1] * (x.ndim - 1)))  # noqa: E731
@@ -449,7 +449,7 @@ exercises.check_progressive_target(my_target)
 # **Exercise 2 (predict, then check).** The committed progressive run went from 32 steps to 1, with 600
 # optimiser steps per round and batches of 64 images. How many times did it call a teacher network in all?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch09-teacher-calls"]
 teacher_calls = 5 * 600 * 64 * 2
 
 
@@ -462,7 +462,7 @@ exercises.check_distillation_calls(teacher_calls)
 # is the consistency function (s a float), `times` the decreasing times starting at 1, and `fresh` the noise
 # tensors to use at the second and later times, in order.
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch09-sample"]
 def my_sample(f, noise, times, fresh):
     x = f(noise, times[0])
     for s, z in zip(times[1:], fresh):
@@ -474,7 +474,7 @@ def my_sample(f, noise, times, fresh):
 # NBVAL_CHECK_OUTPUT
 exercises.check_consistency_sampler(my_sample)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch09-open-fresh-noise"]
 # **Exercise 4 (open question).** The consistency student's second step *adds new noise* before jumping
 # again, while the progressive students' steps are deterministic, and each progressive student is a separate
 # network for its own number of steps. Using the table (progressive students with 1, 2, 4 and 8 steps;

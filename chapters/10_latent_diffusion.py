@@ -607,7 +607,7 @@ print(f"a batch of 8 through the whole pipeline (Euler-10, w = 3): {min(batch_se
 # $\mathcal N(0, 1)$ for every latent number, averaged over all of them, with $\log\sigma^2$ given as `logvar`
 # (section 2 derives it); return it as a tensor (or a number).
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch10-kl"]
 def my_kl(mu, logvar):
     return 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
 
@@ -622,7 +622,7 @@ exercises.check_kl(my_kl)
 # within the patch, then column, giving (B, H W / p^2, C p^2). (A learned linear layer would work with any fixed
 # order; the check compares with the library's.)
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch10-patchify"]
 def my_patchify(x, p):
     B, C, H, W = x.shape
     x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
@@ -638,7 +638,7 @@ exercises.check_patchify(my_patchify)
 # `dl.generate`, Heun's method with 10 steps (chapter 8: the last step has no correction), guidance w = 3 and 8
 # prompts. How many images pass through the denoiser in all, counting every image of every call?
 
-# %% tags=["solution"]
+# %% tags=["solution", "exercise:ch10-images-through-denoiser"]
 images_through_denoiser = 19 * 16
 
 
@@ -646,7 +646,7 @@ images_through_denoiser = 19 * 16
 # NBVAL_CHECK_OUTPUT
 exercises.check_pipeline_calls(images_through_denoiser)
 
-# %% [markdown]
+# %% [markdown] tags=["exercise:ch10-open-latent-channels"]
 # **Exercise 4 (open question).** Stable Diffusion 3 moved from 4 latent channels to 16 (Esser et al. 2024,
 # Sec. 5.2.1). Suppose `mnist_vae` kept its 8x8 grid but had 16 channels. Using what this chapter measured (the
 # reconstructions' FID, the latent models' FID at equal training time, the cost of a call), argue what would

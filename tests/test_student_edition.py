@@ -204,3 +204,25 @@ def test_a_student_chapter_runs_to_the_end_with_every_check_saying_not_yet(editi
     assert len(checks) >= 2
     for index in checks:
         assert printed[index].startswith("NOT YET: "), printed[index]
+
+
+def test_the_committed_student_edition_is_the_generated_one(edition):
+    """student/ (what the README's Colab and Binder links open) holds exactly what the command writes today.
+    After changing a chapter: `rm -r student && python -m diffusion_lib.course student-edition student`."""
+    committed = REPO / "student"
+    assert committed.is_dir(), "no student/ folder: python -m diffusion_lib.course student-edition student"
+    generated = {path.name: path.read_bytes() for path in edition.iterdir()}
+    assert sorted(path.name for path in committed.iterdir()) == sorted(generated)
+    stale = [name for name, content in generated.items() if (committed / name).read_bytes() != content]
+    assert not stale, f"student/ is out of date with chapters/ ({stale}): rm -r student, then regenerate it"
+
+
+def test_the_readmes_learner_links_open_the_student_edition():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    colab = re.findall(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/main/([^)]+\.ipynb)", readme)
+    binder = re.findall(r"mybinder\.org/v2/gh/[^)]*urlpath=lab/tree/([^)&]+)", readme)
+    assert len(colab) == len(list(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))) and binder
+    for link in colab + binder:
+        assert link.startswith("student/") and (REPO / link).exists(), link

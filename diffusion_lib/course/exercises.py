@@ -88,9 +88,9 @@ def check_pixelcnn_calls(answer) -> bool:
         return _report(False, "", NO_ANSWER)
     expected = 64 * 64 * 3
     if answer == 64 * 64:
-        return _report(False, "", "that counts pixels; each of the 3 colour values of a pixel is its own step")
+        return _report(False, "", "that counts pixels; a colour pixel holds more than one value, and each is its own step")
     return _report(answer == expected, f"{expected} calls: one per colour value, and it grows with the pixel count",
-                   "count the values generated one after another: height x width x channels")
+                   "count the values generated one after another: every number stored in the image is one call")
 
 
 # Chapter 2 -----------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def check_half_signal_step(answer) -> bool:
     close = isinstance(answer, int) and abs(answer - expected) <= 2
     return _report(close, f"t = {expected}: alpha-bar_t = {alpha_bars[expected]:.3f}, so {expected / len(alpha_bars):.0%} "
                           "of the way into the chain the noise already carries half the variance",
-                   "compute it: (make_schedule('linear').alpha_bars < 0.5).nonzero()[0]")
+                   "after your guess, compute it from the linear schedule's alpha_bars: the first index below 0.5")
 
 
 # Chapter 3 -----------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def check_zero_predictor_loss(answer) -> bool:
     measured = noise.pow(2).mean().item()
     ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
     return _report(ok, f"the loss is E[eps^2] = 1 (measured {measured:.3f}): a trained model must beat 1.0 to have learned anything",
-                   "the target eps ~ N(0, I), so the error of predicting 0 is the variance of eps")
+                   "what distribution is the target eps drawn from, and what is the average square of such a number?")
 
 
 # Chapter 6 -----------------------------------------------------------------------------
@@ -212,8 +212,8 @@ def check_guided_eps(my_guided_eps) -> bool:
     return _report(True, "w = 0 gives the unconditional model, w = 1 the conditional one, w = 3 extrapolates past it", "")
 
 
-def check_unguided_accuracy(answer, measured: float) -> bool:
-    """Predict the accuracy at w = 0 (labels ignored); `measured` is the chapter's own measurement."""
+def check_unguided_accuracy(answer, measured: float | None = None) -> bool:
+    """Predict the accuracy at w = 0 (labels ignored); `measured` is the chapter's own measurement, if made."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     if not isinstance(answer, (int, float)) or isinstance(answer, bool):
@@ -222,7 +222,7 @@ def check_unguided_accuracy(answer, measured: float) -> bool:
     hint = ("0 would mean the model avoids the digit you asked for; but at w = 0 it never sees the label"
             if answer < 0.05 else "at w = 0 the model never sees the label: how often would a random digit match the one you asked for?")
     return _report(ok, f"at w = 0 the label is ignored, so a sample matches its requested digit by chance: "
-                       f"about 1 in 10 (measured {measured:.2f})", hint)
+                       "about 1 in 10" + ("" if measured is None else f" (measured {measured:.2f})"), hint)
 
 
 # Chapter 5 -----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def check_round_trip_calls(answer) -> bool:
     expected = len(calls)
     return _report(answer == expected, f"{expected}: {inverting} network calls to invert (one per step) and "
                                        f"{expected - inverting} to sample back",
-                   "count one network call per step, in each direction")
+                   "count the network calls of the inversion and of the sampling separately, then add them")
 
 
 # Chapter 4 -----------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def check_training_loss(my_loss) -> bool:
 
 
 def check_ema_horizon(answer) -> bool:
-    """About how many recent steps an EMA with decay 0.999 averages over (1 / (1 - decay))."""
+    """About how many recent steps an EMA with decay 0.999 averages over."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     expected = 1 / (1 - 0.999)
@@ -388,7 +388,7 @@ def check_eps_from_velocity(my_eps_x0) -> bool:
 
 
 def check_reflow_calls(answer) -> bool:
-    """Network calls to draw the committed reflow's pairs: 6,000 pairs, Heun with 18 steps (2 N - 1 calls each)."""
+    """Network calls to draw the committed reflow's pairs with Heun's method, counted on the library's own code."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     from .ch09 import network_calls
@@ -396,7 +396,8 @@ def check_reflow_calls(answer) -> bool:
     expected = 6000 * network_calls("heun", 18)
     return _report(answer == expected, f"{expected:,}: 6,000 pairs x 35 calls (Heun makes two per step but none to "
                                        "correct its last step)",
-                   "Heun with N steps makes 2N - 1 calls per image (section 2); multiply by the pairs")
+                   "count Heun's calls per image at 18 steps (section 2: does every step make a correction?), "
+                   "then multiply by the pairs")
 
 
 # Chapter 9 -----------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def check_progressive_target(my_target) -> bool:
 
 
 def check_distillation_calls(answer) -> bool:
-    """Teacher network calls of progressive distillation from 32 steps to 1: 5 rounds x 600 steps x batch 64 x 2."""
+    """Teacher network calls of the committed progressive distillation from 32 steps to 1, counted on the library's loss."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     from ..distill import DistillConfig, progressive_loss
@@ -445,7 +446,7 @@ def check_distillation_calls(answer) -> bool:
     expected = per_step * config.total_steps()
     return _report(answer == expected, f"{expected:,}: {per_step} teacher calls per optimiser step (2 per image) x "
                                        f"{config.total_steps():,} steps ({config.rounds()} rounds of 600)",
-                   "each image in a batch costs two teacher calls; count the rounds from 32 down to 1 by halving")
+                   "how many teacher calls does one image of a batch cost, and how many halvings take 32 steps to 1?")
 
 
 def check_consistency_sampler(my_sample) -> bool:
@@ -522,5 +523,26 @@ def check_pipeline_calls(answer) -> bool:
     expected = sum(seen)
     return _report(answer == expected, f"{expected}: {len(seen)} calls (Heun-10 is 2 x 10 - 1) on batches of "
                                        f"{seen[0]} (guidance runs both captions in one batch of 2 x 8)",
-                   "count the calls of Heun with 10 steps (the last step has no correction), and the batch each call sees "
-                   "when guidance needs the empty caption's prediction too")
+                   "count Heun's network calls at 10 steps (does the last step correct?), and the batch each call "
+                   "sees: guidance needs a second prediction for every image")
+
+
+# The checks by exercise id ------------------------------------------------------------
+# Each exercise's id is the `exercise:ID` tag of its cell in the chapters (the solution cell of an implement
+# or predict exercise, the question of an open one); the student edition, the grader and the nbgrader export
+# use the same ids.
+
+CHECKS = {
+    "ch01-make-mask": check_raster_mask, "ch01-colour-calls": check_pixelcnn_calls,
+    "ch02-q-sample": check_q_sample, "ch02-half-signal-step": check_half_signal_step,
+    "ch03-x0-from-eps": check_x0_from_eps, "ch03-ideal-x0": check_ideal_x0,
+    "ch03-zero-predictor-loss": check_zero_predictor_loss, "ch03-timestep-embedding": check_timestep_embedding,
+    "ch04-loss": check_training_loss, "ch04-ema-horizon": check_ema_horizon,
+    "ch05-ddim-step": check_ddim_step, "ch05-round-trip-calls": check_round_trip_calls,
+    "ch06-guided-eps": check_guided_eps, "ch06-unguided-accuracy-guess": check_unguided_accuracy,
+    "ch07-attention": check_attention, "ch07-dpm-data": check_dpm_data, "ch07-q-jump": check_q_jump,
+    "ch08-flow-pair": check_flow_pair, "ch08-eps-x0": check_eps_from_velocity, "ch08-reflow-pair-calls": check_reflow_calls,
+    "ch09-target": check_progressive_target, "ch09-teacher-calls": check_distillation_calls,
+    "ch09-sample": check_consistency_sampler,
+    "ch10-kl": check_kl, "ch10-patchify": check_patchify, "ch10-images-through-denoiser": check_pipeline_calls,
+}

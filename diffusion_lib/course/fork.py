@@ -8,7 +8,8 @@ INSTRUCTORS.md quotes the first. `REPOSITORY` below is the one address they must
 
     python -m diffusion_lib.course repoint OWNER/NAME     # teach from your fork
 
-rewrites every such link (both files of each chapter pair, the README, INSTRUCTORS.md) and
+rewrites every such link (both files of each chapter pair, in `chapters/` and the student edition `student/`,
+the README, INSTRUCTORS.md) and
 `REPOSITORY` itself, and changes nothing else.
 """
 
@@ -33,8 +34,9 @@ MODULE = Path("diffusion_lib", "course", "fork.py")  # this file, relative to th
 def linked_files(root: str | Path) -> list[Path]:
     """The files of a course checkout that carry links to its repository."""
     root = Path(root)
-    files = [root / "README.md", root / "INSTRUCTORS.md",
-             *sorted((root / "chapters").glob("*.py")), *sorted((root / "chapters").glob("*.ipynb"))]
+    files = [root / "README.md", root / "INSTRUCTORS.md"]
+    for folder in ("chapters", "student"):  # the instructor edition and the committed student edition
+        files += [*sorted((root / folder).glob("*.py")), *sorted((root / folder).glob("*.ipynb"))]
     return [path for path in files if path.exists()]
 
 

@@ -1,0 +1,610 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 3: Noise prediction — learning to undo the damage
+#
+# Chapter 2 destroyed images on purpose: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$.
+# To generate, we must run that backwards, and for that a network only has to answer one question
+# at each step: **which noise was added?**
+#
+# **After this chapter you can**
+# - recover an estimate $\hat x_0$ from $x_t$ and a noise estimate, and convert between the $\varepsilon$, $x_0$ and $v$ parametrisations;
+# - compute the *ideal* denoiser $\mathbb E[x_0 \mid x_t]$ of a finite data set, and explain why it can only reproduce its training images;
+# - derive the noise-prediction loss from the variational bound on the log-likelihood, and say what dropping its weights changes;
+# - read the ideal denoiser as Tweedie's formula: a noise predictor is a scaled score $\nabla_{x_t} \log p_t(x_t)$;
+# - compare a trained noise predictor with the ideal one across timesteps, and read a loss-by-timestep curve;
+# - read the U-Net that predicts the noise: its timestep embedding, residual blocks, skip connections and attention, and follow a batch's shapes through it.
+#
+# **Assumes**: chapter 2 (the closed form $q(x_t \mid x_0)$), the softmax, mean squared error, the
+# Kullback-Leibler divergence and a gradient taken by autograd (for the theory at the ends of sections 1 and 2).
+
+# %%
+# Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "diffusion_lib @ git+https://github.com/diffusion-course/diffusion-course"
+    pass
+
+# %%
+# %matplotlib inline
+import time
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import display
+
+import diffusion_lib as dl
+from diffusion_lib.course import ch03, exercises
+from diffusion_lib.course.plots import show_grid
+from diffusion_lib.training import load_training_data
+
+chapter_start = time.perf_counter()
+FAST = dl.fast_mode()
+print("fast mode" if FAST else "full mode")
+torch.manual_seed(0)
+schedule = dl.make_schedule("linear", 1000)
+test_images, _ = dl.load_mnist(train=False)
+train_images, _ = dl.load_mnist(train=True)
+
+# %% [markdown]
+# ## 1. Why predict the noise?
+#
+# Given $x_t$ and the noise $\varepsilon$ that made it, the clean image follows by rearranging the
+# closed form (DDPM Eq. 15):
+#
+# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon}{\sqrt{\bar\alpha_t}} .$$
+#
+# So a network $\varepsilon_\theta(x_t, t)$ that predicts the noise gives us $\hat x_0$ for free.
+# Predicting $\varepsilon$ is a well-scaled regression at every $t$: the target always has unit
+# variance, while $x_0$ is nearly invisible at large $t$. Two other targets are common: $x_0$ itself,
+# and the "velocity" $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ (Salimans & Ho 2022).
+# All three carry the same information given $x_t$. First by hand, then with the library:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x0 = test_images[:4]
+t = torch.tensor([10, 250, 600, 950])
+eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+xt = dl.q_sample(x0, t, schedule, eps)
+ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)  # float64: form the square roots there, then round to float32
+sqrt_ab, sqrt_one_minus_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
+x0_by_hand = (xt - sqrt_one_minus_ab * eps) / sqrt_ab
+v = sqrt_ab * eps - sqrt_one_minus_ab * x0
+print(f"x0 recovered by hand, largest error:         {(x0_by_hand - x0).abs().max().item():.1e}")
+print(f"library x0_from_eps vs by hand:              {(dl.x0_from_eps(xt, t, eps, schedule) - x0_by_hand).abs().max().item():.1e}")
+print(f"library v target vs by hand:                 {(dl.v_from_eps_x0(eps, x0, t, schedule) - v).abs().max().item():.1e}")
+print(f"eps recovered from v, largest error:         {(dl.eps_from_v(xt, t, v, schedule) - eps).abs().max().item():.1e}")
+print(f"x0 recovered from v, largest error:          {(dl.x0_from_v(xt, t, v, schedule) - x0).abs().max().item():.1e}")
+print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for step, value in zip(t, sqrt_ab.flatten())))
+
+# %% [markdown]
+# (The errors are float32 rounding. The largest, $\hat x_0$ by hand, divides by $\sqrt{\bar\alpha_t}$, which is
+# 0.0103 at $t = 950$, so the rounding of $x_t$ grows nearly a hundredfold; the $v$ conversions only multiply
+# and add, and their errors stay near float32's resolution.)
+#
+# **Why a squared error on $\varepsilon$? The variational bound.** A diffusion model is a latent-variable
+# model: $p_\theta(x_0) = \int p(x_T) \prod_{t=1}^{T} p_\theta(x_{t-1} \mid x_t)\, dx_{1:T}$, with $p(x_T) = \mathcal N(0, I)$.
+# This integral cannot be computed, but Jensen's inequality with the forward chain $q(x_{1:T} \mid x_0)$ as
+# the distribution of the latents bounds it, and the bound regroups into one term per step
+# (Ho et al. 2020, "DDPM", Eq. 5):
+#
+# $$-\log p_\theta(x_0) \le \mathbb E_q\Big[\underbrace{\mathrm{KL}\big(q(x_T \mid x_0)\,\|\,p(x_T)\big)}_{L_T}
+# + \sum_{t=2}^{T} \underbrace{\mathrm{KL}\big(q(x_{t-1} \mid x_t, x_0)\,\|\,p_\theta(x_{t-1} \mid x_t)\big)}_{L_{t-1}}
+# \ \underbrace{-\log p_\theta(x_0 \mid x_1)}_{L_0}\Big] .$$
+#
+# $L_T$ holds no parameters. Each $L_{t-1}$ compares the model's reverse step with the *posterior* of the
+# forward process, which is Gaussian because, by Bayes' rule, $q(x_{t-1} \mid x_t, x_0) \propto q(x_t \mid x_{t-1})\, q(x_{t-1} \mid x_0)$
+# is a product of two Gaussians in $x_{t-1}$ (chapter 2, section 5 derives it; DDPM Eqs. 6-7; `dl.q_posterior`):
+#
+# $$q(x_{t-1} \mid x_t, x_0) = \mathcal N\big(\tilde\mu_t, \tilde\beta_t I\big), \qquad
+# \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t, \qquad
+# \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t .$$
+#
+# Give the model's step the same variance, $p_\theta(x_{t-1} \mid x_t) = \mathcal N(\mu_\theta, \sigma_t^2 I)$ with $\sigma_t^2 = \tilde\beta_t$. Three steps:
+#
+# 1. **KL of two Gaussians with one variance.** For $x \sim \mathcal N(m_1, s^2 I)$ in $D$ dimensions,
+#    $\log \mathcal N(x; m_1, s^2 I) - \log \mathcal N(x; m_2, s^2 I) = \big(\lVert x - m_2\rVert^2 - \lVert x - m_1\rVert^2\big)/(2s^2)$;
+#    its expectation uses $\mathbb E\lVert x - m_1\rVert^2 = Ds^2$ and $\mathbb E\lVert x - m_2\rVert^2 = \lVert m_1 - m_2\rVert^2 + Ds^2$, so
+#    $\mathrm{KL} = \lVert m_1 - m_2\rVert^2 / (2s^2)$: a scaled squared distance of the means.
+# 2. **The posterior mean through $\varepsilon$.** Put $x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon)/\sqrt{\bar\alpha_t}$ into $\tilde\mu_t$ and use
+#    $\bar\alpha_t = \alpha_t \bar\alpha_{t-1}$: the coefficients of $x_t$ add up to $\frac{\beta_t + \alpha_t(1-\bar\alpha_{t-1})}{\sqrt{\alpha_t}\,(1-\bar\alpha_t)} = \frac{1}{\sqrt{\alpha_t}}$, so
+#    $\tilde\mu_t = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\varepsilon\big)$ (DDPM Eq. 10).
+# 3. **The model's mean through $\varepsilon_\theta$.** Parametrise $\mu_\theta$ the same way, with the network's $\varepsilon_\theta(x_t, t)$
+#    in place of the unknown $\varepsilon$ (DDPM Eq. 11; the same as putting its $\hat x_0$ into $\tilde\mu_t$). The means then differ by
+#    $\frac{\beta_t}{\sqrt{\alpha_t}\sqrt{1-\bar\alpha_t}}(\varepsilon - \varepsilon_\theta)$, and
+#
+# $$L_{t-1} = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t\,(1-\bar\alpha_t)}\,\big\lVert \varepsilon - \varepsilon_\theta(x_t, t)\big\rVert^2 = w_t\,\big\lVert \varepsilon - \varepsilon_\theta(x_t, t)\big\rVert^2 \qquad \text{(DDPM Eq. 12)}.$$
+#
+# The bound is a *weighted* noise-prediction error. DDPM's loss $L_\text{simple} = \mathbb E_{t, x_0, \varepsilon}\lVert \varepsilon - \varepsilon_\theta\rVert^2$
+# drops $w_t$ (Ho et al. 2020, Sec. 3.4, who found it trains better and gives better samples). Check the last
+# equation on numbers: a test digit, its noise, a timestep and an arbitrary $\hat\varepsilon$ (here random); the
+# two Gaussians' means come from the library's posterior, the KL from `torch.distributions`; first the
+# posterior itself against Bayes' rule on a grid, for one pixel.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+step = torch.tensor([300])  # code index; the library's t is the paper's t + 1 (see diffusion_lib/schedules.py)
+generator = torch.Generator().manual_seed(4)
+x0_64 = test_images[:1].double()
+eps_64, eps_hat = torch.randn(2, *x0_64.shape, generator=generator, dtype=torch.float64)
+xt_64 = dl.q_sample(x0_64, step, schedule, eps_64)
+
+# Bayes' rule on a grid of x_{t-1} for pixel 400: q(x_t | x_{t-1}) q(x_{t-1} | x_0), normalised
+pixel, grid = 400, torch.linspace(-6, 6, 200_001, dtype=torch.float64)
+beta, ab_prev = schedule.betas[step], schedule.alpha_bars_prev[step]
+log_joint = (-(xt_64.flatten()[pixel] - (1 - beta).sqrt() * grid) ** 2 / (2 * beta)
+             - (grid - ab_prev.sqrt() * x0_64.flatten()[pixel]) ** 2 / (2 * (1 - ab_prev)))
+density = (log_joint - log_joint.max()).exp()
+density = density / density.sum()
+grid_mean = (density * grid).sum()
+grid_var = (density * (grid - grid_mean) ** 2).sum()
+post_mean, post_var = dl.q_posterior(x0_64, xt_64, step, schedule)
+print(f"posterior of one pixel: Bayes on a grid mean {grid_mean:.6f}, variance {grid_var:.4e}; "
+      f"dl.q_posterior {post_mean.flatten()[pixel]:.6f}, {post_var.item():.4e}")
+
+# The bound's term: KL between the posterior and the model's step with the same variance
+model_mean, _ = dl.q_posterior(dl.x0_from_eps(xt_64, step, eps_hat, schedule), xt_64, step, schedule)
+std = post_var.sqrt().expand_as(post_mean)
+kl = torch.distributions.kl_divergence(torch.distributions.Normal(post_mean, std),
+                                       torch.distributions.Normal(model_mean, std)).sum()
+weights = ch03.bound_weight(schedule)  # (T,) w_t for sigma_t^2 = beta-tilde_t
+alpha_t = schedule.alphas[step]
+eq10_mean = (xt_64 - beta / (1 - schedule.alpha_bars[step]).sqrt() * eps_hat) / alpha_t.sqrt()
+print(f"model mean: posterior at x0_hat vs Eq. 10 with eps_hat, largest difference {(model_mean - eq10_mean).abs().max():.1e}")
+print(f"KL from the two Gaussians: {kl:.6f}; w_t ||eps - eps_hat||^2: {weights[step].item() * (eps_64 - eps_hat).pow(2).sum():.6f} "
+      f"(with the next step's weight instead: {weights[step + 1].item() * (eps_64 - eps_hat).pow(2).sum():.6f})")
+
+# %% [markdown]
+# Bayes' rule on a grid and the library's posterior agree, the model's mean is Eq. 10 with $\hat\varepsilon$ in
+# place of $\varepsilon$, and the KL and $w_t \lVert \varepsilon - \hat\varepsilon\rVert^2$ agree to every printed digit,
+# while the weight of the next step already differs from the second decimal on. What does
+# $L_\text{simple}$ change by setting every $w_t$ to 1? Plot $w_t$ for this chapter's linear schedule:
+
+# %%
+steps_all = np.arange(1, schedule.T)  # code t = 0 is the decoder term L_0, where beta-tilde = 0 and w is infinite
+fig, ax = plt.subplots(figsize=(6, 3.4))
+ax.plot(steps_all, weights[1:].numpy())
+ax.set(xlabel="t", ylabel="w_t (log scale)", yscale="log", title="the bound's weight on ||eps - eps_theta||^2; L_simple uses 1")
+plt.show()
+lowest = int(weights[1:].argmin()) + 1
+print("w_t at t = " + ", ".join(f"{k}: {weights[k].item():.4f}" for k in (1, 10, 100, lowest, 999)) + f" (the smallest is at t = {lowest})")
+print(f"relative to t = 1, L_simple gives t = 100 {(weights[1] / weights[100]).item():.0f}x, t = {lowest} "
+      f"{(weights[1] / weights[lowest]).item():.0f}x and t = 999 {(weights[1] / weights[999]).item():.0f}x more weight than the bound")
+
+# %% [markdown]
+# The bound weighs the least noisy steps most: $w_1$ is 59 times $w_{100}$. Past $t = 100$ the weight is nearly
+# flat on this log scale: it bottoms out at $t = 349$, half its value at $t = 100$, and climbs back to the same
+# 0.0102 at $t = 999$. $L_\text{simple}$ weighs every step alike, so relative to the bound it takes weight away
+# from the first few dozen steps, where the network only has to remove a trace of noise, and gives it to all
+# the others: most to the middle ($t = 349$ gains 120 times on $t = 1$), and as much to $t = 100$ as to
+# $t = 999$ (59 times each); not to the largest $t$ in particular. Ho et al. (Sec. 3.4) argue that this lets the network spend its
+# capacity on the harder denoising at larger $t$, and measured better samples with it. The price: a model
+# trained on $L_\text{simple}$ is not trained for the best likelihood (Nichol & Dhariwal 2021 learn $\sigma_t$ and
+# add the bound back as a small extra term to get both).
+
+
+# %% [markdown]
+# ## 2. The ideal denoiser, and why it is not what we want
+#
+# Suppose the training set has $N$ points $x^{(1)}, \dots, x^{(N)}$. Seeing $x_t$, which one was it?
+# Bayes' rule with the Gaussian likelihood $q(x_t \mid x^{(i)})$ gives softmax weights, and the
+# best possible (minimum squared error) estimate is their weighted average:
+#
+# $$p(i \mid x_t) = \operatorname{softmax}_i\!\Big(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(i)}\rVert^2}{2(1-\bar\alpha_t)}\Big),
+# \qquad \mathbb E[x_0 \mid x_t] = \sum_i p(i \mid x_t)\, x^{(i)} .$$
+#
+# A network trained to perfection on these $N$ points would output exactly the $\varepsilon$ this
+# implies. Let us build it for eight 2-D points by hand, compare with `dl.ideal_x0`, and watch where it sends noisy points.
+
+# %%
+points = dl.make_toy("moons", 8, torch.Generator().manual_seed(0)).double()
+xt_2d = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), sharex=True, sharey=True, layout="constrained")
+summary = []
+for ax, t_value in zip(axes, [900, 300, 30]):
+    steps = torch.full((500,), t_value)
+    ab_t = schedule.alpha_bars[t_value]
+    logits = -((xt_2d[:, None, :] - ab_t.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab_t))  # (500, 8)
+    by_hand = torch.softmax(logits, dim=1) @ points
+    assert torch.allclose(by_hand, dl.ideal_x0(xt_2d, steps, points, schedule))
+    ax.scatter(*by_hand.T, s=8, alpha=0.5, label="E[x0 | x_t] of 500 noisy points")
+    ax.scatter(*points.T, marker="x", color="k", s=60, label="the 8 training points")
+    ax.set(title=f"t = {t_value}, alpha-bar = {ab_t.item():.3f}", xlabel="x1")
+    to_mean = (by_hand - points.mean(0)).norm(dim=1).max().item()
+    near_a_point = (torch.cdist(by_hand, points).min(1).values < 0.05).double().mean().item()
+    summary.append(f"t = {t_value}: farthest estimate from the points' mean {to_mean:.2f}; within 0.05 of a training point {near_a_point:.0%}")
+axes[0].set_ylabel("x2")
+fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=9)
+plt.show()
+print("\n".join(summary))
+
+# %% [markdown]
+# At high noise ($t = 900$) every estimate is the average of all points, give or take 0.07; as $t$ falls it
+# snaps onto the single nearest training point (at $t = 30$, 92% of the estimates lie within 0.05 of one; the
+# rest lie between neighbouring training points, where $x_t$ is about equally near to two of them). Sampling with it (DDIM from chapter 5, here only as a black box) therefore
+# can only return training images. Try it on MNIST with a small training set:
+
+# %%
+memory = train_images[: (64 if FAST else 512)].double()
+ideal_eps = dl.ideal_eps_fn(memory, schedule)
+samples = dl.sample_loop(ideal_eps, (16, 1, 28, 28), schedule, "ddim", steps=(20 if FAST else 50),
+                         generator=torch.Generator().manual_seed(3), x_T=torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+nearest = torch.cdist(samples.flatten(1), memory.flatten(1)).min(1).values
+print(f"{len(samples)} samples from the ideal denoiser of {len(memory)} training images: "
+      f"distance to the nearest training image: max {nearest.max().item():.2e} (pixels span 2.0)")
+display(show_grid(samples, "samples from the ideal denoiser: every one is a training image", ncols=8))
+
+# %% [markdown]
+# That is **memorisation**. A generative model should produce *new* digits, so we do not want the
+# minimiser of the training loss over all functions; we want a smooth network whose limited
+# capacity and inductive biases make it *generalise*: close to the ideal denoiser where data are
+# dense (high noise), and interpolating between training images where they are not (low noise).
+#
+# **The same denoiser, seen as a score.** The *score* of the noisy data is $\nabla_{x_t} \log p_t(x_t)$, the
+# direction in which the density of $x_t$ grows fastest. Write $p_t(x_t) = \int q(x_t \mid x_0)\, p(x_0)\, dx_0$ with
+# $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0, (1-\bar\alpha_t) I)$, whose gradient in $x_t$ is
+# $-q(x_t \mid x_0)\,(x_t - \sqrt{\bar\alpha_t}\,x_0)/(1-\bar\alpha_t)$. Differentiate under the integral, divide by $p_t(x_t)$,
+# and recognise $q(x_t \mid x_0)\,p(x_0)/p_t(x_t) = p(x_0 \mid x_t)$ (Bayes' rule):
+#
+# $$\nabla_{x_t} \log p_t(x_t) = -\frac{\mathbb E_{p(x_0 \mid x_t)}\big[x_t - \sqrt{\bar\alpha_t}\,x_0\big]}{1-\bar\alpha_t}
+# = -\frac{x_t - \sqrt{\bar\alpha_t}\,\mathbb E[x_0 \mid x_t]}{1-\bar\alpha_t} .$$
+#
+# Solved for the posterior mean, this is **Tweedie's formula** (Robbins 1956; Efron 2011):
+#
+# $$\mathbb E[x_0 \mid x_t] = \frac{x_t + (1-\bar\alpha_t)\,\nabla_{x_t} \log p_t(x_t)}{\sqrt{\bar\alpha_t}} ,$$
+#
+# and putting it into $\varepsilon = (x_t - \sqrt{\bar\alpha_t}\,\hat x_0)/\sqrt{1-\bar\alpha_t}$ gives the best noise prediction
+#
+# $$\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\;\nabla_{x_t} \log p_t(x_t) .$$
+#
+# So a noise predictor is a score estimator, scaled by $-\sqrt{1-\bar\alpha_t}$: the bridge to score-based models
+# (Song et al. 2021). Nothing here assumed a finite data set. For one, $p_t$ is a mixture of $N$ Gaussians
+# centred at $\sqrt{\bar\alpha_t}\,x^{(i)}$,
+#
+# $$\log p_t(x_t) = \operatorname{logsumexp}_i\Big(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(i)}\rVert^2}{2(1-\bar\alpha_t)}\Big) - \log N - \frac D2 \log\big(2\pi(1-\bar\alpha_t)\big),$$
+#
+# and the gradient of a logsumexp is a softmax: Tweedie's formula for this mixture is the softmax-weighted
+# average above. The ideal denoiser *is* Tweedie's formula. Check with autograd: `ch03.mixture_log_density`
+# builds this log-density, `torch.autograd.grad` differentiates it, and the results are compared with the
+# library's ideal denoiser for the same training digits as the samples above, at three noise levels:
+
+# %%
+for t_value in (50, 300, 700):
+    steps = torch.full((8,), t_value)
+    ab_t = schedule.alpha_bars[t_value]
+    noisy = dl.q_sample(test_images[:8].double(), steps, schedule,
+                        torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(t_value), dtype=torch.float64))
+    noisy.requires_grad_(True)
+    log_density = ch03.mixture_log_density(noisy, steps, memory, schedule)  # (8,)
+    score, = torch.autograd.grad(log_density.sum(), noisy)  # each image's log-density depends on that image only
+    tweedie_x0 = (noisy + (1 - ab_t) * score) / ab_t.sqrt()
+    noisy = noisy.detach()
+    assert torch.allclose(tweedie_x0, dl.ideal_x0(noisy, steps, memory, schedule), atol=1e-9)
+    print(f"t = {t_value:3d}: largest |score| {score.abs().max():7.2f}; Tweedie's x0 vs dl.ideal_x0: "
+          f"{(tweedie_x0 - dl.ideal_x0(noisy, steps, memory, schedule)).abs().max():.1e}; "
+          f"-sqrt(1 - ab) score vs dl.ideal_eps_fn: {(-(1 - ab_t).sqrt() * score - ideal_eps(noisy, steps)).abs().max():.1e}")
+
+# %% [markdown]
+# ## 3. A learned noise predictor next to the ideal one
+#
+# **2-D first.** Train the library's MLP on two moons with the loss of DDPM
+# (Algorithm 1, $L_\text{simple}$): $\lVert \varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon, t)\rVert^2$.
+# Then measure, at each $t$, the noise-prediction error on **held-out** points, for the network and
+# for the ideal denoiser of 2,000 of its training points (the function a network trained on those
+# 2,000 would become if it memorised them perfectly; all of them would make the ideal denoiser slower to evaluate).
+
+# %%
+moons_config = dl.TrainConfig(data="moons", steps=(300 if FAST else 3000), batch_size=256, lr=3e-3, T=1000, ema_decay=0.99, seed=0,
+                              objective="ddpm", schedule="linear", prediction="eps")  # this chapter's DDPM
+train_start = time.perf_counter()
+moons = dl.train(moons_config, progress=False)
+train_seconds = time.perf_counter() - train_start
+moons_train, _ = load_training_data(moons_config)  # the exact points it trained on
+held_out = dl.make_toy("moons", 2000, torch.Generator().manual_seed(7))
+timesteps = np.linspace(0, 999, 12 if FAST else 25).astype(int)
+learned_2d = dl.as_eps_fn(moons.ema_model, schedule)
+ideal_2d = dl.ideal_eps_fn(moons_train[:2000], schedule)
+errors_2d = {name: ch03.eps_error_by_timestep(fn, held_out, schedule, timesteps, torch.Generator().manual_seed(8))
+             for name, fn in (("learned MLP", learned_2d), ("ideal for 2,000 training points", ideal_2d))}
+ch03.plot_error_by_timestep(timesteps, errors_2d, "noise-prediction MSE on held-out points", "two moons: error by timestep")
+print(f"trained {moons_config.steps} steps on {len(moons_train):,} points in {train_seconds:.0f} s")
+for i in (1, len(timesteps) // 2, len(timesteps) - 1):
+    print(f"at t = {timesteps[i]}: learned {errors_2d['learned MLP'][i]:.2e}, "
+          f"ideal for 2,000 training points {errors_2d['ideal for 2,000 training points'][i]:.2e}")
+
+# %% [markdown]
+# The memorising ideal denoiser does badly on new points at low noise (at $t = 41$ its error is 9.42, the
+# network's 0.635): it pulls them onto the nearest *training* point. The network has learned the shape of
+# the moons rather than where its training points lie, and does far better there. In the middle the two
+# are close ($t = 499$: 0.077 and 0.119). At the highest noise the ideal denoiser is the better one
+# ($t = 999$: 6.0e-5 against 5.0e-4): there $x_t$ is almost pure noise, the right answer is almost $x_t$
+# itself, and the small network gets it only approximately.
+#
+# **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
+# `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). It was trained with
+# flow matching (chapter 4) and outputs a velocity, from which the noise it implies follows exactly
+# (`dl.as_eps_fn` does the change of variables). Its noise-prediction error by timestep on test
+# digits, next to the ideal denoiser of a training subset:
+
+# %%
+unet, info = dl.pretrained("mnist_cond")
+print(f"U-Net: {sum(p.numel() for p in unet.parameters()):,} parameters, trained {info['step']} steps")
+learned = dl.as_eps_fn(unet, schedule, info["prediction"])
+subset = train_images[: (500 if FAST else 5000)]
+ideal = dl.ideal_eps_fn(subset, schedule)
+probe = test_images[: (32 if FAST else 256)]
+timesteps = np.linspace(0, 999, 8 if FAST else 20).astype(int)
+errors = {name: ch03.eps_error_by_timestep(fn, probe, schedule, timesteps, torch.Generator().manual_seed(9))
+          for name, fn in (("learned U-Net", learned), (f"ideal for {len(subset):,} training digits", ideal))}
+ch03.plot_error_by_timestep(timesteps, errors, "noise-prediction MSE on test digits", "MNIST: noise-prediction error by timestep")
+
+# %% [markdown]
+# The shape of the learned curve is the typical loss-by-timestep of a diffusion model: the noise
+# is hard to tell apart from fine detail at small $t$ (the image is almost clean and the noise tiny),
+# easy to estimate at large $t$ (where $x_t$ is almost all noise). A DDPM trained with chapter 4's
+# loss draws $t$ uniformly, so it averages exactly these errors into its one loss number.
+#
+# ## 4. Drag the timestep
+#
+# For one test digit: $x_t$, the true noise, each denoiser's predicted noise (with its error), the
+# $\hat x_0$ it implies (with its error against the clean digit), and the clean digit $x_0$ itself.
+# Lower $t$ from 400 and watch the ideal denoiser's $\hat x_0$ jump to a training digit.
+
+# %%
+digit = test_images[7:8]
+digit_noise = torch.randn(digit.shape, generator=torch.Generator().manual_seed(10))
+denoisers = {"learned U-Net": learned, "ideal (memorising)": ideal}
+
+
+def show_denoising(t=400):
+    return ch03.denoise_view(t, digit, digit_noise, denoisers, schedule)
+
+
+widgets.interact(show_denoising, t=widgets.IntSlider(value=400, min=0, max=999, step=1, continuous_update=False));
+
+# %% [markdown]
+# (The slider needs a running kernel; for readers of the static page, the same view at $t = 400$ and
+# $t = 200$, and what the slider shows at other $t$, measured:)
+
+# %%
+display(show_denoising(400))
+display(show_denoising(200))
+print(f"{'t':>4} {'ideal x0_hat: MSE to x0':>24} {'to nearest training digit':>26} {'learned x0_hat: MSE to x0':>26}")
+for t_value in (600, 400, 300, 200, 100, 10):
+    steps = torch.full((1,), t_value)
+    noisy = dl.q_sample(digit, steps, schedule, digit_noise)
+    with torch.no_grad():
+        x0_hats = {name: dl.x0_from_eps(noisy, steps, fn(noisy, steps), schedule).clamp(-1, 1) for name, fn in denoisers.items()}
+    to_training = (subset - x0_hats["ideal (memorising)"]).pow(2).mean((1, 2, 3)).min()
+    print(f"{t_value:>4} {(x0_hats['ideal (memorising)'] - digit).pow(2).mean():>24.3f} {to_training:>26.4f} "
+          f"{(x0_hats['learned U-Net'] - digit).pow(2).mean():>26.3f}")
+
+# %% [markdown]
+# At $t = 400$ the ideal denoiser still blends training digits (its $\hat x_0$ is 0.0273 from the nearest
+# one). From $t = 300$ down, its $\hat x_0$ *is* a training digit (0.0000 from the nearest), a 9 written
+# differently from the test digit (the $t = 200$ view): its error against the clean $x_0$ stays between 0.19
+# and 0.20 all the way to $t = 10$.
+# The learned U-Net's $\hat x_0$ instead closes in on the clean digit: 0.052 at $t = 300$, 0.008 at $t = 100$,
+# 0.000 at $t = 10$.
+
+# %% [markdown]
+# ## 5. Inside the noise predictor: the U-Net
+#
+# Sections 3 and 4 used the U-Net as a black box: a noisy image and its noise level in, an
+# image-shaped prediction out. Chapter 4 trains one, so here it is opened, piece by piece, on the
+# same committed `mnist_cond` (the code is `diffusion_lib/unet.py`).
+#
+# **How the network is told the noise level.** One number is a poor input for a stack of
+# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; this model was trained with
+# flow matching, chapter 4, which measures noise by $s \in [0, 1]$ and passes $1000\,s$; all that matters
+# here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
+# geometrically spaced frequencies (the transformer's position code, Vaswani et al. 2017, Sec. 3.5):
+#
+# $$e(t) = \big[\cos(\omega_0 t), \dots, \cos(\omega_{d/2-1} t),\ \sin(\omega_0 t), \dots, \sin(\omega_{d/2-1} t)\big],
+# \qquad \omega_i = 10000^{-i/(d/2)} .$$
+#
+# With this U-Net's $d = 16$ the periods $2\pi/\omega_i$ run from 6.3 steps ($\omega_0 = 1$) to
+# about 20,000. A small MLP (Linear, SiLU, Linear) then widens $e(t)$ to the 64 numbers every
+# block reads. Exercise 5 asks you to write $e(t)$; here is the library's:
+
+# %%
+levels = torch.arange(1000)
+codes = dl.unet.timestep_embedding(levels, 16)  # (1000, 16)
+slow = [4, 5, 6, 7, 12, 13, 14, 15]  # the cosines and sines of the four slowest frequencies (periods >= 628 steps)
+similarity_all = torch.nn.functional.cosine_similarity(codes, codes[500:501], dim=1)
+similarity_slow = torch.nn.functional.cosine_similarity(codes[:, slow], codes[500:501, slow], dim=1)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+ax1.imshow(codes.T, aspect="auto", cmap="RdBu", interpolation="nearest", extent=(0, 1000, 15.5, -0.5))
+ax1.set(xlabel="noise label t", ylabel="dimension of e(t)", title="e(t), d = 16: cosines (0-7), sines (8-15)")
+ax2.plot(levels, similarity_all, label="all 16 dimensions")
+ax2.plot(levels, similarity_slow, label="the 8 slow dimensions")
+ax2.set(xlabel="noise label t", ylabel="cosine similarity to e(500)", title="how alike e(t) and e(500) are")
+ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+plt.show()
+print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
+      + ", ".join(f"{similarity_all[t]:.2f}" for t in (490, 499, 501, 510))
+      + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
+
+# %% [markdown]
+# The fast dimensions (rows 0-1 and 8-9 of the left panel, periods of 6 and 20 steps) change completely within a few steps, so the
+# whole vector tells $t = 499$ from $t = 490$ (similarity 0.94 against 0.46); the slow dimensions
+# change smoothly over the whole range (similarity above 0.99 ten steps away), so nearby noise
+# levels also share most of their code. The MLP sees both.
+#
+# **A residual block**, the piece this U-Net repeats eleven times. With $c$ the conditioning vector
+# (the MLP's output plus, for this class-conditional model, a learned vector for the label: one row
+# per digit and an eleventh for "no label", which chapter 6 uses), GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
+# scale and shift per channel), $\mathrm{SiLU}(z) = z\,\sigma(z)$ and $3\times3$ convolutions $W_1, W_2$:
+#
+# $$h = W_1 \star \mathrm{SiLU}(\mathrm{GN}(x)) + A\,\mathrm{SiLU}(c), \qquad
+# \mathrm{out} = S x + W_2 \star \mathrm{SiLU}(\mathrm{GN}(h)) .$$
+#
+# $A\,\mathrm{SiLU}(c)$ is one number per channel, added at every position: the same filters, shifted
+# by how noisy the input is and which digit is asked for. $S$ is the identity, or a $1\times1$
+# convolution where the channel count changes, so the block computes a correction to its input.
+# (Every linear map and convolution here also adds a bias; the equations leave them out.)
+# By hand (the first GroupNorm too) for the block that widens 16 channels to 32, against the library:
+
+# %%
+block = unet.down[4][0]
+x_in = torch.randn(2, 16, 7, 7, generator=torch.Generator().manual_seed(11))
+with torch.no_grad():
+    c = unet.time_mlp(dl.unet.timestep_embedding(torch.tensor([500.0, 500.0]), 16)) + unet.label_emb(torch.tensor([3, 3]))
+    groups = x_in.reshape(2, 8, -1)  # 8 groups of 2 channels, each over its 2 x 49 numbers
+    normed = ((groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
+    normed = normed.reshape(x_in.shape) * block.norm1.weight[:, None, None] + block.norm1.bias[:, None, None]
+    h = block.conv1(torch.nn.functional.silu(normed)) + block.emb(torch.nn.functional.silu(c))[:, :, None, None]
+    by_hand = block.skip(x_in) + block.conv2(torch.nn.functional.silu(block.norm2(h)))
+    library = block(x_in, c)
+print(f"conditioning vector c: {tuple(c.shape)}; block output {tuple(library.shape)}; "
+      f"by hand vs the library's ResBlock: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
+# **The U shape.** Follow a batch of four digits through the whole network (forward hooks record
+# what each part receives and returns during one real call):
+
+# %%
+parts = ch03.trace_shapes(unet, test_images[:4], torch.full((4,), 500.0), torch.arange(4))
+print(f"{'part':<10} {'what it is':<24} {'input':>16} {'output':>16} {'parameters':>10}")
+for row in parts:
+    print(f"{row['part']:<10} {row['kind']:<24} {str(row['input']):>16} {str(row['output']):>16} {row['parameters']:>10,}")
+at_7x7 = sum(row["parameters"] for row in parts if row["output"][-1] == 7 and row["input"][-1] == 7)
+total = sum(row["parameters"] for row in parts)
+print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p in unet.parameters()):,}; "
+      f"{at_7x7:,} ({at_7x7 / total:.0%}) work at 7x7")
+
+# %% [markdown]
+# Read the table top to bottom. The two embeddings make $c$; the stem, a $3\times3$ convolution, turns
+# the one grey channel into 16. On the way down, strided $3\times3$
+# convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
+# 7x7, where the channels are widest, sit most of the parameters and the self-attention layers.
+# On the way up, every residual block's input is wider than the previous part's output: the features saved
+# at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
+# channels). These **skip connections** are why the shape is a U and not an hourglass: the
+# prediction must be right at every one of the 784 pixels, and the skips hand the up path the
+# full-resolution features directly instead of making it rebuild them from 7x7 (the design's
+# rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
+# double the resolution; the head maps 16 channels back to one: the predicted velocity (a DDPM
+# model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
+#
+# **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
+# An attention layer lets every one of the 49 positions read every other in one step. With one
+# $C$-vector per position (rows of $H$), after GroupNorm,
+#
+# $$Q = \mathrm{GN}(H) W_Q,\quad K = \mathrm{GN}(H) W_K,\quad V = \mathrm{GN}(H) W_V, \qquad
+# \mathrm{Attn}(H) = H + \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt C}\Big) V\, W_O .$$
+#
+# Row $p$ of the softmax is where position $p$ looks: 49 weights that sum to 1. Chapter 7 reuses this
+# formula with keys and values from a caption's words (cross-attention). By hand, against the
+# middle attention layer:
+
+# %%
+attention = unet.mid_attn
+H = torch.randn(2, 32, 7, 7, generator=torch.Generator().manual_seed(12))
+with torch.no_grad():
+    q, k, v = attention.qkv(attention.norm(H)).reshape(2, 3, 32, 49).transpose(2, 3).unbind(1)  # (B, 49, C) each
+    weights = (q @ k.transpose(1, 2) / 32**0.5).softmax(dim=-1)  # (B, 49, 49)
+    by_hand = H + attention.out((weights @ v).transpose(1, 2).reshape(H.shape))
+    library = attention(H)
+print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 positions; "
+      f"by hand vs the library's layer: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
+# ## Summary
+#
+# - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
+# - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
+# - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
+# - The variational bound on $-\log p_\theta(x_0)$ is a sum of KL terms between Gaussians; with the model's mean written
+#   through $\varepsilon_\theta$ each is $w_t \lVert \varepsilon - \varepsilon_\theta\rVert^2$ with $w_t = \beta_t^2 / (2\sigma_t^2 \alpha_t (1-\bar\alpha_t))$.
+#   $L_\text{simple}$ sets $w_t = 1$, which shifts weight from the least noisy steps to all the others.
+# - A noise predictor estimates a scaled score: $\varepsilon^* = -\sqrt{1-\bar\alpha_t}\,\nabla_{x_t} \log p_t(x_t)$, and Tweedie's formula
+#   $\mathbb E[x_0 \mid x_t] = (x_t + (1-\bar\alpha_t)\nabla \log p_t)/\sqrt{\bar\alpha_t}$ applied to a finite set's mixture is the ideal denoiser.
+# - The loss depends strongly on $t$; DDPM's training loss is its average over uniformly drawn $t$.
+# - The U-Net reads the noise level as sines and cosines $e(t)$, adds it to every residual block as a per-channel shift,
+#   halves the resolution on the way down and restores it on the way up with skip connections, and lets
+#   every position read every other through self-attention at 7x7.
+#
+# ## Exercises
+#
+# **Exercise 1 (implement).** Write `my_x0_from_eps(xt, t, eps, alpha_bars)` returning $\hat x_0$.
+
+# %% tags=["solution", "exercise:ch03-x0-from-eps"]
+def my_x0_from_eps(xt, t, eps, alpha_bars):
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_x0_from_eps, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_x0_from_eps(my_x0_from_eps)
+
+# %% [markdown]
+# **Exercise 2 (implement).** Write `my_ideal_x0(xt, t, data, alpha_bars)`: $\mathbb E[x_0 \mid x_t]$
+# for `xt` of shape (B, D), `data` of shape (N, D). Use `torch.softmax` for numerical safety.
+
+# %% tags=["solution", "exercise:ch03-ideal-x0"]
+def my_ideal_x0(xt, t, data, alpha_bars):
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_ideal_x0, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_ideal_x0(my_ideal_x0)
+
+# %% [markdown]
+# **Exercise 3 (predict, then check).** A lazy network always outputs $\varepsilon_\theta = 0$, whatever it is
+# shown. What is its loss (the mean squared error against the true noise) at a given $t$, and how does it
+# change with $t$? Work it out from how $\varepsilon$ is drawn, write down the number, then check. Afterwards, draw it
+# as a horizontal line on section 3's two plots: at which $t$ does the ideal denoiser do worse than this lazy network?
+
+# %% tags=["solution", "exercise:ch03-zero-predictor-loss"]
+zero_predictor_loss = None  # YOUR CODE HERE: your answer
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_zero_predictor_loss(zero_predictor_loss)
+
+# %% [markdown] tags=["exercise:ch03-open-memorise"]
+# **Exercise 4 (open question).** The ideal denoiser memorises; the network generalises. What
+# would you expect to happen to the learned curve in section 3 if you trained a much larger network
+# for much longer on only 500 MNIST digits? How could you detect it from samples alone?
+
+# %% [markdown]
+# **Exercise 5 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
+# section 5 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
+
+# %% tags=["solution", "exercise:ch03-timestep-embedding"]
+def my_timestep_embedding(t, dim):
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_timestep_embedding, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_timestep_embedding(my_timestep_embedding)
+
+# %%
+print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")
