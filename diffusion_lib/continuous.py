@@ -20,7 +20,8 @@ name the same noise by a real number, and all three are one family under a chang
 The network `F` is the same U-Net (or MLP) as DDPM's: its "timestep" input becomes a noise
 label, 1000 c_noise for EDM and 1000 s for flow, so that its sinusoidal embedding, built for
 steps 0..999, resolves it. `as_eps_model` turns either family into a DDPM noise predictor on
-any discrete schedule, so DDIM, DPM-Solver++ and inpainting run on these models unchanged.
+any discrete schedule, for the eps_fn code of chapters 3-7; `generate` asks the same networks through
+`denoisers.Denoiser`, which makes the same change of variables at any level of the path.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ class Denoiser:
     """`denoiser(x, level, labels)` -> (x0_hat, eps_hat) for a network trained with `prediction` (see the module).
 
     `schedule` is the DDPM schedule a discrete network (eps, x0 or v) was trained on: it can be asked only at
-    that schedule's steps. `edm` and `flow` networks take any level with alpha > 0 (flow: also alpha = 0).
+    that schedule's steps. `edm` networks take any level with alpha > 0 and sigma > 0; `flow` ones any level.
+    The pair comes back as (x0_hat, eps_hat); an `eps_fn` of chapters 3-7 returns (eps, x0_hat), the other way.
     """
 
     def __init__(self, net, prediction: str, schedule: Schedule | None = None, sigma_data: float = SIGMA_DATA):
@@ -63,7 +64,6 @@ class Denoiser:
         if prediction in PREDICTIONS and schedule is None:
             raise ValueError(f"a network that predicts {prediction} on DDPM's steps needs the schedule it was trained on")
         self.net, self.prediction, self.schedule, self.sigma_data = net, prediction, schedule, sigma_data
-        self.discrete = prediction in PREDICTIONS
 
     def __call__(self, x: torch.Tensor, level: Level, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prediction == "flow":
@@ -129,9 +129,11 @@ class EpsFnDenoiser:
     it may return the pair (eps, x0_hat), as `models.as_eps_model(..., with_x0=True)` does)."""
 
     def __init__(self, eps_fn, schedule: Schedule):
-        self.eps_fn, self.schedule, self.discrete = eps_fn, schedule, True
+        self.eps_fn, self.schedule = eps_fn, schedule
 
     def __call__(self, x, level: Level, labels=None):
+        if level.t is None or level.t < 0:
+            raise ValueError(f"a noise predictor of DDPM's discrete steps cannot be asked at {level}")
         if labels is not None:
             raise ValueError("a bare eps_fn(x, t) takes no labels: bind them into it (guidance.guided_eps_fn)")
         t = torch.full((len(x),), level.t, dtype=torch.long, device=x.device)

@@ -1,4 +1,4 @@
-"""The model zoo by name, and the adapter from any parametrisation to the `eps_fn` samplers use.
+"""The model zoo by name, and the adapter from any parametrisation to an `eps_fn` (the chapters' DDPM code; `generate` uses `denoisers`).
 
 | name       | class          | config         | what it models                       |
 | ---------- | -------------- | -------------- | ------------------------------------ |

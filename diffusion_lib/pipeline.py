@@ -169,7 +169,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     """Sample n data points from a trained denoiser whose checkpoint `info` came with it.
 
     `sampler` is one of ddpm, ddim, dpm-solver++ (any model) or heun, euler (models trained with
-    the edm or flow objective) or consistency (flow models; `distill.consistency_sample`); None takes
+    the edm or flow objective) or consistency (flow models; `samplers.sample_consistency`); None takes
     `default_sampler(info)` and `steps` None that sampler's default (for a distilled student, its own
     steps). heun with N steps makes 2N - 1 network calls.
     `labels` (n,) LongTensor for a class-conditional model (None: all labels drawn uniformly);

@@ -22,8 +22,9 @@ The second part is what `generate` runs: the levels each sampler visits (`ddpm_l
 `flow_levels`, chosen by `sampler_levels`) and the family `sample_ddpm`, `sample_ddim`, `sample_dpm_solver`,
 `sample_euler`, `sample_heun` and `sample_consistency`, each `sample_NAME(denoiser, x, levels, generator)`
 over a denoiser that answers (x0_hat, eps_hat) at any level (`denoisers`). Guidance and the network's
-parametrisation live in the denoiser, so nothing here changes for them; a new sampler is one function and one
-row of `SAMPLER_FUNCTIONS` and `SAMPLER_GRIDS`. `tests/test_denoisers.py` checks the family against the
+parametrisation live in the denoiser, so nothing here changes for them; a new sampler is one function, a row
+of `SAMPLER_FUNCTIONS` and `SAMPLER_GRIDS`, and its name in `SAMPLERS` or `ODE_SAMPLERS`, all in this module.
+euler and heun need levels with an ODE time tau (`karras_levels`, `flow_levels`). `tests/test_denoisers.py` checks the family against the
 papers' steps. Code timestep `t` in 0..T-1 is the paper's t+1 (see `schedules`).
 Randomness comes from a `torch.Generator` or an explicit `noise=` tensor.
 """
@@ -356,7 +357,7 @@ def sample_consistency(denoiser, x, levels, generator=None, trajectory=None, pro
     return x
 
 
-# name -> (function, (default steps, DDPM timestep grid or None for the network's own path))
+# name -> its function; name -> (default steps, DDPM timestep grid, or None for the network's own path)
 SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": sample_dpm_solver,
                      "heun": sample_heun, "euler": sample_euler, "consistency": sample_consistency}
 SAMPLER_GRIDS = {"ddpm": (None, ddim_timesteps), "ddim": (50, ddim_timesteps),
