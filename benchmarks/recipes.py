@@ -103,7 +103,7 @@ def slug(name: str) -> str:
 def steps_per_second(fields: dict, lever: str | None = None, repeats: int = 12) -> float:
     """Median training steps per second of a recipe's network and batch on this machine (forward, backward, AdamW)."""
     from diffusion_lib.schedules import make_schedule
-    from diffusion_lib.training import draw_batch, objective
+    from diffusion_lib.training import batch_loss, draw_batch
 
     config = dl.TrainConfig(**{**fields, "objective": "flow", "loss_weight": "none", "prediction": None})
     lever = "bf16" if config.precision == "bf16" else lever
@@ -123,7 +123,7 @@ def steps_per_second(fields: dict, lever: str | None = None, repeats: int = 12) 
             x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16"):
-            loss = objective(fn, config, x0, t, noise, batch_labels, schedule)
+            loss = batch_loss(fn, config, x0, t, noise, batch_labels, schedule)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

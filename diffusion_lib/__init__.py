@@ -19,13 +19,14 @@ One idea per module:
 | `unet`, `dit`, `mlp`, `pixelcnn` | the networks (`dit`: a diffusion transformer, MMDiT with text) |
 | `models`      | the networks by name; adapters to the `eps_fn` samplers use        |
 | `data`        | MNIST in [-1, 1] and 2-D toy data sets                             |
-| `training`    | the DDPM loss (and min-SNR weighting), EMA, the resumable (and distributable) training loop |
+| `loop`        | the one training loop (`fit`): draw, loss, backward, AdamW, EMA; a run's state saved and restored whole |
+| `training`    | `train`: a run's config, its batches, the DDPM loss (and min-SNR weighting); resumable and distributable |
 | `checkpoint`  | safetensors checkpoints with their config; the committed models    |
 | `classifier`  | a small MNIST classifier, the judge of generated digits            |
 | `evaluation`  | MNIST-FID, class accuracy, histogram and diversity of samples      |
 | `course`      | the chapters' widget callbacks, measurements and exercise checks   |
 | `pipeline`    | checkpoint -> samples in one call: its denoiser, guidance, a sampler of the family, decoding (used by the command line); the checks the API and the CLI share; inpainting and image-to-image |
-| `runtime`     | device choice and the course's fast mode                           |
+| `runtime`     | device choice, the one precision rule (bf16 autocast), the course's fast mode |
 
 Code timestep `t` in 0..T-1 is the papers' t+1 throughout (see `schedules`). EDM and flow models
 name noise by a real number instead (sigma, or s in [0, 1]); `continuous` says how each maps to t,
@@ -52,7 +53,8 @@ from .samplers import (Trajectory, ddim_invert, ddim_step, ddim_timesteps, ddpm_
                        sampler_levels, slerp)
 from .denoisers import Denoiser, Level, denoiser_for
 from .schedules import Schedule, make_schedule
-from .training import EMA, TrainConfig, diffusion_loss, train
+from .loop import EMA
+from .training import TrainConfig, diffusion_loss, train
 from .unet import UNet, UNetConfig, timestep_embedding
 from .autoencoder import VAE, VAEConfig
 

@@ -36,14 +36,16 @@ import torch
 
 from .checkpoint import (FORMAT, PRETRAINED_DIR, CheckpointError, load_model, read_tensors, resolve, save_model,
                          save_tensors, weights_digest)
-from .continuous import _column, flow_times, flow_velocity
+from .continuous import _column, flow_velocity
 from .denoisers import Denoiser, bound, flow_estimates
 from .samplers import flow_levels, sample_consistency, sample_heun
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .runtime import pick_device
 from .models import arch_of
-from .training import (DENOISERS, EMA, MODEL_FILE, TrainConfig, TrainingDiverged, bf16_wanted, load_optimizer, load_training_data,
-                       optimizer_keys, optimizer_tensors, progress_bar)
+from .loop import (EMA, Run, Task, check_max_seconds, fit, load_prefixed, new_run, optimizer_keys, restore_run,
+                   run_tensors)
+from .runtime import autocast, bf16_wanted
+from .training import DENOISERS, MODEL_FILE, TrainConfig, load_training_data
 
 METHODS = ("reflow", "progressive", "consistency")
 STATE_FILE, PAIRS_FILE, STUDENTS = "distill_state.safetensors", "pairs.safetensors", "students"
@@ -218,7 +220,7 @@ def teacher_pairs(teacher, n: int, steps: int, seed: int, shape, batch_size: int
     device = next(teacher.parameters()).device
     denoiser = bound(Denoiser(teacher, "flow"))
     out = []
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(device, bf16):
         for i in range(0, n, batch_size):
             out.append(sample_heun(denoiser, noise[i:i + batch_size].to(device), flow_levels(steps)).float().cpu())
     return noise, torch.cat(out)
@@ -255,11 +257,9 @@ def straightness(xs: list[torch.Tensor], times: list[float]) -> float:
 
 
 @dataclass
-class DistillResult:
-    model: torch.nn.Module  # the student being trained
-    ema_model: torch.nn.Module  # its EMA weights, for sampling
-    losses: list[float]
-    step: int
+class DistillResult(Run):
+    """A distillation's run (`model` the student, `ema_model` its EMA weights, for sampling), and what it made."""
+
     students: dict[int, torch.nn.Module] = dataclasses.field(default_factory=dict)  # progressive: steps -> EMA student
     seconds: float = 0.0  # wall time of the whole run so far, resumed parts and reflow's pairs included
 
@@ -284,8 +284,7 @@ def distill(config: DistillConfig, out_dir=None, device=None, progress: bool = T
     draws its pairs from the teacher into `out_dir/pairs.safetensors`. `max_seconds` stops early, with a
     checkpoint; `callback(step, loss, result)` runs every step. Nothing earlier is lost (`outputs`).
     """
-    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
+    check_max_seconds(max_seconds)
     if out_dir is None:
         return _distill(config, None, device, progress, max_seconds, callback)
     out_dir = check_writable(out_dir)
@@ -297,85 +296,76 @@ def distill(config: DistillConfig, out_dir=None, device=None, progress: bool = T
 
 def _distill(config, out_dir, device, progress, max_seconds, callback) -> DistillResult:
     device = pick_device(device)
-    teacher, teacher_info = load_teacher(config.teacher, device)
-    bf16 = bf16_wanted(config.precision, arch_of(teacher), device)
-    student = copy.deepcopy(teacher).requires_grad_(True)
-    ema, target = EMA(student, config.ema_decay), copy.deepcopy(teacher)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed + 1)  # training draws; the pairs use `seed` itself
-    result = DistillResult(student, ema.model, [], 0)
     clock = time.perf_counter()
+    teacher, teacher_info = load_teacher(config.teacher, device)
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    bf16 = bf16_wanted(config.precision, arch_of(teacher), device)
+    # the training draws come from seed + 1; reflow's pairs use `seed` itself
+    run = new_run(student, config.lr, config.ema_decay, config.seed + 1, device, bf16, config.grad_clip, DistillResult)
+    target = copy.deepcopy(teacher)
     if out_dir is not None and (out_dir / STATE_FILE).exists():
-        result.step, result.seconds = _load_state(out_dir / STATE_FILE, config, student, ema, target, teacher,
-                                                  optimizer, generator, result.losses)
+        _load_state(out_dir / STATE_FILE, config, run, target, teacher)
     data = _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress)
-    bar = progress_bar(config.total_steps(), result.step, progress, desc="distilling")
-    start, out_of_time = time.perf_counter(), False
-    while result.step < config.total_steps() and not out_of_time:
-        round_, step_in_round = divmod(result.step, config.steps)
-        if config.method == "progressive" and step_in_round == 0 and round_ > 0:  # the last student teaches now
-            teacher.load_state_dict(ema.model.state_dict())
-            student.load_state_dict(ema.model.state_dict())
-            ema = EMA(student, config.ema_decay)
-            optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
-            result.ema_model = ema.model
-        loss = _step(config, student, teacher, target, ema, optimizer, generator, data, round_, step_in_round, bf16,
-                     device)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at step {result.step + 1}: lower --lr")
-        result.step += 1
-        result.losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if callback is not None:
-            callback(result.step, loss, result)
-        out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
-        result.seconds, clock = result.seconds + time.perf_counter() - clock, time.perf_counter()
-        round_end = result.step % config.steps == 0
-        if config.method == "progressive" and round_end:
-            n = config.round_students()[result.step // config.steps - 1]
-            result.students[n] = copy.deepcopy(ema.model)
-            if out_dir is not None:
-                save_model(out_dir / STUDENTS / f"steps_{n:03d}.safetensors", ema.model,
-                           student_info(config, teacher_info, result.step, n, result.seconds))
-        last = result.step == config.total_steps() or out_of_time
-        if out_dir is not None and (result.step % config.save_every == 0 or last or round_end):
-            _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result)
-    bar.close()
-    return result
+    task = DistillTask(config, teacher, teacher_info, target, data, out_dir, clock)
+    return fit(run, task, config.total_steps(), max_seconds, progress, callback)
 
 
-def _step(config, student, teacher, target, ema, optimizer, generator, data, round_, step_in_round, bf16, device) -> float:
-    """One optimiser step of the configured method; the batch is drawn from `generator`."""
-    first, second = data
-    B = config.batch_size
-    idx = torch.randint(0, len(first), (B,), generator=generator)
-    student.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+class DistillTask(Task):
+    """`fit`'s task for `distill`: the method's loss; progressive distillation's rounds (the last student becomes
+    the teacher, with a fresh EMA and optimiser); consistency's target network; students and state in `out_dir`."""
+
+    desc = "distilling"
+
+    def __init__(self, config: DistillConfig, teacher, teacher_info: dict, target, data, out_dir, clock: float):
+        self.config, self.teacher, self.teacher_info, self.target = config, teacher, teacher_info, target
+        self.data, self.out_dir, self.clock = data, out_dir, clock
+
+    def begin_step(self, run: DistillResult) -> None:
+        round_, step_in_round = divmod(run.step, self.config.steps)
+        if self.config.method == "progressive" and step_in_round == 0 and round_ > 0:  # the last student teaches now
+            self.teacher.load_state_dict(run.ema_model.state_dict())
+            run.model.load_state_dict(run.ema_model.state_dict())
+            run.ema = EMA(run.model, self.config.ema_decay)
+            run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=self.config.lr, weight_decay=0.0)
+
+    def loss(self, run: DistillResult) -> torch.Tensor:
+        """The method's loss on a batch drawn from `run.generator` (reflow: of pairs; the others: of data)."""
+        config, (first, second), generator, device = self.config, self.data, run.generator, run.device
+        B = config.batch_size
+        idx = torch.randint(0, len(first), (B,), generator=generator)
         if config.method == "reflow":  # first: the pairs' noise, second: the teacher's images
             s = torch.rand(B, generator=generator).to(device)
-            loss = reflow_loss(student, first[idx], second[idx], s)
-        else:
-            noise = torch.randn((B, *first.shape[1:]), generator=generator).to(device)
-            if config.method == "progressive":
-                n_student = config.round_students()[round_]
-                k = torch.randint(1, n_student + 1, (B,), generator=generator).to(device)
-                loss = progressive_loss(student, teacher, first[idx], noise, k.float(), n_student)
-            else:
-                N = config.teacher_steps
-                n = torch.randint(1, N + 1, (B,), generator=generator).to(device)
-                loss = consistency_loss(student, target, teacher, first[idx], noise, n.float(), N)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-    optimizer.step()
-    ema.update(student, round_ * config.steps + step_in_round if config.method != "progressive" else step_in_round)
-    if config.method == "consistency":
-        with torch.no_grad():
-            for t_p, p in zip(target.parameters(), student.parameters()):
-                t_p.lerp_(p, 1 - config.target_decay)
-    return float(loss.detach())
+            return reflow_loss(run.model, first[idx], second[idx], s)
+        noise = torch.randn((B, *first.shape[1:]), generator=generator).to(device)
+        if config.method == "progressive":
+            n_student = config.round_students()[run.step // config.steps]
+            k = torch.randint(1, n_student + 1, (B,), generator=generator).to(device)
+            return progressive_loss(run.model, self.teacher, first[idx], noise, k.float(), n_student)
+        N = config.teacher_steps
+        n = torch.randint(1, N + 1, (B,), generator=generator).to(device)
+        return consistency_loss(run.model, self.target, self.teacher, first[idx], noise, n.float(), N)
+
+    def ema_step(self, run: DistillResult) -> int:
+        return run.step % self.config.steps if self.config.method == "progressive" else run.step
+
+    def end_step(self, run: DistillResult) -> None:
+        if self.config.method == "consistency":  # theta^- <- mu theta^- + (1 - mu) theta
+            with torch.no_grad():
+                for t_p, p in zip(self.target.parameters(), run.model.parameters()):
+                    t_p.lerp_(p, 1 - self.config.target_decay)
+
+    def checkpoint(self, run: DistillResult, last: bool) -> None:
+        config, out_dir = self.config, self.out_dir
+        run.seconds, self.clock = run.seconds + time.perf_counter() - self.clock, time.perf_counter()
+        round_end = run.step % config.steps == 0
+        if config.method == "progressive" and round_end:
+            n = config.round_students()[run.step // config.steps - 1]
+            run.students[n] = copy.deepcopy(run.ema_model)
+            if out_dir is not None:
+                save_model(out_dir / STUDENTS / f"steps_{n:03d}.safetensors", run.ema_model,
+                           student_info(config, self.teacher_info, run.step, n, run.seconds))
+        if out_dir is not None and (run.step % config.save_every == 0 or last or round_end):
+            _save_state(out_dir, config, self.teacher_info, run, self.target, self.teacher)
 
 
 def _training_data(config, teacher, teacher_info, out_dir, device, bf16, progress):
@@ -409,27 +399,23 @@ def _pair_recipe(config: DistillConfig) -> dict:
             "precision": config.precision, "teacher_sha256": teacher_digest(config)}
 
 
-def _save_state(out_dir, config, teacher_info, student, ema, target, teacher, optimizer, generator, result) -> None:
+def _save_state(out_dir, config, teacher_info, run: DistillResult, target, teacher) -> None:
     """The student's EMA weights for sampling, then everything needed to resume."""
     n = None
     if config.method == "progressive":
-        n = config.round_students()[min((result.step - 1) // config.steps, config.rounds() - 1)]
-    save_model(out_dir / MODEL_FILE, ema.model, student_info(config, teacher_info, result.step, n, result.seconds))
-    tensors = {f"model.{k}": v for k, v in student.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
+        n = config.round_students()[min((run.step - 1) // config.steps, config.rounds() - 1)]
+    save_model(out_dir / MODEL_FILE, run.ema_model, student_info(config, teacher_info, run.step, n, run.seconds))
+    tensors = run_tensors(run)
     tensors.update({f"target.{k}": v for k, v in target.state_dict().items()})
     tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})  # progressive: this round's teacher
-    tensors.update(optimizer_tensors(optimizer))
-    tensors["rng.generator"] = generator.get_state()
-    tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
     save_tensors(out_dir / STATE_FILE, tensors, {"format": FORMAT, "kind": "distill_state",
-                                                  "step": str(result.step),
-                                                  "seconds": f"{result.seconds:.3f}",
+                                                  "step": str(run.step),
+                                                  "seconds": f"{run.seconds:.3f}",
                                                   "distill_config": json.dumps(dataclasses.asdict(config)),
                                                   "teacher_sha256": teacher_digest(config)})
 
 
-def _load_state(path, config, student, ema, target, teacher, optimizer, generator, losses) -> tuple[int, float]:
+def _load_state(path, config, run: DistillResult, target, teacher) -> None:
     tensors, metadata = read_tensors(path)
     if metadata.get("kind") != "distill_state":
         raise CheckpointError(f"{path} is not a distillation state")
@@ -446,11 +432,8 @@ def _load_state(path, config, student, ema, target, teacher, optimizer, generato
                               f"its weights are now {teacher_digest(config)}: restore that teacher, or distil into a "
                               "new --out folder")
     step = int(metadata["step"])
-    for prefix, module in (("model.", student), ("ema.", ema.model), ("target.", target), ("teacher.", teacher)):
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     at_round_start = config.method == "progressive" and step % config.steps == 0
-    if not at_round_start and all(k in tensors for k in optimizer_keys(student)):
-        load_optimizer(optimizer, student, tensors)
-    generator.set_state(tensors["rng.generator"])
-    losses.extend(tensors["history.loss"].tolist())
-    return step, float(metadata.get("seconds", 0.0))
+    restore_run(run, tensors, step, optimizer=not at_round_start and all(k in tensors for k in optimizer_keys(run.model)))
+    load_prefixed(target, tensors, "target.")
+    load_prefixed(teacher, tensors, "teacher.")
+    run.seconds = float(metadata.get("seconds", 0.0))

@@ -23,6 +23,7 @@ from .inpainting import inpaint
 from .models import DENOISERS, arch_of
 from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, flow_levels, sample, sample_euler,
                        sample_heun, sampler_levels, start_noise)
+from .runtime import autocast
 from .schedules import make_schedule
 from .text import tokenize
 
@@ -210,7 +211,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     generator = torch.Generator(device).manual_seed(seed)
     x = start_noise(levels, (n, *image_shape(model)) if is_image else (n, model.config.data_dim), generator, device)
     trajectory = Trajectory() if return_trajectory else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(device, precision == "bf16"):
         samples = sample(sampler, denoiser, x, levels, generator, eta, trajectory, progress)
     samples = check_finite(samples.float())
     if "latent" in info and decode:

@@ -6,6 +6,8 @@
   step counts and sample sizes so the whole course executes in minutes.
 - `fast_bf16(device)`: whether bfloat16 arithmetic runs natively there (training's
   `precision="auto"` uses it: bf16 autocast speeds a step up only where the hardware has it).
+- `bf16_wanted(precision, arch, device)` and `autocast(device, bf16)`: the one precision rule of training,
+  distillation and the teacher's samples ("auto", "fp32" or "bf16").
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ def fast_bf16(device: torch.device) -> bool:
         return False
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_wanted(precision: str, arch: str, device: torch.device) -> bool:
+    """Whether a run's steps go under bfloat16 autocast: precision "bf16"; or "auto" for a U-Net (where the recipe
+    study measured the gain) on hardware with native bf16. Small MLPs and the other models stay in float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and arch == "unet" and fast_bf16(device))
+
+
+def autocast(device: torch.device, bf16: bool):
+    """The context a forward (and backward) pass runs in: bfloat16 autocast when `bf16`, else plain float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def cpu_flags() -> set[str]:

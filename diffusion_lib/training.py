@@ -1,4 +1,4 @@
-"""Training a noise predictor: the simple DDPM loss, EMA, and a resumable, distributable loop.
+"""Training a denoiser (or the course's other models): a run's config, its batches, its loss; `loop.fit` trains it.
 
 DDPM Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I);
 gradient step on ||eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t)||^2 } (Eq. 14, "L_simple").
@@ -13,8 +13,12 @@ TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a
 | `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, arXiv 2303.09556) |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
-| `ema_decay`     | the exponential moving average of the weights used for sampling |
-| `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32); "auto": bf16 where the hardware runs it natively |
+| `ema_decay`     | the exponential moving average of the weights used for sampling (`loop.EMA`) |
+| `precision`     | "bf16": forward and backward under bfloat16 autocast (weights, optimiser and EMA stay float32); "auto": bf16 where the hardware runs it natively (`runtime.bf16_wanted`) |
+
+`train` builds the network and a `loop.Run`, and hands `loop.fit` a `ModelTask`: a batch drawn by `draw_batch`,
+its loss by `batch_loss`, a linear warm-up of the learning rate, and the checkpoints. The step itself (backward,
+clipping, AdamW, EMA) is `fit`'s, the same for `distill`.
 
 The same loop trains the course's other MNIST models (`arch="pixelcnn"`: the negative
 log-likelihood of binarised digits; `arch="classifier"`: cross-entropy of the labels; `arch="vae"`: the
@@ -30,12 +34,10 @@ one process with the whole batch (DistributedDataParallel averages the gradients
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,9 @@ from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoenc
 from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .pixelcnn import binarize, pixelcnn_loss
-from .runtime import fast_bf16, pick_device
+from .loop import EMA, TrainingDiverged  # noqa: F401 (re-exported: the names a learner meets with `train`)
+from .loop import Run, Task, check_max_seconds, fit, new_run, optimizer_keys, restore_run, run_tensors
+from .runtime import PRECISIONS, bf16_wanted, pick_device
 from .schedules import SCHEDULES, make_schedule
 from .text import HELD_OUT, mnist_caption_data, tokenize, training_captions
 
@@ -64,7 +68,6 @@ TOY_POINTS, TOY_SEED = 20000, 1234
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
 IMAGE_MODELS = ("pixelcnn", "classifier", "vae")
 LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
-PRECISIONS = ("auto", "fp32", "bf16")
 # The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
 # study"): flow matching, batch 64, lr 2e-3, a U-Net of 16 base channels, bf16 where the hardware has it.
 RECIPE_NETWORKS = {"unet": {"base_channels": 16}}
@@ -257,32 +260,7 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GA
     return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
 
 
-class EMA:
-    """Exponential moving average of a model's weights, with the usual warm-up of the decay.
-
-    decay_k = min(ema_decay, (1 + k) / (10 + k)) at update k, so early weights are forgotten quickly.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if ema_p.dtype.is_floating_point:
-                ema_p.lerp_(p, 1 - decay)
-            else:
-                ema_p.copy_(p)
-
-
-@dataclass
-class TrainResult:
-    model: nn.Module
-    ema_model: nn.Module
-    losses: list[float]
-    step: int
+TrainResult = Run  # what `train` returns and its callback receives: model, ema_model, losses, step
 
 
 def load_training_data(config: TrainConfig):
@@ -344,10 +322,10 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, progress: bool = True,
-          callback=None, max_seconds: float | None = None, overwrite: bool = False) -> TrainResult:
-    """Train (or resume, when `out_dir` holds a training state) and return the model, EMA model and losses.
+          callback=None, max_seconds: float | None = None, overwrite: bool = False) -> Run:
+    """Train (or resume, when `out_dir` holds a training state) and return the run: model, EMA model and losses.
 
-    `callback(step, loss, result)` runs every step on rank 0 (for live plots). Checkpoints go to
+    `callback(step, loss, run)` runs every step on rank 0 (for live plots). Checkpoints go to
     `out_dir/model.safetensors` (EMA weights, for sampling) and `out_dir/train_state.safetensors`
     (everything needed to resume) every `save_every` steps and at the end; the EMA model at each
     step listed in `snapshots` is kept in `out_dir/snapshots/step_NNNNNN.safetensors`, for showing
@@ -361,8 +339,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
     `overwrite`. A loss that stops being finite ends the run with a `TrainingDiverged` error,
     leaving the last checkpoint saved before it as it was.
     """
-    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
+    check_max_seconds(max_seconds)
     rank, world = _distributed()
     if out_dir is None or rank != 0:
         return _train(config, out_dir, device, progress, callback, max_seconds, rank, world)
@@ -373,105 +350,85 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, device=None, p
         return _train(config, out_dir, device, progress, callback, max_seconds, rank, world)
 
 
-class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite: the weights are no longer usable."""
-
-
-def _train(config: TrainConfig, out_dir, device, progress, callback, max_seconds, rank, world) -> TrainResult:
+def _train(config: TrainConfig, out_dir, device, progress, callback, max_seconds, rank, world) -> Run:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     device = pick_device(f"cuda:{rank}" if world > 1 and torch.cuda.is_available() else device)
     torch.manual_seed(config.seed)  # initial weights
     model = build_model(config.model_arch, config.model_config()).to(device)
-    ema = EMA(model, config.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    result = TrainResult(model, ema.model, [], 0)
-    last_saved = None  # the step of the checkpoint on disk, for the message if training diverges
+    run = new_run(model, config.lr, config.ema_decay, config.seed, device, uses_bf16(config, device), config.grad_clip)
     if out_dir is not None and (Path(out_dir) / STATE_FILE).exists():
-        result.step = last_saved = _load_state(Path(out_dir) / STATE_FILE, config, model, ema, optimizer, generator,
-                                               result.losses)
-    schedule = make_schedule(config.schedule, config.T)
-    data, labels = load_training_data(config)
-    data = data.to(device)
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    bar = progress_bar(config.steps, result.step, enabled=progress and rank == 0)
-    start, out_of_time = time.perf_counter(), False
-    while result.step < config.steps and not out_of_time:
-        loss = _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, result.step, rank, world)
-        if not math.isfinite(loss):
-            bar.close()
-            raise TrainingDiverged(
-                f"the loss became {loss} at step {result.step + 1}, so training stopped"
-                + (f"; {out_dir} keeps the checkpoint of step {last_saved}" if last_saved else "; nothing was saved")
-                + ". Lower --lr, keep --grad-clip on (1 is the default), or check the data")
-        result.step += 1
-        result.losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if callback is not None and rank == 0:
-            callback(result.step, loss, result)
-        out_of_time = max_seconds is not None and _agree(time.perf_counter() - start >= max_seconds, world, device)
-        last = result.step == config.steps or out_of_time
-        if out_dir is not None and rank == 0 and (result.step % config.save_every == 0 or last):
-            save_training(out_dir, config, model, ema, optimizer, generator, result)
-            last_saved = result.step
-        if out_dir is not None and rank == 0 and result.step in config.snapshots:
-            save_model(Path(out_dir) / "snapshots" / f"step_{result.step:06d}.safetensors", ema.model,
-                       {**config.info(), "step": result.step})
-    bar.close()
+        _load_state(Path(out_dir) / STATE_FILE, config, run)
+    task = ModelTask(config, run, out_dir, rank, world)
+    fit(run, task, config.steps, max_seconds, progress and rank == 0, callback if rank == 0 else None)
     if world > 1:  # let rank 0 finish writing, then leave the group together (a lone exit can abort gloo)
         dist.barrier()
         dist.destroy_process_group()
-    return result
+    return run
 
 
-def _agree(flag: bool, world: int, device) -> bool:
-    """True on every process when it is true on any (so that all ranks stop at the same step)."""
-    if world == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+class ModelTask(Task):
+    """`fit`'s task for `train`: the configured loss on batches of the training data, a linear warm-up of the
+    learning rate, checkpoints and snapshots in `out_dir`, and under torchrun a slice of each global batch."""
 
+    def __init__(self, config: TrainConfig, run: Run, out_dir, rank: int, world: int):
+        self.config, self.out_dir, self.rank, self.world = config, out_dir, rank, world
+        self.schedule = make_schedule(config.schedule, config.T)
+        data, self.labels = load_training_data(config)
+        self.data = data.to(run.device)
+        self.net = nn.parallel.DistributedDataParallel(run.model) if world > 1 else run.model
+        self.null_label = getattr(run.model.config, "num_classes", None)  # read once, not from a folder each step
+        self.last_saved = run.step or None  # the step of the checkpoint on disk, for the message if training diverges
 
-def _train_step(net, model, ema, optimizer, generator, data, labels, schedule, config, step, rank, world) -> float:
-    null_label = getattr(model.config, "num_classes", None)  # read once, not from the (folder's) data each step
-    x0, t, noise, batch_labels = draw_batch(data, labels, config, generator, null_label)
-    shard = slice(rank * len(t) // world, (rank + 1) * len(t) // world)
-    device = data.device
-    x0, t, noise = x0[shard], t[shard].to(device), noise[shard].to(device)
-    batch_labels = None if batch_labels is None else batch_labels[shard].to(device)
-    for group in optimizer.param_groups:
-        group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
-    net.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
-        loss = objective(net, config, x0, t, noise, batch_labels, schedule)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    ema.update(model, step)
-    loss = loss.detach()
-    if world > 1:
-        dist.all_reduce(loss)
-        loss = loss / world
-    return float(loss)
+    def begin_step(self, run: Run) -> None:
+        for group in run.optimizer.param_groups:
+            group["lr"] = self.config.lr * min(1.0, (run.step + 1) / max(self.config.warmup, 1))
+
+    def loss(self, run: Run) -> torch.Tensor:
+        x0, t, noise, labels = draw_batch(self.data, self.labels, self.config, run.generator, self.null_label)
+        shard = slice(self.rank * len(t) // self.world, (self.rank + 1) * len(t) // self.world)
+        device = run.device
+        labels = None if labels is None else labels[shard].to(device)
+        return batch_loss(self.net, self.config, x0[shard], t[shard].to(device), noise[shard].to(device), labels,
+                          self.schedule)
+
+    def reported(self, loss: torch.Tensor) -> float:
+        loss = loss.detach()
+        if self.world > 1:
+            dist.all_reduce(loss)
+            loss = loss / self.world
+        return float(loss)
+
+    def agree(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.data.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def diverged(self, loss: float, run: Run) -> str:
+        kept = f"; {self.out_dir} keeps the checkpoint of step {self.last_saved}" if self.last_saved else "; nothing was saved"
+        return (f"the loss became {loss} at step {run.step + 1}, so training stopped{kept}. "
+                "Lower --lr, keep --grad-clip on (1 is the default), or check the data")
+
+    def checkpoint(self, run: Run, last: bool) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        if run.step % self.config.save_every == 0 or last:
+            save_training(self.out_dir, self.config, run)
+            self.last_saved = run.step
+        if run.step in self.config.snapshots:
+            save_model(Path(self.out_dir) / "snapshots" / f"step_{run.step:06d}.safetensors", run.ema_model,
+                       {**self.config.info(), "step": run.step})
 
 
 def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether a training step runs under bfloat16 autocast: "bf16"; or "auto", for the U-Net (where the study
-    measured the gain) on hardware with native bf16. Small MLPs and other models stay in float32."""
+    measured the gain) on hardware with native bf16 (`runtime.bf16_wanted`). Small MLPs and other models stay in float32."""
     return bf16_wanted(config.precision, config.model_arch, device)
 
 
-def bf16_wanted(precision: str, arch: str, device: torch.device) -> bool:
-    """`uses_bf16` for any run (training or distillation): precision "bf16", or "auto" for a U-Net on fast bf16."""
-    return precision == "bf16" or (precision == "auto" and arch == "unet" and fast_bf16(device))
-
-
-def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch.Tensor:
+def batch_loss(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch.Tensor:
     """The loss of one batch for the configured architecture."""
     if config.model_arch == "pixelcnn":
         return pixelcnn_loss(net, binarize(x0))
@@ -486,31 +443,18 @@ def objective(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torch
     return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)
 
 
-def progress_bar(total: int, initial: int, enabled: bool, desc: str = "training"):
-    """A tqdm bar over optimiser steps, starting at `initial` (a resumed run), or a silent one."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step")
-
-
-def save_training(out_dir, config: TrainConfig, model, ema: EMA, optimizer, generator, result: TrainResult) -> None:
+def save_training(out_dir, config: TrainConfig, run: Run) -> None:
     """Write the EMA model for sampling, then the full training state for resuming."""
     out_dir = Path(out_dir)
-    info = {**config.info(), "step": result.step}
-    save_model(out_dir / MODEL_FILE, ema.model, info)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
-    tensors.update(optimizer_tensors(optimizer))
-    tensors["rng.generator"] = generator.get_state()
-    tensors["history.loss"] = torch.tensor(result.losses, dtype=torch.float64)
-    metadata = {"format": FORMAT, "kind": "train_state", "step": str(result.step),
+    save_model(out_dir / MODEL_FILE, run.ema_model, {**config.info(), "step": run.step})
+    metadata = {"format": FORMAT, "kind": "train_state", "step": str(run.step),
                 "train_config": json.dumps(dataclasses.asdict(config)), "classes": json.dumps(config.classes())}
     if config.latent is not None:  # the autoencoder whose latents the run learns (`_check_same_autoencoder`)
         metadata["autoencoder_sha256"] = weights_digest(autoencoder_path(config.latent))
-    save_tensors(out_dir / STATE_FILE, tensors, metadata)
+    save_tensors(out_dir / STATE_FILE, run_tensors(run), metadata)
 
 
-def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
+def _load_state(path, config: TrainConfig, run: Run) -> None:
     tensors, metadata = read_tensors(path)
     if metadata.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
@@ -529,13 +473,8 @@ def _load_state(path, config, model, ema, optimizer, generator, losses) -> int:
                               f"data now has {list(classes or [])}: restore the class subfolders, or train into a new "
                               "--out folder")
     _check_same_autoencoder(path, metadata, config)
-    _check_complete(path, metadata, tensors, optimizer_keys(model))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    load_optimizer(optimizer, model, tensors)
-    generator.set_state(tensors["rng.generator"])
-    losses.extend(tensors["history.loss"].tolist())
-    return int(metadata["step"])
+    _check_complete(path, metadata, tensors, optimizer_keys(run.model))
+    restore_run(run, tensors, int(metadata["step"]))
 
 
 def _check_same_autoencoder(path, metadata: dict, config: TrainConfig) -> None:
@@ -548,31 +487,6 @@ def _check_same_autoencoder(path, metadata: dict, config: TrainConfig) -> None:
         raise CheckpointError(f"{path.parent} holds a run on the latents of the autoencoder {config.latent} as it was "
                               f"({pinned}); its weights are now {digest}: restore that autoencoder, or train into a "
                               "new --out folder")
-
-
-def optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:
-    """AdamW's state as flat named tensors (`optim.I.step`, `.exp_avg`, `.exp_avg_sq`), for a safetensors file."""
-    tensors = {}
-    for i, state in optimizer.state_dict()["state"].items():
-        tensors.update({f"optim.{i}.{k}": v.reshape(-1) if v.ndim == 0 else v for k, v in state.items()})
-    return tensors
-
-
-def optimizer_keys(model) -> list[str]:
-    """The names `optimizer_tensors` writes once every parameter of `model` has taken a step."""
-    return [f"optim.{i}.{k}" for i in range(len(list(model.parameters()))) for k in ("step", "exp_avg", "exp_avg_sq")]
-
-
-def load_optimizer(optimizer, model, tensors: dict[str, torch.Tensor]) -> None:
-    """Put the state written by `optimizer_tensors` back into `optimizer` (over `model`'s parameters)."""
-    optim_state = optimizer.state_dict()
-    for i, p in enumerate(model.parameters()):
-        optim_state["state"][i] = {
-            "step": tensors[f"optim.{i}.step"].reshape(()),
-            "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
-            "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device),
-        }
-    optimizer.load_state_dict(optim_state)
 
 
 def _check_complete(path, metadata: dict, tensors: dict, needed: list[str]) -> None:
