@@ -56,7 +56,8 @@ from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_r
 from diffusion_lib.course.measured import MEASURED_DIR, encode_images, machine
 from diffusion_lib.course.timing import CODE_LINES_PER_MINUTE, EXERCISE_MINUTES, MINUTES_PER_WIDGET, WORDS_PER_MINUTE, learner_minutes
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
-from diffusion_lib.pipeline import DEFAULT_SAMPLER, objective_of, parse_labels
+from diffusion_lib.objectives import objective_of
+from diffusion_lib.pipeline import parse_labels
 from diffusion_lib.training import PREVIOUS_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -381,7 +382,7 @@ def committed(args, device) -> dict:
     models, loaded = {}, {}
     for name, scales in (("mnist_uncond", ()), ("mnist_cond", (0.5, 1.0, 2.0, 3.0))):
         model, info = loaded[name] = dl.pretrained(name, device)
-        sampler, sampler_steps = DEFAULT_SAMPLER[objective_of(info)]
+        sampler, sampler_steps = objective_of(info).sampler
         models[name] = {"sampler": f"{sampler}-{sampler_steps}", "step": info["step"],
                         "train_config": info["train_config"],
                         **score(model, info, sampler, sampler_steps, scales or (1.0,), n=n)}
@@ -391,7 +392,7 @@ def committed(args, device) -> dict:
             "sampler": f"{sampler}-{sampler_steps}", "step": info["step"],
             **score(model, info, sampler, sampler_steps, (1.0,), n=n)}
     snapshots = {int(p.stem.split("_")[1]): p for p in dl.pretrained_snapshots("mnist_uncond") if p.stem.startswith("step_")}
-    sampler, sampler_steps = DEFAULT_SAMPLER[objective_of(info)]
+    sampler, sampler_steps = objective_of(info).sampler
     for weak_step, w in AUTOGUIDED:
         weak, weak_info = dl.load_model(snapshots[weak_step], device)
         models[f"mnist_uncond, autoguided by its step-{weak_step:,} snapshot, w = {w:g}"] = {

@@ -21,7 +21,7 @@ from .data import DATASETS, is_image_data, load_images
 from .forward import PREDICTIONS
 from .inpainting import MASKS, named_mask
 from .models import arch_of
-from .continuous import OBJECTIVES
+from .objectives import OBJECTIVES
 from .outputs import OutputError, check_writable
 from .pipeline import (ALL_SAMPLERS, AUTOGUIDE_SCALE, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, autoguided,
                        check_images, default_sampler, generate, image_shape, inpaint_images, parse_labels)

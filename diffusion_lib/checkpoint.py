@@ -169,13 +169,14 @@ def check_sampler_info(info: dict, where, required: bool = True) -> None:
 
     `required=False` checks only the fields present (a model saved by hand may carry less).
     """
-    from .continuous import OBJECTIVES
     from .data import DATASETS, FOLDER
+    from .denoisers import Denoiser
+    from .objectives import OBJECTIVES
     from .forward import PREDICTIONS
     from .schedules import SCHEDULES
 
     checks = {"schedule": lambda v: v in SCHEDULES, "T": lambda v: type(v) is int and 1 <= v <= 100_000,
-              "prediction": lambda v: v in PREDICTIONS + OBJECTIVES[1:], "data": lambda v: v in DATASETS or (isinstance(v, str) and v.startswith(FOLDER)),
+              "prediction": lambda v: v in Denoiser.PREDICTIONS, "data": lambda v: v in DATASETS or (isinstance(v, str) and v.startswith(FOLDER)),
               "objective": lambda v: v in OBJECTIVES}
     for key, ok in checks.items():
         if key not in info and (key == "objective" or not required):

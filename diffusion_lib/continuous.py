@@ -11,7 +11,7 @@ name the same noise by a real number, and all three are one family under a chang
 | -------------- | -------------------------------------------------------------------------- |
 | `sigma`        | sigma, EDM's noise level (standard deviation of the added noise)           |
 | `s`            | t in [0, 1] of the flow papers (0 = data, 1 = noise); `s` here, so it is not read as DDPM's index |
-| `SIGMA_DATA`   | sigma_data: sqrt(E[x_0^2]) of MNIST pixels in [-1, 1], measured (0.962). EDM derives c_skip, c_out, c_in from E[x_0^2] (App. B.6), which is the variance only for zero-mean data; MNIST's mean is -0.74 and its std 0.616 |
+| `SIGMA_DATA`   | sigma_data: sqrt(E[x_0^2]) of MNIST pixels in [-1, 1], measured (0.962); a run on other data measures its own (`TrainConfig.sigma_data`, kept in the checkpoint). EDM derives c_skip, c_out, c_in from E[x_0^2] (App. B.6), which is the variance only for zero-mean data; MNIST's mean is -0.74 and its std 0.616 |
 | `c_skip`, `c_out`, `c_in`, `c_noise` | EDM's preconditioning, Table 1 and Eq. 7             |
 | `P_MEAN`, `P_STD` | ln(sigma) ~ N(P_mean, P_std^2) during training (EDM Table 1)            |
 | `D`            | D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), the denoiser             |
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 
-OBJECTIVES = ("ddpm", "edm", "flow")
 SIGMA_DATA = 0.962  # sqrt(E[x_0^2]) over all MNIST training pixels in [-1, 1] (tests/test_continuous.py measures it)
 P_MEAN, P_STD = -1.2, 1.2  # EDM Table 1
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0  # EDM Eq. 5 and Table 1
@@ -171,7 +170,7 @@ def as_eps_model(net, schedule, objective: str, sigma_data: float = SIGMA_DATA, 
     x_0 = x_s - s v. With `with_x0` it returns (eps, x0_hat), x0_hat = D or x_s - s v.
     """
     if objective not in ("edm", "flow"):
-        raise ValueError(f"as_eps_model converts 'edm' or 'flow' networks, got {objective!r}")
+        raise ValueError(f"unknown prediction {objective!r}: choose one of eps, x0, v, edm, flow")
     alpha_bars = schedule.alpha_bars  # float64
 
     def eps_model(xt, t, labels=None):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .continuous import OBJECTIVES, SIGMA_DATA, edm_denoise, flow_velocity
+from .continuous import SIGMA_DATA, edm_denoise, flow_velocity
 from .forward import PREDICTIONS, to_eps_x0
 from .schedules import Schedule
 
@@ -58,19 +58,19 @@ class Denoiser:
     The pair comes back as (x0_hat, eps_hat); an `eps_fn` of chapters 3-7 returns (eps, x0_hat), the other way.
     """
 
+    PREDICTIONS = PREDICTIONS + ("edm", "flow")  # what a network may output: see the module
+
     def __init__(self, net, prediction: str, schedule: Schedule | None = None, sigma_data: float = SIGMA_DATA):
-        if prediction not in PREDICTIONS + OBJECTIVES[1:]:
-            raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS + OBJECTIVES[1:])}")
+        answers = dict(zip(self.PREDICTIONS, (self._ddpm,) * len(PREDICTIONS) + (self._edm, self._flow)))
+        if prediction not in answers:
+            raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(answers)}")
         if prediction in PREDICTIONS and schedule is None:
             raise ValueError(f"a network that predicts {prediction} on DDPM's steps needs the schedule it was trained on")
         self.net, self.prediction, self.schedule, self.sigma_data = net, prediction, schedule, sigma_data
+        self._answer = answers[prediction]
 
     def __call__(self, x: torch.Tensor, level: Level, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prediction == "flow":
-            return self._flow(x, level, labels)
-        if self.prediction == "edm":
-            return self._edm(x, level, labels)
-        return self._ddpm(x, level, labels)
+        return self._answer(x, level, labels)
 
     def _ddpm(self, x, level: Level, labels):
         """A network of DDPM's steps: x is x_t itself (alpha^2 + sigma^2 = 1) at the step `level.t`."""
@@ -110,18 +110,6 @@ def denoiser_for(model, info: dict, schedule: Schedule | None = None) -> Denoise
 
     schedule = schedule or make_schedule(info["schedule"], info["T"])
     return Denoiser(model, info["prediction"], schedule, info.get("sigma_data", SIGMA_DATA))
-
-
-def native_path(info: dict) -> str:
-    """The path a checkpoint's network was trained on: "ddpm" (discrete steps), "edm" or "flow"
-    (`samplers.sampler_levels`)."""
-    return info.get("objective", "ddpm")  # checkpoints written before there were others are DDPM's
-
-
-def check_flow(info: dict, what: str) -> None:
-    """Refuse a network that was not trained on the straight (flow) path, for what needs one."""
-    if native_path(info) != "flow":
-        raise ValueError(f"{what} solves a flow model's ODE; this model is {native_path(info)!r}")
 
 
 class EpsFnDenoiser:

@@ -42,6 +42,7 @@ from .samplers import flow_levels, sample_consistency, sample_heun
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
 from .runtime import pick_device
 from .models import arch_of
+from .objectives import is_flow
 from .loop import (EMA, Run, Task, check_max_seconds, fit, load_prefixed, new_run, optimizer_keys, restore_run,
                    run_tensors)
 from .runtime import autocast, bf16_wanted
@@ -118,7 +119,7 @@ def load_teacher(name: str, device="cpu"):
     if arch_of(model) not in DENOISERS:
         raise ValueError(f"the teacher {name} holds a {type(model).__name__}, not a diffusion model: give a flow model "
                          "trained by 'python -m diffusion_lib train', such as mnist_uncond")
-    if info.get("objective") != "flow" or "train_config" not in info:
+    if not is_flow(info) or "train_config" not in info:
         raise ValueError(f"the teacher {name} must be a flow model trained by 'python -m diffusion_lib train' "
                          f"(objective flow, the default); this one is {info.get('objective', 'ddpm')!r}")
     if getattr(model.config, "num_classes", None) or getattr(model.config, "text_dim", None):

@@ -18,7 +18,6 @@ from torch import nn
 
 from .autoencoder import VAE, VAEConfig
 from .classifier import Classifier, ClassifierConfig
-from .continuous import OBJECTIVES
 from .dit import DiT, DiTConfig
 from .continuous import as_eps_model as continuous_eps_model
 from .forward import PREDICTIONS, to_eps, to_eps_x0
@@ -119,6 +118,4 @@ def as_eps_model(model: nn.Module, schedule: Schedule, prediction: str = "eps", 
         if with_x0:
             return lambda xt, t, labels=None: to_eps_x0(prediction, model(xt, t, labels), xt, t, schedule)
         return lambda xt, t, labels=None: to_eps(prediction, model(xt, t, labels), xt, t, schedule)
-    if prediction in OBJECTIVES:
-        return continuous_eps_model(model, schedule, prediction, with_x0=with_x0)
-    raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS + OBJECTIVES[1:])}")
+    return continuous_eps_model(model, schedule, prediction, with_x0=with_x0)

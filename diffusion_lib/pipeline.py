@@ -16,11 +16,12 @@ import torch
 
 from .checkpoint import check_sampler_info
 from .data import is_image_data
-from .denoisers import bound, check_flow, chunked, clipped, denoiser_for, eps_fn_of, native_path
+from .denoisers import bound, chunked, clipped, denoiser_for, eps_fn_of
 from .guidance import AutoGuided, guided
 from . import latent
 from .inpainting import inpaint
 from .models import DENOISERS, arch_of
+from .objectives import DEFAULT_SAMPLER, check_flow, objective_of  # noqa: F401 (DEFAULT_SAMPLER: re-exported)
 from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, flow_levels, sample, sample_euler,
                        sample_heun, sampler_levels, start_noise)
 from .runtime import autocast
@@ -28,21 +29,13 @@ from .schedules import make_schedule
 from .text import tokenize
 
 DEFAULT_BATCH = 500  # images per network call in `generate`: memory stays flat however many samples are drawn
-# The sampler and step count `generate` uses when none is named, by training objective: DDIM-50 (chapter 5), and
-# Heun with EDM's 18 steps (35 network calls; Karras et al. 2022, Sec. 3) for models with continuous noise levels.
-DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 18), "flow": ("heun", 18)}
 
 
 def default_sampler(info: dict) -> tuple[str, int]:
     """(sampler, steps) `generate` uses when none is named: a distilled student's own (`distill.student_info`),
-    else `DEFAULT_SAMPLER` for the checkpoint's objective."""
+    else its objective's (`objectives.Objective.sampler`: DDIM-50 for DDPM, Heun-18 for EDM and flow)."""
     distilled = info.get("distilled") or {}
-    return tuple(distilled["sampler"]) if "sampler" in distilled else DEFAULT_SAMPLER[objective_of(info)]
-
-
-def objective_of(info: dict) -> str:
-    """The checkpoint's training objective ("ddpm" for checkpoints written before there were others)."""
-    return native_path(info)
+    return tuple(distilled["sampler"]) if "sampler" in distilled else objective_of(info).sampler
 
 
 # ------------------------------------------------------------------ what the API and the command line both check
@@ -157,7 +150,7 @@ def autoguided(model, info: dict, weak, weak_info: dict, w: float = AUTOGUIDE_SC
                          "of the same run, or another checkpoint trained the same way")
     check_sampler_info(weak_info, "the weak model's checkpoint")
     for key in ("objective", "prediction", "schedule", "T", "data"):
-        mine, theirs = (objective_of(i) if key == "objective" else i.get(key) for i in (info, weak_info))
+        mine, theirs = (objective_of(i).name if key == "objective" else i.get(key) for i in (info, weak_info))
         if mine != theirs:
             raise ValueError(f"the weak model must be trained like the model: its {key} is {theirs!r}, the model's "
                              f"{mine!r}; use an earlier snapshot of the same run")
@@ -201,7 +194,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     if eta and sampler != "ddim":
         raise ValueError("eta applies to the ddim sampler only")
     schedule = make_schedule(info["schedule"], info["T"])
-    levels = sampler_levels(sampler, schedule, steps, native_path(info))
+    levels = sampler_levels(sampler, schedule, steps, objective_of(info).levels)
     denoiser, labels = conditioned(model, info, n, guidance, labels, seed, prompts, negative_prompt, batch_size,
                                    schedule)
     is_image = is_image_data(info["data"])

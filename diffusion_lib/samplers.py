@@ -218,14 +218,12 @@ def flow_levels(steps: int, top: float = 1.0) -> list[Level]:
     return [Level(1.0 - s, s, tau=s, dalpha=-1.0, dsigma=1.0) for s in (top * flow_times(steps)).tolist()]
 
 
-NATIVE_LEVELS = {"edm": karras_levels, "flow": flow_levels}  # the ODE samplers' grid on each continuous path
-
-
-def sampler_levels(sampler: str, schedule: Schedule, steps: int | None = None, path: str = "ddpm") -> list[Level]:
+def sampler_levels(sampler: str, schedule: Schedule, steps: int | None = None, native=None) -> list[Level]:
     """The levels `sampler` visits with `steps` steps (None: its default), ending at the data.
 
     ddpm, ddim and dpm-solver++ walk DDPM's discrete `schedule` (any network can be asked there); heun, euler and
-    consistency walk the network's own continuous `path`, "edm" or "flow" (consistency: flow only).
+    consistency walk the network's own continuous path, whose grid `native(steps)` is (`karras_levels`,
+    `flow_levels`; `objectives.Objective.levels`); consistency walks the straight one only.
     """
     if sampler not in SAMPLER_GRIDS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLER_GRIDS)}")
@@ -233,11 +231,12 @@ def sampler_levels(sampler: str, schedule: Schedule, steps: int | None = None, p
     if grid is not None:  # default None: every step (DDPM's Algorithm 2)
         default = schedule.T if default is None else min(default, schedule.T)
         return ddpm_levels(schedule, grid(schedule.T, default if steps is None else steps))
-    if path not in NATIVE_LEVELS or (sampler == "consistency" and path != "flow"):
+    if native is None or (sampler == "consistency" and native is not flow_levels):
         need = "a flow model (a consistency-distilled student is one)" if sampler == "consistency" else \
             "a model trained with --objective edm or flow"
-        raise ValueError(f"the {sampler} sampler needs {need}; this one is {path!r}: use --sampler ddim or dpm-solver++")
-    return NATIVE_LEVELS[path](default if steps is None else steps)
+        raise ValueError(f"the {sampler} sampler needs {need}, not one of DDPM's discrete steps"
+                         f"{' or EDM' if native is not None else ''}: use --sampler ddim or dpm-solver++")
+    return native(default if steps is None else steps)
 
 
 def start_noise(levels: list[Level], shape, generator=None, device="cpu") -> torch.Tensor:

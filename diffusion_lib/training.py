@@ -4,7 +4,8 @@ DDPM Algorithm 1: repeat { x_0 ~ data, t ~ Uniform, eps ~ N(0, I);
 gradient step on ||eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t)||^2 } (Eq. 14, "L_simple").
 The target can instead be x_0 or v (`forward.training_target`), and the loss of each example
 can be weighted by min-SNR-gamma (`objective="ddpm"`). `objective="edm"` or `"flow"` trains the same
-networks with EDM's or rectified flow's loss on continuous noise levels instead (`continuous`).
+networks with EDM's or rectified flow's loss on continuous noise levels instead (`continuous`); `objectives`
+holds each objective's draw of noise levels and its loss.
 TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a 16-channel U-Net.
 
 | code            | symbol / meaning                                              |
@@ -43,18 +44,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import vae_loss
 from .classifier import classifier_loss
-from .continuous import OBJECTIVES, edm_loss, flow_loss
+from .continuous import SIGMA_DATA
 from .checkpoint import FORMAT, CheckpointError, read_tensors, save_model, save_tensors, weights_digest
 from .data import FOLDER, TOY_DATASETS, check_data_name, default_shape, image_classes, load_images, make_toy
-from .forward import PREDICTIONS, q_sample, training_target
+from .forward import PREDICTIONS
 from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoencoder, training_latents
 from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
+from .objectives import MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
 from .pixelcnn import binarize, pixelcnn_loss
 from .loop import EMA, TrainingDiverged  # noqa: F401 (re-exported: the names a learner meets with `train`)
 from .loop import Run, Task, check_max_seconds, fit, new_run, optimizer_keys, restore_run, run_tensors
@@ -67,7 +68,7 @@ TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
 IMAGE_MODELS = ("pixelcnn", "classifier", "vae")
-LOSS_WEIGHTS, MIN_SNR_GAMMA = ("none", "min-snr"), 5.0
+LOSS_WEIGHTS = ("none", "min-snr")
 # The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
 # study"): flow matching, batch 64, lr 2e-3, a U-Net of 16 base channels, bf16 where the hardware has it.
 RECIPE_NETWORKS = {"unet": {"base_channels": 16}}
@@ -94,7 +95,8 @@ class TrainConfig:
     schedule: str = "cosine"  # ddpm's noise schedule; edm and flow use it only to sample with DDPM samplers
     T: int = 1000
     prediction: str | None = None  # ddpm's network target: eps, x0 or v (None: v); edm and flow have their own
-    objective: str = "flow"  # or "ddpm" (discrete steps), "edm": see `continuous`
+    objective: str = "flow"  # or "ddpm" (discrete steps), "edm": see `objectives`
+    sigma_data: float | None = None  # edm: sqrt(E[x_0^2]) of the training data (None: measured from it)
     loss_weight: str = "none"  # or "min-snr" (ddpm only)
     precision: str = "auto"  # "bf16": forward and backward under bfloat16 autocast; "auto": see `uses_bf16`
     conditional: bool = False
@@ -108,7 +110,9 @@ class TrainConfig:
     latent: str | None = None  # an autoencoder (committed name or run folder): train on its latents (`latent`)
 
     def __post_init__(self):
-        if self.prediction is None and self.objective == "ddpm":
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.prediction is None and OBJECTIVES[self.objective].discrete:
             object.__setattr__(self, "prediction", DDPM_PREDICTION)
         check_data_name(self.data)
         if self.latent is not None:  # a committed name as it is, any other autoencoder by its absolute path
@@ -125,10 +129,13 @@ class TrainConfig:
         if (self.conditional or self.arch == "classifier") and classes is None:
             raise ValueError(f"{self.data[len(FOLDER):]} has no class subfolders, so --conditional and the classifier "
                              "have no labels to learn: put each class's images in a subfolder of its own")
+        if self.sigma_data is None and OBJECTIVES[self.objective].sigma_data:
+            object.__setattr__(self, "sigma_data", measured_sigma_data(self))
 
     def _rules(self) -> list[tuple[bool, str]]:
         """(holds, what to do if not) for every rule a run's settings must follow."""
         image_data, mnist = self.data not in TOY_DATASETS, self.data == "mnist"
+        discrete = OBJECTIVES[self.objective].discrete
         return [
             (image_data or (self.image_size is None and self.channels is None),
              f"--image-size and --channels are for image data, not the 2-D set {self.data!r}"),
@@ -139,13 +146,16 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"),
             (self.prediction in PREDICTIONS + (None,),
              f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}"),
-            (self.prediction is None or self.objective == "ddpm",
+            (self.prediction is None or discrete,
              f"prediction {self.prediction!r} is a target of objective ddpm, not {self.objective}: "
              f"leave it out, or also set objective ddpm"),
-            (self.objective in OBJECTIVES, f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}"),
             (self.loss_weight in LOSS_WEIGHTS, f"unknown loss_weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}"),
-            (self.loss_weight == "none" or self.objective == "ddpm",
+            (self.loss_weight == "none" or discrete,
              f"loss_weight {self.loss_weight!r} is for objective ddpm; edm and flow have their own weighting"),
+            (self.sigma_data is None or (OBJECTIVES[self.objective].sigma_data and math.isfinite(self.sigma_data)
+                                         and self.sigma_data > 0),
+             f"sigma_data is EDM's measure of the data, a positive number; got {self.sigma_data} for objective "
+             f"{self.objective}"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
             (self.steps >= 1 and self.batch_size >= 1 and self.T >= 1, "steps, batch_size and T must be >= 1"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
@@ -214,6 +224,8 @@ class TrainConfig:
         stored = {**PREVIOUS_DEFAULTS, **stored}
         if stored["objective"] != "ddpm":
             stored["prediction"] = None
+        if stored["objective"] == "edm" and stored.get("sigma_data") is None:  # EDM runs before it was measured
+            stored["sigma_data"] = SIGMA_DATA  # used MNIST's value on any data
         if isinstance(stored.get("snapshots"), list):
             stored["snapshots"] = tuple(stored["snapshots"])
         return cls(**stored)
@@ -224,9 +236,12 @@ class TrainConfig:
         A text model also keeps the attribute thresholds its captions came from and the held-out
         word pairs, so that samples can be checked against what their captions asked for.
         """
-        prediction = self.prediction if self.objective == "ddpm" else self.objective  # what the network outputs
+        discrete = OBJECTIVES[self.objective].discrete
+        prediction = self.prediction if discrete else self.objective  # what the network outputs (`denoisers`)
         info = {"schedule": self.schedule, "T": self.T, "prediction": prediction, "objective": self.objective,
                 "data": self.data, "train_config": dataclasses.asdict(self)}
+        if self.sigma_data is not None:
+            info["sigma_data"] = self.sigma_data
         if self.conditional or self.model_arch == "classifier":
             info["classes"] = list(self.classes())
         if self.latent is not None:
@@ -237,30 +252,13 @@ class TrainConfig:
         return info
 
 
-def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
-    """L_simple (DDPM Eq. 14) for target `prediction`; `reduction="none"` gives one loss per example (B,).
-
-    `loss_weight="min-snr"` multiplies each example's loss by `min_snr_weight`.
-    """
-    xt = q_sample(x0, t, schedule, noise)
-    per_example = F.mse_loss(model(xt, t, labels), training_target(prediction, x0, noise, t, schedule), reduction="none")
-    per_example = per_example.flatten(1).mean(1)  # (B,)
-    if loss_weight == "min-snr":
-        per_example = per_example * min_snr_weight(schedule.snr[t.cpu()], prediction).to(per_example)
-    return per_example.mean() if reduction == "mean" else per_example
-
-
-def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023): the x_0-loss weight min(SNR, gamma) in each target's units.
-
-    ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2,
-    so the weights are min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v.
-    """
-    clipped = snr.clamp(max=gamma)
-    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
-
-
 TrainResult = Run  # what `train` returns and its callback receives: model, ema_model, losses, step
+
+
+def measured_sigma_data(config: TrainConfig) -> float:
+    """sqrt(E[x_0^2]) over the run's training data (EDM's sigma_data, App. B.6), to 4 decimals: 0.962 for MNIST."""
+    data = load_training_data(config)[0]
+    return round(float(data.double().pow(2).mean().sqrt()), 4)
 
 
 def load_training_data(config: TrainConfig):
@@ -286,10 +284,7 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, nu
     """
     B = config.batch_size
     idx = torch.randint(0, len(data), (B,), generator=generator)
-    if config.objective == "ddpm":
-        t = torch.randint(0, config.T, (B,), generator=generator)
-    else:  # a standard normal draw; the loss turns it into sigma (edm) or s (flow)
-        t = torch.randn(B, generator=generator)
+    t = OBJECTIVES[config.objective].draw(B, generator, config.T)  # a step, or a N(0, 1) draw the loss maps to sigma or s
     noise = torch.randn((B, *noise_shape(config, data.shape[1:])), generator=generator)
     batch_labels = None
     if config.conditional:
@@ -436,11 +431,7 @@ def batch_loss(net, config: TrainConfig, x0, t, noise, labels, schedule) -> torc
         return classifier_loss(net, x0, labels)
     if config.model_arch == "vae":
         return vae_loss(net, x0, noise)
-    if config.objective == "edm":
-        return edm_loss(net, x0, t, noise, labels)
-    if config.objective == "flow":
-        return flow_loss(net, x0, t, noise, labels)
-    return diffusion_loss(net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)
+    return OBJECTIVES[config.objective].loss(net, x0, t, noise, labels, config, schedule)
 
 
 def save_training(out_dir, config: TrainConfig, run: Run) -> None:

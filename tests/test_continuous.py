@@ -151,3 +151,29 @@ def test_a_conditional_flow_model_without_labels_is_its_null_class():
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([10, 500, 990])
     null = dl.as_eps_fn(net, dl.make_schedule("cosine", 1000), "flow", labels=torch.full((3,), 10))
     assert torch.equal(eps_fn(x, t), null(x, t))
+
+
+def test_sigma_data_is_measured_per_data_set_stored_and_used():
+    """EDM's sigma_data is the training data's own sqrt(E[x_0^2]), not MNIST's for every data set: measured once
+    when the run is configured, kept in the checkpoint's info, used by the loss and by the denoiser that samples."""
+    from diffusion_lib.denoisers import denoiser_for
+    from diffusion_lib.training import batch_loss
+
+    fashion = dl.TrainConfig(data="fashion-mnist", objective="edm", steps=1)
+    images = dl.load_fashion_mnist(train=True)[0]
+    assert fashion.sigma_data == pytest.approx(float(images.double().pow(2).mean().sqrt()), abs=1e-4)
+    assert abs(fashion.sigma_data - SIGMA_DATA) > 0.1  # Fashion-MNIST's is not MNIST's
+    assert dl.TrainConfig(data="mnist", objective="edm").sigma_data == SIGMA_DATA
+    info = fashion.info()
+    assert info["sigma_data"] == fashion.sigma_data
+    net = dl.build_model("unet", {"base_channels": 8})
+    assert denoiser_for(net, info).sigma_data == fashion.sigma_data
+    x0, z, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2), torch.randn(2, 1, 28, 28)
+    ours = batch_loss(net, fashion, x0, z, noise, None, None)
+    assert ours == edm_loss(net, x0, z, noise, None, fashion.sigma_data)
+    assert ours != edm_loss(net, x0, z, noise, None, SIGMA_DATA)
+    # flow and DDPM have no use for it; an EDM run stored before it was measured used MNIST's value
+    assert dl.TrainConfig(data="fashion-mnist").sigma_data is None and "sigma_data" not in dl.TrainConfig().info()
+    assert dl.TrainConfig.from_stored({"data": "fashion-mnist", "objective": "edm"}).sigma_data == SIGMA_DATA
+    with pytest.raises(ValueError, match="sigma_data"):
+        dl.TrainConfig(objective="flow", sigma_data=0.5)

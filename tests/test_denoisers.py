@@ -17,6 +17,7 @@ from diffusion_lib.continuous import as_eps_model, edm_denoise, edm_derivative, 
 from diffusion_lib.denoisers import Denoiser, EpsFnDenoiser, Level, bound, clipped, flow_estimates
 from diffusion_lib.distill import consistency_sample
 from diffusion_lib.forward import to_eps_x0
+from diffusion_lib.objectives import OBJECTIVES
 from diffusion_lib.samplers import (ddim_step, ddim_timesteps, ddpm_levels, dpm_solver_step, dpm_solver_timesteps,
                                     flow_levels, karras_levels, posterior_std, sample_consistency, sample_ddim,
                                     sample_dpm_solver, sample_euler, sample_heun)
@@ -159,13 +160,13 @@ def test_ddim_with_eta_zero_on_the_flow_path_is_euler():
 def test_levels_and_their_refusals():
     assert [level.t for level in samplers.sampler_levels("ddim", SCHEDULE, 4)] == [999, 666, 333, 0, -1]
     assert len(samplers.sampler_levels("ddpm", SCHEDULE)) == 1001
-    flow = samplers.sampler_levels("euler", SCHEDULE, 4, "flow")
+    flow = samplers.sampler_levels("euler", SCHEDULE, 4, OBJECTIVES["flow"].levels)
     assert [(level.alpha, level.sigma) for level in flow] == [(0.0, 1.0), (0.25, 0.75), (0.5, 0.5), (0.75, 0.25),
                                                               (1.0, 0.0)]
-    assert samplers.sampler_levels("heun", SCHEDULE, None, "edm")[0].sigma == pytest.approx(80.0)
+    assert samplers.sampler_levels("heun", SCHEDULE, None, OBJECTIVES["edm"].levels)[0].sigma == pytest.approx(80.0)
     with pytest.raises(ValueError, match="--objective edm or flow"):
-        samplers.sampler_levels("heun", SCHEDULE, 4, "ddpm")
+        samplers.sampler_levels("heun", SCHEDULE, 4, OBJECTIVES["ddpm"].levels)
     with pytest.raises(ValueError, match="needs a flow model"):
-        samplers.sampler_levels("consistency", SCHEDULE, 1, "edm")
+        samplers.sampler_levels("consistency", SCHEDULE, 1, OBJECTIVES["edm"].levels)
     with pytest.raises(ValueError, match="unknown sampler"):
         samplers.sampler_levels("lms", SCHEDULE, 4)

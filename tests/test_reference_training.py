@@ -28,7 +28,7 @@ DIGITS = dict(data="mnist", steps=3, batch_size=4, save_every=100)
 
 TRAIN_CASES = {
     "moons-flow": dict(MOONS),
-    "moons-edm": dict(MOONS, objective="edm"),
+    "moons-edm": dict(MOONS, objective="edm", sigma_data=0.962),  # the value every EDM run used before it was measured
     "moons-ddpm-eps-minsnr": dict(MOONS, objective="ddpm", prediction="eps", loss_weight="min-snr", schedule="linear",
                                   T=50),
     "moons-ddpm-v-warmup": dict(MOONS, objective="ddpm", warmup=2, grad_clip=0.0),

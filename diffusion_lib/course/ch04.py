@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from ..checkpoint import load_model
 from ..continuous import LOGIT_MEAN, LOGIT_STD, flow_loss
-from ..pipeline import generate, objective_of
+from ..objectives import OBJECTIVES, objective_of
+from ..pipeline import generate
 from ..schedules import make_schedule
 from ..training import diffusion_loss
 from .plots import show_grid
@@ -47,7 +48,7 @@ def snapshot_samples(snapshot_files, n: int = 16, steps: int | None = None, seed
                      sampler: str | None = None) -> dict[int, torch.Tensor]:
     """{training step: n samples from that snapshot}, all from the same starting noise.
 
-    `sampler`, `steps`: None takes the model's default (`pipeline.DEFAULT_SAMPLER`: Heun-18 for flow).
+    `sampler`, `steps`: None takes the model's default (`objectives.Objective.sampler`: Heun-18 for flow).
     """
     samples = {}
     for path in snapshot_files:
@@ -70,7 +71,8 @@ def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, 
     For a flow model the ranges split its time s in [0, 1] (the loss is `continuous.flow_loss` at those s).
     """
     generator = torch.Generator().manual_seed(seed)
-    if objective_of(info) == "flow":
+    objective = objective_of(info)
+    if objective is OBJECTIVES["flow"]:
         losses = []
         for k in range(bins):
             s = ((k + torch.rand(len(x0), generator=generator, dtype=torch.float64)) / bins).clamp(1e-6, 1 - 1e-6)
@@ -78,8 +80,8 @@ def loss_by_timestep_range(model, info: dict, x0: torch.Tensor, bins: int = 10, 
             z = ((torch.logit(s) - LOGIT_MEAN) / LOGIT_STD).float()  # the normal draw that flow_loss maps to s
             losses.append(flow_loss(model, x0, z, noise).item())  # no labels: a conditional U-Net's null class
         return losses
-    if objective_of(info) != "ddpm":
-        raise ValueError(f"loss by timestep is drawn for ddpm and flow models, not {objective_of(info)}")
+    if objective is not OBJECTIVES["ddpm"]:
+        raise ValueError(f"loss by timestep is drawn for ddpm and flow models, not {objective.name}")
     schedule = make_schedule(info["schedule"], info["T"])
     edges = np.linspace(0, info["T"], bins + 1).astype(int)
     losses = []

@@ -1,0 +1,117 @@
+"""The training objectives, one entry each: how a step draws its noise level, the loss, and how its models sample.
+
+All three train one network on the Gaussian path x = alpha x_0 + sigma eps (`denoisers`); they differ in where
+on the path they put the training examples, what the network outputs there, and how each level is weighted:
+
+| objective | noise level drawn per example              | network output        | loss                                 |
+| --------- | ------------------------------------------ | --------------------- | ------------------------------------ |
+| `ddpm`    | t ~ Uniform{0..T-1} of a discrete schedule | eps, x0 or v (`prediction`) | L_simple (DDPM Eq. 14) on that target, optionally min-SNR weighted |
+| `edm`     | ln sigma ~ N(P_mean, P_std^2)              | EDM's F               | EDM Eq. 8 with Table 1's lambda (`continuous.edm_loss`) |
+| `flow`    | s = sigmoid(z), z ~ N(0, 1)                | the velocity eps - x_0 | conditional flow matching (`continuous.flow_loss`) |
+
+| code            | meaning                                                                         |
+| --------------- | ------------------------------------------------------------------------------- |
+| `draw`          | `draw(B, generator, T)`: the (B,) draw a batch's noise levels come from (a step t, or a N(0, 1) z that the loss maps to sigma or s) |
+| `loss`          | `loss(net, x0, t, noise, labels, config, schedule)`: the batch's mean loss        |
+| `sampler`       | the sampler and steps a model of this objective uses unless asked otherwise      |
+| `levels`        | the grid its ODE samplers (heun, euler) walk on its own path; None: DDPM's steps only |
+| `sigma_data`    | whether the loss uses the data's sqrt(E[x_0^2]) (EDM's preconditioning), stored per data set |
+| `gamma`         | min-SNR-gamma's gamma = 5 (Hang et al. 2023, arXiv 2303.09556)                    |
+
+This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
+runs stored before there were others); adding one is one more entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .continuous import edm_loss, flow_loss
+from .forward import q_sample, training_target
+from .samplers import flow_levels, karras_levels
+
+MIN_SNR_GAMMA = 5.0
+
+
+def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
+    """L_simple (DDPM Eq. 14) for target `prediction`; `reduction="none"` gives one loss per example (B,).
+
+    `loss_weight="min-snr"` multiplies each example's loss by `min_snr_weight`.
+    """
+    xt = q_sample(x0, t, schedule, noise)
+    per_example = F.mse_loss(model(xt, t, labels), training_target(prediction, x0, noise, t, schedule), reduction="none")
+    per_example = per_example.flatten(1).mean(1)  # (B,)
+    if loss_weight == "min-snr":
+        per_example = per_example * min_snr_weight(schedule.snr[t.cpu()], prediction).to(per_example)
+    return per_example.mean() if reduction == "mean" else per_example
+
+
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023): the x_0-loss weight min(SNR, gamma) in each target's units.
+
+    ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2,
+    so the weights are min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v.
+    """
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: see the module's tables."""
+
+    name: str
+    draw: Callable
+    loss: Callable
+    sampler: tuple[str, int]
+    levels: Callable | None = None
+    sigma_data: bool = False
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the network knows only DDPM's discrete steps (its target: `prediction`, eps, x0 or v)."""
+        return self.levels is None
+
+
+def _step_draw(B: int, generator, T: int) -> torch.Tensor:
+    return torch.randint(0, T, (B,), generator=generator)
+
+
+def _normal_draw(B: int, generator, T: int) -> torch.Tensor:
+    return torch.randn(B, generator=generator)
+
+
+OBJECTIVES = {
+    "ddpm": Objective("ddpm", _step_draw, sampler=("ddim", 50),
+                      loss=lambda net, x0, t, noise, labels, config, schedule: diffusion_loss(
+                          net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)),
+    "edm": Objective("edm", _normal_draw, sampler=("heun", 18), levels=karras_levels, sigma_data=True,
+                     loss=lambda net, x0, z, noise, labels, config, schedule: edm_loss(
+                         net, x0, z, noise, labels, config.sigma_data)),
+    "flow": Objective("flow", _normal_draw, sampler=("heun", 18), levels=flow_levels,
+                      loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(net, x0, z, noise, labels)),
+}
+DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
+
+
+def objective_of(info: dict) -> Objective:
+    """The objective a checkpoint's network was trained with (DDPM's for checkpoints written before there were others)."""
+    name = info.get("objective", "ddpm")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def is_flow(info: dict) -> bool:
+    """Whether a checkpoint's network was trained on the straight path (flow matching, or distilled from it)."""
+    return objective_of(info) is OBJECTIVES["flow"]
+
+
+def check_flow(info: dict, what: str) -> None:
+    """Refuse a network that was not trained on the straight (flow) path, for what needs one."""
+    if not is_flow(info):
+        raise ValueError(f"{what} solves a flow model's ODE; this model is {objective_of(info).name!r}")
