@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 
 import diffusion_lib as dl  # noqa: E402
 from diffusion_lib.course.measured import MEASURED_DIR, machine  # noqa: E402
-from diffusion_lib.evaluation import mnist_fid, real_baseline_fid  # noqa: E402
+from diffusion_lib import evaluation  # noqa: E402
+from diffusion_lib.evaluation import real_baseline_fid  # noqa: E402
 from diffusion_lib.training import PREVIOUS_DEFAULTS  # noqa: E402
 
 OUT = MEASURED_DIR / "recipes"
@@ -226,11 +227,11 @@ def score(model, info: dict, sampler: str, steps: int, guidance_scales=(1.0, 2.0
         start = time.perf_counter()
         samples, _ = dl.generate(model, info, n, sampler, steps, guidance=w, labels=labels, seed=0)
         seconds = time.perf_counter() - start
-        predicted, confidence = dl.classify(net, samples)
-        share = float((confidence >= 0.9).float().mean())  # chapter 1's "recognised as a digit"
-        row = {"guidance": w, "mnist_fid": mnist_fid(samples, net), "recognised": share, "sample_seconds": seconds}
+        measured = evaluation.score(samples, labels, net, floor=False)
+        row = {"guidance": w, "mnist_fid": measured["mnist_fid"], "recognised": measured["recognised"],
+               "sample_seconds": seconds}
         if conditional:
-            row["accuracy"] = float((predicted.cpu() == labels).float().mean())
+            row["accuracy"] = measured["accuracy"]
         rows.append(row)
     return {"n": n, "real_baseline_fid": floor, "scores": rows}
 

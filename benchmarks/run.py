@@ -49,13 +49,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import diffusion_lib as dl
-from diffusion_lib.course.ch01 import recognised
+
 from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_rates
 from diffusion_lib.course.measured import MEASURED_DIR, encode_images, machine
 from diffusion_lib.course.timing import CODE_LINES_PER_MINUTE, EXERCISE_MINUTES, MINUTES_PER_WIDGET, WORDS_PER_MINUTE, learner_minutes
-from diffusion_lib.evaluation import mnist_fid, real_baseline_fid
+from diffusion_lib.evaluation import mnist_fid, real_baseline_fid, recognised, score
 from diffusion_lib.objectives import objective_of
 from diffusion_lib.pipeline import parse_labels
 from diffusion_lib.training import PREVIOUS_DEFAULTS
@@ -67,6 +67,12 @@ FP32_FLOP_PER_CYCLE = 32  # two 256-bit FMA pipes: 2 x 8 lanes x 2 (AMD Zen 2-4,
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
+
+def fid_and_recognised(samples, net) -> dict:
+    """MNIST-FID and the share recognised of a sample set (`evaluation.score`, without its floor)."""
+    measured = score(samples, classifier=net, floor=False)
+    return {"mnist_fid": measured["mnist_fid"], "recognised": measured["recognised"]}
 
 def classifier():
     return dl.pretrained("mnist_classifier")[0]
@@ -256,7 +262,7 @@ def budget(args, device) -> dict:
                 continue
             samples, _ = dl.generate(model, config.info(), n, "ddim", 50, seed=0)
             rows.append({"minutes": m, "steps": step, "images_seen": step * config.batch_size,
-                         "mnist_fid": mnist_fid(samples, net), "recognised": recognised(net, samples)[0]})
+                         **fid_and_recognised(samples, net)})
         results["recipes"][name] = rows
     return results
 
@@ -336,7 +342,7 @@ def recipes(args, device) -> dict:
         seconds = time.perf_counter() - start
         samples, _ = dl.generate(result.ema_model, config.info(), n, "ddim", 20, seed=0)
         rows.append({"recipe": name, "steps": train_steps, "train_seconds": seconds,
-                     "mnist_fid": mnist_fid(samples, net), "recognised": recognised(net, samples)[0]})
+                     **fid_and_recognised(samples, net)})
     return {"n": n, "sampler": "DDIM-20", "batch_size": 32, "real_baseline_fid": real_baseline_fid(n, net), "rows": rows}
 
 

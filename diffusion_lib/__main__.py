@@ -19,12 +19,13 @@ from .classifier import Classifier
 from .distill import METHODS, DistillConfig, distill
 from .data import DATASETS, is_image_data, load_images
 from .forward import PREDICTIONS
-from .inpainting import MASKS, named_mask
+from .inpainting import INPAINT_SAMPLERS, MASKS, named_mask
 from .models import arch_of
 from .objectives import OBJECTIVES
 from .outputs import OutputError, check_writable
 from .pipeline import (ALL_SAMPLERS, AUTOGUIDE_SCALE, DEFAULT_BATCH, DEFAULT_SAMPLER, ODE_SAMPLERS, autoguided,
                        check_images, default_sampler, generate, image_shape, inpaint_images, parse_labels)
+from .samplers import check_eta
 from .runtime import pick_device
 from .schedules import SCHEDULES
 from .text import parse_caption
@@ -256,12 +257,13 @@ def _sample_parser(commands) -> None:
 
 
 def _evaluate_parser(commands) -> None:
-    ev = commands.add_parser("evaluate", help="measure samples: FID with its real floor, class accuracy, histogram, "
-                                              "diversity (JSON)",
-                             description="Print JSON: the FID in a classifier's features against the data's test set "
-                                         "(MNIST-FID for MNIST) with the real-vs-real baseline at the same sample count, "
-                                         "the class histogram, the within-class diversity, and, when the file has "
-                                         "'labels', the fraction classified as the requested class.")
+    ev = commands.add_parser("evaluate", help="measure samples: FID over its real floor, share recognised, class "
+                                              "accuracy, histogram, diversity (JSON)",
+                             description="Print JSON (evaluation.score): the FID in a classifier's features against the "
+                                         "data's test set (MNIST-FID for MNIST) with the real-vs-real baseline at the same "
+                                         "sample count and their ratio, the share recognised (the classifier's top "
+                                         "probability >= 0.9), the class histogram, the within-class diversity, and, when "
+                                         "the file has 'labels', the fraction classified as the requested class.")
     ev.add_argument("samples", type=Path, help="an .npz from 'sample': 'images' (N, C, H, W) in [-1, 1], optionally "
                                                "'labels' (N,) and 'data'")
     ev.add_argument("--classifier", type=Path, default=None,
@@ -269,7 +271,7 @@ def _evaluate_parser(commands) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .evaluation import evaluate
+    from .evaluation import score
 
     if not args.samples.is_file():
         raise FileNotFoundError(f"no samples file at {args.samples}: make one with 'python -m diffusion_lib sample'")
@@ -293,8 +295,8 @@ def run_evaluate(args) -> None:
                          "leave --classifier out to use the committed one for the samples' data")
     # the samples' data, if the file names it, must be what the classifier judges (evaluation.judged_data);
     # a file written before 'data' was saved is read as the given classifier's data, else as MNIST
-    result = evaluate(torch.from_numpy(images).float(), None if labels is None else torch.from_numpy(labels).long(),
-                      classifier, data_name)
+    result = score(torch.from_numpy(images).float(), None if labels is None else torch.from_numpy(labels).long(),
+                   classifier, data_name)
     print(json.dumps(result, indent=2, allow_nan=False))
 
 
@@ -380,8 +382,8 @@ def run_sample(args) -> None:
         if "latent" in info:  # before reading test images at the latents' shape, which would fail obscurely
             raise ValueError(f"--inpaint replaces pixels, and {args.checkpoint} makes latents (trained with --latent): "
                              "inpaint with a pixel model, or edit images with pipeline.image_to_image in Python")
-        if args.sampler != "ddim":
-            raise ValueError("--inpaint works with --sampler ddim (add --eta 1 for DDPM-like steps)")
+        if args.sampler not in INPAINT_SAMPLERS:
+            raise ValueError(f"--inpaint works with --sampler {' or '.join(INPAINT_SAMPLERS)} (add --eta 1 for DDPM-like steps)")
         images, mask = _inpaint_source(args.inpaint, args.mask, args.n, info, image_shape(model))
         samples, labels = inpaint_images(model, info, images, mask, args.steps or 50, args.eta, args.guidance, labels,
                                          args.seed, args.resample, prompts, batch_size=args.batch_size)
@@ -413,8 +415,7 @@ def _sample_model(args):
     else:  # the checkpoint's own; a distilled student's with its steps
         args.sampler, default_steps = default_sampler(info)
         args.steps = default_steps if args.steps is None and "distilled" in info else args.steps
-    if args.sampler != "ddim" and args.eta:
-        raise ValueError("--eta applies to --sampler ddim only")
+    check_eta(args.sampler, args.eta)
     if args.steps is not None and args.sampler not in ODE_SAMPLERS and args.steps > info["T"]:
         raise ValueError(f"--steps must be between 1 and T={info['T']}, got {args.steps}")
     return model, info

@@ -22,6 +22,7 @@ from .samplers import _alpha_bar, ddim_step, ddim_timesteps
 from .schedules import Schedule
 
 MASKS = ("top", "bottom", "left", "right", "centre")
+INPAINT_SAMPLERS = ("ddim",)  # inpainting replaces pixels along DDIM's steps (eta 1: DDPM-like)
 
 
 def named_mask(name: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -22,8 +22,7 @@ from . import latent
 from .inpainting import inpaint
 from .models import DENOISERS, arch_of
 from .objectives import DEFAULT_SAMPLER, check_flow, objective_of  # noqa: F401 (DEFAULT_SAMPLER: re-exported)
-from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, flow_levels, sample, sample_euler,
-                       sample_heun, sampler_levels, start_noise)
+from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, check_eta, flow_levels, sample, sample_euler, sample_heun, sampler_levels, start_noise)
 from .runtime import autocast
 from .schedules import make_schedule
 from .text import tokenize
@@ -191,8 +190,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(ALL_SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if eta and sampler != "ddim":
-        raise ValueError("eta applies to the ddim sampler only")
+    check_eta(sampler, eta)
     schedule = make_schedule(info["schedule"], info["T"])
     levels = sampler_levels(sampler, schedule, steps, objective_of(info).levels)
     denoiser, labels = conditioned(model, info, n, guidance, labels, seed, prompts, negative_prompt, batch_size,

@@ -367,10 +367,21 @@ ODE_SAMPLERS = ("heun", "euler", "consistency")  # on a network's continuous pat
 ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 
 
+def check_eta(name: str, eta: float) -> None:
+    """eta (DDIM's stochasticity) is an option of the ddim sampler alone."""
+    if eta and name != "ddim":
+        raise ValueError("eta applies to the ddim sampler only (--sampler ddim)")
+
+
+def network_calls(name: str, steps: int) -> int:
+    """Network evaluations per image of `steps` steps: Heun's method makes 2N - 1 (no correction on the last step),
+    the others N."""
+    return 2 * steps - 1 if name == "heun" else steps
+
+
 def sample(name: str, denoiser, x, levels, generator=None, eta: float = 0.0, trajectory=None, progress=None):
     """Run the sampler called `name` (eta: ddim only)."""
-    if eta and name != "ddim":
-        raise ValueError("eta applies to the ddim sampler only")
+    check_eta(name, eta)
     options = {"eta": eta} if name == "ddim" else {}
     return SAMPLER_FUNCTIONS[name](denoiser, x, levels, generator, trajectory, progress, **options)
 

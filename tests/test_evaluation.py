@@ -57,6 +57,22 @@ def test_accuracy_histogram_and_diversity(classifier):
     assert result["diversity"] > 5
 
 
+def test_score_is_what_the_chapters_measure(classifier):
+    """`score`'s recognised share is chapter 1's (the judge's top probability >= 0.9), its figures those of `fid`,
+    `real_baseline_fid` and `classify`: one place measures for the command, the chapters and the benchmarks."""
+    images, labels = dl.load_mnist(train=False)
+    blurred = torch.nn.functional.avg_pool2d(images[:300], 5, 1, 2)  # some digits the judge is unsure of
+    result = evaluation.score(blurred, labels[:300], classifier)
+    predicted, confidence = dl.classify(classifier, blurred)
+    assert result["recognised"] == pytest.approx(float((confidence >= 0.9).float().mean()))
+    assert 0.05 < result["recognised"] < 0.95  # the threshold matters here: neither all nor none
+    assert result["accuracy"] == pytest.approx(float((predicted == labels[:300]).float().mean()))
+    assert result["fid"] == pytest.approx(evaluation.mnist_fid(blurred, classifier))
+    assert result["fid_ratio"] == pytest.approx(result["fid"] / evaluation.real_baseline_fid(300, classifier))
+    quick = evaluation.score(blurred, classifier=classifier, floor=False)
+    assert "real_baseline_fid" not in quick and "accuracy" not in quick and quick["fid"] == result["fid"]
+
+
 def test_evaluate_rejects_bad_input(classifier):
     with pytest.raises(ValueError, match=r"judges images of shape \(N, 1, 28, 28\), got \(4, 28, 28\)"):
         evaluation.evaluate(torch.zeros(4, 28, 28), classifier=classifier)
@@ -74,10 +90,12 @@ def test_evaluate_command_prints_json(tmp_path):
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert set(result) == {"n", "data", "fid", "mnist_fid", "real_baseline_fid", "class_histogram", "diversity",
-                           "accuracy"}
+    assert set(result) == {"n", "data", "fid", "mnist_fid", "real_baseline_fid", "fid_ratio", "recognised",
+                           "class_histogram", "diversity", "accuracy"}
     assert result["data"] == "mnist" and result["fid"] == result["mnist_fid"]
     assert result["n"] == 200 and result["accuracy"] > 0.95
+    assert result["fid_ratio"] == pytest.approx(result["fid"] / result["real_baseline_fid"])
+    assert result["recognised"] > 0.9  # real test digits: the judge is sure of nearly all
     missing = subprocess.run([sys.executable, "-m", "diffusion_lib", "evaluate", str(tmp_path / "nope.npz")],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "no samples file" in missing.stderr

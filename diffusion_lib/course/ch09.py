@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import torch
 from matplotlib.figure import Figure
 
 from ..checkpoint import load_model, pretrained
 from ..distill import student_files
-from ..evaluation import diversity, mnist_fid
+from ..evaluation import score
 from ..pipeline import generate
-from .ch01 import recognised
+from ..samplers import network_calls
 from .plots import to_numpy_image
 
 TEACHER = "mnist_uncond"
@@ -24,11 +23,6 @@ STUDENT_ROWS = [("mnist_reflow", "heun", 18), ("mnist_reflow", "euler", 8), ("mn
                 ("mnist_progressive/2", "euler", 2), ("mnist_progressive/1", "euler", 1),
                 ("mnist_consistency", "consistency", 1), ("mnist_consistency", "consistency", 2),
                 ("mnist_consistency", "consistency", 4)]
-
-
-def network_calls(sampler: str, steps: int) -> int:
-    """Network evaluations per image: Heun's method makes 2N - 1 (no correction on the last step), the others N."""
-    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def load_row_model(name: str, device="cpu"):
@@ -45,11 +39,11 @@ def score_row(model, info, sampler: str, steps: int, classifier, n: int, seed: i
     start = time.perf_counter()
     samples, _ = generate(model, info, n, sampler, steps, seed=seed, precision=precision)
     seconds = (time.perf_counter() - start) / n
-    share, predicted, _ = recognised(classifier, samples)
+    measured = score(samples, classifier=classifier, floor=False)
     return {"sampler": sampler, "steps": steps, "calls": network_calls(sampler, steps), "n": n, "seed": seed,
-            "precision": precision, "seconds_per_image": seconds, "mnist_fid": mnist_fid(samples, classifier),
-            "recognised": share, "diversity": diversity(samples, predicted),
-            "class_shares": (torch.bincount(predicted.cpu(), minlength=10).float() / n).tolist()}, samples
+            "precision": precision, "seconds_per_image": seconds, "mnist_fid": measured["mnist_fid"],
+            "recognised": measured["recognised"], "diversity": measured["diversity"],
+            "class_shares": [count / n for count in measured["class_histogram"]]}, samples
 
 
 def side_by_side(steps: int, models: dict, n: int = 6, seed: int = 0) -> Figure:

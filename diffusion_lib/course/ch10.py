@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 from ..autoencoder import decode_latents, encode_images
 from ..checkpoint import pretrained
 from ..classifier import classify
-from ..evaluation import mnist_fid
+from ..evaluation import score
 from ..pipeline import generate, image_shape, image_to_image
 from ..text import ATTRIBUTE_WORDS, attribute_agreement, caption, parse_caption
-from .ch01 import median_seconds, recognised
+from .ch01 import median_seconds
 from .ch01 import seconds_per_call as timed_call
 from .plots import show_grid, to_numpy_image
 
@@ -36,10 +36,10 @@ def digit_prompts(n: int) -> list[str]:
 def reconstruction_scores(vae, images: torch.Tensor, classifier) -> dict:
     """How well the autoencoder gives images back: pixel MSE and MNIST-FID of D(mu(x)), and the share recognised."""
     recon = decode_latents(vae, encode_images(vae, images))
-    share, predicted, _ = recognised(classifier, recon)
     real_predicted, _ = classify(classifier, images)
-    return {"n": len(images), "mse": float(((recon - images) ** 2).mean()), "mnist_fid": mnist_fid(recon, classifier),
-            "recognised": share, "same_class": float((predicted == real_predicted).float().mean())}
+    measured = score(recon, real_predicted, classifier, floor=False)  # accuracy: the class of the original
+    return {"n": len(images), "mse": float(((recon - images) ** 2).mean()), "mnist_fid": measured["mnist_fid"],
+            "recognised": measured["recognised"], "same_class": measured["accuracy"]}
 
 
 def seconds_per_call(model, batch: int = 64, repeats: int = 5) -> float:
@@ -89,11 +89,10 @@ def quality(model, info, classifier, n: int, w: float = 1.0, seed: int = 0, samp
     start = time.perf_counter()
     samples, _ = generate(model, info, n, *sampler, guidance=w, prompts=prompts, seed=seed)
     seconds = (time.perf_counter() - start) / n
-    share, predicted, _ = recognised(classifier, samples)
-    wanted = torch.tensor([i % 10 for i in range(n)])
+    measured = score(samples, torch.tensor([i % 10 for i in range(n)]), classifier, floor=False)
     return {"n": n, "w": w, "sampler": list(sampler), "seed": seed, "seconds_per_image": seconds,
-            "mnist_fid": mnist_fid(samples, classifier), "recognised": share,
-            "requested_digit": float((predicted == wanted).float().mean())}, samples
+            "mnist_fid": measured["mnist_fid"], "recognised": measured["recognised"],
+            "requested_digit": measured["accuracy"]}, samples
 
 
 def image_to_image_scores(model, info, classifier, images: torch.Tensor, labels: torch.Tensor, strength: float,

@@ -391,7 +391,7 @@ def check_reflow_calls(answer) -> bool:
     """Network calls to draw the committed reflow's pairs with Heun's method, counted on the library's own code."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
-    from .ch09 import network_calls
+    from ..samplers import network_calls
 
     expected = 6000 * network_calls("heun", 18)
     return _report(answer == expected, f"{expected:,}: 6,000 pairs x 35 calls (Heun makes two per step but none to "
