@@ -21,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .continuous import SIGMA_DATA
 from .models import arch_of, build_model, config_from_dict, config_to_dict
 
 FORMAT = "diffusion_course/1"
@@ -172,7 +174,6 @@ def check_sampler_info(info: dict, where, required: bool = True) -> None:
     from .data import DATASETS, FOLDER
     from .denoisers import Denoiser
     from .objectives import OBJECTIVES
-    from .forward import PREDICTIONS
     from .schedules import SCHEDULES
 
     checks = {"schedule": lambda v: v in SCHEDULES, "T": lambda v: type(v) is int and 1 <= v <= 100_000,
@@ -186,6 +187,41 @@ def check_sampler_info(info: dict, where, required: bool = True) -> None:
                                   "sample from a checkpoint written by 'python -m diffusion_lib train'")
     if "latent" in info:
         _check_latent_info(info["latent"], where)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a denoiser's checkpoint says about its network, typed, and checked once when read (`ModelInfo.read`).
+
+    The back-compatibility of stored infos lives here: a checkpoint without `objective` was written before there were
+    others, so DDPM's; one without `sigma_data` is MNIST's 0.962, the value every EDM run used before it was measured
+    per data set (`training.TrainConfig.sigma_data`). `latent`: see `latent.latent_info`; `sampler`: a distilled
+    student's own (sampler, steps), None for a model that samples with its objective's.
+    """
+
+    schedule: str
+    T: int
+    prediction: str
+    objective: str = "ddpm"
+    data: str = "mnist"
+    sigma_data: float = SIGMA_DATA
+    latent: dict | None = None
+    sampler: tuple[str, int] | None = None
+
+    @classmethod
+    def read(cls, info: "dict | ModelInfo", where="the checkpoint") -> "ModelInfo":
+        if isinstance(info, ModelInfo):
+            return info
+        check_sampler_info(info, where)
+        distilled = info.get("distilled") or {}
+        return cls(info["schedule"], info["T"], info["prediction"], info.get("objective", cls.objective),
+                   info["data"], info.get("sigma_data", cls.sigma_data), info.get("latent"),
+                   tuple(distilled["sampler"]) if "sampler" in distilled else None)
+
+
+def stored_objective(info: dict) -> str:
+    """The objective a stored info names; DDPM's for one written before there were others (`ModelInfo`)."""
+    return info.objective if isinstance(info, ModelInfo) else info.get("objective", ModelInfo.objective)
 
 
 def _check_latent_info(latent, where) -> None:

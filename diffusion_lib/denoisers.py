@@ -103,13 +103,14 @@ def flow_estimates(velocity, x, level: Level) -> tuple[torch.Tensor, torch.Tenso
     return x_s - s * v, x_s + (1 - s) * v
 
 
-def denoiser_for(model, info: dict, schedule: Schedule | None = None) -> Denoiser:
-    """The denoiser of a checkpoint's network: `info["prediction"]` says what it outputs, `info["schedule"]` and
-    `info["T"]` (or `schedule`) the DDPM steps of a discrete one."""
+def denoiser_for(model, info, schedule: Schedule | None = None) -> Denoiser:
+    """The denoiser of a checkpoint's network (`info`: its info dict, or `checkpoint.ModelInfo`): its `prediction`
+    says what it outputs, its `schedule` and `T` (or `schedule`) the DDPM steps of a discrete one."""
+    from .checkpoint import ModelInfo
     from .schedules import make_schedule
 
-    schedule = schedule or make_schedule(info["schedule"], info["T"])
-    return Denoiser(model, info["prediction"], schedule, info.get("sigma_data", SIGMA_DATA))
+    meta = ModelInfo.read(info)
+    return Denoiser(model, meta.prediction, schedule or make_schedule(meta.schedule, meta.T), meta.sigma_data)
 
 
 class EpsFnDenoiser:

@@ -98,9 +98,12 @@ OBJECTIVES = {
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
 
 
-def objective_of(info: dict) -> Objective:
-    """The objective a checkpoint's network was trained with (DDPM's for checkpoints written before there were others)."""
-    name = info.get("objective", "ddpm")
+def objective_of(info) -> Objective:
+    """The objective a checkpoint's network was trained with (`info`: its info dict or `checkpoint.ModelInfo`; DDPM's
+    for checkpoints written before there were others)."""
+    from .checkpoint import stored_objective
+
+    name = stored_objective(info)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]

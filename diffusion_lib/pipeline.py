@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .checkpoint import check_sampler_info
+from .checkpoint import ModelInfo, check_sampler_info
 from .data import is_image_data
 from .denoisers import bound, chunked, clipped, denoiser_for, eps_fn_of
 from .guidance import AutoGuided, guided
@@ -33,8 +33,8 @@ DEFAULT_BATCH = 500  # images per network call in `generate`: memory stays flat 
 def default_sampler(info: dict) -> tuple[str, int]:
     """(sampler, steps) `generate` uses when none is named: a distilled student's own (`distill.student_info`),
     else its objective's (`objectives.Objective.sampler`: DDIM-50 for DDPM, Heun-18 for EDM and flow)."""
-    distilled = info.get("distilled") or {}
-    return tuple(distilled["sampler"]) if "sampler" in distilled else objective_of(info).sampler
+    meta = ModelInfo.read(info)
+    return meta.sampler or objective_of(meta).sampler
 
 
 # ------------------------------------------------------------------ what the API and the command line both check
@@ -179,24 +179,24 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    check_sampler_info(info, "the model's checkpoint")
+    meta = ModelInfo.read(info, "the model's checkpoint")
     check_scale(guidance)
     if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
         raise ValueError(f"eta must be a number in [0, 1] (0 deterministic DDIM, 1 DDPM-like), got {eta!r}")
     if sampler is None:
-        sampler, default_steps = default_sampler(info)
-        steps = default_steps if steps is None and (sampler in ODE_SAMPLERS or "distilled" in info) else steps
+        sampler, default_steps = default_sampler(meta)
+        steps = default_steps if steps is None and (sampler in ODE_SAMPLERS or meta.sampler) else steps
     if sampler not in ALL_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(ALL_SAMPLERS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     check_eta(sampler, eta)
-    schedule = make_schedule(info["schedule"], info["T"])
-    levels = sampler_levels(sampler, schedule, steps, objective_of(info).levels)
+    schedule = make_schedule(meta.schedule, meta.T)
+    levels = sampler_levels(sampler, schedule, steps, objective_of(meta).levels)
     denoiser, labels = conditioned(model, info, n, guidance, labels, seed, prompts, negative_prompt, batch_size,
                                    schedule)
-    is_image = is_image_data(info["data"])
-    if is_image and "latent" not in info and sampler in SAMPLERS:  # DDPM's samplers clip x0_hat to the pixels' range
+    is_image, pixels = is_image_data(meta.data), meta.latent is None
+    if is_image and pixels and sampler in SAMPLERS:  # DDPM's samplers clip x0_hat to the pixels' range
         denoiser = clipped(denoiser)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
@@ -205,9 +205,9 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     with autocast(device, precision == "bf16"):
         samples = sample(sampler, denoiser, x, levels, generator, eta, trajectory, progress)
     samples = check_finite(samples.float())
-    if "latent" in info and decode:
+    if not pixels and decode:
         samples = latent.decode(info, samples)
-    elif is_image and "latent" not in info:
+    elif is_image and pixels:
         samples = samples.clamp(-1, 1)
     return (samples, labels, trajectory) if return_trajectory else (samples, labels)
 
