@@ -365,7 +365,7 @@ exercises.check_round_trip_calls(round_trip_calls)
 # take better large steps? (This is the idea behind higher-order solvers. The library's
 # `dpm-solver++` sampler, DPM-Solver++(2M) of Lu et al. 2022, extrapolates from the last two
 # $\hat x_0$; compare its rows with DDIM's in section 2, then read `dpm_solver_step` in
-# `diffusion_lib/samplers.py`.)
+# `diffusion_lib/discrete.py`.)
 
 # %% [markdown] tags=["solution"]
 # **Model answer (instructor edition).** A DDIM step assumes that $\hat x_0$ stays what the model

@@ -166,8 +166,8 @@ display(ch08.paths_figure(panels, moons_data))
 # **From a velocity to $\hat\varepsilon$ and $\hat x_0$.** The flow's two equations $x_s = (1-s)\,x_0 + s\,\varepsilon$ and
 # $v = \varepsilon - x_0$ have two unknowns; substituting $x_0 = \varepsilon - v$ gives
 # $\hat\varepsilon = x_s + (1-s)\,v$ and $\hat x_0 = x_s - s\,v$ (exercise 2). By construction
-# $(1-s)\,\hat x_0 + s\,\hat\varepsilon = x_s$ and $\hat\varepsilon - \hat x_0 = v$. This is how the library's `as_eps_model`
-# runs DDIM, DDPM and DPM-Solver++ on a flow model.
+# $(1-s)\,\hat x_0 + s\,\hat\varepsilon = x_s$ and $\hat\varepsilon - \hat x_0 = v$. This is how the library's denoiser
+# (`denoisers.flow_estimates`) answers every sampler, DDIM, DDPM and DPM-Solver++ included, for a flow model.
 #
 # **Why the DDIM step and the Euler step agree exactly.** A DDIM step ($\eta = 0$) freezes the model's
 # $(\hat x_0, \hat\varepsilon)$ and moves to $\bar x_{t'} = \hat x_0 + \rho_{t'}\,\hat\varepsilon$, which in flow coordinates is

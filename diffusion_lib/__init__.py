@@ -7,7 +7,9 @@ One idea per module:
 | `schedules`   | linear and cosine noise schedules (betas, alpha-bars, SNR, ...)    |
 | `forward`     | q(x_t | x_{t-1}), q(x_t | x_0), the posterior, eps/x0/v conversions |
 | `denoisers`   | one denoiser interface: any network, whatever it outputs, answers (x0_hat, eps_hat) at a level x = alpha x0 + sigma eps |
-| `samplers`    | the papers' steps (DDPM, DDIM, DPM-Solver++(2M)), the noise levels each sampler visits, and the one sampler family over denoisers: ddpm, ddim, dpm-solver++, euler, heun, consistency; DDIM inversion |
+| `discrete`    | the papers' steps on DDPM's discrete schedule (DDPM, DDIM, DPM-Solver++(2M)) and their timesteps; DDIM inversion |
+| `samplers`    | the noise levels each sampler visits, and the one sampler family over denoisers: ddpm, ddim, dpm-solver++, euler, heun, consistency |
+| `objectives`  | the training objectives (ddpm, edm, flow): each one's draw of noise levels, loss, default sampler and ODE grid |
 | `continuous`  | EDM and rectified flow on continuous noise levels (sigma, s): their losses, Karras sigmas, flow times, EDM's Algorithm 1 (`ode_sample`); the change of variables to DDPM |
 | `distill`     | fewer steps from a flow model: reflow, progressive and consistency distillation; straightness of paths |
 | `guidance`    | classifier-free guidance (around a denoiser, or an eps_fn) and autoguidance (around a network) |

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .forward import q_sample
-from .samplers import _alpha_bar, ddim_step, ddim_timesteps
+from .discrete import _alpha_bar, ddim_step, ddim_timesteps
 from .schedules import Schedule
 
 MASKS = ("top", "bottom", "left", "right", "centre")
