@@ -22,7 +22,7 @@ from . import latent
 from .inpainting import inpaint
 from .models import DENOISERS, arch_of
 from .objectives import DEFAULT_SAMPLER, check_flow, objective_of  # noqa: F401 (DEFAULT_SAMPLER: re-exported)
-from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, check_eta, flow_levels, sample, sample_euler, sample_heun, sampler_levels, start_noise)
+from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, check_eta, flow_levels, sample, sampler_levels, start_noise)
 from .runtime import autocast
 from .schedules import make_schedule
 from .text import tokenize
@@ -241,17 +241,20 @@ def inpaint_images(model, info: dict, images: torch.Tensor, mask: torch.Tensor, 
 
 def image_to_image(model, info: dict, images: torch.Tensor, prompts, strength: float = 0.6, steps: int = 20,
                    guidance: float | None = None, negative_prompt: str | None = None, seed: int = 0,
-                   heun: bool = False, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+                   sampler: str = "euler", batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
     """SDEdit (Meng et al. 2022, Sec. 3): noise `images` (N, C, H, W) part-way and solve back under `prompts`.
 
     For a flow model, x_s = (1 - s) x_0 + s eps at s = `strength` (0: the image unchanged, 1: pure noise,
-    an ordinary sample), then the ODE from s to 0 in `steps` even steps (Euler, or `heun`). A latent model
+    an ordinary sample), then from s to 0 in `steps` even steps with `sampler`, one of the ODE samplers (euler,
+    heun, consistency). A latent model
     does this to the image's latents (`latent.encode`) and decodes the result. `prompts`: n captions for a
     text model (None for any other); `guidance` and `negative_prompt` as in `generate`.
     Returns images clipped to [-1, 1], (N, C, H, W).
     """
     check_sampler_info(info, "the model's checkpoint")
     check_flow(info, "image_to_image")
+    if sampler not in ODE_SAMPLERS:
+        raise ValueError(f"image_to_image walks the flow's own times: choose sampler {', '.join(ODE_SAMPLERS)}")
     check_fraction(strength, "strength", "0 keeps the image, 1 ignores it")
     check_scale(guidance)
     check_images(images, latent.pixel_shape(info) if "latent" in info else image_shape(model))
@@ -259,9 +262,9 @@ def image_to_image(model, info: dict, images: torch.Tensor, prompts, strength: f
     x0 = latent.encode(info, images) if "latent" in info else images
     x0 = x0.to(device)
     denoiser, _ = conditioned(model, info, len(images), guidance, None, seed, prompts, negative_prompt, batch_size)
-    eps = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
-    x = (1 - strength) * x0 + strength * eps
+    generator = torch.Generator(device).manual_seed(seed)
+    x = (1 - strength) * x0 + strength * torch.randn(x0.shape, generator=generator, device=device)
     if strength > 0:
-        x = (sample_heun if heun else sample_euler)(denoiser, x, flow_levels(steps, top=strength))
+        x = check_finite(sample(sampler, denoiser, x, flow_levels(steps, top=strength), generator))
     out = latent.decode(info, x) if "latent" in info else x
     return out.clamp(-1, 1)

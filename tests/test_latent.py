@@ -285,6 +285,12 @@ def test_image_to_image_interpolates_between_the_image_and_a_sample(text_dit):
         v_pos = flow_velocity(text_dit, x_s, s, tokenize(prompts)[0])
         v_neg = flow_velocity(text_dit, x_s, s, tokenize(["a thin seven"] * 2)[0])
     assert torch.allclose(half, (x_s - 0.4 * (v_neg + 2.0 * (v_pos - v_neg))).clamp(-1, 1), atol=1e-5)
+    # the same start solved by any ODE sampler of the family: heun's Euler step is corrected, consistency jumps
+    full_heun = image_to_image(text_dit, FLOW_INFO, images, prompts, strength=1.0, steps=3, sampler="heun", **kwargs)
+    heun_sample, _ = generate(text_dit, FLOW_INFO, n=2, sampler="heun", steps=3, prompts=prompts, **kwargs)
+    assert torch.allclose(full_heun, heun_sample, atol=1e-5) and not torch.allclose(full_heun, full, atol=1e-3)
+    one_jump = image_to_image(text_dit, FLOW_INFO, images, prompts, strength=0.4, steps=1, sampler="consistency", **kwargs)
+    assert torch.allclose(one_jump, half, atol=1e-5)  # one step to s = 0: Euler's step is the jump to x0_hat
 
 
 def test_image_to_image_refuses_what_it_cannot_do(text_dit):
@@ -297,6 +303,8 @@ def test_image_to_image_refuses_what_it_cannot_do(text_dit):
         image_to_image(text_dit, ddpm, images, ["one", "two"])
     with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 8, 8\)"):
         image_to_image(text_dit, FLOW_INFO, torch.zeros(2, 1, 28, 28), ["one", "two"])
+    with pytest.raises(ValueError, match="choose sampler heun, euler, consistency"):
+        image_to_image(text_dit, FLOW_INFO, images, ["one", "two"], sampler="ddim")
 
 
 def test_image_to_image_of_a_latent_model_works_on_the_autoencoders_latents():
