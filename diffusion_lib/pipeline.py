@@ -172,7 +172,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     A latent model (trained with --latent) samples latents and returns them decoded to images (`latent.decode`),
     or as latents with `decode=False`; its trajectory holds latents.
     The network sees at most `batch_size` images per call (`chunked`); the samples do not depend on it.
-    For heun and euler the trajectory holds the noise levels (sigma or s) and the latents, not x0_hats.
+    For heun, euler and consistency the trajectory's timesteps are the noise levels (sigma or s), not DDPM steps.
     `precision="bf16"` runs the network under bfloat16 autocast (about 2x faster on CPUs with AMX; the
     sampler's own arithmetic stays float32). Images come back clipped to [-1, 1].
     Returns (samples, labels or None[, trajectory]).

@@ -185,18 +185,22 @@ def sample_dpm_solver(denoiser, x, levels, generator=None, trajectory=None, prog
 
 def _ode(denoiser, x, levels, trajectory, progress, heun: bool):
     """Euler (or Heun) steps in tau on dx/dtau = `velocity`: `continuous.ode_sample` (EDM Algorithm 1) with the
-    derivative the denoiser gives at each level. The trajectory holds tau and x before each step."""
+    derivative the denoiser gives at each level. The trajectory holds tau, x and x0_hat at the start of each step."""
     by_tau = {level.tau: level for level in levels}
+    visited, x0_hats = [], []
 
     def derivative(x, tau):
-        return velocity(*denoiser(x, by_tau[tau]), by_tau[tau])
+        x0_hat, eps_hat = denoiser(x, by_tau[tau])
+        if len(x0_hats) < len(visited):  # the first call of a step, at the x it starts from (not Heun's correction)
+            x0_hats.append(x0_hat)
+        return velocity(x0_hat, eps_hat, by_tau[tau])
 
-    visited = []
     times = torch.tensor([level.tau for level in levels], dtype=torch.float64)
     x = ode_sample(derivative, x, times, heun=heun, trajectory=visited, progress=progress)
     if trajectory is not None:
         trajectory.timesteps.extend(tau for tau, _ in visited)
         trajectory.xs.extend(v for _, v in visited)
+        trajectory.x0_hats.extend(x0_hats)
     return x
 
 

@@ -170,3 +170,19 @@ def test_levels_and_their_refusals():
         samplers.sampler_levels("consistency", SCHEDULE, 1, OBJECTIVES["edm"].levels)
     with pytest.raises(ValueError, match="unknown sampler"):
         samplers.sampler_levels("lms", SCHEDULE, 4)
+
+
+def test_an_ode_trajectory_records_each_step_start_and_its_estimate():
+    """Euler and Heun record, for every step, the level's tau, the x it starts from and the denoiser's x0_hat there
+    (Heun's correction, made at the next level, is not a step start)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    denoiser = bound(Denoiser(NET, "flow"))
+    for fn in (sample_euler, sample_heun):
+        trajectory = samplers.Trajectory()
+        levels = flow_levels(4)
+        fn(denoiser, x, levels, trajectory=trajectory)
+        assert trajectory.timesteps == [level.tau for level in levels[:-1]]
+        assert len(trajectory.xs) == len(trajectory.x0_hats) == 4
+        for level, xs, x0_hat in zip(levels, trajectory.xs, trajectory.x0_hats):
+            assert torch.equal(x0_hat, denoiser(xs, level)[0])
