@@ -16,6 +16,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `sampler`       | the sampler and steps a model of this objective uses unless asked otherwise      |
 | `levels`        | the grid its ODE samplers (heun, euler) walk on its own path; None: DDPM's steps only |
 | `sigma_data`    | whether the loss uses the data's sqrt(E[x_0^2]) (EDM's preconditioning), stored per data set |
+| `output`        | what a continuous objective's network outputs, as `denoisers.Denoiser` names it (edm: F; flow: the velocity) |
 | `gamma`         | min-SNR-gamma's gamma = 5 (Hang et al. 2023, arXiv 2303.09556)                    |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
@@ -70,6 +71,7 @@ class Objective:
     sampler: tuple[str, int]
     levels: Callable | None = None
     sigma_data: bool = False
+    output: str | None = None  # what the network outputs (`denoisers.Denoiser`'s prediction); None: `prediction`
 
     @property
     def discrete(self) -> bool:
@@ -89,10 +91,10 @@ OBJECTIVES = {
     "ddpm": Objective("ddpm", _step_draw, sampler=("ddim", 50),
                       loss=lambda net, x0, t, noise, labels, config, schedule: diffusion_loss(
                           net, x0, t, noise, schedule, config.prediction, labels, loss_weight=config.loss_weight)),
-    "edm": Objective("edm", _normal_draw, sampler=("heun", 18), levels=karras_levels, sigma_data=True,
+    "edm": Objective("edm", _normal_draw, sampler=("heun", 18), levels=karras_levels, sigma_data=True, output="edm",
                      loss=lambda net, x0, z, noise, labels, config, schedule: edm_loss(
                          net, x0, z, noise, labels, config.sigma_data)),
-    "flow": Objective("flow", _normal_draw, sampler=("heun", 18), levels=flow_levels,
+    "flow": Objective("flow", _normal_draw, sampler=("heun", 18), levels=flow_levels, output="flow",
                       loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(net, x0, z, noise, labels)),
 }
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
@@ -110,8 +112,8 @@ def objective_of(info) -> Objective:
 
 
 def is_flow(info: dict) -> bool:
-    """Whether a checkpoint's network was trained on the straight path (flow matching, or distilled from it)."""
-    return objective_of(info) is OBJECTIVES["flow"]
+    """Whether a checkpoint's network outputs a velocity on the straight path (flow matching, or distilled from it)."""
+    return objective_of(info).levels is flow_levels
 
 
 def check_flow(info: dict, what: str) -> None:

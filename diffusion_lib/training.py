@@ -236,8 +236,8 @@ class TrainConfig:
         A text model also keeps the attribute thresholds its captions came from and the held-out
         word pairs, so that samples can be checked against what their captions asked for.
         """
-        discrete = OBJECTIVES[self.objective].discrete
-        prediction = self.prediction if discrete else self.objective  # what the network outputs (`denoisers`)
+        objective = OBJECTIVES[self.objective]
+        prediction = self.prediction if objective.discrete else objective.output  # what the network outputs (`denoisers`)
         info = {"schedule": self.schedule, "T": self.T, "prediction": prediction, "objective": self.objective,
                 "data": self.data, "train_config": dataclasses.asdict(self)}
         if self.sigma_data is not None:
