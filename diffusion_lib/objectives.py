@@ -8,6 +8,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `ddpm`    | t ~ Uniform{0..T-1} of a discrete schedule | eps, x0 or v (`prediction`) | L_simple (DDPM Eq. 14) on that target, optionally min-SNR weighted |
 | `edm`     | ln sigma ~ N(P_mean, P_std^2)              | EDM's F               | EDM Eq. 8 with Table 1's lambda (`continuous.edm_loss`) |
 | `flow`    | s = sigmoid(z), z ~ N(0, 1)                | the velocity eps - x_0 | conditional flow matching (`continuous.flow_loss`) |
+| `ct`      | s_n = n / N, n ~ Uniform{1..N}             | the velocity eps - x_0 | consistency training without a teacher (`consistency_training_loss`) |
 
 | code            | meaning                                                                         |
 | --------------- | ------------------------------------------------------------------------------- |
@@ -18,6 +19,8 @@ on the path they put the training examples, what the network outputs there, and 
 | `sigma_data`    | whether the loss uses the data's sqrt(E[x_0^2]) (EDM's preconditioning), stored per data set |
 | `output`        | what a continuous objective's network outputs, as `denoisers.Denoiser` names it (edm: F; flow: the velocity) |
 | `gamma`         | min-SNR-gamma's gamma = 5 (Hang et al. 2023, arXiv 2303.09556)                    |
+| `CT_GRID`       | N, the grid s_n = n / N whose neighbours consistency training compares          |
+| `f`             | the consistency function f(x, s) = x - s v(x, s), the straight path's x0_hat; f(x, 0) = x |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
 runs stored before there were others); adding one is one more entry here.
@@ -31,11 +34,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .continuous import edm_loss, flow_loss
+from .continuous import _column, edm_loss, flow_loss, flow_velocity
 from .forward import q_sample, training_target
 from .samplers import flow_levels, karras_levels
 
 MIN_SNR_GAMMA = 5.0
+CT_GRID = 32  # as consistency distillation's teacher_steps (`distill`), so the two compare step for step
 
 
 def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
@@ -59,6 +63,22 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GA
     """
     clipped = snr.clamp(max=gamma)
     return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+
+
+def consistency_training_loss(net, x0, n, noise, labels=None):
+    """Consistency training without a teacher (Song et al. 2023, Alg. 3, squared L2, with iCT's stop-gradient target,
+    Song & Dhariwal 2023) on the straight path: for n (B,) in 1..N, s = n / N and r = (n - 1) / N on the same noise,
+    ||f(x_s, s) - sg(f(x_r, r))||^2 with f(x, s) = x - s v(x, s). At n = 1 the target f(x_0, 0) = x_0 is the data
+    itself; from there agreement spreads up the grid, so that f(noise, 1) is an image: one network call.
+    """
+    s, r = n / CT_GRID, (n - 1) / CT_GRID
+
+    def f(x, s):
+        return x - _column(s, x) * flow_velocity(net, x, s, labels)
+
+    with torch.no_grad():
+        target = f(_column(1 - r, x0) * x0 + _column(r, x0) * noise, r)
+    return ((f(_column(1 - s, x0) * x0 + _column(s, x0) * noise, s) - target) ** 2).mean()
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,10 @@ def _normal_draw(B: int, generator, T: int) -> torch.Tensor:
     return torch.randn(B, generator=generator)
 
 
+def _grid_draw(B: int, generator, T: int) -> torch.Tensor:
+    return torch.randint(1, CT_GRID + 1, (B,), generator=generator).float()
+
+
 OBJECTIVES = {
     "ddpm": Objective("ddpm", _step_draw, sampler=("ddim", 50),
                       loss=lambda net, x0, t, noise, labels, config, schedule: diffusion_loss(
@@ -96,6 +120,9 @@ OBJECTIVES = {
                          net, x0, z, noise, labels, config.sigma_data)),
     "flow": Objective("flow", _normal_draw, sampler=("heun", 18), levels=flow_levels, output="flow",
                       loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(net, x0, z, noise, labels)),
+    "ct": Objective("ct", _grid_draw, sampler=("consistency", 1), levels=flow_levels, output="flow",
+                    loss=lambda net, x0, n, noise, labels, config, schedule: consistency_training_loss(
+                        net, x0, n, noise, labels)),
 }
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
 

@@ -244,7 +244,7 @@ ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 def check_eta(name: str, eta: float) -> None:
     """eta (DDIM's stochasticity) is an option of the ddim sampler alone."""
     if eta and name != "ddim":
-        raise ValueError("eta applies to the ddim sampler only (--sampler ddim)")
+        raise ValueError("eta applies to the ddim sampler only (--eta is for --sampler ddim only)")
 
 
 def network_calls(name: str, steps: int) -> int:
