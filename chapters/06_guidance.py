@@ -251,9 +251,10 @@ for name, row in committed["figures"]["models"].items():
 # %% [markdown]
 # In the pictures the guided row keeps each digit's layout and tidies its strokes. Measured on 1,000
 # samples (the lines above, from `python benchmarks/run.py --only committed`), autoguidance raises the
-# share recognised and lowers MNIST-FID against the model alone with the same Heun sampler, for one
-# more network call per step. The stochastic DDPM sampler of chapter 5, with 100 steps, lowers the FID
-# further but recognises fewer digits than autoguidance (95.9% against 94.8%, about one standard error
+# share recognised and lowers MNIST-FID against the model alone with the same Heun sampler, at twice the
+# network calls: every call of the model is paired with a call of its weak snapshot. The stochastic DDPM sampler
+# of chapter 5, with 100 steps, lowers the FID further but recognises fewer digits than autoguidance (94.8%
+# against 95.9%, about one standard error
 # apart at $n$ = 1,000, so that ordering is not firm). Neither brings
 # the unconditional model to the conditional model's figures at $w = 1$ (section 4's committed lines):
 # knowing the digit is still worth more than any of these tricks.

@@ -43,6 +43,7 @@ if "google.colab" in sys.modules:
 
 # %%
 # %matplotlib inline
+import copy
 import time
 
 import ipywidgets as widgets
@@ -90,8 +91,11 @@ print(f"loss by hand {loss_by_hand.item():.6f}; dl.diffusion_loss {dl.diffusion_
 # %% [markdown]
 # Then the gradient step, repeated. The library's `train` loop does exactly this with AdamW,
 # a learning-rate warm-up, gradient clipping and an EMA of the weights, and draws all its randomness
-# from one seeded generator (so a run can be stopped and resumed bit for bit). On the Swiss roll,
-# with a live loss plot:
+# from one seeded generator (so a run can be stopped and resumed bit for bit). Its core is the
+# function `fit` in `diffusion_lib/loop.py`, one screen long: draw a batch, compute the loss, backward,
+# clip, AdamW's step, update the EMA; `train` and chapter 9's distillations both run it. Exercises 2 and 3
+# have you write the loss the default recipe trains with and this loop yourself, and check them against
+# `dl.train`, loss for loss. On the Swiss roll, with a live loss plot:
 
 # %%
 roll_config = dl.TrainConfig(data="swissroll", steps=200 if FAST else 3000, batch_size=256, lr=3e-3, T=1000,
@@ -271,7 +275,7 @@ for r in (r for r in study if r["wall_clock"] and not r["conditional"]):
 # $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after every step. Adam's steps jitter the
 # weights around a good region; the average sits nearer its middle. The library warms the decay up,
 # $d_k = \min\big(d, \tfrac{1+k}{10+k}\big)$ at step $k$, so the random initial weights are forgotten
-# quickly: after 1,000 steps that is 0.991, an average over roughly the last 100 steps (Exercise 2),
+# quickly: after 1,000 steps that is 0.991, an average over roughly the last 100 steps (Exercise 4),
 # and the full $d = 0.999$ applies only after 8,990 steps. Measured on your run, with the same noise for both:
 
 # %%
@@ -356,7 +360,7 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 #   sampler built for few steps (chapters 5 and 7).
 # - **The $\varepsilon$ target, and few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
 #   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
-#   (compare the scores). *Fix:* the $v$ or the flow target (exercise 3 asks why they do better), and
+#   (compare the scores). *Fix:* the $v$ or the flow target (exercise 5 asks why they do better), and
 #   enough steps for the target you have.
 #
 # None of these is pure noise, though the tenfold learning rate comes close. When samples are pure noise, the model and the sampler usually
@@ -450,7 +454,7 @@ for name, m in f["models"].items():
 # `image_size` (32 unless you say otherwise), in gray (`channels=1`) or colour (`channels=3`, the
 # default). Class subfolders (`PATH/cats/*.jpg`, `PATH/dogs/*.jpg`) make it labelled, for
 # `conditional=True`; a folder it cannot use (empty, an unreadable file, a strip too long to crop to a
-# square) is refused with a message saying which file and what to do. Exercise 4 trains on one.
+# square) is refused with a message saying which file and what to do. Exercise 6 trains on one.
 
 # %% [markdown]
 # ## Summary
@@ -461,7 +465,7 @@ for name, m in f["models"].items():
 # - Snapshots of a longer run show the samples taking shape: scattered strokes after 100 steps, digit-like shapes by 1,000.
 # - Sample with the EMA of the weights (its decay warms up over the first thousands of steps); the loss depends strongly on the noise level.
 # - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction stays blotchy even with DDIM-50 and grainier in 5 steps.
-# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files of any size, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; a handful of images is copied, not generalised (exercise 4).
+# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files of any size, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; a handful of images is copied, not generalised (exercise 6).
 #
 # ## Exercises
 #
@@ -478,8 +482,52 @@ def my_loss(model, x0, t, noise, alpha_bars):
 # NBVAL_CHECK_OUTPUT
 exercises.check_training_loss(my_loss)
 
+
 # %% [markdown]
-# **Exercise 2 (predict, then check).** An EMA with decay $d = 0.999$ averages, roughly, over how
+# **Exercise 2 (implement).** The library's default recipe (section 2) trains with flow matching, not
+# $L_{\text{simple}}$: each example gets a time $s = \operatorname{sigmoid}(z)$ from a normal draw $z$ (so $s$
+# lies in $(0, 1)$, most often near $\tfrac12$), the noisy input $x_s = (1-s)\,x_0 + s\,\varepsilon$, and the
+# network, told its time as $1000\,s$ (the range of DDPM's steps), regresses the velocity $\varepsilon - x_0$.
+# Write `my_flow_loss(model, x0, z, noise)`, the mean squared error of that regression.
+
+# %% tags=["solution", "exercise:ch04-flow-loss"]
+def my_flow_loss(model, x0, z, noise):
+    """s = sigmoid(z), reshaped to broadcast over x0; x_s = (1 - s) x0 + s noise; compare model(x_s, 1000 s) with noise - x0."""
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_flow_loss, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_flow_loss(my_flow_loss)
+
+
+# %% [markdown]
+# **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed)`
+# returns the list of each step's loss and the EMA of the weights. Each step draws, from one
+# `torch.Generator` seeded with `seed` and in this order, the batch's indices into `data`, one $z$ per example
+# and the noise; forms the loss with your `my_flow_loss`; zeroes the gradients, backpropagates and takes a
+# step of AdamW (`weight_decay=0`); and blends every weight into the EMA with decay
+# $\min(0.999, (1+k)/(10+k))$ at step $k = 0, 1, \dots$ (the warm-up of section 4). The check trains a small MLP
+# on two moons with your loop and with `dl.train` from the same initial weights and seed, with the warm-up of
+# the learning rate and the clipping switched off, and compares the twelve losses and the EMA weights.
+
+# %% tags=["solution", "exercise:ch04-training-loop"]
+def my_train_loop(model, data, steps, batch_size, lr, seed):
+    """For each step: draw indices, z and noise (one generator, that order); loss; zero_grad, backward, AdamW step;
+EMA update with decay min(0.999, (1 + k) / (10 + k)). Return (losses, ema_model)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_train_loop, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_training_loop(my_train_loop)
+
+# %% [markdown]
+# **Exercise 4 (predict, then check).** An EMA with decay $d = 0.999$ averages, roughly, over how
 # many of the most recent steps?
 
 # %% tags=["solution", "exercise:ch04-ema-horizon"]
@@ -491,7 +539,7 @@ ema_horizon = None  # YOUR CODE HERE: your answer
 exercises.check_ema_horizon(ema_horizon)
 
 # %% [markdown] tags=["exercise:ch04-open-v-target"]
-# **Exercise 3 (open question).** In the measured DDPM recipes (sampled with DDIM-20), predicting $v$
+# **Exercise 5 (open question).** In the measured DDPM recipes (sampled with DDIM-20), predicting $v$
 # beat predicting $\varepsilon$ for short training runs, and section 6 shows an $\varepsilon$ model losing more
 # again when sampled in few steps. Use chapter 3's identities: at which $t$ is
 # $\varepsilon$-prediction an awkward target for a small, briefly trained network (think of what
@@ -499,7 +547,7 @@ exercises.check_ema_horizon(ema_horizon)
 # $\varepsilon - x_0$ avoid that?
 
 # %% [markdown] tags=["exercise:ch04-open-own-folder"]
-# **Exercise 4 (open question).** Train on a folder. Set `MY_FOLDER` to a folder of your own images
+# **Exercise 6 (open question).** Train on a folder. Set `MY_FOLDER` to a folder of your own images
 # (photos of one kind of thing work best; 32x32 is small, so pick something that survives it). Left
 # as `None`, the cell writes a stand-in: eight Fashion-MNIST bags as PNG files. It trains the default
 # recipe (fast mode: a few steps; full mode: 600), draws 16 samples, and finds for each sample the

@@ -3,6 +3,8 @@
 nbval runs the notebooks themselves (see pyproject.toml); this file checks what nbval cannot.
 """
 
+import copy
+import functools
 from pathlib import Path
 
 import jupytext
@@ -12,8 +14,6 @@ import torch
 from matplotlib.figure import Figure
 
 import diffusion_lib as dl
-import functools
-
 from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
@@ -41,6 +41,28 @@ def test_pair_is_in_sync_with_kernelspec_and_outputs(notebook):
     printed = [o.get("text", "") for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"]
     assert any(t.startswith("full mode") for t in printed) and not any(t.startswith("fast mode") for t in printed), \
         "the stored outputs must come from a full-mode run"
+
+
+def _loop_without_ema_warmup(model, data, steps, batch_size, lr, seed):
+    """Chapter 4's training loop with the EMA's decay fixed at 0.999 from the first step (no warm-up)."""
+    loss_fn = solutions("04_training")["my_flow_loss"]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    ema_model = copy.deepcopy(model).requires_grad_(False)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(data), (batch_size,), generator=generator)
+        z = torch.randn(batch_size, generator=generator)
+        noise = torch.randn((batch_size, *data.shape[1:]), generator=generator)
+        loss = loss_fn(model, data[idx], z, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for average, weight in zip(ema_model.parameters(), model.parameters()):
+                average.mul_(0.999).add_(0.001 * weight)
+        losses.append(loss.item())
+    return losses, ema_model
 
 
 def solutions(notebook_stem: str) -> dict:
@@ -216,6 +238,9 @@ CHECKS = {
         ("my_loss", exercises.check_training_loss, lambda model, x0, t, noise, ab: (model(
             ab[t][:, None].sqrt() * x0 + (1 - ab[t][:, None]).sqrt() * noise, t) - x0).pow(2).mean()),
         ("ema_horizon", exercises.check_ema_horizon, 1 - 0.999),
+        ("my_flow_loss", exercises.check_flow_loss,  # the time used as it is drawn, not through the sigmoid
+         lambda model, x0, z, noise: (model((1 - z[:, None]) * x0 + z[:, None] * noise, 1000 * z) - (noise - x0)).pow(2).mean()),
+        ("my_train_loop", exercises.check_training_loop, _loop_without_ema_warmup),
     ],
     "05_ddim": [
         ("my_ddim_step", exercises.check_ddim_step,
@@ -318,3 +343,17 @@ def test_chapter_10_interpolation_ends_at_the_two_digits():
     ends = dl.autoencoder.decode_latents(vae, dl.autoencoder.encode_images(vae, torch.stack([a, b])))
     assert torch.allclose(latents[[0, -1]], ends, atol=1e-5)
     assert not torch.allclose(latents[2], pixels[2], atol=0.1)  # the latent middle is not the double exposure
+
+
+def test_checks_accept_an_answer_in_another_correct_form(capsys):
+    """A right answer written another way passes: the half-signal step as the tensor or numpy integer the chapter's
+    own hint computes, the teacher's calls counted on whole batches, the loss as the squared norm the text writes
+    (summed over coordinates, not averaged)."""
+    index = (dl.make_schedule("linear", 1000).alpha_bars < 0.5).nonzero()[0]
+    assert exercises.check_half_signal_step(index) and exercises.check_half_signal_step(np.int64(int(index)))
+    assert not exercises.check_half_signal_step(index.float() + 0.5)
+    assert exercises.check_distillation_calls(6000) and not exercises.check_distillation_calls(3000)
+    summed = lambda model, x0, t, noise, ab: (model(  # noqa: E731
+        ab[t][:, None].sqrt() * x0 + (1 - ab[t][:, None]).sqrt() * noise, t) - noise).pow(2).sum(1).mean()
+    assert exercises.check_training_loss(summed)
+    assert "summed over the 2 coordinates" in capsys.readouterr().out

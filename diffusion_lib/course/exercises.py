@@ -16,7 +16,9 @@ from ..ideal import ideal_x0
 from ..inpainting import q_jump
 from ..pixelcnn import MaskedConv2d
 from ..samplers import ddim_invert, ddim_step, dpm_solver_data, sample_loop
-from ..training import diffusion_loss
+from ..continuous import flow_loss
+from ..models import build_model
+from ..training import TrainConfig, diffusion_loss, load_training_data, train
 from ..schedules import make_schedule
 from ..text import attend
 from ..unet import timestep_embedding
@@ -53,6 +55,18 @@ def _compare(fn, args, expected, atol, shape_hint, success, hint, near_misses=()
         if torch.allclose(got.to(expected.dtype), wrong, atol=atol):
             return _report(False, "", specific_hint)
     return _report(False, "", hint)
+
+
+def _whole_number(answer) -> int | None:
+    """`answer` as a Python int when it is a whole number in any form (an int, a one-element integer tensor or numpy
+    integer, a float such as 279.0), else None."""
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if hasattr(answer, "item") and not isinstance(answer, (int, float)):  # numpy scalars
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        return None
+    return int(answer) if float(answer).is_integer() else None
 
 
 # Chapter 1 -----------------------------------------------------------------------------
@@ -117,9 +131,10 @@ def check_half_signal_step(answer) -> bool:
         return _report(False, "", NO_ANSWER)
     alpha_bars = make_schedule("linear", 1000).alpha_bars
     expected = int((alpha_bars < 0.5).nonzero()[0])
+    answer = _whole_number(answer)
     if answer == 500:
         return _report(False, "", "the betas grow with t, so alpha-bar falls faster than linearly: it is not halfway")
-    close = isinstance(answer, int) and abs(answer - expected) <= 2
+    close = answer is not None and abs(answer - expected) <= 2
     return _report(close, f"t = {expected}: alpha-bar_t = {alpha_bars[expected]:.3f}, so {expected / len(alpha_bars):.0%} "
                           "of the way into the chain the noise already carries half the variance",
                    "after your guess, compute it from the linear schedule's alpha_bars: the first index below 0.5")
@@ -280,12 +295,76 @@ def check_training_loss(my_loss) -> bool:
     expected = diffusion_loss(model, x0, t, noise, schedule)
     ab = schedule.alpha_bars.float()[t][:, None]
     wrong_target = (model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - x0).pow(2).mean()
-    return _compare(my_loss, (model, x0, t, noise, schedule.alpha_bars.float()), expected, 1e-5,
+    args = (model, x0, t, noise, schedule.alpha_bars.float())
+    summed, error = _call(my_loss, *args)  # the squared norm the text writes, summed over the D coordinates
+    if error is None and isinstance(summed, torch.Tensor) and summed.shape == () and \
+            torch.allclose(summed, expected * x0.shape[1], atol=1e-5):
+        return _report(True, f"your loss is the squared norm ||eps - eps_theta||^2 summed over the {x0.shape[1]} "
+                             "coordinates; the library averages over them instead (.mean()): the same minimiser, "
+                             f"{x0.shape[1]} times smaller", "")
+    return _compare(my_loss, args, expected, 1e-5,
                     "return the loss as a scalar tensor (use .mean())",
                     "your loss equals the library's L_simple for a fixed network and fixed randomness",
                     "noise x0 to x_t = sqrt(ab) x0 + sqrt(1 - ab) noise, call model(x_t, t), and average the squared "
                     "difference from the noise",
                     [(wrong_target, "the target is the noise, not x0")])
+
+
+def check_flow_loss(my_flow_loss) -> bool:
+    """`my_flow_loss(model, x0, z, noise)` -> the flow-matching loss the default recipe trains with, as
+    `continuous.flow_loss`: s = sigmoid(z), x_s = (1 - s) x0 + s noise, the network (called at 1000 s) regresses
+    the velocity noise - x0."""
+    generator = torch.Generator().manual_seed(11)
+    x0, noise = torch.rand(8, 2, generator=generator) * 2 - 1, torch.randn(8, 2, generator=generator)
+    z, weights = torch.randn(8, generator=generator), torch.randn(3, 2, generator=generator)
+
+    def model(x, t, labels=None):  # a fixed stand-in network: a linear map of (x_s, t / 1000)
+        return torch.cat([x, t[:, None] / 1000.0], 1) @ weights
+
+    def variant(s, target, scale=1000.0):
+        x = (1 - s[:, None]) * x0 + s[:, None] * noise
+        return (model(x, scale * s) - target).pow(2).mean()
+
+    s = torch.sigmoid(z)
+    return _compare(my_flow_loss, (model, x0, z, noise), flow_loss(model, x0, z, noise), 1e-5,
+                    "return the loss as a scalar tensor (use .mean())",
+                    "your loss equals the library's flow-matching loss for a fixed network and fixed randomness",
+                    "s = sigmoid(z); x_s = (1 - s) x0 + s noise (s reshaped to a column); the target is noise - x0; "
+                    "call model(x_s, 1000 * s) and average the squared difference",
+                    [(variant(z, noise - x0), "z is a normal draw: the time is s = sigmoid(z), in (0, 1)"),
+                     (variant(s, x0 - noise), "the velocity points from the data to the noise: noise - x0"),
+                     (variant(s, noise - x0, 1.0), "the network reads its time as 1000 s (like DDPM's steps "
+                                                   "0..999): call model(x_s, 1000 * s)")])
+
+
+def check_training_loop(my_train_loop) -> bool:
+    """`my_train_loop(model, data, steps, batch_size, lr, seed)` -> (losses, ema_model): the library's loop
+    (`loop.fit` as `train` runs it, with no warm-up and no clipping), the same losses for the same seed."""
+    config = TrainConfig(data="moons", steps=12, batch_size=32, lr=3e-3, seed=3, warmup=0, grad_clip=0.0,
+                         save_every=10**6, model={"hidden": 16, "layers": 1})
+    reference = train(config, progress=False)
+    torch.manual_seed(config.seed)  # the same initial weights as the library's run
+    model = build_model("mlp", config.model_config())
+    data = load_training_data(config)[0]
+    got, error = _call(my_train_loop, model, data, config.steps, config.batch_size, config.lr, config.seed)
+    if error:
+        return _report(False, "", error)
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], torch.nn.Module)):
+        return _report(False, "", "return (losses, ema_model): the list of each step's loss and the averaged network")
+    losses, ema_model = list(map(float, got[0])), got[1]
+    if len(losses) != config.steps:
+        return _report(False, "", f"return one loss per step: {config.steps} steps, got {len(losses)} losses")
+    if not math.isclose(losses[0], reference.losses[0], rel_tol=1e-5):
+        return _report(False, "", "the first loss already differs: draw from one torch.Generator(seed) in the "
+                                  "library's order (batch indices, then z, then the noise), and use your flow loss")
+    if not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(losses, reference.losses)):
+        return _report(False, "", "the first loss matches, later ones do not: each step zero the gradients, "
+                                  "backward, then AdamW's step (weight_decay=0)")
+    same_ema = all(torch.allclose(a, b, atol=1e-6)
+                   for a, b in zip(ema_model.state_dict().values(), reference.ema_model.state_dict().values()))
+    return _report(same_ema, f"your {config.steps} losses and EMA weights equal dl.train's for the same seed",
+                   "the losses match, the EMA does not: after each step k = 0, 1, ..., blend each weight with decay "
+                   "min(0.999, (1 + k) / (10 + k)): ema = decay * ema + (1 - decay) * weight")
 
 
 def check_ema_horizon(answer) -> bool:
@@ -444,8 +523,13 @@ def check_distillation_calls(answer) -> bool:
     progressive_loss(Counting(), Counting(), x0, x0, torch.ones(config.batch_size), 16)
     per_step = sum(calls) - config.batch_size  # the student's own call is not the teacher's
     expected = per_step * config.total_steps()
-    return _report(answer == expected, f"{expected:,}: {per_step} teacher calls per optimiser step (2 per image) x "
-                                       f"{config.total_steps():,} steps ({config.rounds()} rounds of 600)",
+    batched = expected // config.batch_size  # the same work counted as calls on whole batches of 64
+    if _whole_number(answer) == batched:
+        return _report(True, f"{batched:,} calls on batches of {config.batch_size} (2 per optimiser step x "
+                             f"{config.total_steps():,} steps): {expected:,} images through the teacher in all", "")
+    return _report(_whole_number(answer) == expected,
+                   f"{expected:,}: {per_step} teacher calls per optimiser step (2 per image) x "
+                   f"{config.total_steps():,} steps ({config.rounds()} rounds of 600)",
                    "how many teacher calls does one image of a batch cost, and how many halvings take 32 steps to 1?")
 
 
@@ -537,7 +621,8 @@ CHECKS = {
     "ch02-q-sample": check_q_sample, "ch02-half-signal-step": check_half_signal_step,
     "ch03-x0-from-eps": check_x0_from_eps, "ch03-ideal-x0": check_ideal_x0,
     "ch03-zero-predictor-loss": check_zero_predictor_loss, "ch03-timestep-embedding": check_timestep_embedding,
-    "ch04-loss": check_training_loss, "ch04-ema-horizon": check_ema_horizon,
+    "ch04-loss": check_training_loss, "ch04-ema-horizon": check_ema_horizon, "ch04-flow-loss": check_flow_loss,
+    "ch04-training-loop": check_training_loop,
     "ch05-ddim-step": check_ddim_step, "ch05-round-trip-calls": check_round_trip_calls,
     "ch06-guided-eps": check_guided_eps, "ch06-unguided-accuracy-guess": check_unguided_accuracy,
     "ch07-attention": check_attention, "ch07-dpm-data": check_dpm_data, "ch07-q-jump": check_q_jump,
