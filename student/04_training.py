@@ -90,12 +90,12 @@ print(f"loss by hand {loss_by_hand.item():.6f}; dl.diffusion_loss {dl.diffusion_
 
 # %% [markdown]
 # Then the gradient step, repeated. The library's `train` loop does exactly this with AdamW,
-# a learning-rate warm-up, gradient clipping and an EMA of the weights, and draws all its randomness
-# from one seeded generator (so a run can be stopped and resumed bit for bit). Its core is the
+# a learning-rate warm-up, gradient clipping and an EMA of the weights, and draws every batch, noise level
+# and noise from one seeded generator (so a run can be stopped and resumed bit for bit). Its core is the
 # function `fit` in `diffusion_lib/loop.py`, one screen long: draw a batch, compute the loss, backward,
 # clip, AdamW's step, update the EMA; `train` and chapter 9's distillations both run it. Exercises 2 and 3
-# have you write the loss the default recipe trains with and this loop yourself, and check them against
-# `dl.train`, loss for loss. On the Swiss roll, with a live loss plot:
+# have you write the loss the default recipe trains with and this loop yourself; exercise 3's check runs your
+# loop and `dl.train` from the same start and compares them, loss for loss. On the Swiss roll, with a live loss plot:
 
 # %%
 roll_config = dl.TrainConfig(data="swissroll", steps=200 if FAST else 3000, batch_size=256, lr=3e-3, T=1000,
@@ -492,7 +492,8 @@ exercises.check_training_loss(my_loss)
 
 # %% tags=["solution", "exercise:ch04-flow-loss"]
 def my_flow_loss(model, x0, z, noise):
-    """s = sigmoid(z), reshaped to broadcast over x0; x_s = (1 - s) x0 + s noise; compare model(x_s, 1000 s) with noise - x0."""
+    """s = sigmoid(z), a (B,) vector; a copy of s shaped (B, 1, ...) forms x_s = (1 - s) x0 + s noise; the network is
+called as model(x_s, 1000 * s) with the (B,) vector; compare its output with noise - x0."""
     # YOUR CODE HERE
     raise NotImplementedError("write my_flow_loss, then run the check below")
 
@@ -506,17 +507,20 @@ exercises.check_flow_loss(my_flow_loss)
 # %% [markdown]
 # **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed)`
 # returns the list of each step's loss and the EMA of the weights. Each step draws, from one
-# `torch.Generator` seeded with `seed` and in this order, the batch's indices into `data`, one $z$ per example
-# and the noise; forms the loss with your `my_flow_loss`; zeroes the gradients, backpropagates and takes a
-# step of AdamW (`weight_decay=0`); and blends every weight into the EMA with decay
-# $\min(0.999, (1+k)/(10+k))$ at step $k = 0, 1, \dots$ (the warm-up of section 4). The check trains a small MLP
+# `torch.Generator` seeded with `seed` and in this order, the batch's indices into `data` (uniformly, with
+# replacement: `torch.randint(0, len(data), (batch_size,), generator=...)`), one $z$ per example
+# (`torch.randn`) and the noise (`torch.randn` of the batch's shape); forms the loss with your `my_flow_loss`;
+# zeroes the gradients, backpropagates and takes a step of AdamW (`weight_decay=0`); and blends every weight
+# into the EMA with decay $\min(0.999, (1+k)/(10+k))$ at step $k = 0, 1, \dots$ (the warm-up of section 4).
+# The EMA starts as a copy of the model made before the first step (`copy.deepcopy`). The check trains a small MLP
 # on two moons with your loop and with `dl.train` from the same initial weights and seed, with the warm-up of
 # the learning rate and the clipping switched off, and compares the twelve losses and the EMA weights.
 
 # %% tags=["solution", "exercise:ch04-training-loop"]
 def my_train_loop(model, data, steps, batch_size, lr, seed):
-    """For each step: draw indices, z and noise (one generator, that order); loss; zero_grad, backward, AdamW step;
-EMA update with decay min(0.999, (1 + k) / (10 + k)). Return (losses, ema_model)."""
+    """The EMA starts as a copy of the model. For each step k: draw indices (randint), z and noise (randn), from one
+generator, in that order; loss; zero_grad, backward, AdamW step; EMA update with decay
+min(0.999, (1 + k) / (10 + k)). Return (losses, ema_model)."""
     # YOUR CODE HERE
     raise NotImplementedError("write my_train_loop, then run the check below")
 

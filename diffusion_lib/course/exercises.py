@@ -342,7 +342,7 @@ def check_training_loop(my_train_loop) -> bool:
     (`loop.fit` as `train` runs it, with no warm-up and no clipping), the same losses for the same seed."""
     config = TrainConfig(data="moons", steps=12, batch_size=32, lr=3e-3, seed=3, warmup=0, grad_clip=0.0,
                          save_every=10**6, model={"hidden": 16, "layers": 1})
-    reference = train(config, progress=False)
+    reference = train(config, device="cpu", progress=False)  # on the CPU, where the learner's loop runs
     torch.manual_seed(config.seed)  # the same initial weights as the library's run
     model = build_model("mlp", config.model_config())
     data = load_training_data(config)[0]
