@@ -505,11 +505,12 @@ def my_flow_loss(model, x0, z, noise):
 exercises.check_flow_loss(my_flow_loss)
 
 # %% [markdown]
-# **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed)`
+# **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed, loss_fn)`
 # returns the list of each step's loss and the EMA of the weights. Each step draws, from one
 # `torch.Generator` seeded with `seed` and in this order, the batch's indices into `data` (uniformly, with
 # replacement: `torch.randint(0, len(data), (batch_size,), generator=...)`), one $z$ per example
-# (`torch.randn`) and the noise (`torch.randn` of the batch's shape); forms the loss with your `my_flow_loss`;
+# (`torch.randn`) and the noise (`torch.randn` of the batch's shape); forms the loss with
+# `loss_fn(model, x0, z, noise)` (the check passes the library's flow loss, which your `my_flow_loss` equals);
 # zeroes the gradients, backpropagates and takes a step of AdamW (`weight_decay=0`); and blends every weight
 # into the EMA with decay $\min(0.999, (1+k)/(10+k))$ at step $k = 0, 1, \dots$ (the warm-up of section 4).
 # The EMA starts as a copy of the model made before the first step (`copy.deepcopy`). The check trains a small MLP
@@ -520,10 +521,10 @@ exercises.check_flow_loss(my_flow_loss)
 import copy
 
 
-def my_train_loop(model, data, steps, batch_size, lr, seed):
+def my_train_loop(model, data, steps, batch_size, lr, seed, loss_fn):
     """The EMA starts as a copy of the model. For each step k: draw indices (randint), z and noise (randn), from one
     generator, in that order; loss; zero_grad, backward, AdamW step; EMA update with decay
-    min(0.999, (1 + k) / (10 + k)). Return (losses, ema_model)."""
+    min(0.999, (1 + k) / (10 + k)). The loss: loss_fn(model, x0, z, noise). Return (losses, ema_model)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ema_model = copy.deepcopy(model).requires_grad_(False)
@@ -532,7 +533,7 @@ def my_train_loop(model, data, steps, batch_size, lr, seed):
         idx = torch.randint(0, len(data), (batch_size,), generator=generator)  # a batch of data
         z = torch.randn(batch_size, generator=generator)  # a noise level per example
         noise = torch.randn((batch_size, *data.shape[1:]), generator=generator)  # the noise
-        loss = my_flow_loss(model, data[idx], z, noise)  # noisy input, prediction, loss
+        loss = loss_fn(model, data[idx], z, noise)  # noisy input, prediction, loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

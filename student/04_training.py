@@ -493,7 +493,7 @@ exercises.check_training_loss(my_loss)
 # %% tags=["solution", "exercise:ch04-flow-loss"]
 def my_flow_loss(model, x0, z, noise):
     """s = sigmoid(z), a (B,) vector; a copy of s shaped (B, 1, ...) forms x_s = (1 - s) x0 + s noise; the network is
-called as model(x_s, 1000 * s) with the (B,) vector; compare its output with noise - x0."""
+    called as model(x_s, 1000 * s) with the (B,) vector; compare its output with noise - x0."""
     # YOUR CODE HERE
     raise NotImplementedError("write my_flow_loss, then run the check below")
 
@@ -505,11 +505,12 @@ exercises.check_flow_loss(my_flow_loss)
 
 
 # %% [markdown]
-# **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed)`
+# **Exercise 3 (implement).** Write the training loop: `my_train_loop(model, data, steps, batch_size, lr, seed, loss_fn)`
 # returns the list of each step's loss and the EMA of the weights. Each step draws, from one
 # `torch.Generator` seeded with `seed` and in this order, the batch's indices into `data` (uniformly, with
 # replacement: `torch.randint(0, len(data), (batch_size,), generator=...)`), one $z$ per example
-# (`torch.randn`) and the noise (`torch.randn` of the batch's shape); forms the loss with your `my_flow_loss`;
+# (`torch.randn`) and the noise (`torch.randn` of the batch's shape); forms the loss with
+# `loss_fn(model, x0, z, noise)` (the check passes the library's flow loss, which your `my_flow_loss` equals);
 # zeroes the gradients, backpropagates and takes a step of AdamW (`weight_decay=0`); and blends every weight
 # into the EMA with decay $\min(0.999, (1+k)/(10+k))$ at step $k = 0, 1, \dots$ (the warm-up of section 4).
 # The EMA starts as a copy of the model made before the first step (`copy.deepcopy`). The check trains a small MLP
@@ -517,10 +518,10 @@ exercises.check_flow_loss(my_flow_loss)
 # the learning rate and the clipping switched off, and compares the twelve losses and the EMA weights.
 
 # %% tags=["solution", "exercise:ch04-training-loop"]
-def my_train_loop(model, data, steps, batch_size, lr, seed):
+def my_train_loop(model, data, steps, batch_size, lr, seed, loss_fn):
     """The EMA starts as a copy of the model. For each step k: draw indices (randint), z and noise (randn), from one
-generator, in that order; loss; zero_grad, backward, AdamW step; EMA update with decay
-min(0.999, (1 + k) / (10 + k)). Return (losses, ema_model)."""
+    generator, in that order; loss; zero_grad, backward, AdamW step; EMA update with decay
+    min(0.999, (1 + k) / (10 + k)). The loss: loss_fn(model, x0, z, noise). Return (losses, ema_model)."""
     # YOUR CODE HERE
     raise NotImplementedError("write my_train_loop, then run the check below")
 

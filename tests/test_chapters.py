@@ -43,9 +43,8 @@ def test_pair_is_in_sync_with_kernelspec_and_outputs(notebook):
         "the stored outputs must come from a full-mode run"
 
 
-def _loop_without_ema_warmup(model, data, steps, batch_size, lr, seed):
+def _loop_without_ema_warmup(model, data, steps, batch_size, lr, seed, loss_fn):
     """Chapter 4's training loop with the EMA's decay fixed at 0.999 from the first step (no warm-up)."""
-    loss_fn = solutions("04_training")["my_flow_loss"]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ema_model = copy.deepcopy(model).requires_grad_(False)

@@ -41,7 +41,7 @@ def stub_source(source: str) -> str:
     parts = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
-            docstring = ast.get_docstring(node)
+            docstring = ast.get_docstring(node, clean=False)  # as written, so its lines keep their indentation
             node.body = ([ast.Expr(ast.Constant(docstring))] if docstring else []) + [ast.Pass()]
             header = ast.unparse(node).rsplit("\n", 1)[0]  # the def line (and docstring), without the `pass`
             parts.append(f"{header}\n    {STUB_MARK}\n"

@@ -338,15 +338,16 @@ def check_flow_loss(my_flow_loss) -> bool:
 
 
 def check_training_loop(my_train_loop) -> bool:
-    """`my_train_loop(model, data, steps, batch_size, lr, seed)` -> (losses, ema_model): the library's loop
-    (`loop.fit` as `train` runs it, with no warm-up and no clipping), the same losses for the same seed."""
+    """`my_train_loop(model, data, steps, batch_size, lr, seed, loss_fn)` -> (losses, ema_model): the library's loop
+    (`loop.fit` as `train` runs it, with no warm-up and no clipping), the same losses for the same seed. `loss_fn`
+    is the library's flow loss (`continuous.flow_loss`), so a slip in exercise 2 does not fail this one."""
     config = TrainConfig(data="moons", steps=12, batch_size=32, lr=3e-3, seed=3, warmup=0, grad_clip=0.0,
                          save_every=10**6, model={"hidden": 16, "layers": 1})
     reference = train(config, device="cpu", progress=False)  # on the CPU, where the learner's loop runs
     torch.manual_seed(config.seed)  # the same initial weights as the library's run
     model = build_model("mlp", config.model_config())
     data = load_training_data(config)[0]
-    got, error = _call(my_train_loop, model, data, config.steps, config.batch_size, config.lr, config.seed)
+    got, error = _call(my_train_loop, model, data, config.steps, config.batch_size, config.lr, config.seed, flow_loss)
     if error:
         return _report(False, "", error)
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], torch.nn.Module)):
@@ -356,7 +357,7 @@ def check_training_loop(my_train_loop) -> bool:
         return _report(False, "", f"return one loss per step: {config.steps} steps, got {len(losses)} losses")
     if not math.isclose(losses[0], reference.losses[0], rel_tol=1e-5):
         return _report(False, "", "the first loss already differs: draw from one torch.Generator(seed) in the "
-                                  "library's order (batch indices, then z, then the noise), and use your flow loss")
+                                  "library's order (batch indices, then z, then the noise), and call loss_fn")
     if not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(losses, reference.losses)):
         return _report(False, "", "the first loss matches, later ones do not: each step zero the gradients, "
                                   "backward, then AdamW's step (weight_decay=0)")
