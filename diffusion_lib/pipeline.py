@@ -22,7 +22,8 @@ from . import latent
 from .inpainting import inpaint
 from .models import DENOISERS, arch_of
 from .objectives import DEFAULT_SAMPLER, check_flow, objective_of  # noqa: F401 (DEFAULT_SAMPLER: re-exported)
-from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, check_eta, flow_levels, sample, sampler_levels, start_noise)
+from .samplers import (ALL_SAMPLERS, ODE_SAMPLERS, SAMPLERS, Trajectory, check_eta, flow_levels, sample,
+                       sampler_levels, start_noise)
 from .runtime import autocast
 from .schedules import make_schedule
 from .text import tokenize
