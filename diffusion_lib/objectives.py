@@ -1,6 +1,6 @@
 """The training objectives, one entry each: how a step draws its noise level, the loss, and how its models sample.
 
-All three train one network on the Gaussian path x = alpha x_0 + sigma eps (`denoisers`); they differ in where
+Each trains one network on the Gaussian path x = alpha x_0 + sigma eps (`denoisers`); they differ in where
 on the path they put the training examples, what the network outputs there, and how each level is weighted:
 
 | objective | noise level drawn per example              | network output        | loss                                 |
@@ -12,7 +12,7 @@ on the path they put the training examples, what the network outputs there, and 
 
 | code            | meaning                                                                         |
 | --------------- | ------------------------------------------------------------------------------- |
-| `draw`          | `draw(B, generator, T)`: the (B,) draw a batch's noise levels come from (a step t, or a N(0, 1) z that the loss maps to sigma or s) |
+| `draw`          | `draw(B, generator, T)`: the (B,) draw a batch's noise levels come from (a step t; a N(0, 1) z that the loss maps to sigma or s; a grid index n) |
 | `loss`          | `loss(net, x0, t, noise, labels, config, schedule)`: the batch's mean loss        |
 | `sampler`       | the sampler and steps a model of this objective uses unless asked otherwise      |
 | `levels`        | the grid its ODE samplers (heun, euler) walk on its own path; None: DDPM's steps only |
