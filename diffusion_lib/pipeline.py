@@ -101,9 +101,10 @@ def image_shape(model) -> tuple[int, int, int]:
     return model.config.image_channels, size, size
 
 
-def conditioned(model, info: dict, n: int, guidance=None, labels=None, seed: int = 0, prompts=None,
+def conditioned(model, info, n: int, guidance=None, labels=None, seed: int = 0, prompts=None,
                 negative_prompt: str | None = None, batch_size: int = DEFAULT_BATCH, schedule=None):
-    """The checkpoint's denoiser as a sampler calls it, `fn(x, level)`, guided for a conditional model; and its labels.
+    """The checkpoint's denoiser (`info`: its dict or `ModelInfo`) as a sampler calls it, `fn(x, level)`, guided for
+    a conditional model; and its labels.
 
     A text model takes `prompts` (n captions) and returns their token ids as its "labels"; a `negative_prompt`
     takes the empty caption's place in guidance (so it steers only where w != 1). A class-conditional model
@@ -194,7 +195,7 @@ def generate(model, info: dict, n: int, sampler=None, steps=None, eta=0.0, guida
     check_eta(sampler, eta)
     schedule = make_schedule(meta.schedule, meta.T)
     levels = sampler_levels(sampler, schedule, steps, objective_of(meta).levels)
-    denoiser, labels = conditioned(model, info, n, guidance, labels, seed, prompts, negative_prompt, batch_size,
+    denoiser, labels = conditioned(model, meta, n, guidance, labels, seed, prompts, negative_prompt, batch_size,
                                    schedule)
     is_image, pixels = is_image_data(meta.data), meta.latent is None
     if is_image and pixels and sampler in SAMPLERS:  # DDPM's samplers clip x0_hat to the pixels' range
