@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import statistics
 from pathlib import Path
@@ -126,8 +127,8 @@ def _render_targets(f: dict) -> list[str]:
         add("slowest chapter in fast mode", "at most 60 s", f"{slowest_fast['fast_seconds']:.0f} s ({slowest_fast['chapter']})",
             slowest_fast["fast_seconds"] <= 60)
         slowest = max(c["rows"], key=lambda r: r["full_seconds"])
-        add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']})",
-            slowest["full_seconds"] <= 300)
+        add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']}; its "
+            f"committed notebook's own run printed {_committed_seconds(slowest['chapter'])} s)", slowest["full_seconds"] <= 300)
         heaviest = max(c["rows"], key=lambda r: r["full_peak_mib"])
         add("largest chapter peak memory (Binder's limit)", "at most 2048 MiB",
             f"{heaviest['full_peak_mib']:.0f} MiB ({heaviest['chapter']})", heaviest["full_peak_mib"] <= 2048)
@@ -525,11 +526,14 @@ def _render_latent(f):
 def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
-             "| chapter | fast s | full s (target at most 300) | fast peak MiB | full peak MiB (limit 2048) | learner min (estimate) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {r['fast_peak_mib']:.0f} | "
-              f"{r['full_peak_mib']:.0f} | {_learner(r)} |" + ("" if r["fast_ok"] and r["full_ok"] else " **failed**")
-              for r in f["rows"]]
+             "| chapter | fast s | full s (target at most 300) | committed notebook's run s | fast peak MiB | "
+             "full peak MiB (limit 2048) | learner min (estimate) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {_committed_seconds(r['chapter'])} | "
+              f"{r['fast_peak_mib']:.0f} | {r['full_peak_mib']:.0f} | {_learner(r)} |"
+              + ("" if r["fast_ok"] and r["full_ok"] else " **failed**") for r in f["rows"]]
+    lines += ["", "The committed notebook's run: the time the chapter printed at its end in the run that made its committed "
+                  "outputs, on whatever machine and load that run had; the target is judged on the benchmark's column."]
     later = [r for r in f["rows"] if "command" in r]
     if later:
         lines += ["", "Measured later, by themselves: " + "; ".join(f"{r['chapter']} ({r['date']}, `{r['command']}`)"
@@ -545,6 +549,17 @@ def _render_course(f):
         lines += ["", f"Fast-mode nbval suite (`python -m pytest chapters`): **{f['nbval_fast_seconds']:.0f} s** "
                       f"(target at most 600)" + ("" if f["nbval_fast_ok"] else " **failed**")]
     return lines
+
+
+def _committed_seconds(chapter: str) -> str:
+    """The full-mode time a committed chapter printed in its last cell ("chapter ran in 85.3 s (full mode)")."""
+    notebook = REPO / "chapters" / f"{chapter}.ipynb"
+    if not notebook.exists():
+        return "n/a"
+    last = json.loads(notebook.read_text())["cells"][-1]
+    text = "".join("".join(o.get("text", "")) for o in last.get("outputs", []))
+    found = re.search(r"chapter ran in ([0-9.]+) s \(full mode\)", text)
+    return f"{float(found.group(1)):.0f}" if found else "n/a"
 
 
 def _learner(row) -> str:
