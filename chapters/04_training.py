@@ -300,7 +300,7 @@ plt.show()
 # there the input holds little of the digit. This plot alone cannot say how much of that loss is unavoidable.
 #
 # Chapter 3 measured the noise-prediction error *falling* steadily as the noise grows, and the two curves do
-# not disagree. On the straight path, chapter 3's conversions give $\hat\varepsilon = x_s + (1-s)\,\hat v$ and
+# not disagree. On the straight path, the conversions of section 2 give $\hat\varepsilon = x_s + (1-s)\,\hat v$ and
 # $\hat x_0 = x_s - s\,\hat v$ from a predicted velocity $\hat v$, and the same with the true $v = \varepsilon - x_0$ give the
 # true $\varepsilon$ and $x_0$. Subtracting, the velocity error is
 #

@@ -245,8 +245,8 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
 # The noise overtakes the digit at frequency $k$ from the first $t$ with
 # $\bar\alpha_t P_0(k) < 1-\bar\alpha_t$. Digits, like most images, have far more power at low
 # frequencies than at high ones, so the high frequencies are drowned first. We measure the spectra
-# of noised test digits under the U-Net's schedule (the one the samplers above used) and check the
-# equation:
+# of noised test digits under the cosine schedule (chapter 2 defines it; its noise levels are the ones the DDIM
+# sampler above stepped through) and check the equation:
 
 # %%
 digits = test_images[:1000]

@@ -243,32 +243,6 @@ display(show_grid(torch.cat([snapshots[s][:8] for s in snapshot_steps]),
                   "mnist_uncond; rows: after " + ", ".join(map(str, snapshot_steps)) + " training steps", ncols=8))
 
 # %% [markdown]
-# What do minutes of training buy on a CPU like yours? `benchmarks/run.py --only budget` trained
-# the library's previous default recipe and a DDPM recipe an earlier version of this chapter trained
-# (16 base channels, cosine schedule, $v$ target, batch 32, lr $5\cdot10^{-3}$) against the clock and
-# scored the EMA model after each budget (256 samples each); the recipe study ran the new default for
-# 10 minutes of wall-clock time on 2 threads (1,000 samples). MNIST-FID depends on the sample count,
-# and so does its ratio to the floor, so compare figures only within one block; the blocks also come
-# from different machines and thread counts, printed with each. The wall-clock run made fewer steps
-# (4,107) than the study's step budget for the same recipe (5,464, from its speed table) and scored
-# worse than its screening row above:
-
-# %%
-budget = load_measured("budget")
-print(f"measured {budget['date']} with {budget['threads']} thread(s) on {budget['machine']['cpu']}; "
-      f"{budget['figures']['n']} samples each, real-digit floor {budget['figures']['real_baseline_fid']:.1f}")
-for recipe, rows in budget["figures"]["recipes"].items():
-    print(recipe)
-    for row in rows:
-        print(f"  {row['minutes']:>4g} min: {row['steps']:>5} steps, MNIST-FID {row['mnist_fid']:6.1f}, "
-              f"recognised {100 * row['recognised']:3.0f}%")
-for r in (r for r in study if r["wall_clock"] and not r["conditional"]):
-    score = r["scores"][0]
-    print(f"{r['recipe']}, {r['threads']} threads, {r['date']}, {r['machine']['cpu']}; floor {r['real_baseline_fid']:.1f}\n"
-          f"  {r['minutes']:>4g} min: {r['steps']:>5} steps, MNIST-FID {score['mnist_fid']:6.1f}, "
-          f"recognised {100 * score['recognised']:3.0f}%")
-
-# %% [markdown]
 # ## 4. What the EMA does
 #
 # Sampling uses not the final weights $\theta$ but their exponential moving average,
@@ -324,6 +298,17 @@ plt.show()
 # be guessed; in between, both are partly visible. The committed model (longer-trained, and twice as
 # wide) is lower at small and middle noise levels; at the highest levels the two nearly coincide, since
 # there the input holds little of the digit. This plot alone cannot say how much of that loss is unavoidable.
+#
+# Chapter 3 measured the noise-prediction error *falling* steadily as the noise grows, and the two curves do
+# not disagree. On the straight path, the conversions of section 2 give $\hat\varepsilon = x_s + (1-s)\,\hat v$ and
+# $\hat x_0 = x_s - s\,\hat v$ from a predicted velocity $\hat v$, and the same with the true $v = \varepsilon - x_0$ give the
+# true $\varepsilon$ and $x_0$. Subtracting, the velocity error is
+#
+# $$\lVert\hat v - v\rVert^2 = \frac{\lVert\hat\varepsilon - \varepsilon\rVert^2}{(1-s)^2} = \frac{\lVert\hat x_0 - x_0\rVert^2}{s^2} .$$
+#
+# The flow loss is chapter 3's noise error weighted by $1/(1-s)^2$: near $s = 1$ the noise is easy to name
+# (the input nearly *is* the noise), but the weight explodes, and the loss measures what is hard there, the
+# hidden digit $x_0$. The objective decides which noise levels the loss, and so the training, pays attention to.
 
 # %% [markdown]
 # ## 6. When samples go wrong
@@ -440,7 +425,7 @@ for name, m in f["models"].items():
 # The same steps buy less on clothes: 60.7% of the unconditional samples are recognised, where real
 # clothes score 83.5%, while the digit model's 86.9% is closer to real digits' 98.7%. Clothes have
 # texture and classes that look alike at 28x28 (T-shirt, shirt, pullover, coat), which is probably
-# more for 200,000 weights and 5,500 steps to learn (the table shows that less is learned, not why).
+# more for 204,449 weights and 5,527 steps to learn (the table shows that less is learned, not why).
 # Labels help: at w = 1 the conditional model is at 4.82x the floor and 84.2% of its samples are the
 # class asked for. Guidance (chapter 6) helps further, and of the three scales measured, unlike on
 # digits, w = 2 has the lowest FID (3.49x, with 96.0% the requested class); at w = 3 the samples are

@@ -123,9 +123,10 @@ print(f"DDIM with eta=1, one step vs the DDPM step:  {(ddim_by_hand - ddpm_by_ha
 # follows this ODE exactly, and its solution carries the Gaussian noise at the largest $\rho$ to
 # the data at $\rho = 0$ with the same marginal distribution at every noise level as the forward
 # process: it is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs,
-# Sec. 4.3). Deterministic samplers differ only in how they solve it: DDIM with Euler steps,
-# Heun's method (chapter 4's sampler for flow models) and DPM-Solver++ (chapter 7) with
-# second-order steps. The $\eta = 0$ step, checked against one Euler step:
+# Sec. 4.3). Deterministic samplers differ in how they solve it: DDIM with Euler steps in $\rho$,
+# DPM-Solver++ (chapter 7) with second-order steps. Heun's method, chapter 4's sampler for flow models, is
+# another second-order solver of the same ODE, written in the flow's variables instead of $\rho$; chapter 8
+# shows the change of variables between the two. The $\eta = 0$ step, checked against one Euler step:
 
 # %%
 t_next = torch.full((2,), 400)
@@ -218,19 +219,18 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # For this model DDIM improves quickly up to 20 steps and little after (54.5, 51.8 and 51.3 at 20,
 # 50 and 100), and DDIM-50's MNIST-FID is about 16% above DDPM-1000's (51.8 against 44.7), at a
 # small fraction of the time (the last line above, from the committed one-thread timings; the live
-# rows of the table come from your machine). Measured from the floor (41.0) the gap is larger: DDIM-50
-# is 10.8 above it, DDPM-1000 3.7. At 100 steps the stochastic respaced DDPM scores clearly better than
-# deterministic DDIM (43.4 against 51.3); at 50 steps the two are within a point (50.8 against 51.8),
-# too close to rank. The DDIM paper found deterministic DDIM better for its models (CIFAR-10 and
-# CelebA, 10 to 100 steps), so which wins depends on the model and the step count. The second-order
-# `dpm-solver++` rows (derived in chapter 7; exercise 3) do better than DDIM at 5 and 10 steps and
-# match DDIM-50 with 20. An FID from 256 samples is itself a noisy estimate: the DDPM rows with 100,
-# 250 and 1000 steps (43.4, 46.7, 44.7) lie within a few points of each other and of the floor, closer
-# than this sample count can rank them. (An earlier, shorter-trained version of this model gave
-# DDPM-250 36.2 against DDPM-1000's 49.0 at the same n, in `benchmarks/RESULTS.md` as committed before the retraining; with
-# this one the order is reversed, which suggests it was noise or a property of that
-# model, not a rule.) What deterministic DDIM gives beyond
-# speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
+# rows of the table come from your machine). Measured from the floor (41.0) the gap is larger still. At 100
+# steps the stochastic respaced DDPM scores lower than deterministic DDIM (43.4 against 51.3); at 50 steps the
+# two are within a point (50.8 against 51.8). The DDIM paper found deterministic DDIM better for its models
+# (CIFAR-10 and CelebA, 10 to 100 steps), so which wins can depend on the model and the step count. The
+# second-order `dpm-solver++` rows (derived in chapter 7; exercise 3) do better than DDIM at 5 and 10 steps and
+# match DDIM-50 with 20.
+#
+# How much should one trust a gap of a few points? An FID from 256 samples is itself a noisy estimate: the DDPM
+# rows with 100, 250 and 1000 steps (43.4, 46.7, 44.7) lie within a few points of each other and of the floor,
+# closer than this sample count can rank them, and even the 8 points between DDPM-100 and DDIM-100 come from one
+# set of 256 samples. The next table, on 1,000 samples, shows how far such a gap can move. What deterministic
+# DDIM gives beyond speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
 #
 # **The same table on 1,000 samples, down to one step.** Chapter 9 measures every sampler of the
 # course on this model again with 1,000 samples a row (its FID is less noisy than at 256), beside the
@@ -249,8 +249,9 @@ for r in fewsteps["rows"]:
 # On 1,000 samples the deterministic rows keep their order: DDIM gains little beyond 20 steps (31.0, 28.1 and
 # 27.5 at 20, 50 and 100), and DPM-Solver++ leads DDIM at 5 and 10 steps (52.1 against 87.7, 32.1 against
 # 40.6). These rows share one set of 1,000 noise draws, and chapter 9 shows that the common level moves by
-# several points from one set to another (DDIM-50 scored 28.1, 20.2 and 20.9 on three seeds), so DDPM-1000's
-# 19.8, drawn with fresh noise at every step, is not a clear win over them either. Chapter 9 adds the rows
+# several points from one set of draws to another, so DDPM-1000's 19.8, drawn with fresh noise at every step,
+# 8 points below DDIM-50 on these draws, cannot be ranked above it from one seed; nor, by the same rule, could
+# the 256-sample gaps above. Chapter 9 adds the rows
 # this chapter cannot reach: models distilled to take 1 to 8 steps.
 #
 # ## 3. Drag the steps and eta

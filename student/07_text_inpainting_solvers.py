@@ -227,7 +227,6 @@ widgets.interact(show_caption, text=widgets.Text(value="a thick slanted seven", 
 
 # %%
 display(show_caption("a thin upright two", 3.0))  # the same view, for readers of the static page
-display(show_caption("a wide thick zero", 3.0))
 
 # %% [markdown]
 # ### Measured: does it follow captions it never saw?
@@ -235,7 +234,12 @@ display(show_caption("a wide thick zero", 3.0))
 # For each digit, ask for its held-out pair ("a thin upright zero", ...) and, separately, for its three
 # seen pairs. Score the samples with the course's classifier (**digit accuracy**) and by measuring them
 # (`dl.text.attribute_agreement`): a sample **agrees** with "thick" when its measured thickness lies
-# above the median of real digits of its class. Chance is 0.5 for agreement and 0.1 for digits.
+# above the median of real digits of its class. Chance is 0.5 for agreement and 0.1 for digits. The
+# held-out pairs, and the digits each is withheld from:
+
+# %%
+for pair in dict.fromkeys(dl.text.HELD_OUT.values()):
+    print(f"'{' '.join(pair)}' never said of the digits {[d for d, held in dl.text.HELD_OUT.items() if held == pair]}")
 
 # %%
 per_caption = 2 if FAST else 20
@@ -252,8 +256,8 @@ for (name, w), s in scores.items():
 # Read the table row by row. At $w = 0$ the caption is ignored, so digits and attributes sit near
 # chance. With the caption ($w = 1$) and with guidance ($w = 3$) the digit, the thickness and the slant
 # all follow the words, and the **held-out** rows score like the seen ones. Read that claim for what it
-# tests: each held-out pair ("thin upright") is withheld from three digits only and seen with the other
-# seven, so the model carries a word pair it knows over to digits it never saw with it; and at $w = 3$
+# tests: each held-out pair is withheld from two or three digits only (the list above) and seen with the
+# others, so the model carries a word pair it knows over to digits it never saw with it; and at $w = 3$
 # every row is near the top of the scale, where held-out and seen cannot differ. Agreement is also a
 # lenient test (above or below the median, not the terciles the captions came from).
 #
@@ -476,11 +480,34 @@ exercises.check_q_jump(my_q_jump)
 
 # %% [markdown] tags=["exercise:ch07-open-held-out-word"]
 # **Exercise 4 (open question, with a long run).** The held-out pairs above combine two words the
-# model saw separately with the digit. Hold out something harder: never say "wide" of a seven (drop
-# the word in `dl.text.training_captions` when the digit is 7), retrain with the command in
-# `diffusion_lib/checkpoints/mnist_text/README.md` (about 48 minutes on one core of a 2-core CPU,
-# so start it before a break), and ask for "a wide seven". Predict first: will
-# the samples be wide? What would that tell you about how "wide" is represented, per digit or shared?
+# model saw separately with the digit. Hold out something harder: never say "wide" of a seven, retrain, and
+# ask for "a wide seven". Predict first: will the samples be wide? What would that tell you about how "wide"
+# is represented, per digit or shared?
+#
+# You need not edit the library. Save this as a script and run it: it wraps the function the training loop
+# draws its captions with, in this Python process only, then trains with `mnist_text`'s recipe (its README has
+# the command; about 48 minutes on one core of a 2-core CPU, so start it before a break). A caption such as
+# "seven written wide and thin" becomes "seven written and thin": the filler words matter little.
+#
+# ```python
+# import re
+# import diffusion_lib as dl
+# import diffusion_lib.training as training
+#
+# draw_captions = training.training_captions  # the library's captions
+#
+# def never_wide_sevens(labels, codes, generator, say_word=0.8):
+#     captions = draw_captions(labels, codes, generator, say_word)
+#     return [re.sub(r" ?\bwide\b", "", c) if int(d) == 7 else c for c, d in zip(captions, labels)]
+#
+# training.training_captions = never_wide_sevens
+# config = dl.TrainConfig(data="mnist", text=True, steps=18000, batch_size=32, lr=3e-3, warmup=200,
+#                         schedule="cosine", objective="ddpm", prediction="v", seed=0,
+#                         model={"base_channels": 16, "text_dim": 32})
+# dl.train(config, "runs/text_no_wide_seven", max_seconds=80 * 60)
+# ```
+#
+# Then load it with `dl.load_model("runs/text_no_wide_seven/model.safetensors")` and sample as in section 5.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

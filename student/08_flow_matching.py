@@ -149,7 +149,8 @@ display(ch08.paths_figure(panels, moons_data))
 # $0$ lands exactly on it. With two steps, the second step goes from $s = \tfrac12$ to $0$ and lands on
 # $\hat x_0$ at $s = \tfrac12$: the *average* of the data points that half-noised point could have come from,
 # which for a point between the moons lies between them. (With one step every point lands on $\hat x_0$ at
-# $s = 1$, the mean of the whole data set.) The paths are curved, and curvature is what costs steps.
+# $s = 1$: for the ideal network that is the mean of the whole data set, since pure noise says nothing about the
+# point; a trained network lands near it.) The paths are curved, and curvature is what costs steps.
 #
 # ## 3. The same ODE as DDIM
 #
@@ -168,6 +169,14 @@ display(ch08.paths_figure(panels, moons_data))
 # $\hat\varepsilon = x_s + (1-s)\,v$ and $\hat x_0 = x_s - s\,v$ (exercise 2). By construction
 # $(1-s)\,\hat x_0 + s\,\hat\varepsilon = x_s$ and $\hat\varepsilon - \hat x_0 = v$. This is how the library's denoiser
 # (`denoisers.flow_estimates`) answers every sampler, DDIM, DDPM and DPM-Solver++ included, for a flow model.
+#
+# **The ideal networks define one field.** The ideal flow network is $v^*(x, s) = \mathbb E[\varepsilon - x_0 \mid x_s = x]$
+# (section 1) and the ideal DDPM network $\varepsilon^*(x_t, t) = \mathbb E[\varepsilon \mid x_t]$ (chapter 3). On any one
+# line, $x_s + (1-s)(\varepsilon - x_0) = \varepsilon$; take the expectation given $x_s$:
+# $\mathbb E[\varepsilon \mid x_s] = x_s + (1-s)\,v^*(x_s, s)$, which is the conversion above applied to $v^*$. And $x_s$ and
+# $x_t$ at the same signal-to-noise ratio differ by a known factor (below), so conditioning on one is conditioning on
+# the other. The ideal flow network, converted, *is* the ideal DDPM network: both objectives, trained perfectly,
+# give the same $\hat\varepsilon$, hence the same ODE.
 #
 # **Why the DDIM step and the Euler step agree exactly.** A DDIM step ($\eta = 0$) freezes the model's
 # $(\hat x_0, \hat\varepsilon)$ and moves to $\bar x_{t'} = \hat x_0 + \rho_{t'}\,\hat\varepsilon$, which in flow coordinates is
@@ -216,7 +225,7 @@ for t_value in (100, 500, 900):
 #
 # To compare curvature we need a number. Liu et al. (2022) measure **straightness** as the average squared
 # difference between the velocity along the path and the velocity of the straight line from its start to
-# its end. `dl.distill.straightness` divides that by the straight line's squared speed, so $S = 0$ is a
+# its end (the path's **chord**). `dl.distill.straightness` divides that by the chord's squared speed, so $S = 0$ is a
 # straight line run at constant speed (one Euler step lands exactly), and $S = 1$ is a path whose velocity
 # strays from the line's, in mean square, by as much as the line's velocity itself. $S$ can exceed 1: a path
 # that turns late, as the moons' do, moves far from its chord's direction for part of the way.
@@ -265,7 +274,9 @@ for name, data in (("MNIST", dl.load_mnist(train=True)[0]), ("two moons", moons_
 # is most of the journey. (That ratio alone does not explain a factor of 60 in $S$; it is one reason, not a
 # derivation.) Small as it is, the curvature left still costs steps: in section 5's table the teacher with 4
 # Euler steps scores an MNIST-FID of 86 against 26.7 for Heun with 18 steps. Where along the path does the
-# velocity stray? The figure splits $S$ into its segments:
+# velocity stray? For each Euler step, the figure plots the step's **stray**: the mean squared difference between
+# the step's velocity and the chord's, divided by the chord's squared speed. $S$ is the average of these over
+# the path's steps:
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 2.8))
@@ -289,7 +300,8 @@ for name, (xs, times) in (("mnist_uncond", (teacher_xs, teacher_times)), ("mnist
 # The velocity strays most at the two ends of the path, not in the middle. Near the noise ($s$ close to 1) the
 # first steps head for the average of everything the noise could become, and must turn as a digit starts to
 # show; at the very end, near the data, the fine strokes are settled; in between the velocity follows the
-# chord closely. After reflow (section 5) the curve is lower everywhere, by ten times or more. Large first or
+# chord closely. After reflow (section 5) the curve is lower everywhere: averaged over each of the three parts,
+# by more than ten times (compare the two lines above), by less at single steps near the noise. Large first or
 # last steps are where a few-step sampler loses most.
 #
 # ## 5. Reflow: retrain on the model's own pairs
@@ -304,10 +316,51 @@ for name, (xs, times) in (("mnist_uncond", (teacher_xs, teacher_times)), ("mnist
 #
 # The new pairing is a deterministic map, $\varepsilon \mapsto \Phi(\varepsilon)$. Liu et al. prove that it moves the same
 # distribution of images at no higher transport cost; in practice the straight lines between its pairs cross far
-# less often than lines between independent draws (the moons figure below shows it), so a velocity field can
-# follow each of them at nearly constant speed: straight paths, which Euler follows in few steps. In principle
-# reflow keeps the *distribution* of images the old model makes and changes only the routes to them; in
-# practice the student inherits the teacher's errors and adds its own.
+# less often than lines between independent draws, so a velocity field can follow each of them at nearly constant
+# speed: straight paths, which Euler follows in few steps. In principle reflow keeps the *distribution* of images
+# the old model makes and changes only the routes to them; in practice the student inherits the teacher's errors
+# and adds its own.
+#
+# The training lines themselves, for 40 noise draws on two moons: on the left each is joined to a random data
+# point, as flow matching trains; on the right to where the moons model's ODE takes it (its Euler-64 end from
+# section 3), the pair reflow trains on. The cell counts how many pairs of lines cross:
+
+# %%
+def crossings(starts, ends):
+    """How many pairs of the 2-D segments starts[i] -> ends[i] intersect."""
+    def turn(p, q, r):  # the sign of the turn p -> q -> r: +1 left, -1 right
+        return torch.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+    count = 0
+    for i in range(len(starts)):
+        for j in range(i + 1, len(starts)):
+            a, b, c, d = starts[i], ends[i], starts[j], ends[j]
+            count += int(turn(a, b, c) != turn(a, b, d) and turn(c, d, a) != turn(c, d, b))
+    return count
+
+
+n_lines = 40
+starts = noise2d[:n_lines]
+couplings = {"independent: noise and a random data point":
+             moons_data[torch.randint(len(moons_data), (n_lines,), generator=torch.Generator().manual_seed(5))],
+             "reflow: noise and the model's image of it": flow_xs[-1][:n_lines]}
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True, sharey=True)
+for ax, (title, ends) in zip(axes, couplings.items()):
+    ax.scatter(moons_data[:, 0], moons_data[:, 1], s=2, c="0.85")
+    for a, b in zip(starts, ends):
+        ax.plot([a[0], b[0]], [a[1], b[1]], lw=0.7, c="tab:blue")
+    ax.scatter(starts[:, 0], starts[:, 1], s=8, c="k")
+    ax.scatter(ends[:, 0], ends[:, 1], s=14, c="tab:red", marker="x")
+    ax.set_title(f"{title}\n{crossings(starts, ends)} crossings among {n_lines} lines", fontsize=9)
+plt.show()
+for title, ends in couplings.items():
+    print(f"{title}: {crossings(starts, ends)} of the {n_lines * (n_lines - 1) // 2} pairs of lines cross")
+
+# %% [markdown]
+# Of the 780 pairs of lines, 185 cross when each noise draw is joined to a random data point, and 3 when it is
+# joined to where the model's ODE takes it: the model's own map sends each draw to a nearby part of the moons, so
+# neighbouring lines run side by side. A velocity field trained on the right-hand lines almost never has to
+# average two directions at one point, which is what bent the paths of section 2.
+#
 #
 # On two moons, reflow with 4,000 pairs takes seconds (`dl.distill.distill` with method "reflow", the
 # same code as the command line's `distill`):
@@ -356,7 +409,7 @@ for sampler, steps in (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), (
 # Reflow cut the MNIST model's $S$ by more than ten times, and the table shows what that buys: the fewer
 # the steps, the larger the gain. With one Euler step the teacher lands every noise on its $\hat x_0$ at
 # $s = 1$, close to the mean digit, which the classifier almost never recognises; the reflowed model draws
-# digits (80.5% recognised). With two steps the FID falls from 395 to 62.8, with four from 86.0 to 50.1.
+# digits (80.5% recognised). With two steps the FID falls from 395.0 to 62.8, with four from 86.0 to 50.1.
 # At 8 steps the two are close (44.3 against 42.2): the teacher's own Euler error is small by then. The
 # last row shows reflow's price. With Heun's method and 18 steps, which follows each model's own paths
 # closely, the reflowed model scores 35.8 against the teacher's 26.7 (89.5% recognised against 92.1%):
