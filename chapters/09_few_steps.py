@@ -57,7 +57,7 @@ from diffusion_lib.continuous import flow_velocity
 from diffusion_lib.course import ch08, ch09, exercises
 from diffusion_lib.course.ch01 import recognised
 from diffusion_lib.course.measured import decode_images, load_measured
-from diffusion_lib.course.plots import show_grid
+from diffusion_lib.course.plots import show_grid, show_rows
 from diffusion_lib.distill import DistillConfig, consistency_fn, distill, progressive_target, student_files
 
 chapter_start = time.perf_counter()
@@ -351,15 +351,7 @@ picked = [("mnist_uncond", "ddpm", 1000), ("mnist_uncond", "ddim", 50), ("mnist_
           ("mnist_progressive/1", "euler", 1), ("mnist_consistency", "consistency", 4),
           ("mnist_consistency", "consistency", 1)]
 by_key = {(r["model"], r["sampler"], r["steps"]): r for r in measured["rows"] if r["precision"] == "bf16"}
-fig, axes = plt.subplots(len(picked), 1, figsize=(9, 0.62 * len(picked)))
-for ax, key in zip(axes, picked):
-    images = decode_images(by_key[key]["grid"])
-    ax.imshow(torch.cat(list(((images[:, 0] + 1) / 2).clamp(0, 1)), dim=1).numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_ylabel(f"{key[0]}\n{key[1]}-{key[2]}", rotation=0, ha="right", va="center", fontsize=8)
-plt.tight_layout()
-plt.show()
+display(show_rows({f"{key[0]}\n{key[1]}-{key[2]}": decode_images(by_key[key]["grid"]) for key in picked}))
 
 # %% [markdown]
 # ## 5. Side by side

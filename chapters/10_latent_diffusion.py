@@ -65,7 +65,7 @@ from diffusion_lib.course import ch10, exercises
 from diffusion_lib.course.ch01 import recognised
 from diffusion_lib.course.ch07 import caption_scores, caption_sets
 from diffusion_lib.course.measured import load_measured
-from diffusion_lib.course.plots import show_grid
+from diffusion_lib.course.plots import show_grid, show_rows
 from diffusion_lib.dit import DiT, DiTConfig, patchify, unpatchify
 
 chapter_start = time.perf_counter()
@@ -443,16 +443,9 @@ print(f"this machine has native bfloat16 instructions: {dl.runtime.fast_bf16(tor
 # %%
 n_show = 10
 rows_shown = [(label, w) for label in models for w in (1.0, 3.0)]
-fig, axes = plt.subplots(len(rows_shown), 1, figsize=(9, 1.1 * len(rows_shown)))
-for ax, (label, w) in zip(axes, rows_shown):
-    model, info = models[label]
-    images, _ = dl.generate(model, info, n_show, "heun", 10, guidance=w, prompts=ch10.digit_prompts(n_show), seed=4)
-    ax.imshow(torch.cat(list(((images[:, 0] + 1) / 2).clamp(0, 1)), dim=1).numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_ylabel(f"{label}, w = {w:g}", rotation=0, ha="right", va="center", fontsize=9)
-plt.tight_layout()
-plt.show()
+display(show_rows({f"{label}, w = {w:g}": dl.generate(*models[label], n_show, "heun", 10, guidance=w,
+                                                    prompts=ch10.digit_prompts(n_show), seed=4)[0]
+                   for label, w in rows_shown}, height=1.1, fontsize=9))
 
 # %% [markdown]
 # **Captions the models never saw.** Chapter 7 held out one (thickness, slant) pair per digit from training, to ask

@@ -123,3 +123,14 @@ def test_gallery_figure_has_a_row_per_case_and_shows_a_diverged_run():
     assert [len(ax.images) for ax in rows[0][1:]] == [1] * 4 and not any(ax.images for ax in rows[1])
     labels = [ax.texts[0].get_text() for ax in (rows[0][0], rows[1][0])]
     assert "2.0x the floor, 90% recognised" in labels[0] and "diverged" in labels[1]
+
+
+def test_show_rows_draws_one_labelled_strip_per_row_in_order():
+    from diffusion_lib.course.plots import show_rows
+
+    dark, light = -torch.ones(3, 1, 4, 5), torch.ones(3, 1, 4, 5)
+    fig = show_rows({"dark": dark, "light": light})
+    assert [ax.get_ylabel() for ax in fig.axes] == ["dark", "light"]
+    strips = [ax.images[0].get_array() for ax in fig.axes]
+    assert all(strip.shape == (4, 15) for strip in strips)  # three 4x5 images side by side
+    assert float(strips[0].max()) == 0.0 and float(strips[1].min()) == 1.0  # [-1, 1] shown as [0, 1]

@@ -30,3 +30,15 @@ def show_grid(images: torch.Tensor, title: str, ncols: int = 8, captions: list[s
                 ax.set_title(captions[i], fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def show_rows(rows: dict[str, torch.Tensor], height: float = 0.62, fontsize: int = 8) -> Figure:
+    """One labelled strip per entry: the (N, 1, H, W) images in [-1, 1] side by side, the label to the left."""
+    fig = Figure(figsize=(9, height * len(rows)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(rows), 1))
+    for ax, (label, images) in zip(axes, rows.items()):
+        ax.imshow(np.concatenate([to_numpy_image(image) for image in images], axis=1), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=fontsize)
+    return fig
