@@ -19,10 +19,10 @@
 #
 # Stable Diffusion 3 and Flux are trained with *rectified flow*: noise and data are joined by straight
 # lines, and the network learns the velocity along them. The course's own models have been trained
-# this way since chapter 4 (it won the recipe study). This chapter takes the idea apart: what the
+# this way since chapter 4. This chapter takes the idea apart: what the
 # straight path is, why its ODE is DDIM's ODE in other coordinates, how straight the paths the
 # model actually follows are, and how **reflow** makes them straighter, so that a few Euler steps
-# are enough.
+# do far better than on the original paths.
 #
 # **After this chapter you can**
 # - write the flow's path $x_s = (1-s)\,x_0 + s\,\varepsilon$, its velocity target, and SD3's logit-normal choice of $s$;
@@ -174,9 +174,11 @@ display(ch08.paths_figure(panels, moons_data))
 # (section 1) and the ideal DDPM network $\varepsilon^*(x_t, t) = \mathbb E[\varepsilon \mid x_t]$ (chapter 3). On any one
 # line, $x_s + (1-s)(\varepsilon - x_0) = \varepsilon$; take the expectation given $x_s$:
 # $\mathbb E[\varepsilon \mid x_s] = x_s + (1-s)\,v^*(x_s, s)$, which is the conversion above applied to $v^*$. And $x_s$ and
-# $x_t$ at the same signal-to-noise ratio differ by a known factor (below), so conditioning on one is conditioning on
-# the other. The ideal flow network, converted, *is* the ideal DDPM network: both objectives, trained perfectly,
-# give the same $\hat\varepsilon$, hence the same ODE.
+# $x_t$ at the same signal-to-noise ratio differ by the known factor derived above, so conditioning on one is
+# conditioning on the other. The ideal flow network, converted, *is* the ideal DDPM network: both objectives,
+# trained perfectly, give the same $\hat\varepsilon$, hence the same ODE. (How each loss weights the noise levels does
+# not matter here: the best answer at each point and noise level is the same conditional mean whatever the
+# weight, as long as every level gets some.)
 #
 # **Why the DDIM step and the Euler step agree exactly.** A DDIM step ($\eta = 0$) freezes the model's
 # $(\hat x_0, \hat\varepsilon)$ and moves to $\bar x_{t'} = \hat x_0 + \rho_{t'}\,\hat\varepsilon$, which in flow coordinates is
@@ -244,7 +246,8 @@ print(f"straightness S: flow model {moons_s['flow']:.2f} (even steps), {moons_s[
       f"(DDIM's noise levels); DDPM model {moons_s['ddpm']:.2f} (DDIM's noise levels)")
 
 # %% [markdown]
-# Both sets of paths bend the same way, and their straightness values are close. On the same noise levels
+# Both sets of paths bend the same way, and their straightness values are of the same size (2.49 and 2.76, one
+# trained network each). On the same noise levels
 # what difference remains comes from two networks trained with different losses and time weightings, not
 # from different ODEs. **The objective alone does not straighten the paths**: a flow model trained on
 # independent (noise, image) pairs follows the same curved ODE that DDIM solves. What bends them is that
@@ -274,9 +277,9 @@ for name, data in (("MNIST", dl.load_mnist(train=True)[0]), ("two moons", moons_
 # is most of the journey. (That ratio alone does not explain a factor of 60 in $S$; it is one reason, not a
 # derivation.) Small as it is, the curvature left still costs steps: in section 5's table the teacher with 4
 # Euler steps scores an MNIST-FID of 86 against 26.7 for Heun with 18 steps. Where along the path does the
-# velocity stray? For each Euler step, the figure plots the step's **stray**: the mean squared difference between
-# the step's velocity and the chord's, divided by the chord's squared speed. $S$ is the average of these over
-# the path's steps:
+# velocity stray? For each Euler step, the figure plots the step's **stray**: the squared difference between the
+# step's velocity and the chord's, divided by the chord's squared speed, both averaged over the paths. $S$ is the
+# average of the strays over the path's steps, each weighted by its length:
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 2.8))
@@ -310,7 +313,8 @@ for name, (xs, times) in (("mnist_uncond", (teacher_xs, teacher_times)), ("mnist
 # an independent noise draw, so lines cross, and the average velocity at a crossing points between them.
 # **Reflow** changes the pairing:
 #
-# 1. draw noise $\varepsilon$ and run the trained model's ODE to get its image $x = \Phi(\varepsilon)$;
+# 1. draw noise $\varepsilon$ and run the trained model's ODE (the library uses Heun's method) to get its image
+#    $x = \Phi(\varepsilon)$;
 # 2. train a new flow (starting from the old weights) on straight lines between these pairs,
 #    $x_s = (1-s)\,x + s\,\varepsilon$ with target $\varepsilon - x$ (the library draws $s$ uniformly here, as Liu et al. do).
 #
@@ -323,7 +327,8 @@ for name, (xs, times) in (("mnist_uncond", (teacher_xs, teacher_times)), ("mnist
 #
 # The training lines themselves, for 40 noise draws on two moons: on the left each is joined to a random data
 # point, as flow matching trains; on the right to where the moons model's ODE takes it (its Euler-64 end from
-# section 3), the pair reflow trains on. The cell counts how many pairs of lines cross:
+# section 3), the kind of pair reflow trains on (the run below draws its own 4,000 pairs, with Heun's method). The
+# cell counts how many pairs of lines cross:
 
 # %%
 def crossings(starts, ends):
@@ -358,8 +363,10 @@ for title, ends in couplings.items():
 # %% [markdown]
 # Of the 780 pairs of lines, 185 cross when each noise draw is joined to a random data point, and 3 when it is
 # joined to where the model's ODE takes it: the model's own map sends each draw to a nearby part of the moons, so
-# neighbouring lines run side by side. A velocity field trained on the right-hand lines almost never has to
-# average two directions at one point, which is what bent the paths of section 2.
+# neighbouring lines run side by side. A crossing in the picture is a proxy: the network has to average two lines'
+# directions only where they pass the same point at the same $s$, which lines crossing in space make likely for
+# nearby times. A velocity field trained on the right-hand lines rarely has to average two directions, and that
+# averaging is what bent the paths of section 2.
 #
 #
 # On two moons, reflow with 4,000 pairs takes seconds (`dl.distill.distill` with method "reflow", the
@@ -410,7 +417,8 @@ for sampler, steps in (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), (
 # the steps, the larger the gain. With one Euler step the teacher lands every noise on its $\hat x_0$ at
 # $s = 1$, close to the mean digit, which the classifier almost never recognises; the reflowed model draws
 # digits (80.5% recognised). With two steps the FID falls from 395.0 to 62.8, with four from 86.0 to 50.1.
-# At 8 steps the two are close (44.3 against 42.2): the teacher's own Euler error is small by then. The
+# At 8 steps the two are close (44.3 against 42.2), and both are still far from the teacher's Heun-18 (26.7): with
+# eight short steps the teacher's curvature costs it little more than Euler's error costs the straighter model. The
 # last row shows reflow's price. With Heun's method and 18 steps, which follows each model's own paths
 # closely, the reflowed model scores 35.8 against the teacher's 26.7 (89.5% recognised against 92.1%):
 # the student learnt from 6,000 pairs for 2,000 steps, inherits the teacher's errors and adds its own.
@@ -477,7 +485,8 @@ exercises.check_reflow_calls(reflow_pair_calls)
 # %% [markdown] tags=["solution"]
 # **Model answer (instructor edition).** Each reflow replaces the pairing by the current model's own
 # deterministic map. Liu et al. (2022) show that a reflow never raises the transport cost, and that the
-# straightness of the best of the first K rounds improves like 1/K: a second reflow is expected to
+# straightness of the best of the first K rounds is bounded by a constant over K (an upper bound, not a
+# measured rate): a second reflow is expected to
 # straighten further, with diminishing returns, since most of the curvature goes in the first (here S fell
 # from about 0.04 to 0.003 in one round). Quality is another matter: every reflow learns from samples, not
 # from data. The student can at best reproduce its teacher's images, and each round adds its own fitting error (a finite number of

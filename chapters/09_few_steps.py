@@ -104,8 +104,8 @@ print_rows([r for r in measured["rows"] if r["model"] == "mnist_uncond" and r["p
 # calls the best is DPM-Solver++-5 (52.1), DDIM-5 scores 87.7, Euler-4 86.0, Euler-2 395.0, and a single Euler
 # step 1798.1, not digits at all. (DDIM-5 and Euler-4 take the same kind of step, chapter 8, but on different time
 # grids: DDIM spaces its steps evenly in DDPM's $t$, Euler evenly in $s$.) That is the bar for this chapter: a
-# network that draws digits in one to four calls must beat the teacher's own samplers at those budgets, and the
-# best of them is DPM-Solver++-5 at 52.1.
+# network that draws digits in one to four calls must beat what the teacher does with about as many, Euler-4 at
+# 86.0 with four calls and, the best of them, DPM-Solver++-5 at 52.1 with five.
 
 # %% [markdown]
 # ## 2. Progressive distillation: two steps become one
@@ -144,8 +144,8 @@ with torch.no_grad():
 # The student can only match the teacher's 2N-step sampler, never the exact ODE: each round inherits the
 # previous round's error and adds its own. So the first teacher should be a good sampler (the committed run
 # starts from Euler with 32 steps), and the last rounds are the hardest: every round halves the steps, but
-# the last ones do it with the longest steps, where two teacher steps differ most from one (the committed
-# run's loss at the end of each round rose round by round, as its README records).
+# the last ones do it with the longest steps, where the path bends most within one step, so two teacher steps
+# differ most from one.
 #
 # On two moons the whole procedure, from an 8-step teacher to a 1-step student, takes seconds:
 
@@ -203,8 +203,10 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
 
 # %% [markdown]
 # These 400 are the first 400 of the benchmark's seed-1 draws; section 4 scores every student on 1,000 samples
-# from each of three seeds. A share near 90% measured on 400 samples has a standard error of about 1.5 points,
-# so gaps of that size between these live figures and section 4's are sampling noise.
+# of seed 0, and the 1- and 4-step students on three seeds. A share near 90% measured on 400 samples has a
+# standard error of about 1.5 points, yet every student is recognised here several points more often than in
+# section 4's rows: these 400 draws happen to be easier for every model. Compare students with one another on
+# the same draws, not these live figures with the table's.
 #
 # ## 3. Consistency distillation: jump to the end from anywhere
 #
@@ -226,26 +228,27 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
 # grid times $s_n = n/N$ ($N = 16$ here, $n$ drawn uniformly from 1 to $N$), and $\hat x_{s_{n-1}}$ is one teacher
 # step from it towards the data, so that the two points lie on (nearly) one ODE path. The step is Heun's,
 # $\hat x_{s_{n-1}} = x + (s_{n-1} - s_n)\,\tfrac12\big[v_T(x, s_n) + v_T(\tilde x, s_{n-1})\big]$ with $\tilde x$ the Euler step's end,
-# except on the last step to $s_0 = 0$, which is Euler's. $\theta^-$ is the *target* network: a moving average of
+# except on the last step to $s_0 = 0$, which is Euler's, as in the library's Heun sampler (chapter 8). $\theta^-$ is the *target* network: a moving average of
 # the student's weights (decay `target_decay` per step, printed below), starting as a copy of the teacher, which
 # keeps the regression target from chasing itself; the weights used for sampling are a separate, slower average
 # (decay `ema_decay`). Song et al. measure the
 # difference between images with LPIPS, a learned perceptual distance; the course uses the squared pixel
 # distance, which needs no second network. Where the grid reaches $s_0 = 0$ ($n = 1$), the target is
 # $f(\hat x_0, 0) = \hat x_0$, the teacher's Euler step from $s = 1/16$ to the data: the boundary condition anchors the
-# function there, and consistency spreads from the data end up the path. The committed student:
+# function there. Why a zero loss gives the end of the path: at $n = 1$ the target is that end itself, so $f$ is
+# exact at $s_1$; if $f$ is exact at $s_{n-1}$, a zero loss at $s_n$ makes $f(x_{s_n}, s_n)$ equal to $f$ at a point of
+# the same path one step nearer the data, so $f$ is exact at $s_n$ too. Consistency spreads from the data end up
+# the grid, one step at a time; a slowly moving target network keeps each step's target from shifting while the
+# step below it is still being learned. The committed student:
 #
 # ```bash
 # OMP_NUM_THREADS=1 python -m diffusion_lib distill --method consistency --teacher mnist_uncond --teacher-steps 16 --steps 4000 --lr 2e-4 --seed 0 --quiet --out ../runs/distill/mnist_consistency
 # ```
 #
-# (run in two parts, the second resumed from the first; its README records both commands and the times).
-#
 # **Sampling.** One step: $x = f_\theta(\varepsilon, 1)$. More steps: noise the result again to a smaller $s$,
 # $x_s = (1-s)\,x + s\,z$ with fresh $z$, and jump again, $x = f_\theta(x_s, s)$; each step costs one call. The
 # library's times for $k$ steps are $1, (k-1)/k, \dots, 1/k$ (for 4 steps: 1, 3/4, 1/2, 1/4). The re-noised point is
-# not on the first jump's ODE path, and the fresh noise makes the sampler stochastic. (The loss itself is
-# checked against a closed form in `tests/test_distill.py`.) The cell checks the boundary condition on the
+# not on the first jump's ODE path, and the fresh noise makes the sampler stochastic. The cell checks the boundary condition on the
 # committed student, then shows $f(\varepsilon, 1)$ for the teacher and the student from the same noise:
 
 # %%
@@ -294,8 +297,8 @@ print(f"\nreal test digits: {100 * real_share:.1f}% recognised")
 # The students rewrite the bottom of the table. With **four** network calls the consistency student scores
 # 28.3 and 92.2% recognised, the level of the teacher's DDIM-50 from the same starting noise (28.1, 91.8%) at a
 # twelfth of the calls; the progressive student scores 39.1 (87.0%) and reflow with Euler 50.1 (85.4%). All
-# three beat the teacher's best sampler at a like budget, DPM-Solver++-5 (52.1, 85.1%), though reflow only just,
-# on one seed: reflow straightens the paths (chapter 8) but still needs a solver's steps to follow them.
+# three beat the teacher's best sampler with five calls, DPM-Solver++-5 (52.1, 85.1%), with a call fewer, though
+# reflow only just, on one seed: reflow straightens the paths (chapter 8) but still needs a solver's steps to follow them.
 # With **one** call: consistency 69.4 (84.8%), progressive 80.0 (81.7%), reflow 99.1 (80.5%), against the
 # teacher's 1798.1. On seed 0 the 4-step consistency student comes within 1.6 FID of Heun-18 and matches its
 # recognition; Heun-18 was measured on one seed only, so the two cannot be ranked. Below four calls the share
@@ -380,7 +383,7 @@ widgets.interact(show_side_by_side, steps=widgets.IntSlider(value=2, min=1, max=
 # **Training time against sampling time.** A distilled student is paid for once, in training, and saves
 # time on every image after. The cell reads each 4-step student's training time (stored in its checkpoint)
 # and the measured time per image, and computes how many images it must make before it has paid for itself:
-# against the teacher's Heun-18 (the library's default sampler for it, and better than every student), and
+# against the teacher's Heun-18 (the library's default sampler for it, with a lower FID than every student on seed 0), and
 # against the cheapest teacher sampler in the table that is at least as good as the student on seed 0 (a fair
 # price for the same quality):
 
@@ -430,7 +433,7 @@ for key in picked:
 # 4.1) and one class taking 31%. The deterministic students keep their teacher's map from noise to digit: in the
 # grid of section 4 the same noise gives the same digit in almost every row, one-step consistency included. The
 # two exceptions add fresh noise, DDPM at every step and the 4-step consistency sampler at each step after its
-# first, and both give other digits in several columns. What few steps cost here is sharpness and recognisability
+# first: DDPM gives other digits in nearly every column, the 4-step consistency sampler in several. What few steps cost here is sharpness and recognisability
 # (the table), not variety. One caution: a pixel distance counts blotches and broken strokes as variety too, so
 # it can flatter a model whose samples are noisy.
 #
@@ -455,7 +458,8 @@ exercises.check_progressive_target(my_target)
 
 # %% [markdown]
 # **Exercise 2 (predict, then check).** The committed progressive run went from 32 steps to 1, with 600
-# optimiser steps per round and batches of 64 images. How many times did it call a teacher network in all?
+# optimiser steps per round and batches of 64 images. How many times did it run a teacher network on one image,
+# in all?
 
 # %% tags=["solution", "exercise:ch09-teacher-calls"]
 teacher_calls = 5 * 600 * 64 * 2

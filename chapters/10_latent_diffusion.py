@@ -111,7 +111,8 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
       f"latent U-Net, decoding included ({pixel_image / latent_image:.1f}x cheaper)")
 
 # %% [markdown]
-# Timings vary from run to run on a shared CPU, so read the ratios above rather than the milliseconds. A call on
+# Timings vary from run to run and from machine to machine (the decoder's price in calls most of all), so read
+# the output above rather than remembered figures. A call on
 # 256 inputs costs the latent U-Net several times less than the pixel U-Net; a training step, on a smaller batch
 # of 64, saves less. The decoder is not free: the output prices one decode in
 # calls of the latent U-Net, and adding it once per image makes the latent pipeline's saving per image smaller
@@ -305,7 +306,7 @@ print("the first patch is the top-left 2x2 block of every channel:", torch.equal
 
 # %% [markdown]
 # **adaLN-Zero.** Each transformer block is attention then an MLP, each with a residual connection and a layer
-# norm before it. The timestep (and a pooled caption) enters not as an added embedding, as in the U-Net's
+# norm before it. The timestep (and, for a text model, the caption's mean token vector) enters not as an added embedding, as in the U-Net's
 # ResBlocks, but by *modulating* the layer norms: a linear layer of $\mathrm{SiLU}(c)$, with $c$ the condition
 # vector, gives a shift $b$, a scale $a$ and a gate $g$ per branch,
 #
@@ -357,8 +358,9 @@ print(f"attention per block: ({mmdit.config.tokens} image + 8 caption tokens)^2 
 # ## 6. Pixels or latents, U-Net or transformer: measured
 #
 # Three text-conditional models were trained on chapter 7's captions with the course's recipe (flow matching,
-# batch 64, bfloat16 autocast) for the **same wall time**, 20 minutes each, all three at once on this 2-core
-# machine (each folder's README records the command and the steps it reached):
+# batch 64, bfloat16 autocast) for the **same wall time**, 20 minutes each, all three at once on a 2-core
+# machine with native bfloat16 instructions (each folder's README records the command, the machine and the steps
+# it reached):
 #
 # - **pixel U-Net** (`mnist_text_pixel`): chapter 7's network, a 3-level U-Net of base width 16 with
 #   cross-attention, on 28x28 pixels;
@@ -409,7 +411,7 @@ print(f"this machine has native bfloat16 instructions: {dl.runtime.fast_bf16(tor
 # %% [markdown]
 # **Speed.** Whole sampling runs of 1,000 images, decoding included, cost the latent U-Net 5.1 times less per
 # image than the pixel U-Net (w = 1), and in the same 20 minutes it took 2.6 times as many training steps. The
-# saving per image is the one that counts; section 1 showed why it is smaller than the saving per network call.
+# saving per image is the one that counts; section 1 showed the decoder's part in it.
 #
 # **Quality.** Yet the pixel U-Net's samples are the best: MNIST-FID 27.4 at w = 1, against 40.6 for the latent
 # U-Net at its best scale (w = 1.5), 1.48 times as much. The decoder is one reason: reconstructions of *real*
@@ -451,7 +453,7 @@ display(show_rows({f"{label}, w = {w:g}": dl.generate(*models[label], n_show, "h
 # **Captions the models never saw.** Chapter 7 held out one (thickness, slant) pair per digit from training, to ask
 # whether a model composes words it only saw apart. The benchmark asked each model for those captions (50 samples
 # each, DPM-Solver++-10), and for comparison chapter 7's `mnist_text` (the same pixel network, trained 48 minutes
-# on one thread with the recipe of that time, `benchmarks/RESULTS.md`, section text):
+# on one thread with a DDPM recipe, `benchmarks/RESULTS.md`, section text):
 
 # %%
 text_measured = load_measured("text")["figures"]
@@ -568,7 +570,7 @@ for strength, row in zip(strengths, rows):
 #
 # so for $w > 1$ the sample moves away from what the negative caption describes, as far as the positive caption
 # allows. At $w = 1$ the negative prompt drops out, which is why Stable Diffusion's negative prompts need a guidance
-# scale above 1 (the command line refuses `--negative-prompt` without one). The benchmark asked the latent U-Net for
+# scale other than 1 (the command line refuses `--negative-prompt` at w = 1 or with no guidance scale). The benchmark asked the latent U-Net for
 # "a seven" 200 times with each negative prompt (w = 3, Heun-10) and measured the share of the 200 samples whose
 # stroke is thicker than the median training seven:
 
@@ -583,8 +585,11 @@ for r in measured["negative"]:
 # are sevens, against 100% without. The second form of the formula says why. Guidance adds $(w - 1)$ times the
 # difference between the two predictions; against the empty caption that difference holds everything the prompt
 # says, "seven" included, so guidance amplifies the digit. Against "a thick seven" the two captions share "seven",
-# so the difference holds only thin against thick, and the digit is left with the plain conditional model's
-# strength, which at w = 1 gives the requested digit 93.6% of the time (section 6). Stable Diffusion's users write
+# so the difference holds mostly the thickness word (the positive caption names none), and guidance no longer
+# pushes towards the digit. That predicts about as many sevens as the unguided conditional model gives; at w = 1
+# it gives the requested digit 93.6% of the time, averaged over all ten digits (section 6). With "a thick seven"
+# the share is above that (96.0%); with "a thin seven" it is well below (86.0%), more than this explanation
+# predicts, and the chapter has not measured why. Stable Diffusion's users write
 # negative prompts that name only what they do not want ("blurry, extra fingers"); this model was trained on
 # captions that always name a digit.
 #
