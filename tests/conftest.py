@@ -2,8 +2,12 @@
 
 import os
 
-import pytest
-import torch
+# Set before torch loads OpenMP, and inherited by the notebook kernels and the browser test's server: idle OpenMP
+# threads sleep instead of spinning, which keeps the suite from fighting itself (and other jobs) on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("DIFFUSION_COURSE_DEVICE", "cpu")
 
