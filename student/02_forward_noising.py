@@ -24,8 +24,9 @@
 # **After this chapter you can**
 # - write the one-step noising chain $q(x_t \mid x_{t-1})$ and its closed form $q(x_t \mid x_0)$, and show numerically that they agree;
 # - read a noise schedule through $\bar\alpha_t$ and the signal-to-noise ratio, and compare the linear and cosine schedules;
-# - predict what an image looks like at any timestep.
-# - derive the posterior $q(x_{t-1} \mid x_t, x_0)$ by completing the square, and say why the reverse process can take Gaussian steps.
+# - predict what an image looks like at any timestep;
+# - derive the posterior $q(x_{t-1} \mid x_t, x_0)$ by completing the square, and say why the reverse process can take Gaussian steps;
+# - write any noisy image as $x = \alpha\,x_0 + \sigma\,\varepsilon$, and place the straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$ among DDPM's schedules by its implied $\bar\alpha$.
 #
 # **Assumes**: Gaussian random variables (mean, variance, adding independent Gaussians), PyTorch tensors.
 #
@@ -410,6 +411,83 @@ plt.show()
 # posterior above needed the unknown $x_0$. Estimating that from $x_t$ is what the network will do.
 
 # %% [markdown]
+# ## 6. One family of paths
+#
+# Section 2's jump writes every noisy image as a scaled image plus scaled noise,
+#
+# $$x = \alpha\,x_0 + \sigma\,\varepsilon, \qquad \text{here with } \alpha_t = \sqrt{\bar\alpha_t},\ \ \sigma_t = \sqrt{1-\bar\alpha_t} .$$
+#
+# A schedule is one way of walking from the data ($\alpha = 1$, $\sigma = 0$) to the noise ($\alpha \approx 0$),
+# and DDPM's way keeps $\alpha^2 + \sigma^2 = 1$. Any other pair of weights gives a **Gaussian path** too. What
+# a noisy image can tell us about $x_0$ depends only on the ratio of the two weights: multiplying $x$ by a
+# number $c$ gives $c\alpha\,x_0 + c\sigma\,\varepsilon$, the same picture at another contrast, with the same
+# $\mathrm{SNR} = \alpha^2/\sigma^2$. So every level of every such path *is* a level of DDPM's family, rescaled:
+# divide $x$ by $\sqrt{\alpha^2 + \sigma^2}$ and it reads $\sqrt{\bar\alpha}\,x_0 + \sqrt{1-\bar\alpha}\,\varepsilon$ with
+#
+# $$\bar\alpha = \frac{\alpha^2}{\alpha^2 + \sigma^2} = \frac{\mathrm{SNR}}{1 + \mathrm{SNR}} .$$
+#
+# The path the course's image models train on from chapter 4 on is the simplest one, the **straight line**
+# from the image to its noise:
+#
+# $$x_s = (1-s)\,x_0 + s\,\varepsilon, \qquad s \in [0, 1], \qquad \alpha = 1-s,\ \ \sigma = s,$$
+#
+# the path of rectified flow (Liu et al. 2022), of flow matching with straight paths (Lipman et al. 2023) and
+# of Stable Diffusion 3 (Esser et al. 2024). It is not variance preserving: at $s = 1/2$ the squares of its
+# weights sum to $1/2$. Its implied $\bar\alpha(s) = (1-s)^2 / \big((1-s)^2 + s^2\big)$. Check the rescaling on a
+# digit, with one noise draw for both paths:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x0_64 = digit.double()
+noise_64 = torch.randn(digit.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+for s in (0.1, 0.3, 0.5, 0.7, 0.9):
+    x_straight = (1 - s) * x0_64 + s * noise_64
+    scale = np.sqrt((1 - s) ** 2 + s**2)
+    implied_ab = (1 - s) ** 2 / scale**2
+    x_ddpm = np.sqrt(implied_ab) * x0_64 + np.sqrt(1 - implied_ab) * noise_64
+    print(f"s = {s}: implied alpha-bar {implied_ab:.4f}; largest |x_s / {scale:.4f} - the DDPM image at that alpha-bar| "
+          f"= {(x_straight / scale - x_ddpm).abs().max().item():.1e}")
+
+# %% [markdown]
+# Which DDPM levels does the straight path walk through, and how fast? Place DDPM's step $t$ at
+# $s = (t+1)/T$ (code index $t$ is the paper's $t+1$), so that both run from the data to pure noise over the
+# same interval, and plot the straight path's implied $\bar\alpha$ and SNR beside section 3's two schedules:
+
+# %%
+path_s = (torch.arange(T, dtype=torch.float64) + 1) / T  # where DDPM's code step t sits on [0, 1]
+straight_ab = (1 - path_s) ** 2 / ((1 - path_s) ** 2 + path_s**2)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for name, sch in schedules.items():
+    axes[0].plot(path_s, sch.alpha_bars, label=name)
+    axes[1].plot(path_s, sch.snr, label=name)
+axes[0].plot(path_s, straight_ab, "k--", label="straight path (implied)")
+axes[1].plot(path_s[:-1], (straight_ab / (1 - straight_ab))[:-1], "k--", label="straight path")  # SNR is 0 at s = 1
+axes[0].set(xlabel="s = (t + 1) / T", ylabel="alpha-bar", title="implied alpha-bar")
+axes[1].set(xlabel="s = (t + 1) / T", ylabel="SNR (log scale)", yscale="log", title="signal-to-noise ratio")
+for ax in axes:
+    ax.legend()
+plt.show()
+for name, sch in schedules.items():
+    gap = (straight_ab - sch.alpha_bars).abs()
+    print(f"largest |implied alpha-bar of the straight path - {name}'s| = {gap.max().item():.3f}, at s = {path_s[gap.argmax()].item():.3f}")
+
+# %% [markdown]
+# The straight line, walked at constant speed in $s$, passes through the noise levels almost exactly as
+# the cosine schedule does: its implied $\bar\alpha$ never differs from the cosine schedule's by more than the
+# largest gap printed above, while the linear schedule's is far from both. The reason is section 3's
+# picture of the cosine schedule as a rotation: there $\sqrt{\bar\alpha} \approx \cos u$ and
+# $\sqrt{1-\bar\alpha} \approx \sin u$ with $u = s\pi/2$, and the straight path's
+# $(1-s, s)$, divided by its length $\sqrt{(1-s)^2 + s^2}$, is also a point on the quarter circle from
+# $(1, 0)$ to $(0, 1)$, at the angle $\arctan\big(s/(1-s)\big)$. The two angles agree at $s = 0$, $1/2$ and $1$
+# (at $0$, $\pi/4$ and $\pi/2$); in between, the two paths only move along the circle at different speeds.
+#
+# So DDPM's forward process and the straight path are two members of one family, and what differs is
+# bookkeeping: which $(\alpha, \sigma)$ is reached when. A network trained on one path can be asked about a
+# level of another after the rescaling above; that is how chapters 4 to 10 run one set of samplers on
+# models of both kinds. Chapter 3 writes what a network predicts on each path, and chapter 4 trains on the
+# straight one.
+
+# %% [markdown]
 # ## Summary
 #
 # - The forward process adds Gaussian noise in small steps, $x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon$.
@@ -418,6 +496,7 @@ plt.show()
 # - At $t = T-1$ every image is (almost exactly) $\mathcal N(0, I)$, which is where generation will start.
 # - Given $x_0$, the step back is Gaussian: $q(x_{t-1} \mid x_t, x_0) = \mathcal N(\tilde\mu_t, \tilde\beta_t)$, derived by completing the square and checked against the library, Gaussian conditioning and samples.
 # - Without $x_0$ the true step back is a mixture, but for small $\beta_t$ it is close to a Gaussian (measured on two-point data), so the reverse process $p_\theta(x_{t-1} \mid x_t)$ is a chain of Gaussian steps whose means a network must learn.
+# - Every noisy image of this chapter is $x = \alpha\,x_0 + \sigma\,\varepsilon$, a point of a Gaussian path; only the ratio $\alpha/\sigma$ matters, so any path is DDPM's family rescaled. The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$, which chapter 4 trains on, implies a $\bar\alpha$ close to the cosine schedule's.
 #
 # ## Exercises
 #

@@ -22,7 +22,8 @@
 # at each step: **which noise was added?**
 #
 # **After this chapter you can**
-# - recover an estimate $\hat x_0$ from $x_t$ and a noise estimate, and convert between the $\varepsilon$, $x_0$ and $v$ parametrisations;
+# - recover an estimate $\hat x_0$ from $x_t$ and a noise estimate, and convert between the $\varepsilon$, $x_0$, $v$ and flow-velocity parametrisations;
+# - write the loss on each of those targets as a weighted noise-prediction loss, and compare objectives by the weight they put on each log-SNR;
 # - compute the *ideal* denoiser $\mathbb E[x_0 \mid x_t]$ of a finite data set, and explain why it can only reproduce its training images;
 # - derive the noise-prediction loss from the variational bound on the log-likelihood, and say what dropping its weights changes;
 # - read the ideal denoiser as Tweedie's formula: a noise predictor is a scaled score $\nabla_{x_t} \log p_t(x_t)$;
@@ -99,6 +100,83 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # 0.0103 at $t = 950$, so the rounding of $x_t$ grows nearly a hundredfold; the $v$ conversions only multiply
 # and add, and their errors stay near float32's resolution.)
 #
+# **The velocity of a path.** Chapter 2 (section 6) wrote every noisy image as a point of a Gaussian path,
+# $x = \alpha\,x_0 + \sigma\,\varepsilon$. Walk along a path and $x$ moves with the velocity
+# $dx/d\tau = \alpha'(\tau)\,x_0 + \sigma'(\tau)\,\varepsilon$, whatever parameter $\tau$ measures the way. Given $x$
+# and the path, any one of $\varepsilon$, $x_0$ and the velocity determines the other two, so a network may
+# be trained to output any of them. Two velocities matter in this course:
+#
+# - DDPM's family as a rotation (chapter 2, section 3), $\alpha = \cos\phi$, $\sigma = \sin\phi$: its velocity in
+#   the angle, $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is
+#   Salimans & Ho's $v$ above, hence its name.
+# - The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$: its velocity is $dx_s/ds = \varepsilon - x_0$, the
+#   **flow velocity** that chapter 4's models predict. From $x_s$ and this $v$:
+#   $x_s - s\,v = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same way $x_s + (1-s)\,v = \varepsilon$.
+#
+# An error in one target is a scaled error in another. A noise estimate $\hat\varepsilon$ implies the clean
+# image $\hat x_0 = (x - \sigma\,\hat\varepsilon)/\alpha$, so $\hat x_0 - x_0 = -(\sigma/\alpha)\,(\hat\varepsilon - \varepsilon)$, and with
+# $\mathrm{SNR} = \alpha^2/\sigma^2$:
+#
+# | target | its error, from $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$ or $\hat\varepsilon - \hat x_0$ | its squared error, as a multiple of $\lVert\hat\varepsilon - \varepsilon\rVert^2$ |
+# | --- | --- | --- |
+# | $x_0$ | $-\frac{\sigma}{\alpha}\,(\hat\varepsilon - \varepsilon)$ | $1/\mathrm{SNR}$ |
+# | $v$ on DDPM's path | $\alpha(\hat\varepsilon - \varepsilon) + \frac{\sigma^2}{\alpha}(\hat\varepsilon - \varepsilon) = \frac{1}{\sqrt{\bar\alpha}}(\hat\varepsilon - \varepsilon)$ | $1/\bar\alpha = 1 + 1/\mathrm{SNR}$ |
+# | flow velocity, straight path | $(\hat\varepsilon - \varepsilon) + \frac{s}{1-s}(\hat\varepsilon - \varepsilon) = \frac{1}{1-s}(\hat\varepsilon - \varepsilon)$ | $1/(1-s)^2$ |
+#
+# (the middle row uses $\alpha^2 + \sigma^2 = 1$). So training on any of these targets is training on
+# $\varepsilon$ with a weight that depends on the noise level. The cell checks both velocities by finite
+# differences along their paths, the conversions, and the three weights, for an arbitrary (random) $\hat\varepsilon$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x0_64, eps_64 = x0.double(), eps.double()
+eps_guess = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # any estimate
+h_step = 1e-6  # for central finite differences
+
+
+def squared(error):  # (B,) squared norm per image
+    return error.pow(2).flatten(1).sum(1)
+
+
+# DDPM's path as a rotation: x_t = cos(phi) x0 + sin(phi) eps with cos(phi) = sqrt(alpha-bar_t), at the four t above
+def on_circle(angle):  # DDPM's path at angle phi: x = cos(phi) x0 + sin(phi) eps
+    return torch.cos(angle) * x0_64 + torch.sin(angle) * eps_64
+
+
+def on_line(level):  # the straight path at s
+    return (1 - level) * x0_64 + level * eps_64
+
+
+phi = torch.arccos(schedule.alpha_bars[t].sqrt()).reshape(-1, 1, 1, 1)
+v_64 = torch.cos(phi) * eps_64 - torch.sin(phi) * x0_64
+print(f"DDPM's path: |dx/dphi by finite differences - v| = "
+      f"{((on_circle(phi + h_step) - on_circle(phi - h_step)) / (2 * h_step) - v_64).abs().max().item():.1e}")
+# The straight path at four levels s
+s_line = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=torch.float64).reshape(-1, 1, 1, 1)
+flow_v, x_s = eps_64 - x0_64, on_line(s_line)
+print(f"straight path: |dx/ds by finite differences - (eps - x0)| = "
+      f"{((on_line(s_line + h_step) - on_line(s_line - h_step)) / (2 * h_step) - flow_v).abs().max().item():.1e}; "
+      f"|x_s - s v - x0| = {(x_s - s_line * flow_v - x0_64).abs().max().item():.1e}; "
+      f"|x_s + (1 - s) v - eps| = {(x_s + (1 - s_line) * flow_v - eps_64).abs().max().item():.1e}")
+
+# The weights: each target's squared error divided by the noise estimate's
+ab_64 = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+snr = ab_64 / (1 - ab_64)
+x0_guess = (on_circle(phi) - (1 - ab_64).sqrt() * eps_guess) / ab_64.sqrt()
+v_guess = ab_64.sqrt() * eps_guess - (1 - ab_64).sqrt() * x0_guess
+eps_error = squared(eps_guess - eps_64)
+flow_x0_guess = (x_s - s_line * eps_guess) / (1 - s_line)
+flow_v_guess = eps_guess - flow_x0_guess
+print(f"{'level':>12} {'x0: ratio':>10} {'1/SNR':>10} {'v: ratio':>10} {'1/ab':>10}")
+for k in range(len(t)):
+    print(f"{'t = ' + str(int(t[k])):>12} {(squared(x0_guess - x0_64) / eps_error)[k].item():>10.4g} {1 / snr.flatten()[k].item():>10.4g} "
+          f"{(squared(v_guess - v_64) / eps_error)[k].item():>10.4g} {1 / ab_64.flatten()[k].item():>10.4g}")
+print(f"{'level':>12} {'flow: ratio':>11} {'1/(1-s)^2':>10}")
+for k in range(len(s_line)):
+    print(f"{'s = ' + str(s_line.flatten()[k].item()):>12} {(squared(flow_v_guess - flow_v) / eps_error)[k].item():>11.4g} "
+          f"{1 / (1 - s_line.flatten()[k].item()) ** 2:>10.4g}")
+
+# %% [markdown]
 # **Why a squared error on $\varepsilon$? The variational bound.** A diffusion model is a latent-variable
 # model: $p_\theta(x_0) = \int p(x_T) \prod_{t=1}^{T} p_\theta(x_{t-1} \mid x_t)\, dx_{1:T}$, with $p(x_T) = \mathcal N(0, I)$.
 # This integral cannot be computed, but Jensen's inequality with the forward chain $q(x_{1:T} \mid x_0)$ as
@@ -198,6 +276,66 @@ print(f"relative to t = 1, L_simple gives t = 100 {(weights[1] / weights[100]).i
 # capacity on the harder denoising at larger $t$, and measured better samples with it. The price: a model
 # trained on $L_\text{simple}$ is not trained for the best likelihood (Nichol & Dhariwal 2021 learn $\sigma_t$ and
 # add the bound back as a small extra term to get both).
+#
+# **Every objective is a weighting of the noise levels.** The table above turned each target's loss into
+# a weighted $\varepsilon$-loss; how often each noise level is drawn is a second weight. Put both on one axis that
+# fits every path, the log signal-to-noise ratio $\lambda = \log \mathrm{SNR}$ (levels of two paths with the same
+# SNR hold the same information, chapter 2, section 6), and ask how much of each objective's total weight
+# falls on each unit of $\lambda$:
+#
+# - the bound: step $t$ covers the interval $\Delta\lambda_t = \lambda_{t-1} - \lambda_t$, so its weight per unit of $\lambda$ is $w_t / \Delta\lambda_t$;
+# - $L_\text{simple}$: each of the $T$ steps is drawn with probability $1/T$ and weighted 1, so $1/(T\,\Delta\lambda_t)$, on the linear or the cosine schedule;
+# - the flow loss as chapter 4 trains it: $s = \mathrm{sigmoid}(z)$ with $z \sim \mathcal N(0, 1)$ (Esser et al. 2024). On the
+#   straight path $\lambda = 2\log\big((1-s)/s\big) = -2z$, so $\lambda \sim \mathcal N(0, 4)$, and each example's weight on
+#   the $\varepsilon$-loss is $1/(1-s)^2 = (1 + e^{-\lambda/2})^2$ (the table).
+#
+# Each curve is scaled to total 1, so the plot compares where the objectives spend their weight:
+
+# %%
+def per_unit_lambda(sch, step_weights):
+    """(lambda_t, weight per unit of lambda) at code t = 1..T-1, for weights (T,) on the steps, scaled to total 1."""
+    lam = sch.snr.log()
+    gap = lam[:-1] - lam[1:]  # Delta lambda_t = lambda_{t-1} - lambda_t
+    return lam[1:], step_weights[1:] / gap / step_weights[1:].sum()
+
+
+lam_grid = torch.linspace(-20, 20, 4001, dtype=torch.float64)
+flow_density = torch.exp(-lam_grid**2 / 8) / (8 * torch.pi) ** 0.5 * (1 + torch.exp(-lam_grid / 2)) ** 2
+flow_density = flow_density / torch.trapezoid(flow_density, lam_grid)
+curves = {"the bound (linear schedule)": per_unit_lambda(schedule, weights),
+          "L_simple, linear schedule": per_unit_lambda(schedule, torch.ones(schedule.T, dtype=torch.float64)),
+          "L_simple, cosine schedule": per_unit_lambda(dl.make_schedule("cosine", 1000), torch.ones(1000, dtype=torch.float64)),
+          "flow matching (chapter 4)": (lam_grid, flow_density)}
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for name, (lam, density) in curves.items():
+    ax.plot(lam, density, label=name)
+ax.set(xlabel="log SNR (noisier to the left)", ylabel="weight per unit of log SNR", xlim=(-12, 12),
+       title="where each objective puts its weight on ||eps - eps_theta||^2")
+ax.legend(fontsize=8)
+plt.show()
+ratio = weights[1:] / (schedule.snr.log()[:-1] - schedule.snr.log()[1:])
+print("the bound's w_t / Delta lambda_t at t = " + ", ".join(f"{k}: {ratio[k - 1].item():.4f}" for k in (1, 2, 10, 100, 500, 999)))
+for name, (lam, density) in curves.items():
+    order = lam.argsort()  # the trapezoid rule on increasing lambda
+    lam, density = lam[order], density[order]
+    noisy = torch.trapezoid(density * (lam < 0), lam) / torch.trapezoid(density, lam)
+    print(f"{name:<28} share of its weight on levels with SNR < 1: {100 * noisy.item():.0f}%")
+peak = lam_grid[flow_density.argmax()]
+print(f"flow matching's weight peaks at log SNR {peak.item():.2f}, that is s = {torch.sigmoid(-peak / 2).item():.3f}")
+
+# %% [markdown]
+# In $\lambda$ the bound is nearly flat: $w_t/\Delta\lambda_t$ falls from 0.7609 at $t = 1$ to 0.5385 at $t = 10$ and stays
+# within about one percent of $1/2$ from $t = 100$ on (printed); the first few steps are too coarse for the limit.
+# This is the discrete form of a result of Kingma et al. (2021, "variational diffusion models"): in continuous
+# time the bound is $\tfrac12 \int \lVert \varepsilon - \hat\varepsilon_\lambda \rVert^2 d\lambda$, every log-SNR weighted alike.
+# The steep curve of $w_t$ above was the linear schedule's uneven spacing of $\lambda$, not a preference of the bound.
+# $L_\text{simple}$ inherits the spacing of its schedule: on the linear schedule 74% of its weight falls on the
+# noisy side of SNR = 1; the cosine schedule centres it on SNR = 1, with 51% on the noisy side (its range, which
+# reaches $\lambda \approx -20$ at $t = 999$, is cut off by the plot). Flow matching puts 90% of its weight on levels
+# where the noise dominates, with its peak at $\log \mathrm{SNR} = -3.38$, that is $s = 0.844$: its draw of $s$ is
+# symmetric about $\lambda = 0$, and the factor $1/(1-s)^2$ grows without bound towards pure noise. None of
+# them is the bound; each is a choice of which noise levels to learn best, and chapter 4 measures the loss a
+# trained model reaches at each level.
 
 
 # %% [markdown]
@@ -339,8 +477,9 @@ for i in (1, len(timesteps) // 2, len(timesteps) - 1):
 #
 # **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
 # `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). It was trained with
-# flow matching (chapter 4) and outputs a velocity, from which the noise it implies follows exactly
-# (`dl.as_eps_fn` does the change of variables). Its noise-prediction error by timestep on test
+# flow matching on the straight path (chapter 4 trains such models) and outputs the flow velocity, from
+# which the noise it implies follows exactly, $\hat\varepsilon = x_s + (1-s)\,\hat v$ (section 1); `dl.as_eps_fn`
+# does this change of variables, at the $s$ whose SNR matches the step's. Its noise-prediction error by timestep on test
 # digits, next to the ideal denoiser of a training subset:
 
 # %%
@@ -412,8 +551,8 @@ for t_value in (600, 400, 300, 200, 100, 10):
 # same committed `mnist_cond` (the code is `diffusion_lib/unet.py`).
 #
 # **How the network is told the noise level.** One number is a poor input for a stack of
-# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; this model was trained with
-# flow matching, chapter 4, which measures noise by $s \in [0, 1]$ and passes $1000\,s$; all that matters
+# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; this model was trained on the
+# straight path, which measures noise by $s \in [0, 1]$, and is passed $1000\,s$; all that matters
 # here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
 # geometrically spaced frequencies (the transformer's position code, Vaswani et al. 2017, Sec. 3.5):
 #
@@ -501,7 +640,7 @@ print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p i
 # prediction must be right at every one of the 784 pixels, and the skips hand the up path the
 # full-resolution features directly instead of making it rebuild them from 7x7 (the design's
 # rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
-# double the resolution; the head maps 16 channels back to one: the predicted velocity (a DDPM
+# double the resolution; the head maps 16 channels back to one: the predicted flow velocity (a DDPM
 # model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
 #
 # **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
