@@ -84,7 +84,26 @@ eps_fn = dl.as_eps_fn(model, schedule, info["prediction"])  # x_t, t -> the mode
 # and the model's $\hat x_0$ and $\varepsilon_\theta$ were exact, the step gives
 # $x_{t'} = \sqrt{\bar\alpha_{t'}}\,x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma^2}\,\varepsilon + \sigma z$, whose noise has variance
 # $(1-\bar\alpha_{t'}-\sigma^2) + \sigma^2 = 1-\bar\alpha_{t'}$: exactly $q(x_{t'} \mid x_0)$, for any $t' < t$ and any
-# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. So the network only ever meets the noise levels it was trained on.
+# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. So every input the sampler hands the network is a level of the
+# forward process, with the right mix of signal and noise. For a network trained on DDPM's steps these are
+# levels it was trained on. Chapter 4's flow model drew its levels as $s = \mathrm{sigmoid}(z)$, $z \sim \mathcal N(0, 1)$,
+# and the level at $t = 999$, where DDIM starts, has the same SNR as an $s$ so close to 1 that such a draw
+# practically never reaches it:
+
+# %%
+batch_size = dl.TrainConfig.from_stored(info["train_config"]).batch_size
+for t_level in dl.ddim_timesteps(schedule.T, 50)[:2]:
+    ab = schedule.alpha_bars[t_level]
+    s_level = (1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())  # the straight-path level with this SNR (chapter 2)
+    p_above = torch.special.log_ndtr(-torch.logit(s_level)).exp()  # P(sigmoid(z) >= s_level)
+    print(f"DDIM-50's step at t = {t_level}: s = {s_level.item():.6f}; a training draw lands at or above it with probability "
+          f"{p_above.item():.1e}, about {p_above.item() * info['step'] * batch_size:.3g} of the {info['step'] * batch_size:,} "
+          f"examples mnist_uncond trained on")
+
+# %% [markdown]
+# So DDIM's first network call, alone of the 50, asks the flow model about a level it practically never
+# saw in training; from the second step on, training drew hundreds of examples at least as noisy (printed).
+# The answer at $t = 999$ is an extrapolation, and section 2's measured samples include its effect.
 #
 # With $\eta = 0$ the step is deterministic. With $\eta = 1$ and $t' = t-1$ it is exactly DDPM's step:
 # then $\sigma^2 = \tilde\beta_t$, the coefficient of $x_t$ is $\sqrt{\bar\alpha_{t-1}/\bar\alpha_t} = 1/\sqrt{\alpha_t}$, and since
