@@ -417,6 +417,10 @@ plt.show()
 #
 # $$x = \alpha\,x_0 + \sigma\,\varepsilon, \qquad \text{here with } \alpha_t = \sqrt{\bar\alpha_t},\ \ \sigma_t = \sqrt{1-\bar\alpha_t} .$$
 #
+# (A warning about letters: from here on, plain $\alpha$ and $\sigma$ are the path's two weights. They are not
+# section 2's per-step $\alpha_t = 1-\beta_t$, nor section 5's reverse-step $\sigma_t$; and the $s$ of the
+# straight path below is not the cosine schedule's small offset.)
+#
 # A schedule is one way of walking from the data ($\alpha = 1$, $\sigma = 0$) to the noise ($\alpha \approx 0$),
 # and DDPM's way keeps $\alpha^2 + \sigma^2 = 1$. Any other pair of weights gives a **Gaussian path** too. What
 # a noisy image can tell us about $x_0$ depends only on the ratio of the two weights: multiplying $x$ by a
@@ -432,7 +436,9 @@ plt.show()
 # $$x_s = (1-s)\,x_0 + s\,\varepsilon, \qquad s \in [0, 1], \qquad \alpha = 1-s,\ \ \sigma = s,$$
 #
 # the path of rectified flow (Liu et al. 2022), of flow matching with straight paths (Lipman et al. 2023) and
-# of Stable Diffusion 3 (Esser et al. 2024). It is not variance preserving: at $s = 1/2$ the squares of its
+# of Stable Diffusion 3 (Esser et al. 2024). Two differences of notation when you read those papers: several
+# of them run time the other way, from noise at $t = 0$ to data at $t = 1$, and Lipman et al. end at a small
+# $\sigma_\text{min} > 0$ instead of exactly at the data. It is not variance preserving: at $s = 1/2$ the squares of its
 # weights sum to $1/2$. Its implied $\bar\alpha(s) = (1-s)^2 / \big((1-s)^2 + s^2\big)$. Check the rescaling on a
 # digit, with one noise draw for both paths:
 
@@ -470,22 +476,36 @@ plt.show()
 for name, sch in schedules.items():
     gap = (straight_ab - sch.alpha_bars).abs()
     print(f"largest |implied alpha-bar of the straight path - {name}'s| = {gap.max().item():.3f}, at s = {path_s[gap.argmax()].item():.3f}")
+cosine = schedules["cosine"]
+for t in (0, 99, 499, 899, 989, 998):  # near the data, in the middle, near the noise
+    s = path_s[t].item()
+    print(f"s = {s:.3f}: angle on the circle: straight {np.arctan2(s, 1 - s):.3f}, cosine {np.arccos(cosine.alpha_bars[t].sqrt().item()):.3f}; "
+          f"log-SNR: straight {2 * np.log((1 - s) / s):+.2f}, cosine {np.log(cosine.snr[t].item()):+.2f}")
 
 # %% [markdown]
-# The straight line, walked at constant speed in $s$, passes through the noise levels almost exactly as
-# the cosine schedule does: its implied $\bar\alpha$ never differs from the cosine schedule's by more than the
-# largest gap printed above, while the linear schedule's is far from both. The reason is section 3's
-# picture of the cosine schedule as a rotation: there $\sqrt{\bar\alpha} \approx \cos u$ and
-# $\sqrt{1-\bar\alpha} \approx \sin u$ with $u = s\pi/2$, and the straight path's
-# $(1-s, s)$, divided by its length $\sqrt{(1-s)^2 + s^2}$, is also a point on the quarter circle from
-# $(1, 0)$ to $(0, 1)$, at the angle $\arctan\big(s/(1-s)\big)$. The two angles agree at $s = 0$, $1/2$ and $1$
-# (at $0$, $\pi/4$ and $\pi/2$); in between, the two paths only move along the circle at different speeds.
+# The straight line, walked at constant speed in $s$, passes through the levels much as the cosine schedule
+# does: its implied $\bar\alpha$ never differs from the cosine schedule's by more than the largest gap printed
+# above, while the linear schedule's is far from both. The reason is section 3's picture of the cosine
+# schedule as a rotation: there $\sqrt{\bar\alpha} \approx \cos u$ and $\sqrt{1-\bar\alpha} \approx \sin u$ with
+# $u \approx s\pi/2$, and the straight path's $(1-s, s)$, divided by its length $\sqrt{(1-s)^2 + s^2}$, is also a
+# point on the quarter circle from $(1, 0)$ to $(0, 1)$, at the angle $\arctan\big(s/(1-s)\big)$. The printed angles
+# start at 0, nearly meet at $\pi/4 \approx 0.785$ in the middle and end near $\pi/2$; in between, the two paths
+# move along the circle at different speeds (the straight path's angle changes at the rate
+# $1/\big((1-s)^2 + s^2\big)$, from 1 at the ends to 2 in the middle, the cosine's at a nearly constant $\pi/2$).
+#
+# Close in $\bar\alpha$ is not close in SNR everywhere. Near either end $\bar\alpha$ is nearly 0 or 1 and hardly
+# moves, while the SNR still changes by large factors: the printed log-SNRs differ by less than 0.1 in the middle
+# but by 0.7 to 0.9 near the noise (for $s \to 1$ the SNR ratio tends to $\pi^2/4$: the cosine's
+# $\sqrt{\mathrm{SNR}} = \cot u \approx \pi/2 - u \approx (\pi/2)(1-s)$ against the straight path's $(1-s)/s \approx 1-s$) and
+# by several units at the first step, where the cosine schedule's small offset (section 3) leaves it noisier.
+# For what a network sees, the SNR is the measure that counts; chapter 3 weighs the levels by it.
 #
 # So DDPM's forward process and the straight path are two members of one family, and what differs is
 # bookkeeping: which $(\alpha, \sigma)$ is reached when. A network trained on one path can be asked about a
-# level of another after the rescaling above; that is how chapters 4 to 10 run one set of samplers on
-# models of both kinds. Chapter 3 writes what a network predicts on each path, and chapter 4 trains on the
-# straight one.
+# level of another: rescale the input as above, find the level with the same SNR, and convert what the network
+# predicts into what the other path's formulas expect (chapter 3 writes what a network predicts on each path,
+# and those conversions). That is how chapters 4 to 10 run one set of samplers on models of both kinds;
+# chapter 4 trains on the straight path.
 
 # %% [markdown]
 # ## Summary
@@ -496,7 +516,7 @@ for name, sch in schedules.items():
 # - At $t = T-1$ every image is (almost exactly) $\mathcal N(0, I)$, which is where generation will start.
 # - Given $x_0$, the step back is Gaussian: $q(x_{t-1} \mid x_t, x_0) = \mathcal N(\tilde\mu_t, \tilde\beta_t)$, derived by completing the square and checked against the library, Gaussian conditioning and samples.
 # - Without $x_0$ the true step back is a mixture, but for small $\beta_t$ it is close to a Gaussian (measured on two-point data), so the reverse process $p_\theta(x_{t-1} \mid x_t)$ is a chain of Gaussian steps whose means a network must learn.
-# - Every noisy image of this chapter is $x = \alpha\,x_0 + \sigma\,\varepsilon$, a point of a Gaussian path; only the ratio $\alpha/\sigma$ matters, so any path is DDPM's family rescaled. The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$, which chapter 4 trains on, implies a $\bar\alpha$ close to the cosine schedule's.
+# - Every noisy image of this chapter is $x = \alpha\,x_0 + \sigma\,\varepsilon$, a point of a Gaussian path; only the ratio $\alpha/\sigma$ matters, so any path is DDPM's family rescaled. The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$, which chapter 4 trains on, implies a $\bar\alpha$ close to the cosine schedule's (its SNR differs near the ends).
 #
 # ## Exercises
 #

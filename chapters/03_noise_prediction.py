@@ -103,12 +103,19 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # **The velocity of a path.** Chapter 2 (section 6) wrote every noisy image as a point of a Gaussian path,
 # $x = \alpha\,x_0 + \sigma\,\varepsilon$. Walk along a path and $x$ moves with the velocity
 # $dx/d\tau = \alpha'(\tau)\,x_0 + \sigma'(\tau)\,\varepsilon$, whatever parameter $\tau$ measures the way. Given $x$
-# and the path, any one of $\varepsilon$, $x_0$ and the velocity determines the other two, so a network may
-# be trained to output any of them. Two velocities matter in this course:
+# and the path, any one of $\varepsilon$, $x_0$ and the velocity determines the other two (solve the two
+# linear equations for $x$ and $dx/d\tau$; they have one solution wherever $\alpha\sigma' - \alpha'\sigma \neq 0$,
+# which holds on both paths below except where $\alpha = 0$, at pure noise, where $x$ says nothing of $x_0$), so a
+# network may be trained to output any of them. (Here $\alpha$ and $\sigma$ are the path's weights, as in
+# chapter 2's section 6; section 2's $\alpha_t = 1-\beta_t$ and reverse-step $\sigma_t$ are other letters.)
+# Two velocities matter in this course:
 #
-# - DDPM's family as a rotation (chapter 2, section 3), $\alpha = \cos\phi$, $\sigma = \sin\phi$: its velocity in
-#   the angle, $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is
-#   Salimans & Ho's $v$ above, hence its name.
+# - DDPM's family as a rotation: since $\alpha^2 + \sigma^2 = 1$, every level of every variance-preserving
+#   schedule is exactly $\alpha = \cos\phi$, $\sigma = \sin\phi$ with $\phi = \arccos\sqrt{\bar\alpha}$ (chapter 2's
+#   $u = s\pi/2$ was this angle for the cosine schedule, approximately). The velocity in the angle,
+#   $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is
+#   Salimans & Ho's $v$ above, hence its name; it is the velocity in $\phi$ specifically (in $t$ it would be
+#   scaled by $d\phi/dt$, which differs by schedule).
 # - The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$: its velocity is $dx_s/ds = \varepsilon - x_0$, the
 #   **flow velocity** that chapter 4's models predict. From $x_s$ and this $v$:
 #   $x_s - s\,v = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same way $x_s + (1-s)\,v = \varepsilon$.
@@ -117,13 +124,15 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # image $\hat x_0 = (x - \sigma\,\hat\varepsilon)/\alpha$, so $\hat x_0 - x_0 = -(\sigma/\alpha)\,(\hat\varepsilon - \varepsilon)$, and with
 # $\mathrm{SNR} = \alpha^2/\sigma^2$:
 #
-# | target | its error, from $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$ or $\hat\varepsilon - \hat x_0$ | its squared error, as a multiple of $\lVert\hat\varepsilon - \varepsilon\rVert^2$ |
+# | target | its error | its squared error, as a multiple of $\lVert\hat\varepsilon - \varepsilon\rVert^2$ |
 # | --- | --- | --- |
 # | $x_0$ | $-\frac{\sigma}{\alpha}\,(\hat\varepsilon - \varepsilon)$ | $1/\mathrm{SNR}$ |
 # | $v$ on DDPM's path | $\alpha(\hat\varepsilon - \varepsilon) + \frac{\sigma^2}{\alpha}(\hat\varepsilon - \varepsilon) = \frac{1}{\sqrt{\bar\alpha}}(\hat\varepsilon - \varepsilon)$ | $1/\bar\alpha = 1 + 1/\mathrm{SNR}$ |
 # | flow velocity, straight path | $(\hat\varepsilon - \varepsilon) + \frac{s}{1-s}(\hat\varepsilon - \varepsilon) = \frac{1}{1-s}(\hat\varepsilon - \varepsilon)$ | $1/(1-s)^2$ |
 #
-# (the middle row uses $\alpha^2 + \sigma^2 = 1$). So training on any of these targets is training on
+# On DDPM's path the velocity estimate is $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$, and the middle row uses
+# $\alpha^2 + \sigma^2 = 1$; on the straight path ($\alpha = 1-s$, $\sigma = s$) it is $\hat\varepsilon - \hat x_0$ with
+# $\hat x_0 = (x_s - s\,\hat\varepsilon)/(1-s)$, whose error is $-\frac{s}{1-s}(\hat\varepsilon - \varepsilon)$. So training on any of these targets is training on
 # $\varepsilon$ with a weight that depends on the noise level. The cell checks both velocities by finite
 # differences along their paths, the conversions, and the three weights, for an arbitrary (random) $\hat\varepsilon$:
 
@@ -289,7 +298,16 @@ print(f"relative to t = 1, L_simple gives t = 100 {(weights[1] / weights[100]).i
 #   straight path $\lambda = 2\log\big((1-s)/s\big) = -2z$, so $\lambda \sim \mathcal N(0, 4)$, and each example's weight on
 #   the $\varepsilon$-loss is $1/(1-s)^2 = (1 + e^{-\lambda/2})^2$ (the table).
 #
-# Each curve is scaled to total 1, so the plot compares where the objectives spend their weight:
+# Each curve is scaled to total 1, so the plot compares where the objectives spend their weight (code
+# $t = 0$, the decoder term $L_0$, is left out: its $\tilde\beta_0 = 0$ makes its weight infinite). For the bound
+# there is an exact expression: with $\sigma_t^2 = \tilde\beta_t$, the weight simplifies to
+# $w_t = \beta_t / \big(2\alpha_t(1-\bar\alpha_{t-1})\big)$, and the ratio of consecutive SNRs is
+# $e^{\Delta\lambda_t} = \mathrm{SNR}_{t-1}/\mathrm{SNR}_t = (1-\bar\alpha_t)/\big(\alpha_t(1-\bar\alpha_{t-1})\big)$, so
+# $e^{\Delta\lambda_t} - 1 = (1 - \bar\alpha_t - \alpha_t + \bar\alpha_t)/\big(\alpha_t(1-\bar\alpha_{t-1})\big) = \beta_t/\big(\alpha_t(1-\bar\alpha_{t-1})\big)$ and
+#
+# $$w_t = \tfrac12\big(e^{\Delta\lambda_t} - 1\big), \qquad \frac{w_t}{\Delta\lambda_t} = \frac{e^{\Delta\lambda_t} - 1}{2\,\Delta\lambda_t} \to \frac12 \quad \text{as } \Delta\lambda_t \to 0 ,$$
+#
+# always a little above $\tfrac12$, and more so where a step spans more log-SNR. The cell checks the identity too:
 
 # %%
 def per_unit_lambda(sch, step_weights):
@@ -314,7 +332,12 @@ ax.set(xlabel="log SNR (noisier to the left)", ylabel="weight per unit of log SN
 ax.legend(fontsize=8)
 plt.show()
 ratio = weights[1:] / (schedule.snr.log()[:-1] - schedule.snr.log()[1:])
-print("the bound's w_t / Delta lambda_t at t = " + ", ".join(f"{k}: {ratio[k - 1].item():.4f}" for k in (1, 2, 10, 100, 500, 999)))
+print("the bound's w_t / Delta lambda_t at t = " + ", ".join(f"{k}: {ratio[k - 1].item():.4f}" for k in (1, 2, 10, 100, 500, 999))
+      + f"; largest from t = 100 on: {ratio[99:].max().item():.4f}")
+gaps = schedule.snr.log()[:-1] - schedule.snr.log()[1:]
+print(f"largest |w_t - (exp(Delta lambda_t) - 1) / 2| over t = 1..999: {(weights[1:] - gaps.expm1() / 2).abs().max().item():.1e}")
+print(f"the cosine schedule's log SNR runs from {curves['L_simple, cosine schedule'][0].max().item():.1f} at t = 1 "
+      f"to {curves['L_simple, cosine schedule'][0].min().item():.1f} at t = 999")
 for name, (lam, density) in curves.items():
     order = lam.argsort()  # the trapezoid rule on increasing lambda
     lam, density = lam[order], density[order]
@@ -324,14 +347,16 @@ peak = lam_grid[flow_density.argmax()]
 print(f"flow matching's weight peaks at log SNR {peak.item():.2f}, that is s = {torch.sigmoid(-peak / 2).item():.3f}")
 
 # %% [markdown]
-# In $\lambda$ the bound is nearly flat: $w_t/\Delta\lambda_t$ falls from 0.7609 at $t = 1$ to 0.5385 at $t = 10$ and stays
-# within about one percent of $1/2$ from $t = 100$ on (printed); the first few steps are too coarse for the limit.
+# The identity holds to rounding, and in $\lambda$ the bound is nearly flat: $w_t/\Delta\lambda_t$ falls from 0.7609 at
+# $t = 1$ to 0.5385 at $t = 10$, and from $t = 100$ on it is never above the largest value printed, within about one
+# percent of $1/2$; the first steps span too much log-SNR for the limit. (These are the unscaled ratios; in the
+# plot, scaled to total 1, the same flat stretch sits at a lower height.)
 # This is the discrete form of a result of Kingma et al. (2021, "variational diffusion models"): in continuous
 # time the bound is $\tfrac12 \int \lVert \varepsilon - \hat\varepsilon_\lambda \rVert^2 d\lambda$, every log-SNR weighted alike.
 # The steep curve of $w_t$ above was the linear schedule's uneven spacing of $\lambda$, not a preference of the bound.
 # $L_\text{simple}$ inherits the spacing of its schedule: on the linear schedule 74% of its weight falls on the
-# noisy side of SNR = 1; the cosine schedule centres it on SNR = 1, with 51% on the noisy side (its range, which
-# reaches $\lambda \approx -20$ at $t = 999$, is cut off by the plot). Flow matching puts 90% of its weight on levels
+# noisy side of SNR = 1; the cosine schedule centres it on SNR = 1, with 51% on the noisy side (its range, printed
+# above, is cut off by the plot). Flow matching puts 90% of its weight on levels
 # where the noise dominates, with its peak at $\log \mathrm{SNR} = -3.38$, that is $s = 0.844$: its draw of $s$ is
 # symmetric about $\lambda = 0$, and the factor $1/(1-s)^2$ grows without bound towards pure noise. None of
 # them is the bound; each is a choice of which noise levels to learn best, and chapter 4 measures the loss a
