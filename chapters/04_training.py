@@ -73,6 +73,8 @@ test_images, _ = dl.load_mnist(train=False)
 #
 # $$L_{\text{simple}} = \mathbb E_{x_0, t, \varepsilon}\,\big\lVert \varepsilon - \varepsilon_\theta\big(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t\big)\big\rVert^2 .$$
 #
+# The code takes the *mean* over the $D$ coordinates instead of the sum in $\lVert\cdot\rVert^2$: the loss divided by $D$,
+# with the same minimiser, and a number comparable across image sizes (the noise target's trivial level is then 1).
 # By hand on 2-D points with the library's MLP, then the same randomness through `dl.diffusion_loss`:
 
 # %%
@@ -90,7 +92,8 @@ print(f"loss by hand {loss_by_hand.item():.6f}; dl.diffusion_loss {dl.diffusion_
 
 # %% [markdown]
 # Then the gradient step, repeated. The library's `train` loop does exactly this with AdamW,
-# a learning-rate warm-up, gradient clipping and an EMA of the weights, and draws every batch, noise level
+# a learning-rate warm-up, gradient clipping and an EMA of the weights (an exponential moving average, kept
+# beside them and used for sampling; section 4 shows what it does), and draws every batch, noise level
 # and noise from one seeded generator (so a run can be stopped and resumed bit for bit). Its core is the
 # function `fit` in `diffusion_lib/loop.py`, one screen long: draw a batch, compute the loss, backward,
 # clip, AdamW's step, update the EMA; `train` and chapter 9's distillations both run it. Exercises 2 and 3
@@ -119,19 +122,21 @@ plt.show()
 #
 # - the noisy input: $x_s = (1-s)\,x_0 + s\,\varepsilon$ with $s \in [0, 1]$ (data at $s = 0$, pure noise at $s = 1$), instead of $\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$;
 # - the target: the velocity $\frac{d x_s}{d s} = \varepsilon - x_0$, so the loss is $\lVert v_\theta(x_s, s) - (\varepsilon - x_0)\rVert^2$;
-# - the noise level: $s = \mathrm{sigmoid}(z)$ with $z \sim \mathcal N(0, 1)$ instead of a uniform step; chapter 3's last plot showed where this puts the weight.
+# - the noise level: $s = \mathrm{sigmoid}(z)$ with $z \sim \mathcal N(0, 1)$ instead of a uniform step; the plot at the end of chapter 3's section 1 showed where this puts the weight.
 #
 # The network is told its level as $1000\,s$, the range of DDPM's steps, so the same U-Net serves both.
-# Why this recipe and not section 1's: on MNIST, for the same CPU minutes, it gave better samples than the
-# DDPM recipes it was compared with (`benchmarks/RESULTS.md`, sections "recipes" and "study", has the
-# comparison and the commands that made it). DDPM stays one argument away:
-# `dl.TrainConfig(data="mnist", objective="ddpm", schedule="cosine", prediction="v")` trains section 1's
-# objective, with chapter 3's $v$ as the target, on the same U-Net, and every cell below runs on it
-# unchanged (`dl.generate` then uses DDIM, a DDPM model's default sampler).
+# Why this recipe and not section 1's: on MNIST, for the same steps and CPU minutes, it gave better samples
+# than the DDPM recipe it was compared with (one seed each; `benchmarks/RESULTS.md`, section "study", has the
+# comparison and the commands). DDPM stays one argument away:
+# `dl.TrainConfig(data="mnist", objective="ddpm", schedule="cosine", prediction="v")` trains DDPM's
+# discrete-step objective on the same U-Net, here with the cosine schedule and chapter 3's $v$ as the target
+# (`schedule="linear", prediction="eps"` gives exactly section 1's). The sampling cells below run on it
+# unchanged (`dl.generate` then uses DDIM, a DDPM model's default sampler); section 5's loss-by-level plot
+# would then be read per step $t$ instead of per $s$.
 #
 # A network that outputs zero everywhere scores this loss's **trivial level**: per pixel,
 # $\mathbb E\,(\varepsilon - x_0)^2 = 1 + \mathbb E[x_0^2]$, since $\varepsilon$ is independent of $x_0$ with mean 0 and
-# variance 1. That is above chapter 3's trivial level of 1 for the noise target, because this target
+# variance 1. That is above the noise target's trivial level of 1 (chapter 3, exercise 3), because this target
 # contains the image too. On MNIST, whose pixels are mostly $-1$:
 
 # %%
@@ -226,14 +231,14 @@ display(show_grid(torch.cat([snapshots[s][:8] for s in snapshot_steps]),
 # $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after every step. Adam's steps jitter the
 # weights around a good region; the average sits nearer its middle. The library warms the decay up,
 # $d_k = \min\big(d, \tfrac{1+k}{10+k}\big)$ at step $k$, so the random initial weights are forgotten
-# quickly: after 1,000 steps that is 0.991, an average over roughly the last 100 steps (Exercise 4),
-# and the full $d = 0.999$ applies only after 8,990 steps.
+# quickly: after 1,000 steps that is 0.991 (how many steps such an average spans is exercise 4), and the full $d = 0.999$ applies only after 8,990 steps.
 #
 # Two measures score a set of samples. The share **recognised** is chapter 1's: the course classifier
 # names a digit with probability at least 0.9. **MNIST-FID** is the Fréchet distance between two Gaussians,
+# $\lVert\mu_1 - \mu_2\rVert^2 + \mathrm{tr}\big(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2}\big)$,
 # one fitted to the classifier's features of the samples and one to those of real test digits
 # (`dl.evaluation.mnist_fid`; lower is better). FID depends on how many samples it sees, so it is read beside
-# the **real-digit floor**: the MNIST-FID of as many real test digits, what a perfect model would score at
+# the **real-digit floor**: the MNIST-FID of as many real *training* digits, what a perfect model would score at
 # that count. Measured on your run, with the same noise for both:
 
 # %%
@@ -274,7 +279,7 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# The loss is high at both ends and lowest near $s = 0.35$. The target is $\varepsilon - x_0$ at every $s$;
+# The loss is lowest near $s = 0.35$ and higher towards both ends (the printed curve peaks near $s = 0.85$). The target is $\varepsilon - x_0$ at every $s$;
 # what changes is how much of it the input reveals. Near $s = 0$ the input is almost the clean digit
 # and shows the noise only faintly: where the image is known (the flat background) the noise can be
 # read off, elsewhere it must be guessed, so the loss is high but well below the 1 per pixel that
@@ -325,7 +330,7 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 #   back the same way.
 # - **Two sampling steps** (row 5). Blurred, averaged digits: each long step lands near the average of
 #   all the images the noise could still become. *Fix:* more steps (the default is 18 Heun steps), or a
-#   sampler built for few steps (chapters 5 and 7).
+#   sampler built for few steps (chapter 7's DPM-Solver++, chapter 9's distilled students).
 # - **The $\varepsilon$ target, and few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
 #   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
 #   (compare the scores). *Fix:* the $v$ or the flow target (exercise 5 asks why they do better), and
@@ -374,7 +379,7 @@ display(show_grid(fashion_samples, f"fashion_cond ({committed_info['step']:,} st
 # %% [markdown]
 # Its 5,527 steps are as many as a conditional MNIST run of the same recipe took in 10 minutes of this
 # 2-core machine (`benchmarks/RESULTS.md`, section "study"), and an unconditional twin, `fashion_uncond`, has
-# the 5,464 steps of the unconditional MNIST run of 10 minutes. How good are they? Digits were judged by a digit classifier; clothes
+# the 5,464 steps that the study gives the unconditional recipe for 10 CPU-minutes. How good are they? Digits were judged by a digit classifier; clothes
 # get their own, `fashion_classifier`, trained by the same command (`train --data fashion-mnist
 # --arch classifier`; its README has the full line), and `evaluate` measures Fashion-MNIST-FID in its
 # features against the test set, beside the real floor at the same $n$. The `fashion` benchmark
@@ -408,8 +413,8 @@ for name, m in f["models"].items():
 # The same steps buy less on clothes: 60.7% of the unconditional samples are recognised, where real
 # clothes score 83.5%, while the digit model's 86.9% is closer to real digits' 98.7%. Clothes have
 # texture and classes that look alike at 28x28 (T-shirt, shirt, pullover, coat), which is probably
-# more for 204,449 weights and 5,527 steps to learn (the table shows that less is learned, not why).
-# Labels help: at w = 1 the conditional model is at 4.82x the floor and 84.2% of its samples are the
+# more for 204,449 weights and 5,464 steps to learn (the table shows that less is learned, not why).
+# Labels help: at w = 1 (chapter 6's guidance scale; $w = 1$ is the plain conditional model, no guidance) the conditional model is at 4.82x the floor and 84.2% of its samples are the
 # class asked for. Guidance (chapter 6) helps further, and of the three scales measured, unlike on
 # digits, w = 2 has the lowest FID (3.49x, with 96.0% the requested class); at w = 3 the samples are
 # recognised more often (93.4%) and are more often the class asked for (98.8%) while FID rises again,
@@ -428,12 +433,12 @@ for name, m in f["models"].items():
 # ## Summary
 #
 # - A training step: draw $t$ and $\varepsilon$, jump to $x_t$, predict, take the squared error; repeat with Adam.
-# - The images of this chapter train on the straight path of chapter 2, $x_s = (1-s)x_0 + s\varepsilon$, regressing the velocity $\varepsilon - x_0$ with $s = \mathrm{sigmoid}(z)$ (flow matching, the library's default); its trivial loss level is $1 + \mathbb E[x_0^2]$. Divided by $\sqrt{(1-s)^2+s^2}$ it is a DDPM $x_t$, so DDPM's samplers apply, and `objective="ddpm"` trains section 1's objective instead.
+# - The images of this chapter train on the straight path of chapter 2, $x_s = (1-s)x_0 + s\varepsilon$, regressing the velocity $\varepsilon - x_0$ with $s = \mathrm{sigmoid}(z)$ (flow matching, the library's default); its trivial loss level is $1 + \mathbb E[x_0^2]$. Divided by $\sqrt{(1-s)^2+s^2}$ it is a DDPM $x_t$, so DDPM's samplers apply, and `objective="ddpm"` trains DDPM's discrete-step objective instead (section 1's with `schedule="linear", prediction="eps"`).
 # - A few CPU-minutes with a small U-Net give digit-like samples.
 # - Snapshots of a longer run show the samples taking shape: scattered strokes after 100 steps, digit-like shapes by 1,000.
 # - Sample with the EMA of the weights (its decay warms up over the first thousands of steps); the loss depends strongly on the noise level.
 # - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction stays blotchy even with DDIM-50 and grainier in 5 steps.
-# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files of any size, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; a handful of images is copied, not generalised (exercise 6).
+# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files up to the loader's size limit, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; a handful of images is copied, not generalised (exercise 6).
 #
 # ## Exercises
 #
@@ -531,7 +536,7 @@ exercises.check_ema_horizon(ema_horizon)
 # %% [markdown] tags=["exercise:ch04-open-v-target"]
 # **Exercise 5 (open question).** In short training runs of DDPM recipes, predicting $v$ beat predicting
 # $\varepsilon$ (`benchmarks/RESULTS.md`, section "recipes", sampled with DDIM-20), and section 6 shows an
-# $\varepsilon$ model losing more again when sampled in few steps. Use chapter 3's identities: at which $t$ is
+# $\varepsilon$ model drawing blotchy digits even with DDIM-50. Use chapter 3's identities: at which $t$ is
 # $\varepsilon$-prediction an awkward target for a small, briefly trained network (think of what
 # $\hat x_0$ a small error in $\hat\varepsilon$ implies), and why do $v$ and the flow's velocity
 # $\varepsilon - x_0$ avoid that?
@@ -564,9 +569,8 @@ exercises.check_ema_horizon(ema_horizon)
 # model draw, and why? (Chapter 3's ideal denoiser is the model that minimises the loss exactly on a
 # finite data set.) Then compare your prediction with the distances it prints. With the stand-in it
 # also prints the distance from 16 bags it never trained on, for comparison; with your own folder,
-# keep a few images out of it and compare by eye. Eight to ten images show the effect in 600 steps;
-# a folder of hundreds will not be copied so soon. (In fast mode the ten steps leave noise, far
-# from everything.) On a 2-core CPU the 600 steps take one to two minutes, longer in RGB.
+# keep a few images out of it and compare by eye. A handful of images shows the effect in 600 steps; a folder
+# of hundreds takes far longer to be copied. (In fast mode the ten steps leave noise, far from everything.)
 
 # %% [markdown] tags=["solution"]
 # **Model answer (instructor edition).** Copies of the eight training images. Chapter 3's ideal
