@@ -8,6 +8,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `ddpm`    | t ~ Uniform{0..T-1} of a discrete schedule | eps, x0 or v (`prediction`) | L_simple (DDPM Eq. 14) on that target, optionally min-SNR weighted |
 | `edm`     | ln sigma ~ N(P_mean, P_std^2)              | EDM's F               | EDM Eq. 8 with Table 1's lambda (`continuous.edm_loss`) |
 | `flow`    | s = sigmoid(z), z ~ N(0, 1)                | the velocity eps - x_0 | conditional flow matching (`continuous.flow_loss`) |
+| `flow-ot` | as `flow`                                  | the velocity eps - x_0 | `flow` on the batch's noise re-paired by minibatch optimal transport (`ot_pairing`) |
 | `ct`      | s_n = n / N, n ~ Uniform{1..N}             | the velocity eps - x_0 | consistency training without a teacher (`consistency_training_loss`) |
 
 | code            | meaning                                                                         |
@@ -21,6 +22,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `gamma`         | min-SNR-gamma's gamma = 5 (Hang et al. 2023, arXiv 2303.09556)                    |
 | `CT_GRID`       | N, the grid s_n = n / N whose neighbours consistency training compares          |
 | `f`             | the consistency function f(x, s) = x - s v(x, s), the straight path's x0_hat; f(x, 0) = x |
+| `ot_pairing`    | the batch's noise reordered so that sum_i ‖x0_i - eps_i‖² is least over all B! pairings |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
 runs stored before there were others); adding one is one more entry here.
@@ -99,6 +101,17 @@ class Objective:
         return self.levels is None
 
 
+def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """`noise` (B, ...) reordered to pair with `x0` (B, ...) at the least total squared distance: minibatch optimal
+    transport (Tong et al. 2023, arXiv 2302.00482, Alg. 3; Pooladian et al. 2023), the assignment problem solved
+    exactly. Straight lines of such a pairing never pass the same point at the same s (chapter 8, section 6)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()) ** 2  # (B, B): ||x0_i - eps_j||^2
+    _, columns = linear_sum_assignment(cost.cpu().numpy())  # x0_i goes with eps_columns[i]
+    return noise[torch.as_tensor(columns, device=noise.device)]
+
+
 def _step_draw(B: int, generator, T: int) -> torch.Tensor:
     return torch.randint(0, T, (B,), generator=generator)
 
@@ -120,6 +133,9 @@ OBJECTIVES = {
                          net, x0, z, noise, labels, config.sigma_data)),
     "flow": Objective("flow", _normal_draw, sampler=("heun", 18), levels=flow_levels, output="flow",
                       loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(net, x0, z, noise, labels)),
+    "flow-ot": Objective("flow-ot", _normal_draw, sampler=("heun", 18), levels=flow_levels, output="flow",
+                         loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(
+                             net, x0, z, ot_pairing(x0, noise), labels)),
     "ct": Objective("ct", _grid_draw, sampler=("consistency", 1), levels=flow_levels, output="flow",
                     loss=lambda net, x0, n, noise, labels, config, schedule: consistency_training_loss(
                         net, x0, n, noise, labels)),

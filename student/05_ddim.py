@@ -80,30 +80,47 @@ eps_fn = dl.as_eps_fn(model, schedule, info["prediction"])  # x_t, t -> the mode
 # $$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma^2}\;\varepsilon_\theta(x_t, t) + \sigma z,
 # \qquad \sigma = \eta\sqrt{\frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t'}}} .$$
 #
-# Why one network serves any subsequence of timesteps: if $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$
-# and the model's $\hat x_0$ and $\varepsilon_\theta$ were exact, the step gives
+# Why one network serves any subsequence of timesteps. Put the *true* $x_0$ and $\varepsilon$ into the step: if
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, it gives
 # $x_{t'} = \sqrt{\bar\alpha_{t'}}\,x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma^2}\,\varepsilon + \sigma z$, whose noise has variance
 # $(1-\bar\alpha_{t'}-\sigma^2) + \sigma^2 = 1-\bar\alpha_{t'}$: exactly $q(x_{t'} \mid x_0)$, for any $t' < t$ and any
-# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. So every input the sampler hands the network is a level of the
-# forward process, with the right mix of signal and noise. For a network trained on DDPM's steps these are
-# levels it was trained on. Chapter 4's flow model drew its levels as $s = \mathrm{sigmoid}(z)$, $z \sim \mathcal N(0, 1)$,
-# and the level at $t = 999$, where DDIM starts, has the same SNR as an $s$ so close to 1 that such a draw
-# practically never reaches it:
+# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. That is how Song et al. built the family (their Lemma 1): whatever the steps
+# and $\sigma$, its levels have DDPM's marginals $q(x_t \mid x_0)$, so every member has the same training objective,
+# and one network trained once serves them all. With the network's estimates in place of the true $x_0$ and
+# $\varepsilon$, the points a sampler visits are only approximately distributed like the forward process's levels,
+# the more so the fewer the steps (section 2 measures what that costs). The levels the network is *asked about*
+# are those of the step grid. A network trained on DDPM's steps was trained at each of them. Chapter 4's flow
+# model drew its levels as $s = \mathrm{sigmoid}(z)$, $z \sim \mathcal N(0, 1)$; the cell finds, for DDIM-50's first
+# two and last two calls, the straight-path level $s$ with the same SNR and how often training drew a level at
+# least as extreme:
 
 # %%
 batch_size = dl.TrainConfig.from_stored(info["train_config"]).batch_size
-for t_level in dl.ddim_timesteps(schedule.T, 50)[:2]:
+n_examples = info["step"] * batch_size
+ddim50 = dl.ddim_timesteps(schedule.T, 50)
+for t_level in (ddim50[0], ddim50[1], ddim50[-2], ddim50[-1]):
     ab = schedule.alpha_bars[t_level]
     s_level = (1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())  # the straight-path level with this SNR (chapter 2)
-    p_above = torch.special.log_ndtr(-torch.logit(s_level)).exp()  # P(sigmoid(z) >= s_level)
-    print(f"DDIM-50's step at t = {t_level}: s = {s_level.item():.6f}; a training draw lands at or above it with probability "
-          f"{p_above.item():.1e}, about {p_above.item() * info['step'] * batch_size:.3g} of the {info['step'] * batch_size:,} "
-          f"examples mnist_uncond trained on")
+    noisier = s_level > 0.5  # at the noise end, count draws at least as noisy; at the data end, at least as clean
+    p_beyond = torch.special.log_ndtr(-torch.logit(s_level) if noisier else torch.logit(s_level)).exp()
+    if t_level == ddim50[0]:
+        s_first = s_level.item()
+    print(f"DDIM-50's call at t = {t_level}: s = {s_level.item():.6f}; a training draw lands at or "
+          f"{'above' if noisier else 'below'} it with probability {p_beyond.item():.1e}, about "
+          f"{p_beyond.item() * n_examples:.3g} of the {n_examples:,} examples mnist_uncond trained on")
+print(f"weight of the network's v in eps-hat at t = {ddim50[0]}: 1 - s = {1 - s_first:.1e}; "
+      f"weight of its x0-hat in the next point: sqrt(alpha-bar_{ddim50[1]}) = {schedule.alpha_bars[ddim50[1]].sqrt().item():.4f}; "
+      f"weight of eps-hat in the last step's image: sqrt(1 - alpha-bar_0) = {(1 - schedule.alpha_bars[0]).sqrt().item():.4f}")
 
 # %% [markdown]
-# So DDIM's first network call, alone of the 50, asks the flow model about a level it practically never
-# saw in training; from the second step on, training drew hundreds of examples at least as noisy (printed).
-# The answer at $t = 999$ is an extrapolation, and section 2's measured samples include its effect.
+# So two of the 50 calls ask the flow model about levels it practically never saw in training: the first, at
+# $t = 999$, and the last, at $t = 0$, where the problem is the mirror image (hardly any draw is that clean).
+# For the calls in between, training drew hundreds of examples at least as extreme (the second and the
+# second-to-last printed). The answers at the two ends are extrapolations, but they carry little weight. At
+# $t = 999$ the noise estimate is $\hat\varepsilon = x_s + (1-s)\,\hat v$ (chapter 3), so the network contributes to it
+# only through the factor printed, and its $\hat x_0$ enters the next point scaled by $\sqrt{\bar\alpha_{979}}$;
+# at $t = 0$ the last step returns $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ with $t = 0$, in which
+# $\hat\varepsilon$ moves the image only by its small weight (all three printed).
 #
 # With $\eta = 0$ the step is deterministic. With $\eta = 1$ and $t' = t-1$ it is exactly DDPM's step:
 # then $\sigma^2 = \tilde\beta_t$, the coefficient of $x_t$ is $\sqrt{\bar\alpha_{t-1}/\bar\alpha_t} = 1/\sqrt{\alpha_t}$, and since
@@ -139,10 +156,16 @@ print(f"DDIM with eta=1, one step vs the DDPM step:  {(ddim_by_hand - ddpm_by_ha
 #
 # one step of **Euler's method** for the ordinary differential equation
 # $d\bar x / d\rho = \varepsilon_\theta$ (Song et al. 2021, DDIM Sec. 4.3). With infinitely many steps DDIM
-# follows this ODE exactly, and its solution carries the Gaussian noise at the largest $\rho$ to
-# the data at $\rho = 0$ with the same marginal distribution at every noise level as the forward
-# process: it is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs,
-# Sec. 4.3). Deterministic samplers differ in how they solve it: DDIM with Euler steps in $\rho$,
+# follows this ODE exactly. Why its solution has the forward process's distribution at every level, for the
+# *ideal* network $\varepsilon^*(\bar x, \rho) = \mathbb E[\varepsilon \mid \bar x]$: the density of $\bar x = x_0 + \rho\,\varepsilon$ is
+# $p_\rho = p_\text{data} * \mathcal N(0, \rho^2 I)$, and a Gaussian blur of variance $\rho^2$ obeys the heat equation
+# $\partial p_\rho / \partial\rho = \rho\,\Delta p_\rho$. Tweedie's formula, $\mathbb E[x_0 \mid \bar x] = \bar x + \rho^2\,\nabla\log p_\rho(\bar x)$
+# (differentiate $p_\rho(\bar x) = \int p_\text{data}(x_0)\,\mathcal N(\bar x; x_0, \rho^2 I)\,dx_0$ under the integral), gives
+# $\varepsilon^* = (\bar x - \mathbb E[x_0 \mid \bar x])/\rho = -\rho\,\nabla \log p_\rho$. Points moving with velocity $u = \varepsilon^*$ change the density by
+# the continuity equation, $\partial p / \partial\rho = -\nabla\cdot(p\,u) = \nabla\cdot(\rho\,\nabla p_\rho) = \rho\,\Delta p_\rho$: the
+# same equation, from the same start, so the same densities at every $\rho$ (chapter 8 writes the continuity
+# equation out). A trained $\varepsilon_\theta$ only approximates $\varepsilon^*$, and the marginals only approximately.
+# This ODE is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs, Sec. 4.3). Deterministic samplers differ in how they solve it: DDIM with Euler steps in $\rho$,
 # DPM-Solver++ (chapter 7) with second-order steps. Heun's method, chapter 4's sampler for flow models, is
 # another second-order solver of the same ODE, written in the flow's variables instead of $\rho$; chapter 8
 # shows the change of variables between the two. The $\eta = 0$ step, checked against one Euler step:
@@ -204,7 +227,8 @@ print(f"measured live: {n_eval} samples per row in {time.perf_counter() - start:
 # committed results of `benchmarks/run.py`, made with the same function, model and seed on the
 # machine it names. Where both measured a row with the same number of samples (full mode), the two
 # FIDs should agree up to floating-point differences between machines: a check that the committed
-# figures belong to this model.
+# figures belong to this model. The s/image column mixes the two sources: live rows are timed on your machine,
+# committed rows on the benchmark's (one thread), so compare times only within a source.
 
 # %%
 committed = load_measured("steps")
@@ -234,7 +258,8 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 
 # %% [markdown]
 # ("DDPM" with fewer than 1000 steps is the ancestral sampler on an evenly respaced chain, Improved
-# DDPM Sec. 4, which is DDIM with $\eta = 1$.) Read the committed table rather than a rule of thumb.
+# DDPM Sec. 4, which is DDIM with $\eta = 1$: section 1's proof for $t' = t-1$ carries over with the jump's
+# $\bar\alpha_t/\bar\alpha_{t'}$ in place of $\alpha_t$ and $1 - \bar\alpha_t/\bar\alpha_{t'}$ in place of $\beta_t$.) Read the committed table rather than a rule of thumb.
 # For this model DDIM improves quickly up to 20 steps and little after (54.5, 51.8 and 51.3 at 20,
 # 50 and 100), and DDIM-50's MNIST-FID is about 16% above DDPM-1000's (51.8 against 44.7), at a
 # small fraction of the time (the last line above, from the committed one-thread timings; the live
@@ -248,30 +273,38 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # How much should one trust a gap of a few points? An FID from 256 samples is itself a noisy estimate: the DDPM
 # rows with 100, 250 and 1000 steps (43.4, 46.7, 44.7) lie within a few points of each other and of the floor,
 # closer than this sample count can rank them, and even the 8 points between DDPM-100 and DDIM-100 come from one
-# set of 256 samples. The next table, on 1,000 samples, shows how far such a gap can move. What deterministic
+# set of 256 samples. The next table measures the same settings on 1,000 samples. What deterministic
 # DDIM gives beyond speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
 #
 # **The same table on 1,000 samples, down to one step.** Chapter 9 measures every sampler of the
 # course on this model again with 1,000 samples a row (its FID is less noisy than at 256), beside the
 # few-step models of chapters 8 and 9 (`python benchmarks/run.py --only fewsteps`; the network under
-# bfloat16 autocast there, so its times are about half the float32 ones above). Its rows for this model:
+# bfloat16 autocast there, on the benchmark's machine, so its times do not compare with the live ones above).
+# Besides DDPM, DDIM and DPM-Solver++ it has the flow model's own ODE solvers: `euler` steps evenly in the
+# straight path's $s$ (chapter 8 shows that DDIM is Euler's method on another grid) and `heun` corrects each step
+# with a second call, so its 18 steps cost 35 calls (chapter 4). Its rows for this model, and DDIM-50 again on
+# two more sets of noise draws:
 
 # %%
 fewsteps = load_measured("fewsteps")["figures"]
 print(f"n = {fewsteps['n']:,} per row, real-digit floor {fewsteps['real_baseline_fid']:.1f}")
 for r in fewsteps["rows"]:
     if r["model"] == "mnist_uncond" and r["precision"] == "bf16":
-        print(f"{r['sampler']:>12} {r['steps']:>5} steps: MNIST-FID {r['mnist_fid']:6.1f}, "
+        print(f"{r['sampler']:>12} {r['steps']:>5} steps ({r['calls']:>4} calls): MNIST-FID {r['mnist_fid']:6.1f}, "
               f"recognised {100 * r['recognised']:5.1f}%, {1000 * r['seconds_per_image']:6.1f} ms per image")
+ddim50_fids = [r["mnist_fid"] for r in fewsteps["rows"] + fewsteps["seed_rows"]
+               if (r["model"], r["sampler"], r["steps"], r["precision"]) == ("mnist_uncond", "ddim", 50, "bf16")]
+print(f"DDIM-50 on {len(ddim50_fids)} sets of 1,000 noise draws: MNIST-FID from {min(ddim50_fids):.1f} to {max(ddim50_fids):.1f}")
 
 # %% [markdown]
 # On 1,000 samples the deterministic rows keep their order: DDIM gains little beyond 20 steps (31.0, 28.1 and
 # 27.5 at 20, 50 and 100), and DPM-Solver++ leads DDIM at 5 and 10 steps (52.1 against 87.7, 32.1 against
-# 40.6). These rows share one set of 1,000 noise draws, and chapter 9 shows that the common level moves by
-# several points from one set of draws to another, so DDPM-1000's 19.8, drawn with fresh noise at every step,
-# 8 points below DDIM-50 on these draws, cannot be ranked above it from one seed; nor, by the same rule, could
-# the 256-sample gaps above. Chapter 9 adds the rows
-# this chapter cannot reach: models distilled to take 1 to 8 steps.
+# 40.6). How far does one set of draws move a row? DDIM-50 on three sets spans the range printed last, wider
+# than several of the gaps above. DDPM-1000's 19.8, measured on one set only, lies below all three; together
+# with the 256-sample table, where it was also ahead (44.7 against 51.8), that makes DDPM-1000 the likely better
+# of the two for this model, at twenty times the network calls, though a claim about a gap of a few points
+# would need several seeds of both. Chapter 9 adds the rows this chapter cannot reach: models distilled to
+# take 1 to 8 steps.
 #
 # ## 3. Drag the steps and eta
 #
