@@ -103,8 +103,9 @@ class Objective:
 
 def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """`noise` (B, ...) reordered to pair with `x0` (B, ...) at the least total squared distance: minibatch optimal
-    transport (Tong et al. 2023, arXiv 2302.00482, Alg. 3; Pooladian et al. 2023), the assignment problem solved
-    exactly. Straight lines of such a pairing never pass the same point at the same s (chapter 8, section 6)."""
+    transport (Tong et al. 2023, arXiv 2302.00482, their OT-CFM; Pooladian et al. 2023), the assignment problem solved
+    exactly. Two lines of such a pairing that pass close at the same s move in nearly the same direction (chapter 8,
+    section 6)."""
     from scipy.optimize import linear_sum_assignment
 
     cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()) ** 2  # (B, B): ||x0_i - eps_j||^2

@@ -84,7 +84,8 @@ eps_fn = dl.as_eps_fn(model, schedule, info["prediction"])  # x_t, t -> the mode
 # $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, it gives
 # $x_{t'} = \sqrt{\bar\alpha_{t'}}\,x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma^2}\,\varepsilon + \sigma z$, whose noise has variance
 # $(1-\bar\alpha_{t'}-\sigma^2) + \sigma^2 = 1-\bar\alpha_{t'}$: exactly $q(x_{t'} \mid x_0)$, for any $t' < t$ and any
-# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. That is how Song et al. built the family (their Lemma 1): whatever the steps
+# $\sigma$ up to $\sqrt{1-\bar\alpha_{t'}}$. That is how Song et al. built the family (their Lemma 1, and Sec. 4.2 for
+# subsequences of steps): whatever the steps
 # and $\sigma$, its levels have DDPM's marginals $q(x_t \mid x_0)$, so every member has the same training objective,
 # and one network trained once serves them all. With the network's estimates in place of the true $x_0$ and
 # $\varepsilon$, the points a sampler visits are only approximately distributed like the forward process's levels,
@@ -115,10 +116,11 @@ print(f"weight of the network's v in eps-hat at t = {ddim50[0]}: 1 - s = {1 - s_
 # %% [markdown]
 # So two of the 50 calls ask the flow model about levels it practically never saw in training: the first, at
 # $t = 999$, and the last, at $t = 0$, where the problem is the mirror image (hardly any draw is that clean).
-# For the calls in between, training drew hundreds of examples at least as extreme (the second and the
+# For the calls in between, training drew hundreds or thousands of examples at least as extreme (the second and the
 # second-to-last printed). The answers at the two ends are extrapolations, but they carry little weight. At
 # $t = 999$ the noise estimate is $\hat\varepsilon = x_s + (1-s)\,\hat v$ (chapter 3), so the network contributes to it
-# only through the factor printed, and its $\hat x_0$ enters the next point scaled by $\sqrt{\bar\alpha_{979}}$;
+# only through the factor printed, and its $\hat x_0$ enters the next point scaled by $\sqrt{\bar\alpha_{979}}$, small
+# beside that point's noise (though it is all the signal the next call sees);
 # at $t = 0$ the last step returns $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ with $t = 0$, in which
 # $\hat\varepsilon$ moves the image only by its small weight (all three printed).
 #
@@ -162,9 +164,13 @@ print(f"DDIM with eta=1, one step vs the DDPM step:  {(ddim_by_hand - ddpm_by_ha
 # $\partial p_\rho / \partial\rho = \rho\,\Delta p_\rho$. Tweedie's formula, $\mathbb E[x_0 \mid \bar x] = \bar x + \rho^2\,\nabla\log p_\rho(\bar x)$
 # (differentiate $p_\rho(\bar x) = \int p_\text{data}(x_0)\,\mathcal N(\bar x; x_0, \rho^2 I)\,dx_0$ under the integral), gives
 # $\varepsilon^* = (\bar x - \mathbb E[x_0 \mid \bar x])/\rho = -\rho\,\nabla \log p_\rho$. Points moving with velocity $u = \varepsilon^*$ change the density by
-# the continuity equation, $\partial p / \partial\rho = -\nabla\cdot(p\,u) = \nabla\cdot(\rho\,\nabla p_\rho) = \rho\,\Delta p_\rho$: the
-# same equation, from the same start, so the same densities at every $\rho$ (chapter 8 writes the continuity
-# equation out). A trained $\varepsilon_\theta$ only approximates $\varepsilon^*$, and the marginals only approximately.
+# the continuity equation, $\partial p / \partial\rho = -\nabla\cdot(p\,u)$ (chapter 8 writes it out). Put $p_\rho$ itself into its
+# right side: $-\nabla\cdot(p_\rho\,\varepsilon^*) = \nabla\cdot(\rho\,\nabla p_\rho) = \rho\,\Delta p_\rho = \partial p_\rho/\partial\rho$. So the
+# forward process's densities solve the continuity equation of this velocity field, and since for a smooth
+# velocity that equation has one solution per starting density, points that start distributed as $p_\rho$ at the
+# largest $\rho$ are distributed as $p_\rho$ at every $\rho$. Two approximations remain in practice: the sampler
+# starts from pure Gaussian noise, which is $p_\rho$ at the largest $\rho$ only nearly, and a trained
+# $\varepsilon_\theta$ only approximates $\varepsilon^*$.
 # This ODE is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs, Sec. 4.3). Deterministic samplers differ in how they solve it: DDIM with Euler steps in $\rho$,
 # DPM-Solver++ (chapter 7) with second-order steps. Heun's method, chapter 4's sampler for flow models, is
 # another second-order solver of the same ODE, written in the flow's variables instead of $\rho$; chapter 8
@@ -273,7 +279,8 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # How much should one trust a gap of a few points? An FID from 256 samples is itself a noisy estimate: the DDPM
 # rows with 100, 250 and 1000 steps (43.4, 46.7, 44.7) lie within a few points of each other and of the floor,
 # closer than this sample count can rank them, and even the 8 points between DDPM-100 and DDIM-100 come from one
-# set of 256 samples. The next table measures the same settings on 1,000 samples. What deterministic
+# set of 256 samples. The next table measures DDIM, DPM-Solver++ and DDPM-1000 again on 1,000 samples (not
+# the respaced DDPM rows, so that 8-point gap stays open). What deterministic
 # DDIM gives beyond speed is a fixed map from noise to image, which section 4 uses to invert and interpolate.
 #
 # **The same table on 1,000 samples, down to one step.** Chapter 9 measures every sampler of the

@@ -108,8 +108,9 @@ def paths_figure(panels: list[tuple[str, list[torch.Tensor]]], data: torch.Tenso
 
 def steps_view(steps: int, moons: dict, mnist: dict, data: torch.Tensor, n_paths: int = 40, n_images: int = 8,
                seed: int = 0) -> Figure:
-    """The widget's view: for each model (before and after reflow), its Euler paths on two moons and its MNIST samples
-    at `steps` steps, from the same noise. `moons` and `mnist`: label -> model (2-D) and label -> (model, info)."""
+    """The widget's view: for each model (independent pairs, reflow, minibatch OT), its Euler paths on two moons and
+    its MNIST samples at `steps` steps, from the same noise. `moons` and `mnist`: label -> model (2-D) and
+    label -> (model, info)."""
     noise = torch.randn((n_paths, 2), generator=torch.Generator().manual_seed(seed))
     fig = Figure(figsize=(3.2 * len(moons) + 0.2, 5.4), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[3, 1.6])
