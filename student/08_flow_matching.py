@@ -494,8 +494,8 @@ for title, line_starts in {"independent": starts, "minibatch OT": ot_starts}.ite
 # crossings left are crossings in space at *different* times $s$, which the inequality allows.
 #
 # Training with it: section 2's flow again, the same steps and seed, with every batch of 256 re-paired
-# (objective `"flow-ot"`). The cell times the training (beside section 2's and reflow's), measures the straightness $S$ of their Euler-64 paths
-# beside reflow's, and scores samples at 1 to 8 Euler steps by the **energy distance** to 2,000 held-out
+# (objective `"flow-ot"`). The cell times the training (beside section 2's and reflow's), measures the
+# straightness $S$ of its Euler-64 paths beside the other two models', and scores samples at 1 to 8 Euler steps by the **energy distance** to 2,000 held-out
 # moons points, $2\,\mathbb E\lVert X - Y\rVert - \mathbb E\lVert X - X'\rVert - \mathbb E\lVert Y - Y'\rVert$ (zero for the
 # same distribution; it can come out slightly negative, since it is estimated from samples). Printed beside it,
 # what perfect samples score: ten further sets of real moons points, each measured the same way:
@@ -590,9 +590,9 @@ print("a training step, batch of " + str(len(mnist_batch)) + ": "
 # trained far longer (printed) and its rows were sampled under bfloat16. A likely reason for the smaller effect is
 # the limit of the argument above: a batch of 64 images in 784 dimensions is a thin sample of the training set,
 # so the best pairing inside it is a poor stand-in for a good pairing of the whole data set. (No run here varies
-# the batch size to test this.) What minibatch OT costs is small
-# (the step times printed: the network's forward and backward pass dominates) and needs no trained model; reflow
-# needs a teacher and an ODE solve for every pair, and straightens far more. These MNIST rows are one training
+# the batch size to test this.) What minibatch OT costs is small (the step times printed: the network's forward
+# and backward pass dominates) and it needs no trained model; reflow needs a teacher and an ODE solve for every
+# pair, and from this course's teacher it straightened far more. These MNIST rows are one training
 # seed each, so read differences of a few FID points with care.
 #
 # **Drag the slider**: the number of Euler steps for the moons flows (independent pairs, after reflow, with
