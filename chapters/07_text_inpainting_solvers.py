@@ -341,14 +341,14 @@ for row in inpainting["figures"]["rows"]:
 # middle of an 8 or a 0) leaves the unconditional model free to finish the digit as something else,
 # and the classifier then disagrees with the original label. Changing the class is the mirror image:
 # presumably it works when the kept strokes fit the requested digit (not measured digit by digit
-# here), and the more ink is hidden (the centre square hides most of it), the less the known pixels
+# here), and the more ink is hidden (the centre square hides much of it), the less the known pixels
 # contradict the request.
 #
 # In the committed rows, RePaint's extra tries raise the unconditional model's share that keeps its
 # class where a side is hidden (top and left), and in the figure above make its centre completions less
 # fragmented; for the conditional model asked for another digit they lower the share that becomes it
-# with the left and centre masks (the more the model re-fits the hidden part to the known pixels, the
-# harder it is to turn them into a different digit). These differences are 0.06 to 0.12 on 100 digits,
+# with the left and centre masks but raise it with the top mask, and the unconditional model's centre row
+# falls slightly. No single mechanism fits all of these rows. These differences are 0.06 to 0.12 on 100 digits,
 # about as large as the gap between this page's one-try run and the committed one-try rows, so read
 # them as suggestive, not established. Each try also costs the network calls of a step. (Here the jump
 # goes back one sampling step; Lugmayr et al. also jump back several at once.)
@@ -368,15 +368,21 @@ for row in inpainting["figures"]["rows"]:
 # (From chapter 5's ODE $d\bar x/d\rho = \hat\varepsilon$ with $\bar x = x/\alpha$ and $\rho = \sigma/\alpha = e^{-\lambda}$:
 # writing $\hat\varepsilon = (x - \alpha \hat x_0)/\sigma = (\bar x - \hat x_0)/\rho$ gives
 # $d(\bar x/\rho) = \hat x_0\, d(1/\rho) = e^{\lambda} \hat x_0\, d\lambda$, and $\bar x/\rho = x/\sigma$; integrate.)
-# DDIM is this integral with $\hat x_0$ held constant (first order). **DPM-Solver++(2M)** (Lu et
+# DDIM is this integral with $\hat x_0$ held constant (first order): then $\int e^\lambda d\lambda = e^{\lambda_{t'}} - e^{\lambda_t}$ and
+# $x_{t'} = \frac{\sigma_{t'}}{\sigma_t} x_t + \alpha_{t'}(1 - e^{-h})\,\hat x_0$, which is chapter 5's DDIM step written with
+# $\hat x_0$ instead of $\hat\varepsilon$ (substitute $x_t = \alpha_t \hat x_0 + \sigma_t \hat\varepsilon$). **DPM-Solver++(2M)** (Lu et
 # al. 2022) also uses the previous step's prediction to estimate how $\hat x_0$ changes along the step,
 # replacing $\hat x_0$ by $D = (1 + \tfrac{1}{2r})\hat x_0 - \tfrac{1}{2r}\hat x_0^{\text{before}}$ with
-# $r = h_{\text{before}}/h$ (exercise 2). Same network calls, one more multiply-add: second order.
-# (For an $\hat x_0$ that changes linearly in $\lambda$, the exact integral's factor is $h/(1 - e^{-h}) - 1$
-# where $D$ has $h/2$: the two agree as $h \to 0$. The first step, with no prediction before it, is
-# first order, like DDIM.)
-# Both solve the same ODE from the same noise, so the better solver lands closer to where many small
-# steps land. Same captions, same starting noise, at 5 and 10 steps, and DDIM with 50 as the reference:
+# $r = h_{\text{before}}/h$ (exercise 2). Same network calls, one more multiply-add: second order in the
+# paper's analysis. (For an $\hat x_0$ that changes linearly in $\lambda$, with slope $k$, the exact integral adds
+# $k\,(h/(1 - e^{-h}) - 1)$ to the constant $\hat x_0$ where $D$ adds $k\,h/2$: the two agree as $h \to 0$. The first
+# step, with no prediction before it, is first order, like DDIM, and so is the library's last step, which jumps
+# to the data and returns $\hat x_0$.)
+# Two things differ between the rows below, not one: the solver, and the grid of steps. The library's DDIM
+# spends its last call at $t = 0$, while DPM-Solver++ spends no call on the nearly clean end and jumps to the data
+# from its last step (`dl.ddim_timesteps` and `dl.samplers.dpm_solver_timesteps` list the two grids), so the
+# comparison measures each solver with its own grid, as each is used. Same captions, same starting noise, at 5
+# and 10 steps, and DDIM with 50 as the reference:
 
 # %%
 prompts = [f"a {captions.DIGIT_WORDS[d]}" for d in range(10)]
@@ -390,8 +396,8 @@ for key in settings[:-1]:
 
 # %% [markdown]
 # Measured here on this chapter's model (MNIST-FID of samples against the test set, lower is better;
-# the classifier's features, chapter 5), and as committed by `python benchmarks/run.py --only text`
-# (this model, 1,000 samples) and `--only steps` (chapter 5's unconditional model, 256 samples):
+# the classifier's features, chapter 4), and as committed by `python benchmarks/run.py --only text`
+# (this model, 1,000 samples) and `--only steps` (chapter 4's unconditional flow model, sampled in chapter 5, 256 samples):
 
 # %%
 n_fid = 50 if FAST else 300
@@ -418,7 +424,10 @@ print(f"committed, mnist_uncond, {steps_figures['n']} samples: "
 # By eye the rows are hard to tell apart, even at 5 steps on this model: the differences are small
 # shifts of strokes. Measured, both ways agree: at 5 and 10 steps DPM-Solver++'s samples lie closer to
 # the 50-step ones than DDIM's (the pixel differences above; pixels span 2), and its MNIST-FID at 10
-# steps is lower than DDIM's, here and in both committed runs, each beside its own floor.
+# steps is lower than DDIM's, here and in both committed runs, each beside its own floor. These numbers do not
+# show the order itself: when the steps double, both gaps shrink by a similar factor (a second-order method
+# would shrink its error about four times once the steps are small enough); at this few steps the advantage is
+# a smaller error at the same number of calls.
 #
 # ## Summary
 #
@@ -485,7 +494,8 @@ exercises.check_q_jump(my_q_jump)
 #
 # You need not edit the library. Save this as a script and run it: it wraps the function the training loop
 # draws its captions with, in this Python process only, then trains with `mnist_text`'s recipe (its README has
-# the command; about 48 minutes on one core of a 2-core CPU, so start it before a break). A caption such as
+# the command; about 48 minutes on one core of a 2-core CPU with `OMP_NUM_THREADS=1`, as that run had, so start
+# it before a break). A caption such as
 # "seven written wide and thin" becomes "seven written and thin": the filler words matter little.
 #
 # ```python
