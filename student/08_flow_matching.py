@@ -365,10 +365,11 @@ starts = noise2d[:n_lines]
 couplings = {"independent: noise and a random data point":
              moons_data[torch.randint(len(moons_data), (n_lines,), generator=torch.Generator().manual_seed(5))],
              "reflow: noise and the model's image of it": flow_xs[-1][:n_lines]}
-display(ch08.paths_figure([(f"{title.split(':')[0]}: {crossings(starts, ends)} crossings", [starts, ends])
+crossed = {title: crossings(starts, ends) for title, ends in couplings.items()}
+display(ch08.paths_figure([(f"{title.split(':')[0]}: {crossed[title]} crossings", [starts, ends])
                            for title, ends in couplings.items()], moons_data))  # each line a two-point path
-for title, ends in couplings.items():
-    print(f"{title}: {crossings(starts, ends)} of the {n_lines * (n_lines - 1) // 2} pairs of lines cross")
+for title, count in crossed.items():
+    print(f"{title}: {count} of the {n_lines * (n_lines - 1) // 2} pairs of lines cross")
 
 # %% [markdown]
 # Of the 780 pairs of lines, 185 cross when each noise draw is joined to a random data point, and 3 when it is
@@ -482,11 +483,12 @@ random_ends = couplings["independent: noise and a random data point"]
 ot_starts = pair_by_ot(random_ends, starts)  # the same 40 lines' ends, each given a noise draw by OT
 print(f"the chapter's pairing = the library's: {torch.equal(ot_starts, dl.objectives.ot_pairing(random_ends, starts))}")
 
-display(ch08.paths_figure([(f"{title}: {crossings(line_starts, random_ends)} crossings", [line_starts, random_ends])
-                           for title, line_starts in {"independent pairs": starts, "minibatch OT pairs": ot_starts}.items()],
-                          moons_data))
-for title, line_starts in {"independent": starts, "minibatch OT": ot_starts}.items():
-    print(f"{title:>13}: {crossings(line_starts, random_ends):>3} of the {n_lines * (n_lines - 1) // 2} pairs of lines cross")
+pairings = {"independent": starts, "minibatch OT": ot_starts}
+crossed = {title: crossings(line_starts, random_ends) for title, line_starts in pairings.items()}
+display(ch08.paths_figure([(f"{title} pairs: {crossed[title]} crossings", [line_starts, random_ends])
+                           for title, line_starts in pairings.items()], moons_data))
+for title, count in crossed.items():
+    print(f"{title:>13}: {count:>3} of the {n_lines * (n_lines - 1) // 2} pairs of lines cross")
 
 # %% [markdown]
 # The same 40 noise draws and 40 data points, joined differently: each noise draw now goes to a data point on

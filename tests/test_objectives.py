@@ -93,11 +93,11 @@ def test_ot_lines_that_pass_close_move_alike_where_independent_lines_need_not():
     assert (swapped - (d_i**2).sum() - (d_j**2).sum()).item() == pytest.approx(change.item(), rel=1e-9)
 
     def worst_violation(eps):  # the largest left side minus right side of the inequality, over pairs and times
-        d = x0 - eps  # (64, 2)
+        spread = torch.cdist(x0 - eps, x0 - eps)  # ||d_i - d_j|| for every pair: the same at every s
         worst = -float("inf")
         for s in torch.linspace(0, 1, 101, dtype=torch.float64)[1:-1]:
             m = (1 - s) * x0 + s * eps
-            gap, spread = torch.cdist(m, m), torch.cdist(d, d)  # ||delta||, ||d_i - d_j|| for every pair
+            gap = torch.cdist(m, m)  # ||delta|| for every pair at this s
             lhs, rhs = s * (1 - s) * spread**2, gap**2 + abs(2 * s - 1) * gap * spread
             worst = max(worst, (lhs - rhs).max().item())
         return worst
