@@ -21,7 +21,7 @@ Sections:
   gallery    chapter 4's failures: common training and sampling mistakes, each run and measured
   fashion    Fashion-MNIST: its classifier, and the default recipe trained as long as MNIST's study runs
   memory     peak memory of 'sample' against --n (sampling is batched, so memory stays flat)
-  text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting, 10-step solvers
+  text       chapter 7: held-out vs seen captions (digit accuracy, attribute agreement), inpainting; and 10-step solvers on its model
   fewsteps   chapters 8-9: the complete steps table on one teacher (mnist_uncond) and its distilled students,
              1,000 samples a row; straightness before and after reflow; what distillation costs
   latent     chapter 10: the autoencoder's ceiling, pixel vs latent step costs, quality and caption agreement at
@@ -443,7 +443,7 @@ def fashion(args, device) -> dict:
 
 
 def text(args, device) -> dict:
-    """Chapter 7's figures on more samples: captions held out vs seen, inpainting, and 10-step solvers on mnist_text."""
+    """Chapter 7's figures on more samples (captions held out vs seen, inpainting), and 10-step solvers on mnist_text."""
     model, info = dl.pretrained("mnist_text", device)
     net = classifier()
     per_caption, n_fid = (2, 50) if args.quick else (50, 1000)

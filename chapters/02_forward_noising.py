@@ -26,7 +26,8 @@
 # - read a noise schedule through $\bar\alpha_t$ and the signal-to-noise ratio, and compare the linear and cosine schedules;
 # - predict what an image looks like at any timestep;
 # - derive the posterior $q(x_{t-1} \mid x_t, x_0)$ by completing the square, and say why the reverse process can take Gaussian steps;
-# - write any noisy image as $x = \alpha\,x_0 + \sigma\,\varepsilon$, and place the straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$ among DDPM's schedules by its implied $\bar\alpha$.
+# - write any noisy image as $x = \alpha\,x_0 + \sigma\,\varepsilon$, and place the straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$ among DDPM's schedules by its implied $\bar\alpha$;
+# - write the velocity of a path, and check that DDPM's $v$ and the straight path's flow velocity $\varepsilon - x_0$ are the velocities of its two members.
 #
 # **Assumes**: Gaussian random variables (mean, variance, adding independent Gaussians), PyTorch tensors.
 #
@@ -508,6 +509,48 @@ for t in (0, 99, 499, 899, 989, 998):  # near the data, in the middle, near the 
 # chapter 4 trains on the straight path.
 
 # %% [markdown]
+# **The velocity of a path.** Walk along a path and $x$ moves with the velocity
+# $dx/d\tau = \alpha'(\tau)\,x_0 + \sigma'(\tau)\,\varepsilon$, whatever parameter $\tau$ measures the way. Two velocities
+# matter in this course:
+#
+# - DDPM's family as a rotation: since $\alpha^2 + \sigma^2 = 1$, every level of every variance-preserving
+#   schedule is exactly $\alpha = \cos\phi$, $\sigma = \sin\phi$ with $\phi = \arccos\sqrt{\bar\alpha}$ (section 3's
+#   $u = s\pi/2$ was this angle for the cosine schedule, approximately). The velocity in the angle,
+#   $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is called $v$
+#   (Salimans & Ho 2022, who proposed it as a network's target; chapter 3). It is the velocity in $\phi$ specifically
+#   (in $t$ it would be scaled by $d\phi/dt$, which differs by schedule).
+# - The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$: its velocity is $dx_s/ds = \varepsilon - x_0$, the
+#   **flow velocity** that chapter 4's models predict. From $x_s$ and this $v$ both ends follow:
+#   $x_s - s\,v = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same way $x_s + (1-s)\,v = \varepsilon$.
+#
+# Both velocities by central finite differences along their paths, on the digit and noise above (DDPM's path at four
+# steps of the linear schedule, the straight path at four values of $s$), and the straight path's two ends:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+h_step = 1e-6  # for central finite differences
+
+
+def on_circle(angle):  # DDPM's path at the angle phi: cos(phi) x0 + sin(phi) eps
+    return torch.cos(angle) * x0_64 + torch.sin(angle) * noise_64
+
+
+def on_line(level):  # the straight path at s
+    return (1 - level) * x0_64 + level * noise_64
+
+
+phi = torch.arccos(schedules["linear"].alpha_bars[[10, 250, 600, 950]].sqrt()).reshape(-1, 1, 1, 1)
+v_ddpm = torch.cos(phi) * noise_64 - torch.sin(phi) * x0_64  # sqrt(alpha-bar) eps - sqrt(1 - alpha-bar) x0
+print(f"DDPM's path at t = 10, 250, 600, 950: |dx/dphi by finite differences - v| = "
+      f"{((on_circle(phi + h_step) - on_circle(phi - h_step)) / (2 * h_step) - v_ddpm).abs().max().item():.1e}")
+s_line = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=torch.float64).reshape(-1, 1, 1, 1)
+flow_v, x_s = noise_64 - x0_64, on_line(s_line)
+print(f"straight path at s = 0.05, 0.3, 0.6, 0.95: |dx/ds by finite differences - (eps - x0)| = "
+      f"{((on_line(s_line + h_step) - on_line(s_line - h_step)) / (2 * h_step) - flow_v).abs().max().item():.1e}; "
+      f"|x_s - s v - x0| = {(x_s - s_line * flow_v - x0_64).abs().max().item():.1e}; "
+      f"|x_s + (1 - s) v - eps| = {(x_s + (1 - s_line) * flow_v - noise_64).abs().max().item():.1e}")
+
+# %% [markdown]
 # ## Summary
 #
 # - The forward process adds Gaussian noise in small steps, $x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon$.
@@ -517,6 +560,7 @@ for t in (0, 99, 499, 899, 989, 998):  # near the data, in the middle, near the 
 # - Given $x_0$, the step back is Gaussian: $q(x_{t-1} \mid x_t, x_0) = \mathcal N(\tilde\mu_t, \tilde\beta_t)$, derived by completing the square and checked against the library, Gaussian conditioning and samples.
 # - Without $x_0$ the true step back is a mixture, but for small $\beta_t$ it is close to a Gaussian (measured on two-point data), so the reverse process $p_\theta(x_{t-1} \mid x_t)$ is a chain of Gaussian steps whose means a network must learn.
 # - Every noisy image of this chapter is $x = \alpha\,x_0 + \sigma\,\varepsilon$, a point of a Gaussian path; only the ratio $\alpha/\sigma$ matters, so any path is DDPM's family rescaled. The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$, which chapter 4 trains on, implies a $\bar\alpha$ close to the cosine schedule's (its SNR differs near the ends).
+# - A path's velocity is $dx/d\tau = \alpha' x_0 + \sigma' \varepsilon$: on DDPM's circle, in the angle, it is $v = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$; on the straight path it is the flow velocity $\varepsilon - x_0$.
 #
 # ## Exercises
 #

@@ -330,11 +330,12 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 #   back the same way.
 # - **Two sampling steps** (row 5). Blurred, averaged digits: each long step lands near the average of
 #   all the images the noise could still become. *Fix:* more steps (the default is 18 Heun steps), or a
-#   sampler built for few steps (chapter 7's DPM-Solver++, chapter 9's distilled students).
+#   sampler built for few steps (chapter 5's DPM-Solver++, chapter 9's distilled students).
 # - **The $\varepsilon$ target, and few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
 #   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
-#   (compare the scores). *Fix:* the $v$ or the flow target (exercise 5 asks why they do better), and
-#   enough steps for the target you have.
+#   (compare the scores). These rows change the path, the noise levels drawn and the target at once, so they do
+#   not isolate the target; exercise 5 argues why the $\varepsilon$ target is the likely culprit. *Fix:* the $v$ or
+#   the flow target, and enough steps for the target you have.
 #
 # None of these is pure noise, though the tenfold learning rate comes close. When samples are pure noise, the model and the sampler usually
 # disagree about something basic, which none of these runs had wrong: the network's output read as the

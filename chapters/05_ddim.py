@@ -23,12 +23,12 @@
 #
 # **After this chapter you can**
 # - write DDPM's ancestral step and DDIM's step, and show that DDIM with $\eta = 1$ on every step *is* DDPM;
+# - derive deterministic DDIM as Euler's method on the probability-flow ODE, and DPM-Solver++ as a second-order step of the same ODE;
 # - choose the number of steps from measured speed and quality, and see what $\eta$ between 0 and 1 changes;
 # - invert an image to noise with DDIM and interpolate between two noises.
 #
 # **Assumes**: chapters 2-4 ($\bar\alpha_t$, $\hat x_0$ from $\varepsilon$; chapter 4's flow model `mnist_uncond`,
-# turned into a noise predictor, and its Heun sampler). Chapter 7 derives DPM-Solver++, whose measured rows
-# appear here already.
+# turned into a noise predictor, and its Heun sampler).
 #
 # The model is the course's committed unconditional U-Net, `mnist_uncond` (chapter 4: trained with
 # flow matching, so it predicts a velocity; the samplers turn its output into $\varepsilon$ by an
@@ -172,7 +172,7 @@ print(f"DDIM with eta=1, one step vs the DDPM step:  {(ddim_by_hand - ddpm_by_ha
 # starts from pure Gaussian noise, which is $p_\rho$ at the largest $\rho$ only nearly, and a trained
 # $\varepsilon_\theta$ only approximates $\varepsilon^*$.
 # This ODE is the **probability-flow ODE** of the diffusion (Song et al. 2021, score-based SDEs, Sec. 4.3). Deterministic samplers differ in how they solve it: DDIM with Euler steps in $\rho$,
-# DPM-Solver++ (chapter 7) with second-order steps. Heun's method, chapter 4's sampler for flow models, is
+# DPM-Solver++ (derived next) with second-order steps. Heun's method, chapter 4's sampler for flow models, is
 # another second-order solver of the same ODE, written in the flow's variables instead of $\rho$; chapter 8
 # shows the change of variables between the two. The $\eta = 0$ step, checked against one Euler step:
 
@@ -183,6 +183,66 @@ sqrt_ab = schedule.alpha_bars.sqrt().float()
 euler = sqrt_ab[400] * (xt / sqrt_ab[t_value] + (rho[400] - rho[t_value]) * eps)
 print(f"DDIM eta=0 from t={t_value} to 400 vs one Euler step of dx/drho = eps: "
       f"{(euler - dl.ddim_step(eps, xt, t, t_next, schedule, 0.0)[0]).abs().max():.1e}")
+
+# %% [markdown]
+# **A second-order step: DPM-Solver++.** DDIM's step holds the model's $\hat x_0$ constant over the step. To see
+# what that neglects, write the path in chapter 2's letters, $x_t = \alpha_t x_0 + \sigma_t \varepsilon$ with
+# $\alpha_t = \sqrt{\bar\alpha_t}$ and $\sigma_t = \sqrt{1-\bar\alpha_t}$ (section 6 there; not the one-step $\alpha_t = 1 - \beta_t$ of
+# section 1, nor its reverse-step $\sigma_t$ or DDIM's $\sigma$; the DPM-Solver papers use these letters), so that $\rho_t = \sigma_t/\alpha_t$, and measure the level by
+# $\lambda_t = \log(\alpha_t/\sigma_t) = -\log\rho_t$, half the log signal-to-noise ratio, which grows as $t$ falls. In the
+# ODE $d\bar x/d\rho = \varepsilon_\theta$ write $\varepsilon_\theta = (\bar x - \hat x_0)/\rho$ (from $\bar x = \hat x_0 + \rho\,\varepsilon_\theta$). Then
+#
+# $$d\Big(\frac{\bar x}{\rho}\Big) = \frac{d\bar x}{\rho} - \frac{\bar x\,d\rho}{\rho^2} = \frac{(\bar x - \hat x_0)\,d\rho}{\rho^2} - \frac{\bar x\,d\rho}{\rho^2} = -\frac{\hat x_0\,d\rho}{\rho^2} = \hat x_0\, d\Big(\frac{1}{\rho}\Big) = e^{\lambda}\,\hat x_0\, d\lambda ,$$
+#
+# and since $\bar x/\rho = x/\sigma$, integrating over a step from $t$ to $t'$, of size $h = \lambda_{t'} - \lambda_t$, gives exactly
+#
+# $$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\, x_t + \sigma_{t'} \int_{\lambda_t}^{\lambda_{t'}} e^{\lambda}\, \hat x_0(\lambda)\, d\lambda .$$
+#
+# DDIM is this integral with $\hat x_0$ held constant (first order): $\int e^\lambda d\lambda = e^{\lambda_{t'}} - e^{\lambda_t}$, and with
+# $\sigma_{t'} e^{\lambda_{t'}} = \alpha_{t'}$ the step is $x_{t'} = \frac{\sigma_{t'}}{\sigma_t} x_t + \alpha_{t'}(1 - e^{-h})\,\hat x_0$, the $\eta = 0$ step
+# written with $\hat x_0$ instead of $\hat\varepsilon$ (substitute $x_t = \alpha_t \hat x_0 + \sigma_t \hat\varepsilon$). Suppose instead that $\hat x_0$
+# changes linearly in $\lambda$ along the step, with slope $k$. The integral of $e^\lambda k(\lambda - \lambda_t)$ adds
+# $\sigma_{t'} e^{\lambda_t} k \int_0^h u\,e^u\,du = \sigma_{t'} e^{\lambda_t} k\,\big((h-1)e^h + 1\big) = \alpha_{t'}(h - 1 + e^{-h})\,k$ (by parts), that is, the constant $\hat x_0$ is replaced by $\hat x_0 + k\,\big(h/(1 - e^{-h}) - 1\big)$, and
+# $h/(1-e^{-h}) - 1 = h/2 + h^2/12 + \dots$: to first order, $\hat x_0$ at the middle of the step. **DPM-Solver++(2M)**
+# (Lu et al. 2022) estimates the slope from the previous step's prediction, $k \approx (\hat x_0 - \hat x_0^{\text{before}})/h_{\text{before}}$,
+# and so replaces $\hat x_0$ by
+#
+# $$D = \hat x_0 + \frac{h}{2}\,\frac{\hat x_0 - \hat x_0^{\text{before}}}{h_{\text{before}}} = \Big(1 + \frac{1}{2r}\Big)\hat x_0 - \frac{1}{2r}\,\hat x_0^{\text{before}}, \qquad r = \frac{h_{\text{before}}}{h}$$
+#
+# Same network calls, one more multiply-add. Second order, in the paper's analysis: the slope's estimate is off
+# by $O(h)$ and enters multiplied by $\alpha_{t'}(1 - e^{-h})\,h/2 = O(h^2)$, so each step errs by $O(h^3)$ and the run by $O(h^2)$. The first step, with
+# no prediction before it, is first order like DDIM, and so is the library's last step, which jumps to the data and
+# returns $\hat x_0$. The library's DPM-Solver++ also visits its own grid of steps: DDIM spends its last call at
+# $t = 0$, DPM-Solver++ spends none on the nearly clean end (`dl.ddim_timesteps` and
+# `dl.samplers.dpm_solver_timesteps` list the two). The cell takes the first two steps of DPM-Solver++-10 by hand
+# against `dl.dpm_solver_step`, and compares the two slope terms at the second step's $h$:
+
+# %%
+grid = dl.samplers.dpm_solver_timesteps(schedule.T, 10)
+ab64 = schedule.alpha_bars.double()
+lam = lambda t: 0.5 * (ab64[t] / (1 - ab64[t])).log()  # noqa: E731 (lambda_t = log(alpha_t / sigma_t))
+x_lib = x_hand = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+previous, x0_before = None, None
+for i, (t_now, t_after) in enumerate(zip(grid[:2], grid[1:3])):
+    with torch.no_grad():
+        eps_now = eps_fn(x_hand, torch.full((2,), t_now))
+    x0_hat = (x_hand - (1 - ab64[t_now]).sqrt().float() * eps_now) / ab64[t_now].sqrt().float()
+    h = (lam(t_after) - lam(t_now)).item()
+    r = h_before / h if i else None
+    data = x0_hat if i == 0 else (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_before  # D
+    sigma_ratio = ((1 - ab64[t_after]) / (1 - ab64[t_now])).sqrt().item()
+    x_hand_next = sigma_ratio * x_hand + ab64[t_after].sqrt().item() * (1 - torch.exp(torch.tensor(-h)).item()) * data
+    x_lib, previous = dl.dpm_solver_step(x0_hat, x_hand, torch.full((2,), t_now), torch.full((2,), t_after), schedule, previous)
+    print(f"step {i + 1}, t = {t_now} -> {t_after}: h = {h:.3f}{f', r = {r:.3f}' if i else ' (first order)'}; "
+          f"by hand vs dl.dpm_solver_step: {(x_hand_next - x_lib).abs().max():.1e}")
+    x_hand, x0_before, h_before = x_hand_next, x0_hat, h
+print(f"slope terms at h = {h:.3f}: exact h/(1 - e^-h) - 1 = {h / (1 - torch.exp(torch.tensor(-h)).item()) - 1:.3f}, "
+      f"DPM-Solver++'s h/2 = {h / 2:.3f}")
+
+# %% [markdown]
+# Read the two steps. The first, from $t = 999$, spans a long stretch of $\lambda$ (the printed $h$), so $r$ at the second
+# step is large and the correction $\tfrac{1}{2r}(\hat x_0 - \hat x_0^{\text{before}})$ weighs little there. The two slope
+# terms differ by about $h^2/12$, the next term of the series, which DPM-Solver++ drops.
 
 # %% [markdown]
 # ## 2. Fewer steps: what it costs and what it buys
@@ -273,7 +333,7 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
 # steps the stochastic respaced DDPM scores lower than deterministic DDIM (43.4 against 51.3); at 50 steps the
 # two are within a point (50.8 against 51.8). The DDIM paper found deterministic DDIM better for its models
 # (CIFAR-10 and CelebA, 10 to 100 steps), so which wins can depend on the model and the step count. The
-# second-order `dpm-solver++` rows (derived in chapter 7; exercise 3) do better than DDIM at 5 and 10 steps and
+# second-order `dpm-solver++` rows (section 1) do better than DDIM at 5 and 10 steps and
 # match DDIM-50 with 20.
 #
 # How much should one trust a gap of a few points? An FID from 256 samples is itself a noisy estimate: the DDPM
@@ -390,6 +450,8 @@ display(show_grid(images, "DDIM from noises along a great circle between two dra
 #
 # - DDPM's ancestral step and DDIM's step share $\hat x_0$; DDIM with $\eta = 1$ on every step is DDPM.
 # - DDIM can skip timesteps: section 2 measured the speed-up and the quality at each step count (the fast rows on your machine, the slow ones committed).
+# - Deterministic DDIM is Euler's method on the probability-flow ODE; DPM-Solver++(2M) reuses the previous step's $\hat x_0$ to
+#   extrapolate it to the middle of each step, a second-order step for the same network calls.
 # - $\eta$ sets how much fresh noise each step adds; $\eta = 0$ makes sampling a deterministic map from noise to image,
 #   which can be inverted (image to noise) and interpolated (slerp between noises).
 #
@@ -419,32 +481,31 @@ round_trip_calls = 100
 # NBVAL_CHECK_OUTPUT
 exercises.check_round_trip_calls(round_trip_calls)
 
-# %% [markdown] tags=["exercise:ch05-open-two-predictions"]
-# **Exercise 3 (open question).** DDIM with very few steps distorts digits. Each step trusts one
-# $\hat x_0$ and moves straight along it. How could a sampler use *two* consecutive predictions to
-# take better large steps? (This is the idea behind higher-order solvers. The library's
-# `dpm-solver++` sampler, DPM-Solver++(2M) of Lu et al. 2022, extrapolates from the last two
-# $\hat x_0$; compare its rows with DDIM's in section 2, then read `dpm_solver_step` in
-# `diffusion_lib/discrete.py`.)
+# %% [markdown] tags=["exercise:ch05-open-fresh-noise"]
+# **Exercise 3 (open question).** Both samplers of section 1 aim at the same marginals, yet on this model the
+# stochastic one, which adds fresh noise at every step, scored better than deterministic DDIM with many steps
+# (section 2: DDPM-100 against DDIM-100 on 256 samples, DDPM-1000 against DDIM-50 on 1,000). Why can fresh noise at
+# every step make the samples *better*? Then set section 3's slider to 10 steps and move $\eta$ from 0 to 1: what do
+# you expect to see, and why would the advantage turn around when the steps are few?
 
 # %% [markdown] tags=["solution"]
-# **Model answer (instructor edition).** A DDIM step assumes that $\hat x_0$ stays what the model
-# said at the start of the step, a first-order (Euler) approximation: over a long step the
-# prediction changes, and the error of each step grows with the square of its length, so halving
-# the steps roughly doubles the total error. With two predictions we can estimate how $\hat x_0$
-# is changing and use that: either *extrapolate* from the previous step's prediction, assuming
-# $\hat x_0$ varies linearly in the step variable (DPM-Solver++(2M) does this in $\lambda$, half
-# the log signal-to-noise ratio, at no extra network call), or *correct*: take a trial step, predict
-# again at its end, and redo the step with the average of the two (Heun's method, chapter 4's
-# sampler for flow models, two calls per step). Either makes the error per step shrink with the
-# cube of the step length (second order), so a few large steps lose much less. The first step
-# has no previous prediction and falls back to DDIM's; and at very few steps a straight line is
-# itself a poor model of how $\hat x_0$ changes, so the extrapolation can overshoot.
+# **Model answer (instructor edition).** With the true noise predictor both samplers would draw from the same
+# marginals; with a trained one, every step makes a small error. The deterministic sampler follows an ODE, which
+# carries every error made early to the end: nothing pulls a sample back once it is off course. A stochastic step
+# first denoises and then adds fresh noise; the noise partly erases where the sample came from, and the next
+# denoising step pulls it towards what the network believes the data at that level looks like, so earlier errors
+# are partly forgotten (the stochastic sampler contracts errors; Karras et al. 2022, Sec. 4, describe the added noise
+# as correcting errors made by earlier steps). With few steps the picture reverses: each step must remove, in one
+# long step, the noise the previous one injected, and the stochastic update's discretisation error is larger than
+# the ODE's (its noise term grows like the square root of the step), so at 10 steps $\eta = 1$ draws blurrier or
+# noisier digits than $\eta = 0$; the DDIM paper found $\eta = 0$ best at few steps. (The course measures DDPM only
+# from 50 steps up, so the few-step half is read from the slider, not from a table.)
 #
-# **Rubric.** (1) Identifies DDIM's step as first order: it holds $\hat x_0$ fixed over the step;
-# (2) proposes using the change between two predictions, by extrapolation (multistep) or by a
-# trial step and correction (predictor-corrector); (3) gives the cost of each (no extra call vs
-# one more per step); (4) relates it to the measured rows (DPM-Solver++ vs DDIM at 5, 10, 20 steps).
+# **Rubric.** (1) Says both samplers share the marginals, so the difference comes from the network's errors or from
+# discretisation; (2) explains error correction by fresh noise (earlier errors forgotten, the sample pulled back
+# towards the learned marginal) against the ODE carrying errors to the end; (3) explains why few steps favour the
+# deterministic sampler (large steps must remove injected noise; larger discretisation error); (4) cites the
+# measured rows and what the slider shows, and notes that a gap of a few FID points on one set of samples is noisy.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -22,14 +22,17 @@
 # variety for fidelity to the request.
 #
 # **After this chapter you can**
-# - condition a U-Net on a class label, and explain the learned "null" label and label dropout;
+# - read the U-Net: how it is told the noise level (a sinusoidal code you implement in exercise 1) and the label, its
+#   residual blocks, skip connections and self-attention, and follow a batch's shapes through it;
+# - explain how a U-Net is conditioned on a class label, and explain the learned "null" label and label dropout;
 # - implement classifier-free guidance, $\varepsilon = \varepsilon_{\text{uncond}} + w\,(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$, and say what $w = 0$ and $w = 1$ mean;
 # - measure what guidance trades: accuracy against diversity and MNIST-FID, and choose $w$ from the measurements;
 # - guide a model without labels by a weaker version of itself (autoguidance), and measure what it buys;
 # - relate label conditioning to how text-to-image systems condition on words (cross-attention).
 #
 # **Assumes**: chapters 2-4 (noise prediction; chapter 4's flow models, their velocity $\hat v$, Heun sampling,
-# "recognised" and training snapshots) and DDIM sampling as a black box (chapter 5).
+# "recognised" and training snapshots), DDIM sampling as a black box and MNIST-FID with its real-digit floor (chapter 5,
+# section 2).
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
@@ -41,6 +44,7 @@ if "google.colab" in sys.modules:
 
 # %%
 # %matplotlib inline
+import math
 import time
 
 import ipywidgets as widgets
@@ -66,20 +70,147 @@ print(f"class-conditional U-Net: {sum(p.numel() for p in model.parameters()):,} 
       f"{info['step']} steps with label dropout {train_config.label_dropout}")
 
 # %% [markdown]
-# ## 1. Giving the network the label
+# ## 1. Giving the network the noise level and the label
 #
-# The U-Net already adds a learned embedding of the timestep to every residual block. For a label
-# $c \in \{0, \dots, 9\}$ it adds one more learned vector, $e_c$, to the same embedding. One extra
-# row, index 10, is the **null label** $\varnothing$: "no label given".
+# Chapters 3 to 5 used the U-Net as a black box: a noisy image and its noise level in, an image-shaped
+# prediction out. Conditioning is about what else goes in, so here the network is opened, piece by piece,
+# on this chapter's `mnist_cond` (the code is `diffusion_lib/unet.py`).
+#
+# **How the network is told the noise level.** Fed in as one raw number, the level would reach the first layer
+# only as one linear ramp to scale; a code of several frequencies gives the network coarse and fine features of
+# it from the start. So the noise label $t$ (a step 0..999 for DDPM; this model was trained on the
+# straight path, which measures noise by $s \in [0, 1]$, and is passed $1000\,s$; all that matters
+# here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
+# geometrically spaced frequencies (the frequencies of the transformer's position code, Vaswani et al. 2017, Sec. 3.5,
+# with the cosines and the sines in two blocks instead of interleaved):
+#
+# $$e(t) = \big[\cos(\omega_0 t), \dots, \cos(\omega_{d/2-1} t),\ \sin(\omega_0 t), \dots, \sin(\omega_{d/2-1} t)\big],
+# \qquad \omega_i = 10000^{-i/(d/2)} .$$
+#
+# With this U-Net's $d = 16$ the periods $2\pi/\omega_i$ run from 6.3 steps ($\omega_0 = 1$) to
+# 19,869 (printed below the figure). A small MLP (Linear, SiLU, Linear, with $\mathrm{SiLU}(z) = z\,\sigma(z)$) then widens
+# $e(t)$ to the 64 numbers every residual block (below) reads. Each (cos, sin) pair has unit length, so the cosine
+# similarity of two codes is $\frac{1}{d/2}\sum_i \cos\big(\omega_i (t - t')\big)$: it depends on $t - t'$ only. Exercise 1 asks you to write $e(t)$; here is the library's:
+
+# %%
+levels = torch.arange(1000)
+codes = dl.unet.timestep_embedding(levels, 16)  # (1000, 16)
+slow = [4, 5, 6, 7, 12, 13, 14, 15]  # the cosines and sines of the four slowest frequencies (periods >= 628 steps)
+similarity_all = torch.nn.functional.cosine_similarity(codes, codes[500:501], dim=1)
+similarity_slow = torch.nn.functional.cosine_similarity(codes[:, slow], codes[500:501, slow], dim=1)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+ax1.imshow(codes.T, aspect="auto", cmap="RdBu", interpolation="nearest", extent=(0, 1000, 15.5, -0.5))
+ax1.set(xlabel="noise label t", ylabel="dimension of e(t)", title="e(t), d = 16: cosines (0-7), sines (8-15)")
+ax2.plot(levels, similarity_all, label="all 16 dimensions")
+ax2.plot(levels, similarity_slow, label="the 8 slow dimensions")
+ax2.set(xlabel="noise label t", ylabel="cosine similarity to e(500)", title="how alike e(t) and e(500) are")
+ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+plt.show()
+print(f"periods 2 pi / omega_i: from {2 * torch.pi:.1f} to {2 * torch.pi * 10000 ** (7 / 8):,.0f} steps")
+print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
+      + ", ".join(f"{similarity_all[t]:.2f}" for t in (490, 499, 501, 510))
+      + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
+
+# %% [markdown]
+# The fast dimensions (rows 0-1 and 8-9 of the left panel, periods of 6 and 20 steps) change completely within a few
+# steps, so the whole vector moves fast: $e(499)$ is still close to $e(500)$ (similarity 0.94), $e(490)$ is not (0.46).
+# The slow dimensions (rows 4-7 and 12-15) change smoothly over the whole range (similarity above 0.99 ten steps away),
+# so in them nearby noise levels share their code; rows 2-3 and 10-11 lie in between. The MLP sees all of them.
+
+# %% [markdown]
+# **The label.** For a label $c \in \{0, \dots, 9\}$ the network adds one more learned vector, $e_c$, to the
+# noise level's 64 numbers: the conditioning vector is $m = \mathrm{MLP}(e(t)) + e_c$. One extra row, index 10, is the **null label** $\varnothing$: "no label given".
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"label embedding table: {tuple(model.label_emb.weight.shape)} = (10 digits + 1 null label, embedding width)")
 
 # %% [markdown]
+# **A residual block**, the piece this U-Net repeats eleven times. With the conditioning vector $m$, GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
+# scale and shift per channel), SiLU, $3\times3$ convolutions $W_1, W_2$ and a learned linear map $A$ from the 64 numbers
+# of $m$ to one number per channel (`block.emb`):
+#
+# $$h = W_1 \star \mathrm{SiLU}(\mathrm{GN}(x)) + A\,\mathrm{SiLU}(m), \qquad
+# \mathrm{out} = S x + W_2 \star \mathrm{SiLU}(\mathrm{GN}(h)) .$$
+#
+# $A\,\mathrm{SiLU}(m)$ is one number per channel, added at every position: the same filters, shifted
+# by how noisy the input is and which digit is asked for. $S$ is the identity, or a $1\times1$
+# convolution where the channel count changes, so the block computes a correction to its input.
+# (Every linear map and convolution here also adds a bias; the equations leave them out.)
+# By hand (the first GroupNorm too) for the block that widens 16 channels to 32, against the library:
+
+# %%
+block = model.down[4][0]
+x_in = torch.randn(2, 16, 7, 7, generator=torch.Generator().manual_seed(11))
+with torch.no_grad():
+    m = model.time_mlp(dl.unet.timestep_embedding(torch.tensor([500.0, 500.0]), 16)) + model.label_emb(torch.tensor([3, 3]))
+    groups = x_in.reshape(2, 8, -1)  # 8 groups of 2 channels, each over its 2 x 49 numbers
+    normed = ((groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
+    normed = normed.reshape(x_in.shape) * block.norm1.weight[:, None, None] + block.norm1.bias[:, None, None]
+    h = block.conv1(torch.nn.functional.silu(normed)) + block.emb(torch.nn.functional.silu(m))[:, :, None, None]
+    by_hand = block.skip(x_in) + block.conv2(torch.nn.functional.silu(block.norm2(h)))
+    library = block(x_in, m)
+print(f"conditioning vector m: {tuple(m.shape)}; block output {tuple(library.shape)}; "
+      f"by hand vs the library's ResBlock: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
+# **The U shape.** Follow a batch of four digits through the whole network (forward hooks record
+# what each part receives and returns during one real call):
+
+# %%
+test_images, _ = dl.load_mnist(train=False)
+parts = ch06.trace_shapes(model, test_images[:4], torch.full((4,), 500.0), torch.arange(4))
+print(f"{'part':<10} {'what it is':<24} {'input':>16} {'output':>16} {'parameters':>10}")
+for row in parts:
+    print(f"{row['part']:<10} {row['kind']:<24} {str(row['input']):>16} {str(row['output']):>16} {row['parameters']:>10,}")
+at_7x7 = sum(row["parameters"] for row in parts if row["output"][-1] == 7 and row["input"][-1] == 7)
+total = sum(row["parameters"] for row in parts)
+print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p in model.parameters()):,}; "
+      f"{at_7x7:,} ({at_7x7 / total:.0%}) work at 7x7")
+
+# %% [markdown]
+# Read the table top to bottom. The two embeddings make $m$; the stem, a $3\times3$ convolution, turns
+# the one grey channel into 16. On the way down, strided $3\times3$
+# convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
+# 7x7, where the channels are widest, sit most of the parameters and the self-attention layers (next paragraph).
+# On the way up, every residual block's input is wider than the previous part's output: the features saved
+# at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
+# channels). These **skip connections** are why the shape is a U and not an hourglass: the
+# prediction must be right at every one of the 784 pixels, and the skips hand the up path the
+# full-resolution features directly instead of making it rebuild them from 7x7 (the design's
+# rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
+# double the resolution; the head maps 16 channels back to one: the predicted flow velocity (a DDPM
+# model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
+#
+# **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
+# An attention layer lets every one of the 49 positions read every other in one step. With one
+# $C$-vector per position (rows of $H$), after GroupNorm,
+#
+# $$Q = \mathrm{GN}(H) W_Q,\quad K = \mathrm{GN}(H) W_K,\quad V = \mathrm{GN}(H) W_V, \qquad
+# \mathrm{Attn}(H) = H + \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt C}\Big) V\, W_O .$$
+#
+# Dividing by $\sqrt C$ keeps the dot products near unit variance when the entries are (Vaswani et al. 2017,
+# Sec. 3.2.1), so the softmax does not saturate. Row $p$ of the softmax is where position $p$ looks: 49 weights that sum to 1. Chapter 7 reuses this
+# formula with keys and values from a caption's words (cross-attention). By hand, against the
+# middle attention layer:
+
+# %%
+attention = model.mid_attn
+H = torch.randn(2, 32, 7, 7, generator=torch.Generator().manual_seed(12))
+with torch.no_grad():
+    q, k, v = attention.qkv(attention.norm(H)).reshape(2, 3, 32, 49).transpose(2, 3).unbind(1)  # (B, 49, C) each
+    weights = (q @ k.transpose(1, 2) / 32**0.5).softmax(dim=-1)  # (B, 49, 49)
+    by_hand = H + attention.out((weights @ v).transpose(1, 2).reshape(H.shape))
+    library = attention(H)
+print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 positions; "
+      f"by hand vs the library's layer: largest difference {(by_hand - library).abs().max():.1e}")
+
+# %% [markdown]
 # **Label dropout** (Ho & Salimans 2022, Algorithm 1) trains one network to be both conditional and
 # unconditional: every training label is replaced by $\varnothing$ with probability
-# $p_{\text{uncond}}$. Here is the training loop's own batch sampler at work:
+# $p_{\text{uncond}}$. Since $\varnothing$ is assigned independently of the image, the best prediction for input
+# $\varnothing$ is the average over all labels, $\mathbb E[\varepsilon \mid x_t]$: the unconditional predictor
+# (chapter 3's ideal denoiser, without a label). Here is the training loop's own batch sampler at work:
 
 # %%
 data, labels = load_training_data(train_config)
@@ -123,6 +254,36 @@ with torch.no_grad():
     by_hand = eps_uncond + w * (eps_cond - eps_uncond)
     library = dl.guided_eps_fn(eps_model, wanted, w, null_label=10)(xt, t)
 print(f"guided eps by hand vs dl.guided_eps_fn: largest difference {(by_hand - library).abs().max().item():.1e}")
+
+# %% [markdown]
+# The score reading can be checked where every density is known: chapter 3's ideal denoisers of a small labelled set,
+# here five 2-D points, two of them of the class $c$ asked for. Their noisy density $p_t(x)$ is a mixture of one Gaussian
+# per point, and $p_t(c \mid x)$ is the share of it that comes from class $c$'s points, computed directly (no Bayes' rule)
+# and differentiated by autograd. The guided $\varepsilon$ of the two ideal denoisers (the unconditional one on all five points,
+# the conditional one on class $c$'s two) should equal $-\sqrt{1-\bar\alpha_t}\,\big[\nabla\log p_t(x) + w\,\nabla\log p_t(c \mid x)\big]$:
+
+# %%
+points = torch.tensor([[-1.0, 0.0], [-0.6, 0.8], [0.2, -0.9], [1.0, 0.3], [0.7, 1.0]], dtype=torch.float64)
+in_class = torch.tensor([True, True, False, False, False])  # the class asked for: the first two points
+x_toy = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64).requires_grad_(True)
+for t_value in (100, 500, 900):
+    ab = schedule.alpha_bars[t_value]
+    log_parts = -((x_toy[:, None] - ab.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab))  # (6, 5): each point's Gaussian, up to a constant
+    log_p = torch.logsumexp(log_parts, 1)  # log p_t(x), up to a constant
+    log_classifier = torch.logsumexp(log_parts[:, in_class], 1) - log_p  # log p_t(c | x): the share of p_t(x) from class c
+    score = torch.autograd.grad(log_p.sum(), x_toy, retain_graph=True)[0]
+    classifier_grad = torch.autograd.grad(log_classifier.sum(), x_toy)[0]
+    t_toy = torch.full((6,), t_value)
+    with torch.no_grad():
+        eps_uncond = dl.ideal_eps_fn(points, schedule)(x_toy, t_toy)
+        eps_cond = dl.ideal_eps_fn(points[in_class], schedule)(x_toy, t_toy)
+        gaps = [((eps_uncond + w * (eps_cond - eps_uncond)) + (1 - ab).sqrt() * (score + w * classifier_grad)).abs().max().item() for w in (0.5, 3.0)]
+    print(f"t = {t_value}: largest |guided eps + sqrt(1 - alpha-bar) (score + w grad log p(c|x))| at w = 0.5, 3: "
+          + ", ".join(f"{g:.1e}" for g in gaps) + f"; largest |w grad log p(c|x)| at w = 3: {(3 * classifier_grad).abs().max():.2f}")
+
+# %% [markdown]
+# Equal to rounding at every level and scale. The classifier's pull (the last number) is strong near the data and
+# fades with the noise, where a noisy point says little about which class it came from.
 
 # %% [markdown]
 # Because guidance is just another `eps_fn`, every sampler runs it unchanged. The same starting
@@ -221,16 +382,26 @@ for row in cond["scores"]:
 n_check = 60 if FAST else 300
 labels_check = torch.arange(n_check) % 10
 print(f"{'w':>4} {'recognised (p >= ' + str(dl.evaluation.RECOGNISED) + ')':>22} {'requested digit':>16}   ({n_check} samples each)")
+recognised = {}
 for w in (0.0, 0.5, 1.0):
     samples, _ = dl.generate(model, info, n_check, "ddim", 10 if FAST else 25, guidance=w, labels=labels_check, seed=3)
     predicted, confidence = dl.classify(classifier, samples)
-    print(f"{w:>4g} {(confidence >= dl.evaluation.RECOGNISED).float().mean():>22.1%} "
-          f"{(predicted == labels_check).float().mean():>16.1%}")
+    recognised[w] = confidence >= dl.evaluation.RECOGNISED
+    print(f"{w:>4g} {recognised[w].float().mean():>22.1%} {(predicted == labels_check).float().mean():>16.1%}")
+# The three rows share their starting noise (seed 3), so compare w = 0 and 0.5 sample by sample: only the samples
+# recognised at one scale and not at the other carry information (McNemar's test, exact binomial form).
+only_0, only_half = int((recognised[0.0] & ~recognised[0.5]).sum()), int((~recognised[0.0] & recognised[0.5]).sum())
+discordant = only_0 + only_half
+tail = sum(math.comb(discordant, k) for k in range(min(only_0, only_half) + 1)) / 2**discordant
+print(f"same noise, w = 0 vs 0.5: {only_0} samples recognised only at w = 0, {only_half} only at w = 0.5; "
+      f"two-sided p-value if both were equally likely: {min(1.0, 2 * tail):.3f}")
 
 # %% [markdown]
 # At $w = 0.5$ fewer samples are recognisable than at $w = 0$ (77.0% against 82.0%), and at $w = 1$ far more
-# (96.0%). The dip fits the explanation, but it is small: 5 points on 300 samples each is about one and a half
-# standard errors of the difference, so this check supports it only weakly. It also cannot be the whole story:
+# (96.0%). The dip fits the explanation, but it is weak evidence. The three rows start from the same noise, so the
+# fairest comparison goes sample by sample: 55 samples are recognised only at $w = 0$ and 40 only at $w = 0.5$, a split
+# at least this uneven that two equally likely outcomes would give with probability 0.151 (the last line), so this
+# check supports the explanation only weakly. It also cannot be the whole story:
 # most samples at $w = 0.5$ are still recognised as *some* digit, only half of them as the requested one. An open
 # question for you: what else could make a half-guided sample look less like MNIST than an unguided one?
 #
@@ -252,7 +423,7 @@ for w in (0.0, 0.5, 1.0):
 #
 # Here $\hat v$ is chapter 4's flow velocity, what `mnist_uncond` outputs. It is the same rule as guidance on
 # $\varepsilon$: $\varepsilon$ (and $\hat x_0$) are affine functions of $\hat v$ whose coefficients depend only on $x_t$
-# and the noise level (chapter 4: $\varepsilon = x_s + (1-s)\hat v$), and the weights $1 - w$ and $w$ sum to 1,
+# and the noise level (chapter 3, section 1: $\varepsilon = x_s + (1-s)\hat v$), and the weights $1 - w$ and $w$ sum to 1,
 # so mixing the velocities mixes the $\varepsilon$s by the same rule.
 #
 # Where the two agree, nothing changes; where the trained model has learned something the weak one
@@ -292,7 +463,7 @@ for name, row in committed["figures"]["models"].items():
 #
 # Our label is one learned vector added to every block. A text prompt is a *sequence* of tokens,
 # and a text encoder (a transformer, e.g. CLIP's or T5's) turns it into one vector per token.
-# The U-Net reads them through **cross-attention** layers: chapter 3's self-attention, with the
+# The U-Net reads them through **cross-attention** layers: section 1's self-attention, with the
 # queries still computed from the image features at each position but the keys and values from
 # the token vectors, so each image position pulls in the words relevant to it ("red" for the car's
 # pixels, "sky" for the top). Chapter 7 builds such a model and checks the layer by hand. Everything else in this chapter carries over unchanged: the null condition is the empty
@@ -302,7 +473,10 @@ for name, row in committed["figures"]["models"].items():
 #
 # ## Summary
 #
-# - A conditional U-Net adds a learned label embedding to its timestep embedding; the extra null label means "no label".
+# - The U-Net reads the noise level as sines and cosines $e(t)$ and the label as a learned vector $e_c$ (the extra null label
+#   means "no label"), and adds their sum to every residual block as a per-channel shift; it halves the resolution on the way
+#   down and restores it on the way up by upsampling, concatenating the down path's features at each resolution (skip
+#   connections), and lets every position read every other through self-attention at 7x7.
 # - Label dropout trains the conditional and unconditional models in one network.
 # - Classifier-free guidance: $\varepsilon_{\text{uncond}} + w(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$; $w = 0$ unconditional, $w = 1$ conditional, $w > 1$ sharper.
 # - Measured: accuracy is 97.5% at $w = 1$ and 100% from $w = 2$; diversity within a class falls by about a tenth up to $w = 3$, then
@@ -313,7 +487,26 @@ for name, row in committed["figures"]["models"].items():
 #
 # ## Exercises
 #
-# **Exercise 1 (implement).** Write `my_guided_eps(eps_cond, eps_uncond, w)`.
+# **Exercise 1 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
+# section 1 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
+
+# %% tags=["solution", "exercise:ch06-timestep-embedding"]
+def my_timestep_embedding(t, dim):
+    import torch
+
+    half = dim // 2
+    frequencies = 10000.0 ** (-torch.arange(half) / half)
+    angles = t.float()[:, None] * frequencies[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_timestep_embedding(my_timestep_embedding)
+
+
+# %% [markdown]
+# **Exercise 2 (implement).** Write `my_guided_eps(eps_cond, eps_uncond, w)`.
 
 # %% tags=["solution", "exercise:ch06-guided-eps"]
 def my_guided_eps(eps_cond, eps_uncond, w):
@@ -325,7 +518,7 @@ def my_guided_eps(eps_cond, eps_uncond, w):
 exercises.check_guided_eps(my_guided_eps)
 
 # %% [markdown]
-# **Exercise 2 (predict, then check).** At $w = 0$ guidance keeps only the unconditional prediction, so the
+# **Exercise 3 (predict, then check).** At $w = 0$ guidance keeps only the unconditional prediction, so the
 # label has no effect on the sample. Each sample was still requested as some digit (the labels cycle through 0
 # to 9). What fraction of the samples will the classifier name as their requested digit? Give a number between 0
 # and 1; the check accepts the value you can argue for and prints the sweep's measured accuracy at $w = 0$ beside
@@ -338,7 +531,7 @@ unguided_accuracy_guess = 0.1
 exercises.check_unguided_accuracy(unguided_accuracy_guess, measured=sweep["accuracy"][0])
 
 # %% [markdown] tags=["exercise:ch06-open-one-call"]
-# **Exercise 3 (open question).** Guidance at any $w$ other than 0 and 1 evaluates the network twice per step,
+# **Exercise 4 (open question).** Guidance at any $w$ other than 0 and 1 evaluates the network twice per step,
 # with and without the label (the library batches the two into one call of twice the batch). Could you get the
 # benefit of $w = 3$ with one call, for example by training a model whose conditional prediction
 # already *is* the guided one? What would you lose? (Look up "guidance distillation" afterwards.)

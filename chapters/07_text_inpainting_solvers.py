@@ -15,20 +15,19 @@
 # ---
 
 # %% [markdown]
-# # Chapter 7: From labels to words — text, inpainting and a faster solver
+# # Chapter 7: From labels to words — text and inpainting
 #
-# The text-to-image systems you have heard of do three things our chapter-6 model cannot: they read
-# a **sentence** instead of a class label, they **fill holes** in existing images, and they sample in
-# **far fewer steps**. This chapter does all three for real, at MNIST scale, on a CPU.
+# The text-to-image systems you have heard of do two things our chapter-6 model cannot: they read
+# a **sentence** instead of a class label, and they **fill holes** in existing images. This chapter
+# does both for real, at MNIST scale, on a CPU, sampling with chapter 5's DPM-Solver++.
 #
 # **After this chapter you can**
 # - explain cross-attention: queries from image positions, keys and values from the caption's words;
 # - read an attention map and say which pixels listened to which word;
 # - measure whether a text model follows captions it was never trained on;
-# - inpaint a digit with an unconditional model (and re-draw it as another digit with a conditional one);
-# - say why DPM-Solver++ can do better than DDIM at the same small number of steps, and measure it.
+# - inpaint a digit with an unconditional model (and re-draw it as another digit with a conditional one).
 #
-# **Assumes**: chapter 6 (classifier-free guidance) and chapter 5 (DDIM).
+# **Assumes**: chapter 6 (classifier-free guidance) and chapter 5 (DDIM and DPM-Solver++, the sampler used here).
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
@@ -152,13 +151,15 @@ print(f"token vectors: {tuple(tokens.shape)}; padded to 5 tokens instead of 8, l
 # ## 3. Cross-attention: the image asks, the words answer
 #
 # In chapter 6 the label was one vector added everywhere. Words should act *where they matter*
-# ("thick" on the strokes), so every image position gets to choose what to read. Chapter 3's
-# self-attention (section 5) did this among image positions; cross-attention takes the keys and
+# ("thick" on the strokes), so every image position gets to choose what to read. Chapter 6's
+# self-attention (section 1) did this among image positions; cross-attention takes the keys and
 # values from the caption instead. At a U-Net layer with features $h$ (one $C$-vector per position,
 # normalised by GroupNorm first, as in every block) and token vectors $\tau(y)$:
 #
-# $$Q = W_Q\, \mathrm{GN}(h), \qquad K = W_K\, \tau(y), \qquad V = W_V\, \tau(y), \qquad
-# \operatorname{CrossAttn}(h, y) = h + W_O \operatorname{softmax}\!\Big(\frac{Q K^\top}{\sqrt{d}}\Big) V .$$
+# $$Q = \mathrm{GN}(h)\, W_Q, \qquad K = \tau(y)\, W_K, \qquad V = \tau(y)\, W_V, \qquad
+# \operatorname{CrossAttn}(h, y) = h + \operatorname{softmax}\!\Big(\frac{Q K^\top}{\sqrt{d}}\Big) V\, W_O ,$$
+#
+# chapter 6's formula with the keys and values taken from the words (rows are positions and tokens).
 #
 # ($d$ is the width of each query and key: $C$ here, with one attention head.) Each row of the
 # softmax is one image position's weights over the caption's tokens (padding gets
@@ -270,7 +271,7 @@ for (name, w), s in scores.items():
 # but the two were noised separately, so their seam is not; the model keeps filling in the unknown part
 # to agree with what it sees, and the seam is what RePaint's extra tries are for. **RePaint** (Lugmayr et al. 2022) also jumps back, noising
 # $x_{t'}$ to $x_t$ again with $q(x_t \mid x_{t'})$ and redoing the step, which gives the model more
-# than one try at making the two regions fit together (`resample=` in the library; exercise 3
+# than one try at making the two regions fit together (`resample=` in the library; exercise 2
 # writes the jump). Whether that helps is measured below. The masks name the hidden region: `top`,
 # `bottom`, `left` and `right` hide a whole side, so filling them is **outpainting**, extending an
 # image beyond its known part; `centre` hides a hole surrounded by known pixels, inpainting proper.
@@ -353,82 +354,6 @@ for row in inpainting["figures"]["rows"]:
 # them as suggestive, not established. Each try also costs the network calls of a step. (Here the jump
 # goes back one sampling step; Lugmayr et al. also jump back several at once.)
 #
-# ## 7. A faster solver: DPM-Solver++
-#
-# DDIM takes each step as if the model's $\hat x_0$ stayed constant over the step. To see what it
-# neglects, write the noisy image as $x_t = \alpha_t x_0 + \sigma_t \varepsilon$: here $\alpha_t = \sqrt{\bar\alpha_t}$
-# and $\sigma_t = \sqrt{1 - \bar\alpha_t}$ in chapter 2's notation (this $\alpha_t$ is not chapter 2's one-step
-# $\alpha_t = 1 - \beta_t$; we follow the DPM-Solver papers' letters for this section only), and
-# $\lambda_t = \log(\alpha_t/\sigma_t)$, half the log signal-to-noise ratio $\alpha_t^2/\sigma_t^2$, which
-# grows as $t$ falls. The exact solution of the deterministic sampling ODE that DDIM follows (chapter 5)
-# over a step of size $h = \lambda_{t'} - \lambda_t$ is
-#
-# $$x_{t'} = \frac{\sigma_{t'}}{\sigma_t} x_t + \sigma_{t'} \int_{\lambda_t}^{\lambda_{t'}} e^{\lambda} \hat x_0(\lambda)\, d\lambda ,$$
-#
-# (From chapter 5's ODE $d\bar x/d\rho = \hat\varepsilon$ with $\bar x = x/\alpha$ and $\rho = \sigma/\alpha = e^{-\lambda}$:
-# writing $\hat\varepsilon = (x - \alpha \hat x_0)/\sigma = (\bar x - \hat x_0)/\rho$ gives
-# $d(\bar x/\rho) = \hat x_0\, d(1/\rho) = e^{\lambda} \hat x_0\, d\lambda$, and $\bar x/\rho = x/\sigma$; integrate.)
-# DDIM is this integral with $\hat x_0$ held constant (first order): then $\int e^\lambda d\lambda = e^{\lambda_{t'}} - e^{\lambda_t}$ and
-# $x_{t'} = \frac{\sigma_{t'}}{\sigma_t} x_t + \alpha_{t'}(1 - e^{-h})\,\hat x_0$, which is chapter 5's DDIM step written with
-# $\hat x_0$ instead of $\hat\varepsilon$ (substitute $x_t = \alpha_t \hat x_0 + \sigma_t \hat\varepsilon$). **DPM-Solver++(2M)** (Lu et
-# al. 2022) also uses the previous step's prediction to estimate how $\hat x_0$ changes along the step,
-# replacing $\hat x_0$ by $D = (1 + \tfrac{1}{2r})\hat x_0 - \tfrac{1}{2r}\hat x_0^{\text{before}}$ with
-# $r = h_{\text{before}}/h$ (exercise 2). Same network calls, one more multiply-add: second order in the
-# paper's analysis. (For an $\hat x_0$ that changes linearly in $\lambda$, with slope $k$, the exact integral adds
-# $k\,(h/(1 - e^{-h}) - 1)$ to the constant $\hat x_0$ where $D$ adds $k\,h/2$: the two agree as $h \to 0$. The first
-# step, with no prediction before it, is first order, like DDIM, and so is the library's last step, which jumps
-# to the data and returns $\hat x_0$.)
-# Two things differ between the rows below, not one: the solver, and the grid of steps. The library's DDIM
-# spends its last call at $t = 0$, while DPM-Solver++ spends no call on the nearly clean end and jumps to the data
-# from its last step (`dl.ddim_timesteps` and `dl.samplers.dpm_solver_timesteps` list the two grids), so the
-# comparison measures each solver with its own grid, as each is used. Same captions, same starting noise, at 5
-# and 10 steps, and DDIM with 50 as the reference:
-
-# %%
-prompts = [f"a {captions.DIGIT_WORDS[d]}" for d in range(10)]
-settings = [("ddim", 5), ("dpm-solver++", 5), ("ddim", 10), ("dpm-solver++", 10), ("ddim", 50)]
-solved = {key: dl.generate(model, info, 10, *key, guidance=3.0, prompts=prompts, seed=7)[0] for key in settings}
-display(show_grid(torch.cat(list(solved.values())), "rows: " + ", ".join(f"{s}-{k}" for s, k in settings) + "; same noise",
-                  ncols=10))
-for key in settings[:-1]:
-    gap = (solved[key] - solved[("ddim", 50)]).abs().mean().item()
-    print(f"{key[0]:>13}-{key[1]:<3} mean |pixel difference| from DDIM-50: {gap:.3f}")
-
-# %% [markdown]
-# Measured here on this chapter's model (MNIST-FID of samples against the test set, lower is better;
-# the classifier's features, chapter 4), and as committed by `python benchmarks/run.py --only text`
-# (this model, 1,000 samples) and `--only steps` (chapter 4's unconditional flow model, sampled in chapter 5, 256 samples):
-
-# %%
-n_fid = 50 if FAST else 300
-fid_prompts = [f"a {captions.DIGIT_WORDS[i % 10]}" for i in range(n_fid)]
-start = time.perf_counter()
-fids = {}
-for sampler, steps in (("ddim", 10), ("dpm-solver++", 10)) if FAST else (("ddim", 10), ("dpm-solver++", 10), ("ddim", 50)):
-    samples, _ = dl.generate(model, info, n_fid, sampler, steps, guidance=1.0, prompts=fid_prompts, seed=8)
-    fids[(sampler, steps)] = dl.mnist_fid(samples, classifier)
-print(f"here, mnist_text, {n_fid} samples, w = 1 ({time.perf_counter() - start:.0f} s): "
-      + ", ".join(f"{s}-{k} {f:.1f}" for (s, k), f in fids.items())
-      + f"; real-digit floor at n = {n_fid}: {dl.evaluation.real_baseline_fid(n_fid, classifier):.1f}")
-text_figures = load_measured("text")["figures"]
-print(f"committed, mnist_text, {text_figures['solver_samples']} samples:  "
-      + ", ".join(f"{r['sampler']}-{r['steps']} {r['mnist_fid']:.1f}" for r in text_figures["solvers"])
-      + f"; real-digit floor {text_figures['real_baseline_fid']:.1f}")
-steps_figures = load_measured("steps")["figures"]
-committed = {(r["sampler"], r["steps"]): r["mnist_fid"] for r in steps_figures["rows"]}
-print(f"committed, mnist_uncond, {steps_figures['n']} samples: "
-      + ", ".join(f"{s}-{k} {committed[(s, k)]:.1f}" for s, k in (("ddim", 10), ("dpm-solver++", 10), ("ddim", 50)))
-      + f"; real-digit floor {steps_figures['real_baseline_fid']:.1f}")
-
-# %% [markdown]
-# By eye the rows are hard to tell apart, even at 5 steps on this model: the differences are small
-# shifts of strokes. Measured, both ways agree: at 5 and 10 steps DPM-Solver++'s samples lie closer to
-# the 50-step ones than DDIM's (the pixel differences above; pixels span 2), and its MNIST-FID at 10
-# steps is lower than DDIM's, here and in both committed runs, each beside its own floor. These numbers do not
-# show the order itself: when the steps double, both gaps shrink by a similar factor (a second-order method
-# would shrink its error about four times once the steps are small enough); at this few steps the advantage is
-# a smaller error at the same number of calls.
-#
 # ## Summary
 #
 # - Captions can be manufactured from data: measure attributes, keep the clear cases, vary phrasing, drop 10% for guidance.
@@ -436,7 +361,6 @@ print(f"committed, mnist_uncond, {steps_figures['n']} samples: "
 # - Classifier-free guidance works unchanged with the empty caption as the null condition.
 # - Measured: digits and attributes follow held-out word combinations as well as seen ones.
 # - Inpainting needs no retraining: overwrite the known region with a sample of $q(x_{t'} \mid x_0)$ after every step; a conditional model can re-draw the rest as another digit.
-# - DPM-Solver++(2M) reuses the previous prediction for a second-order step: at 5 and 10 steps its samples land closer to the 50-step ones than DDIM's, for the same cost.
 #
 # ## Exercises
 #
@@ -457,22 +381,7 @@ def my_attention(q, k, v, keep):
 exercises.check_attention(my_attention)
 
 # %% [markdown]
-# **Exercise 2 (implement).** Write DPM-Solver++(2M)'s corrected data prediction
-# `my_dpm_data(x0_hat, x0_before, r)` $= (1 + \tfrac{1}{2r})\hat x_0 - \tfrac{1}{2r}\hat x_0^{\text{before}}$.
-# Why does $r = 1$ (equal steps) give $1.5\,\hat x_0 - 0.5\,\hat x_0^{\text{before}}$, a linear
-# extrapolation to the middle of the step?
-
-# %% tags=["solution", "exercise:ch07-dpm-data"]
-def my_dpm_data(x0_hat, x0_before, r):
-    return (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_before
-
-
-# %%
-# NBVAL_CHECK_OUTPUT
-exercises.check_dpm_data(my_dpm_data)
-
-# %% [markdown]
-# **Exercise 3 (implement).** RePaint's jump back: given $x_{t'}$, sample $x_t \sim q(x_t \mid x_{t'})$
+# **Exercise 2 (implement).** RePaint's jump back: given $x_{t'}$, sample $x_t \sim q(x_t \mid x_{t'})$
 # for a later $t$. Write `my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise)` (the alpha-bars are
 # (B, 1, 1, 1) tensors). Hint: the forward steps from $t'$ to $t$ compose like those from 0 to $t$.
 
@@ -487,7 +396,7 @@ def my_q_jump(x_prev, alpha_bar_prev, alpha_bar, noise):
 exercises.check_q_jump(my_q_jump)
 
 # %% [markdown] tags=["exercise:ch07-open-held-out-word"]
-# **Exercise 4 (open question, with a long run).** The held-out pairs above combine two words the
+# **Exercise 3 (open question, with a long run).** The held-out pairs above combine two words the
 # model saw separately with the digit. Hold out something harder: never say "wide" of a seven, retrain, and
 # ask for "a wide seven". Predict first: will the samples be wide? What would that tell you about how "wide"
 # is represented, per digit or shared?

@@ -90,8 +90,8 @@ classifier, _ = dl.pretrained("mnist_classifier")
 # from $s = 1$ (pure noise) down to $0$ carries noise to data. The paths of $v^*$ are in general not
 # straight: at each point they follow an *average* of directions, and the average changes along the way.
 #
-# The library's `flow_loss` is this loss. The network's time input is $1000\,s$ (chapter 4: its sinusoidal
-# embedding was built for steps 0 to 999). The cell computes the loss by hand on a batch and compares:
+# The library's `flow_loss` is this loss. The network's time input is $1000\,s$ (chapter 4; its sinusoidal
+# embedding, chapter 6's section 1, was built for steps 0 to 999). The cell computes the loss by hand on a batch and compares:
 
 # %%
 x0 = dl.load_mnist(train=True)[0][:8]

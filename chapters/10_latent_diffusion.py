@@ -23,7 +23,7 @@
 # another route to a small space: its prior diffuses CLIP image embeddings, and a diffusion decoder in pixels turns
 # the embedding into an image, Ramesh et al. 2022). Stable Diffusion 3 and FLUX also replace the U-Net with a
 # **transformer** that attends jointly over image patches and caption tokens (Esser et al. 2024). The course has built every other piece: flow matching (chapters 4
-# and 8), a text encoder with classifier-free guidance (chapters 6 and 7), fast solvers (chapters 5, 7, 9).
+# and 8), a text encoder with classifier-free guidance (chapters 6 and 7), fast samplers (chapters 5 and 9).
 # This chapter puts them together at MNIST scale, trained on a CPU, and measures what each new piece buys.
 #
 # **After this chapter you can**
@@ -34,8 +34,9 @@
 #   with a U-Net with cross-attention of the same size and training time;
 # - run the whole text-to-image pipeline, image-to-image (SDEdit) and negative prompts, and measure each.
 #
-# **Assumes**: chapter 4 (the flow-matching recipe), chapter 6 (classifier-free guidance), chapter 7 (the
-# captions, the text encoder and cross-attention), chapter 8 (the flow ODE).
+# **Assumes**: chapter 4 (the flow-matching recipe, Heun's sampler), chapter 6 (the U-Net's timestep embedding,
+# residual blocks and self-attention; classifier-free guidance), chapter 7 (the captions, the text encoder and
+# cross-attention), chapter 8 (the flow ODE, SD3's logit-normal times).
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
@@ -88,10 +89,12 @@ test_images, test_labels = dl.load_mnist(train=False)
 # times fewer. At 512x512 Stable Diffusion's autoencoder makes a 64x64x4 latent from 512x512x3 pixels, 48
 # times fewer numbers, and that is what makes it run on one graphics card. Here is the same comparison on
 # this machine, for two text-conditional U-Nets of about the same size that this chapter compares (trained with
-# the course's command; section 6 says how), one on pixels and one on latents: one network call on a batch of
+# the course's command; sections 2 to 4 build the autoencoder and the latent models, section 6 says how they were
+# trained), one on pixels and one on latents: one network call on a batch of
 # 256 (sampling calls the network on hundreds of images at a time), one training step on a batch of 64 (forward,
 # backward and AdamW under bfloat16 autocast, as they were trained), and the decoder, which
-# runs once per image, not once per step:
+# runs once per image, not once per step (per image the cell assumes Heun-10, whose 10 steps cost 19 calls: Heun's
+# $N$ steps cost $2N - 1$, chapter 4):
 
 # %%
 call_ms = {label: 1000 * ch10.seconds_per_call(model, 256) for label, (model, _) in models.items()}
@@ -111,10 +114,11 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
       f"latent U-Net, decoding included ({pixel_image / latent_image:.1f}x cheaper)")
 
 # %% [markdown]
-# Timings vary from run to run and from machine to machine (the decoder's price in calls most of all), so read
-# the output above rather than remembered figures. A call on
+# Timings vary from run to run and from machine to machine (the decoder's price in calls most of all); what
+# follows reads the output above. A call on
 # 256 inputs costs the latent U-Net several times less than the pixel U-Net; a training step, on a smaller batch
-# of 64, saves less. The decoder is not free: the output prices one decode in
+# of 64 and under bfloat16 autocast (slow on a CPU without native bfloat16 instructions, section 6), compares
+# differently from machine to machine. The decoder is not free: the output prices one decode in
 # calls of the latent U-Net, and adding it once per image makes the latent pipeline's saving per image smaller
 # than its saving per call. The fewer the sampling steps (chapter 9), the larger the decoder's share. Section 6
 # times whole sampling runs.
@@ -124,14 +128,15 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
 # The encoder $E$ does not output one latent but a Gaussian, $q(z\mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma^2(x))$;
 # the decoder $D$ maps a latent back to an image. A VAE (Kingma & Welling 2014) maximises the evidence lower bound
 # $\mathbb E_q[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\Vert\,p(z))$ with the prior $p(z) = \mathcal N(0, I)$. With a
-# Gaussian decoder of fixed variance $\sigma_x^2$, $-\log p(x\mid z) = \lVert x - D(z)\rVert^2/(2\sigma_x^2) + \text{const}$,
-# so minus the bound, times $2\sigma_x^2$, is
+# Gaussian decoder of fixed variance $\sigma_D^2$, $-\log p(x\mid z) = \lVert x - D(z)\rVert^2/(2\sigma_D^2) + \text{const}$,
+# so minus the bound, times $2\sigma_D^2$, is, up to an additive constant,
 #
 # $$\mathcal L = \mathbb E_{\varepsilon}\,\lVert x - D(\mu + \sigma\odot\varepsilon)\rVert^2 + \beta\,\mathrm{KL}\big(q(z\mid x)\,\Vert\,\mathcal N(0, I)\big),
-# \qquad \beta = 2\sigma_x^2 .$$
+# \qquad \beta = 2\sigma_D^2 .$$
 #
-# Choosing $\beta$ is choosing how noisy the decoder is allowed to be; any $\beta$ other than the one that matches
-# the data is a "$\beta$-VAE", and latent diffusion picks a small one.
+# Choosing $\beta$ is choosing how noisy the decoder is assumed to be. A "$\beta$-VAE" (Higgins et al. 2017) treats $\beta$ as
+# a free knob rather than a decoder noise level; latent diffusion picks a small one, as if the decoder were nearly
+# noiseless, so that latents keep detail.
 # The sample $z = \mu + \sigma\odot\varepsilon$ is the reparameterisation trick: the randomness sits in
 # $\varepsilon$, so gradients reach $\mu$ and $\sigma$. For one latent number, the KL between two Gaussians
 # follows from the definition $\mathrm{KL} = \mathbb E_q[\log q - \log p]$:
@@ -261,8 +266,9 @@ z0 = stored * encode_images(vae, test_images[:8])  # (8, 4, 8, 8)
 ids = dl.text.tokenize([dl.text.caption(int(d), {}) for d in test_labels[:8]])[0]
 draw = torch.Generator().manual_seed(3)
 u, noise = torch.randn(8, generator=draw), torch.randn(z0.shape, generator=draw)
-s = torch.sigmoid(0.0 + 1.0 * u).reshape(-1, 1, 1, 1)  # SD3's logit-normal times (chapter 4), mean 0 and std 1
+s = torch.sigmoid(0.0 + 1.0 * u).reshape(-1, 1, 1, 1)  # SD3's logit-normal times (chapter 8), mean 0 and std 1
 with torch.no_grad():
+    # the network is told its time as 1000 s (chapter 4)
     by_hand = ((unet_latent((1 - s) * z0 + s * noise, 1000 * s.flatten(), ids) - (noise - z0)) ** 2).mean()
     library = flow_loss(unet_latent, z0, u, noise, ids)
 print(f"flow loss on latents by hand {by_hand:.5f}, library {library:.5f}")
@@ -307,12 +313,12 @@ print("the first patch is the top-left 2x2 block of every channel:", torch.equal
 # %% [markdown]
 # **adaLN-Zero.** Each transformer block is attention then an MLP, each with a residual connection and a layer
 # norm before it. The timestep (and, for a text model, the caption's mean token vector) enters not as an added embedding, as in the U-Net's
-# ResBlocks, but by *modulating* the layer norms: a linear layer of $\mathrm{SiLU}(c)$, with $c$ the condition
-# vector, gives a shift $b$, a scale $a$ and a gate $g$ per branch,
+# ResBlocks (chapter 6), but by *modulating* the layer norms: a linear layer of $\mathrm{SiLU}(c)$, with $c$ the condition
+# vector ($W$ its weights, $w_0$ its bias), gives a shift $b$, a scale $a$ and a gate $g$ per branch,
 #
 # $$h \leftarrow h + g_1\odot \mathrm{Attn}\big(\mathrm{LN}(h)\,(1 + a_1) + b_1\big), \qquad
 # h \leftarrow h + g_2\odot \mathrm{MLP}\big(\mathrm{LN}(h)\,(1 + a_2) + b_2\big),
-# \qquad (a, b, g)_{1,2} = W\,\mathrm{SiLU}(c) + b_W .$$
+# \qquad (a, b, g)_{1,2} = W\,\mathrm{SiLU}(c) + w_0 .$$
 #
 # That linear layer starts at zero, so every gate is 0 and every block the identity, and the output layer also
 # starts at zero: training starts from a network that predicts 0 (DiT's experiments, Fig. 5, found this
@@ -425,10 +431,10 @@ print(f"this machine has native bfloat16 instructions: {dl.runtime.fast_bf16(tor
 # **Transformer or U-Net.** At the same size and training time the MMDiT loses to the latent U-Net clearly at
 # w = 1 and 1.5: 57.9 at its best (w = 1.5) against 40.6, and at w = 1 far worse (120.5, 87.0% recognised); at
 # w = 3 the two are within the seeds' spread (116.2 against 113.5, ranges overlapping). Its training step cost
-# more in the runs that made them (the per-step times above, from the steps each reached in 20 minutes), so it
-# took 5,644 steps to the U-Net's 8,436; on another machine the two steps can compare differently (the same
-# lines time both on this one, under bfloat16 autocast as they were trained, which is slow where the CPU lacks
-# native bfloat16 instructions). And a transformer must learn from data what a convolution builds in, that
+# more in the runs that made them, on a CPU with native bfloat16 instructions (the per-step times above, from the
+# steps each reached in 20 minutes), so it took 5,644 steps to the U-Net's 8,436. On a CPU without them the order
+# can reverse: the same lines time both steps on this machine, alone, under bfloat16 autocast as they were trained
+# (its last line says whether this CPU has the instructions). And a transformer must learn from data what a convolution builds in, that
 # neighbouring positions belong together. DiT and Stable Diffusion 3
 # win at scale, with hundreds of millions to billions of parameters and long training; at a quarter of a million
 # parameters and 20 minutes the convolution's head start is worth more. (One run each, and the MMDiT's learning rate was not tuned.) From
@@ -587,9 +593,11 @@ for r in measured["negative"]:
 # says, "seven" included, so guidance amplifies the digit. Against "a thick seven" the two captions share "seven",
 # so the difference holds mostly the thickness word (the positive caption names none), and guidance no longer
 # pushes towards the digit. That predicts about as many sevens as the unguided conditional model gives; at w = 1
-# it gives the requested digit 93.6% of the time, averaged over all ten digits (section 6). With "a thick seven"
+# it gives the requested digit 93.6% of the time, averaged over all ten digits (section 6; its share for sevens
+# alone was not measured, so the comparison is approximate). With "a thick seven"
 # the share is above that (96.0%); with "a thin seven" it is well below (86.0%), more than this explanation
-# predicts, and the chapter has not measured why. Stable Diffusion's users write
+# predicts; one guess to test: "thin" and "seven" interact in the caption encoder, so the difference between the two
+# captions also carries part of the digit. Stable Diffusion's users write
 # negative prompts that name only what they do not want ("blurry, extra fingers"); this model was trained on
 # captions that always name a digit.
 #

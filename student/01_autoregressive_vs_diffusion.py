@@ -115,9 +115,11 @@ display(show_raster(14))  # the same view, for readers of the static page
 # %% [markdown]
 # ## 2. What sampling costs: network calls and wall time
 #
-# A diffusion model instead refines the *whole* image a fixed number of times. DDPM uses
-# $T = 1000$ steps; DDIM (chapter 5) gets good samples in 50 or fewer. Same network-call
-# accounting, measured on this machine, for the committed U-Net used without a label:
+# A diffusion model instead refines the *whole* image a fixed number of times. DDPM (Ho et al. 2020), the
+# original sampler, takes $T = 1000$ small steps; DDIM (chapter 5) gets good samples in 50 or fewer. Same
+# network-call accounting, measured on this machine, for a pretrained diffusion network (a U-Net, opened in
+# chapter 6) that can be told which digit to draw; here we tell it none. It was trained in a form chapter 4
+# teaches, and the library converts its output so that DDPM's and DDIM's steps run on it (chapter 3):
 
 # %%
 schedule = dl.make_schedule(unet_info["schedule"], unet_info["T"])
@@ -158,7 +160,8 @@ print(f"(the PixelCNN's batch of {n_samples} in section 1: {pixelcnn_seconds / n
 # shared by every image in it, which is why the PixelCNN's batch of 32 in section 1 cost less per
 # image than its small batch here (last line of the table). What decides the
 # comparison is **scaling**: the PixelCNN needs one call per pixel, so its call count grows with
-# the square of the image side, while a diffusion sampler's stays fixed. Time one call of each
+# the square of the image side, while a diffusion sampler's is ours to choose and need not grow with the image
+# (chapter 5 samples in tens of steps). Time one call of each
 # network, on one image, at several sizes:
 
 # %%
@@ -181,14 +184,16 @@ for side in sides:
 # Read the figure, not a slogan: the cost of one call of either network grows with the pixel count
 # (the printed milliseconds). A diffusion sampler multiplies that by a fixed number of calls; the
 # PixelCNN multiplies it by the pixel count again, so its curve is steeper, and whatever the
-# ordering at 28x28, the gap widens with every doubling of the side.
+# ordering at 28x28, the gap widens with every doubling of the side. (The PixelCNN's curve times a call on the
+# whole image; the library's sampler feeds each call only the rows up to the current one, about half the image
+# on average, so a real sample costs less than the curve, by a similar factor at every side: the slope is the same.)
 #
 # ## 3. Does it look like a digit? Measure it
 #
 # Cost is one axis; quality is the other. A raster-order model decides the top rows before it
 # knows what the bottom will be, so a stroke started as a "7" may end as nothing in particular.
 # To measure this instead of eyeballing it, we ask an independent MNIST classifier (the course's
-# committed one) how sure it is about each sample, and count a sample as *recognised* when its top
+# pretrained one) how sure it is about each sample, and count a sample as *recognised* when its top
 # class gets probability at least 0.9. Real test digits, binarised like the PixelCNN's data, set the reference.
 
 # %%
@@ -209,25 +214,24 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
 # %% [markdown]
 # The PixelCNN's failures are *locally* convincing strokes that do not add up to a digit: each
 # pixel was a sensible continuation of its neighbours, but nothing planned the whole. Diffusion
-# models look at the whole image at every step, from coarse layout (high noise) down to fine
-# detail (low noise; section 4 measures this). Their least recognisable samples above are sharp,
-# connected strokes that are ambiguous or oddly drawn (a 6 that could be a 5, a looped 8, a 7 that
-# is only a hook) rather than scattered fragments that never became a digit.
-# (The sample counts here are small: rerun in full mode, or with more samples, before trusting a
-# difference of a few percent.)
+# models look at the whole image at every step, and (section 4 shows why to expect it) settle coarse layout
+# at high noise before fine detail at low noise. Compare the two rows of least recognisable samples above
+# for yourself: are the diffusion model's failures ambiguous digits, or fragments? With 32 samples per model
+# the recognised shares above are rough: a share near 70% has a standard error of about 8 points, so only a
+# gap of about 20 points or more between two models is likely to survive a rerun with other samples.
 #
 # ## 4. Break it, then learn to fix it
 #
 # Diffusion models turn generation around. Instead of building an image in a fixed order, we
 # **break** real images by adding noise in many small steps until nothing is left but Gaussian noise
 # (chapter 2), then **learn to undo** one step at a time (chapters 3 and 4). Generation is running
-# the learned repair from pure noise (chapters 5 and 6). Every step sees the whole image, and the
+# the learned repair from pure noise (chapter 5; chapter 6 adds guidance). Every step sees the whole image, and the
 # number of steps is ours to choose.
 #
 # ### Coarse to fine, measured
 #
-# Section 3 said that diffusion settles the coarse layout first and fine detail last. Here is the
-# measurement behind that sentence. Chapter 2 derives the noising step by step; all we need now is
+# Section 3 said that diffusion settles the coarse layout first and fine detail last. Here is why to
+# expect that, measured on the noising itself. Chapter 2 derives the noising step by step; all we need now is
 # its result: at step $t$ the broken image is a blend of the image and Gaussian noise,
 # $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, where the weight
 # $\bar\alpha_t$ falls from 1 at $t = 0$ to nearly 0 at $t = 999$.
@@ -235,10 +239,12 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
 # Look at images by spatial frequency: take each image's 2-D Fourier transform $X(k)$ and average
 # the power $|X(k)|^2 / (HW)$ over all frequencies at the same distance $k$ from zero ($k$ in cycles
 # per image width; $k = 1$ is the rough placement of ink, $k = 14$, the highest a 28-pixel image
-# has, is the edges of strokes). Call the digits' average power $P_0(k)$. The Fourier transform is
+# has along a row or a column, is the edges of strokes; the diagonal corners of the spectrum, up to
+# $14\sqrt2$, are left out). Call the digits' average power $P_0(k)$. The Fourier transform is
 # linear, so $X_t = \sqrt{\bar\alpha_t}\,X_0 + \sqrt{1-\bar\alpha_t}\,E$; the noise's transform $E$
 # has zero mean, is independent of the image, and with this normalisation has power 1 at every
-# frequency (white noise is flat). The cross term averages away and the powers add:
+# frequency: for $\varepsilon \sim \mathcal N(0, I)$, $E(k) = \sum_n \varepsilon_n e^{-2\pi i\,k\cdot n/28}$ has
+# $\mathbb E|E(k)|^2 = \sum_n \mathbb E[\varepsilon_n^2] = HW$ (white noise is flat). The cross term averages away and the powers add:
 #
 # $$\mathbb E\,|X_t(k)|^2 / (HW) = \bar\alpha_t\,P_0(k) + (1-\bar\alpha_t).$$
 #
@@ -289,7 +295,8 @@ print("drowned at " + " ".join(f"{t:>4d}" for t in drowned_at[1:].tolist()))
 # A sampler runs the other way, from $t = 999$ down to 0, so it meets these thresholds in the
 # opposite order: the rough placement of ink rises above the noise first (below $t = 805$), the
 # edges of strokes last (below $t = 71$). That is what "coarse to fine" means here, and why
-# diffusion is sometimes called *approximate autoregression over frequencies*: each stretch of
+# diffusion has been called *approximate autoregression over frequencies* (Dieleman 2024, "Diffusion is spectral
+# autoregression"): each stretch of
 # steps mainly decides the frequencies whose noise is just falling below the signal, given the
 # lower ones that are already visible. Approximate, because nothing is frozen: every step updates
 # every frequency, so a later step can still revise the layout.
@@ -297,7 +304,7 @@ print("drowned at " + " ".join(f"{t:>4d}" for t in drowned_at[1:].tolist()))
 # ## Summary
 #
 # - Autoregressive models factorise $p(x)$ pixel by pixel; masked convolutions train them in one pass.
-# - Sampling costs one network call per pixel, so the cost per image grows with the square of the image side; a diffusion sampler's call count is fixed.
+# - Autoregressive sampling costs one network call per pixel, so the call count grows with the square of the image side, and each call on a larger image costs more too (the time grew far faster than the square above); a diffusion sampler's call count is ours to choose.
 # - At 28x28 the two are comparable (measured above): DDPM-1000 makes more calls than the PixelCNN, DDIM-50 far fewer.
 # - Measured with a classifier, raster-order samples are often locally plausible but globally incoherent.
 # - Noise drowns a digit's high spatial frequencies first (measured in section 4), so a diffusion sampler, running the noise down, settles the layout before the detail.

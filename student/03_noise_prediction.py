@@ -28,7 +28,6 @@
 # - derive the noise-prediction loss from the variational bound on the log-likelihood, and say what dropping its weights changes;
 # - read the ideal denoiser as Tweedie's formula: a noise predictor is a scaled score $\nabla_{x_t} \log p_t(x_t)$;
 # - compare a trained noise predictor with the ideal one across timesteps, and read a loss-by-timestep curve;
-# - read the U-Net that predicts the noise: its timestep embedding, residual blocks, skip connections and attention, and follow a batch's shapes through it.
 #
 # **Assumes**: chapter 2 (the closed form $q(x_t \mid x_0)$), the softmax, mean squared error, the
 # Kullback-Leibler divergence and a gradient taken by autograd (for the theory at the ends of sections 1 and 2).
@@ -100,25 +99,15 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # 0.0103 at $t = 950$, so the rounding of $x_t$ grows nearly a hundredfold; the $v$ conversions only multiply
 # and add, and their errors stay near float32's resolution.)
 #
-# **The velocity of a path.** Chapter 2 (section 6) wrote every noisy image as a point of a Gaussian path,
-# $x = \alpha\,x_0 + \sigma\,\varepsilon$. Walk along a path and $x$ moves with the velocity
-# $dx/d\tau = \alpha'(\tau)\,x_0 + \sigma'(\tau)\,\varepsilon$, whatever parameter $\tau$ measures the way. Given $x$
+# **The velocity of a path.** Chapter 2 (section 6) defined a path's velocity, $dx/d\tau = \alpha'(\tau)\,x_0 + \sigma'(\tau)\,\varepsilon$:
+# Salimans & Ho's $v$ above is the velocity of DDPM's path in the angle $\phi = \arccos\sqrt{\bar\alpha}$ (where
+# $\alpha = \cos\phi$, $\sigma = \sin\phi$), and the **flow velocity** $\varepsilon - x_0$ is the straight path's, the target of
+# chapter 4's models; from $x_s$ and the flow velocity, $x_0 = x_s - s\,v$ and $\varepsilon = x_s + (1-s)\,v$. Given $x$
 # and the path, any one of $\varepsilon$, $x_0$ and the velocity determines the other two (solve the two
 # linear equations for $x$ and $dx/d\tau$; they have one solution wherever $\alpha\sigma' - \alpha'\sigma \neq 0$,
-# which holds on both paths below except where $\alpha = 0$, at pure noise, where $x$ says nothing of $x_0$), so a
+# which holds on both paths except where $\alpha = 0$, at pure noise, where $x$ says nothing of $x_0$), so a
 # network may be trained to output any of them. (Here $\alpha$ and $\sigma$ are the path's weights, as in
 # chapter 2's section 6; section 2's $\alpha_t = 1-\beta_t$ and reverse-step $\sigma_t$ are other letters.)
-# Two velocities matter in this course:
-#
-# - DDPM's family as a rotation: since $\alpha^2 + \sigma^2 = 1$, every level of every variance-preserving
-#   schedule is exactly $\alpha = \cos\phi$, $\sigma = \sin\phi$ with $\phi = \arccos\sqrt{\bar\alpha}$ (chapter 2's
-#   $u = s\pi/2$ was this angle for the cosine schedule, approximately). The velocity in the angle,
-#   $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is
-#   Salimans & Ho's $v$ above, hence its name; it is the velocity in $\phi$ specifically (in $t$ it would be
-#   scaled by $d\phi/dt$, which differs by schedule).
-# - The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$: its velocity is $dx_s/ds = \varepsilon - x_0$, the
-#   **flow velocity** that chapter 4's models predict. From $x_s$ and this $v$:
-#   $x_s - s\,v = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same way $x_s + (1-s)\,v = \varepsilon$.
 #
 # An error in one target is a scaled error in another. A noise estimate $\hat\varepsilon$ implies the clean
 # image $\hat x_0 = (x - \sigma\,\hat\varepsilon)/\alpha$, so $\hat x_0 - x_0 = -(\sigma/\alpha)\,(\hat\varepsilon - \varepsilon)$, and with
@@ -133,45 +122,30 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # On DDPM's path the velocity estimate is $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$, and the middle row uses
 # $\alpha^2 + \sigma^2 = 1$; on the straight path ($\alpha = 1-s$, $\sigma = s$) it is $\hat\varepsilon - \hat x_0$ with
 # $\hat x_0 = (x_s - s\,\hat\varepsilon)/(1-s)$, whose error is $-\frac{s}{1-s}(\hat\varepsilon - \varepsilon)$. So training on any of these targets is training on
-# $\varepsilon$ with a weight that depends on the noise level. The cell checks both velocities by finite
-# differences along their paths, the conversions, and the three weights, for an arbitrary (random) $\hat\varepsilon$:
+# $\varepsilon$ with a weight that depends on the noise level. The cell checks the three weights for an arbitrary
+# (random) $\hat\varepsilon$:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 x0_64, eps_64 = x0.double(), eps.double()
 eps_guess = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # any estimate
-h_step = 1e-6  # for central finite differences
 
 
 def squared(error):  # (B,) squared norm per image
     return error.pow(2).flatten(1).sum(1)
 
 
-# DDPM's path as a rotation: x_t = cos(phi) x0 + sin(phi) eps with cos(phi) = sqrt(alpha-bar_t), at the four t above
-def on_circle(angle):  # DDPM's path at angle phi: x = cos(phi) x0 + sin(phi) eps
-    return torch.cos(angle) * x0_64 + torch.sin(angle) * eps_64
-
-
-def on_line(level):  # the straight path at s
-    return (1 - level) * x0_64 + level * eps_64
-
-
+# DDPM's path at the four t above, as a rotation (chapter 2): x_t = cos(phi) x0 + sin(phi) eps, cos(phi) = sqrt(alpha-bar_t)
 phi = torch.arccos(schedule.alpha_bars[t].sqrt()).reshape(-1, 1, 1, 1)
-v_64 = torch.cos(phi) * eps_64 - torch.sin(phi) * x0_64
-print(f"DDPM's path: |dx/dphi by finite differences - v| = "
-      f"{((on_circle(phi + h_step) - on_circle(phi - h_step)) / (2 * h_step) - v_64).abs().max().item():.1e}")
-# The straight path at four levels s
+x_t, v_64 = torch.cos(phi) * x0_64 + torch.sin(phi) * eps_64, torch.cos(phi) * eps_64 - torch.sin(phi) * x0_64
+# The straight path at four levels s, and its velocity
 s_line = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=torch.float64).reshape(-1, 1, 1, 1)
-flow_v, x_s = eps_64 - x0_64, on_line(s_line)
-print(f"straight path: |dx/ds by finite differences - (eps - x0)| = "
-      f"{((on_line(s_line + h_step) - on_line(s_line - h_step)) / (2 * h_step) - flow_v).abs().max().item():.1e}; "
-      f"|x_s - s v - x0| = {(x_s - s_line * flow_v - x0_64).abs().max().item():.1e}; "
-      f"|x_s + (1 - s) v - eps| = {(x_s + (1 - s_line) * flow_v - eps_64).abs().max().item():.1e}")
+flow_v, x_s = eps_64 - x0_64, (1 - s_line) * x0_64 + s_line * eps_64
 
 # The weights: each target's squared error divided by the noise estimate's
 ab_64 = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
 snr = ab_64 / (1 - ab_64)
-x0_guess = (on_circle(phi) - (1 - ab_64).sqrt() * eps_guess) / ab_64.sqrt()
+x0_guess = (x_t - (1 - ab_64).sqrt() * eps_guess) / ab_64.sqrt()
 v_guess = ab_64.sqrt() * eps_guess - (1 - ab_64).sqrt() * x0_guess
 eps_error = squared(eps_guess - eps_64)
 flow_x0_guess = (x_s - s_line * eps_guess) / (1 - s_line)
@@ -489,15 +463,15 @@ errors_2d = {name: ch03.eps_error_by_timestep(fn, held_out, schedule, timesteps,
 ch03.plot_error_by_timestep(timesteps, errors_2d, "noise-prediction MSE on held-out points", "two moons: error by timestep")
 print(f"trained {moons_config.steps} steps on {len(moons_train):,} points in {train_seconds:.0f} s")
 for i in (1, len(timesteps) // 2, len(timesteps) - 1):
-    print(f"at t = {timesteps[i]}: learned {errors_2d['learned MLP'][i]:.2e}, "
-          f"ideal for 2,000 training points {errors_2d['ideal for 2,000 training points'][i]:.2e}")
+    print(f"at t = {timesteps[i]}: learned {errors_2d['learned MLP'][i]:.3g}, "
+          f"ideal for 2,000 training points {errors_2d['ideal for 2,000 training points'][i]:.3g}")
 
 # %% [markdown]
 # The memorising ideal denoiser does badly on new points at low noise (at $t = 41$ its error is 9.42, the
 # network's 0.635): it pulls them onto the nearest *training* point. The network has learned the shape of
 # the moons rather than where its training points lie, and does far better there. In the middle the two
 # are close ($t = 499$: 0.077 and 0.119). At the highest noise the ideal denoiser is the better one
-# ($t = 999$: 6.0e-5 against 5.0e-4): there $x_t$ is almost pure noise, the right answer is almost $x_t$
+# ($t = 999$: 5.96e-05 against 0.000495): there $x_t$ is almost pure noise, the right answer is almost $x_t$
 # itself, and the small network gets it only approximately.
 #
 # **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
@@ -569,128 +543,6 @@ for t_value in (600, 400, 300, 200, 100, 10):
 # 0.000 at $t = 10$.
 
 # %% [markdown]
-# ## 5. Inside the noise predictor: the U-Net
-#
-# Sections 3 and 4 used the U-Net as a black box: a noisy image and its noise level in, an
-# image-shaped prediction out. Chapter 4 trains one, so here it is opened, piece by piece, on the
-# same committed `mnist_cond` (the code is `diffusion_lib/unet.py`).
-#
-# **How the network is told the noise level.** One number is a poor input for a stack of
-# convolutions. Instead the noise label $t$ (a step 0..999 for DDPM; this model was trained on the
-# straight path, which measures noise by $s \in [0, 1]$, and is passed $1000\,s$; all that matters
-# here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
-# geometrically spaced frequencies (the transformer's position code, Vaswani et al. 2017, Sec. 3.5):
-#
-# $$e(t) = \big[\cos(\omega_0 t), \dots, \cos(\omega_{d/2-1} t),\ \sin(\omega_0 t), \dots, \sin(\omega_{d/2-1} t)\big],
-# \qquad \omega_i = 10000^{-i/(d/2)} .$$
-#
-# With this U-Net's $d = 16$ the periods $2\pi/\omega_i$ run from 6.3 steps ($\omega_0 = 1$) to
-# about 20,000. A small MLP (Linear, SiLU, Linear) then widens $e(t)$ to the 64 numbers every
-# block reads. Exercise 5 asks you to write $e(t)$; here is the library's:
-
-# %%
-levels = torch.arange(1000)
-codes = dl.unet.timestep_embedding(levels, 16)  # (1000, 16)
-slow = [4, 5, 6, 7, 12, 13, 14, 15]  # the cosines and sines of the four slowest frequencies (periods >= 628 steps)
-similarity_all = torch.nn.functional.cosine_similarity(codes, codes[500:501], dim=1)
-similarity_slow = torch.nn.functional.cosine_similarity(codes[:, slow], codes[500:501, slow], dim=1)
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
-ax1.imshow(codes.T, aspect="auto", cmap="RdBu", interpolation="nearest", extent=(0, 1000, 15.5, -0.5))
-ax1.set(xlabel="noise label t", ylabel="dimension of e(t)", title="e(t), d = 16: cosines (0-7), sines (8-15)")
-ax2.plot(levels, similarity_all, label="all 16 dimensions")
-ax2.plot(levels, similarity_slow, label="the 8 slow dimensions")
-ax2.set(xlabel="noise label t", ylabel="cosine similarity to e(500)", title="how alike e(t) and e(500) are")
-ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-plt.show()
-print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
-      + ", ".join(f"{similarity_all[t]:.2f}" for t in (490, 499, 501, 510))
-      + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
-
-# %% [markdown]
-# The fast dimensions (rows 0-1 and 8-9 of the left panel, periods of 6 and 20 steps) change completely within a few steps, so the
-# whole vector tells $t = 499$ from $t = 490$ (similarity 0.94 against 0.46); the slow dimensions
-# change smoothly over the whole range (similarity above 0.99 ten steps away), so nearby noise
-# levels also share most of their code. The MLP sees both.
-#
-# **A residual block**, the piece this U-Net repeats eleven times. With $c$ the conditioning vector
-# (the MLP's output plus, for this class-conditional model, a learned vector for the label: one row
-# per digit and an eleventh for "no label", which chapter 6 uses), GroupNorm $\mathrm{GN}$ (normalise each group of channels over its channels and positions, then
-# scale and shift per channel), $\mathrm{SiLU}(z) = z\,\sigma(z)$ and $3\times3$ convolutions $W_1, W_2$:
-#
-# $$h = W_1 \star \mathrm{SiLU}(\mathrm{GN}(x)) + A\,\mathrm{SiLU}(c), \qquad
-# \mathrm{out} = S x + W_2 \star \mathrm{SiLU}(\mathrm{GN}(h)) .$$
-#
-# $A\,\mathrm{SiLU}(c)$ is one number per channel, added at every position: the same filters, shifted
-# by how noisy the input is and which digit is asked for. $S$ is the identity, or a $1\times1$
-# convolution where the channel count changes, so the block computes a correction to its input.
-# (Every linear map and convolution here also adds a bias; the equations leave them out.)
-# By hand (the first GroupNorm too) for the block that widens 16 channels to 32, against the library:
-
-# %%
-block = unet.down[4][0]
-x_in = torch.randn(2, 16, 7, 7, generator=torch.Generator().manual_seed(11))
-with torch.no_grad():
-    c = unet.time_mlp(dl.unet.timestep_embedding(torch.tensor([500.0, 500.0]), 16)) + unet.label_emb(torch.tensor([3, 3]))
-    groups = x_in.reshape(2, 8, -1)  # 8 groups of 2 channels, each over its 2 x 49 numbers
-    normed = ((groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
-    normed = normed.reshape(x_in.shape) * block.norm1.weight[:, None, None] + block.norm1.bias[:, None, None]
-    h = block.conv1(torch.nn.functional.silu(normed)) + block.emb(torch.nn.functional.silu(c))[:, :, None, None]
-    by_hand = block.skip(x_in) + block.conv2(torch.nn.functional.silu(block.norm2(h)))
-    library = block(x_in, c)
-print(f"conditioning vector c: {tuple(c.shape)}; block output {tuple(library.shape)}; "
-      f"by hand vs the library's ResBlock: largest difference {(by_hand - library).abs().max():.1e}")
-
-# %% [markdown]
-# **The U shape.** Follow a batch of four digits through the whole network (forward hooks record
-# what each part receives and returns during one real call):
-
-# %%
-parts = ch03.trace_shapes(unet, test_images[:4], torch.full((4,), 500.0), torch.arange(4))
-print(f"{'part':<10} {'what it is':<24} {'input':>16} {'output':>16} {'parameters':>10}")
-for row in parts:
-    print(f"{row['part']:<10} {row['kind']:<24} {str(row['input']):>16} {str(row['output']):>16} {row['parameters']:>10,}")
-at_7x7 = sum(row["parameters"] for row in parts if row["output"][-1] == 7 and row["input"][-1] == 7)
-total = sum(row["parameters"] for row in parts)
-print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p in unet.parameters()):,}; "
-      f"{at_7x7:,} ({at_7x7 / total:.0%}) work at 7x7")
-
-# %% [markdown]
-# Read the table top to bottom. The two embeddings make $c$; the stem, a $3\times3$ convolution, turns
-# the one grey channel into 16. On the way down, strided $3\times3$
-# convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
-# 7x7, where the channels are widest, sit most of the parameters and the self-attention layers.
-# On the way up, every residual block's input is wider than the previous part's output: the features saved
-# at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
-# channels). These **skip connections** are why the shape is a U and not an hourglass: the
-# prediction must be right at every one of the 784 pixels, and the skips hand the up path the
-# full-resolution features directly instead of making it rebuild them from 7x7 (the design's
-# rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
-# double the resolution; the head maps 16 channels back to one: the predicted flow velocity (a DDPM
-# model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
-#
-# **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
-# An attention layer lets every one of the 49 positions read every other in one step. With one
-# $C$-vector per position (rows of $H$), after GroupNorm,
-#
-# $$Q = \mathrm{GN}(H) W_Q,\quad K = \mathrm{GN}(H) W_K,\quad V = \mathrm{GN}(H) W_V, \qquad
-# \mathrm{Attn}(H) = H + \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt C}\Big) V\, W_O .$$
-#
-# Row $p$ of the softmax is where position $p$ looks: 49 weights that sum to 1. Chapter 7 reuses this
-# formula with keys and values from a caption's words (cross-attention). By hand, against the
-# middle attention layer:
-
-# %%
-attention = unet.mid_attn
-H = torch.randn(2, 32, 7, 7, generator=torch.Generator().manual_seed(12))
-with torch.no_grad():
-    q, k, v = attention.qkv(attention.norm(H)).reshape(2, 3, 32, 49).transpose(2, 3).unbind(1)  # (B, 49, C) each
-    weights = (q @ k.transpose(1, 2) / 32**0.5).softmax(dim=-1)  # (B, 49, 49)
-    by_hand = H + attention.out((weights @ v).transpose(1, 2).reshape(H.shape))
-    library = attention(H)
-print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 positions; "
-      f"by hand vs the library's layer: largest difference {(by_hand - library).abs().max():.1e}")
-
-# %% [markdown]
 # ## Summary
 #
 # - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
@@ -702,9 +554,6 @@ print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 p
 # - A noise predictor estimates a scaled score: $\varepsilon^* = -\sqrt{1-\bar\alpha_t}\,\nabla_{x_t} \log p_t(x_t)$, and Tweedie's formula
 #   $\mathbb E[x_0 \mid x_t] = (x_t + (1-\bar\alpha_t)\nabla \log p_t)/\sqrt{\bar\alpha_t}$ applied to a finite set's mixture is the ideal denoiser.
 # - The loss depends strongly on $t$; DDPM's training loss is its average over uniformly drawn $t$.
-# - The U-Net reads the noise level as sines and cosines $e(t)$, adds it to every residual block as a per-channel shift,
-#   halves the resolution on the way down and restores it on the way up with skip connections, and lets
-#   every position read every other through self-attention at 7x7.
 #
 # ## Exercises
 #
@@ -754,21 +603,6 @@ exercises.check_zero_predictor_loss(zero_predictor_loss)
 # **Exercise 4 (open question).** The ideal denoiser memorises; the network generalises. What
 # would you expect to happen to the learned curve in section 3 if you trained a much larger network
 # for much longer on only 500 MNIST digits? How could you detect it from samples alone?
-
-# %% [markdown]
-# **Exercise 5 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
-# section 5 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
-
-# %% tags=["solution", "exercise:ch03-timestep-embedding"]
-def my_timestep_embedding(t, dim):
-    # YOUR CODE HERE
-    raise NotImplementedError("write my_timestep_embedding, then run the check below")
-
-
-
-# %%
-# NBVAL_CHECK_OUTPUT
-exercises.check_timestep_embedding(my_timestep_embedding)
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

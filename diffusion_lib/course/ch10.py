@@ -19,7 +19,7 @@ from .ch01 import seconds_per_call as timed_call
 from .plots import show_grid, to_numpy_image
 
 AUTOENCODER = "mnist_vae"
-# label -> committed model: the pixel text U-Net and the two latent denoisers, all of about 230,000-255,000
+# label -> committed model: the pixel text U-Net and the two latent denoisers, all of about 225,000-255,000
 # parameters, trained on the same captions for the same wall time (their READMEs)
 MODELS = {"pixel U-Net": "mnist_text_pixel", "latent U-Net": "mnist_latent_unet", "latent MMDiT": "mnist_latent_mmdit"}
 SAMPLER = ("heun", 10)  # 19 network calls

@@ -15,7 +15,7 @@ from ..guidance import guided_eps_fn
 from ..ideal import ideal_x0
 from ..inpainting import q_jump
 from ..pixelcnn import MaskedConv2d
-from ..samplers import ddim_invert, ddim_step, dpm_solver_data, sample_loop
+from ..samplers import ddim_invert, ddim_step, sample_loop
 from ..continuous import flow_loss
 from ..models import build_model
 from ..training import TrainConfig, diffusion_loss, load_training_data, train
@@ -170,6 +170,19 @@ def check_ideal_x0(my_ideal_x0) -> bool:
                     "front of each data point, and normalise over the data points")
 
 
+def check_zero_predictor_loss(answer) -> bool:
+    """The MSE loss of a network that always predicts eps = 0, at any t (measured here)."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
+    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
+    measured = noise.pow(2).mean().item()
+    ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
+    return _report(ok, f"the loss is E[eps^2] = 1 (measured {measured:.3f}): a trained model must beat 1.0 to have learned anything",
+                   "what distribution is the target eps drawn from, and what is the average square of such a number?")
+
+
+# Chapter 6 -----------------------------------------------------------------------------
+
 def check_timestep_embedding(my_timestep_embedding) -> bool:
     """`my_timestep_embedding(t, dim)` -> (B, dim), as the U-Net's `timestep_embedding` (cosines, then sines)."""
     t = torch.tensor([0.0, 1.0, 17.0, 250.5, 999.0])  # float noise labels too: the flow models' 1000 s
@@ -190,19 +203,6 @@ def check_timestep_embedding(my_timestep_embedding) -> bool:
                     "e(t)_i = cos(t w_i) for i < dim/2 and sin(t w_(i - dim/2)) after, with w_i = 10000^(-i / (dim/2))",
                     near_misses)
 
-
-def check_zero_predictor_loss(answer) -> bool:
-    """The MSE loss of a network that always predicts eps = 0, at any t (measured here)."""
-    if answer is None:
-        return _report(False, "", NO_ANSWER)
-    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
-    measured = noise.pow(2).mean().item()
-    ok = isinstance(answer, (int, float)) and abs(answer - measured) < 0.02
-    return _report(ok, f"the loss is E[eps^2] = 1 (measured {measured:.3f}): a trained model must beat 1.0 to have learned anything",
-                   "what distribution is the target eps drawn from, and what is the average square of such a number?")
-
-
-# Chapter 6 -----------------------------------------------------------------------------
 
 def check_guided_eps(my_guided_eps) -> bool:
     """`my_guided_eps(eps_cond, eps_uncond, w)` -> classifier-free guided eps, as `diffusion_lib.guided_eps_fn`."""
@@ -395,19 +395,6 @@ def check_attention(my_attention) -> bool:
                     [(unmasked, "padding must get no weight: fill the scores of tokens where keep is False with -inf "
                                 "before the softmax"),
                      (unscaled, "divide the scores by sqrt(d), d = q.shape[-1], before the softmax")])
-
-
-def check_dpm_data(my_dpm_data) -> bool:
-    """`my_dpm_data(x0_hat, x0_before, r)` -> DPM-Solver++(2M)'s corrected data prediction, as `samplers.dpm_solver_data`."""
-    generator = torch.Generator().manual_seed(8)
-    x0_hat, x0_before = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
-    r = torch.tensor([0.5, 1.0, 2.0]).reshape(-1, 1, 1, 1)
-    return _compare(my_dpm_data, (x0_hat, x0_before, r), dpm_solver_data(x0_hat, x0_before, r), 1e-5,
-                    f"return a tensor of x0_hat's shape {tuple(x0_hat.shape)}",
-                    "your correction equals the library's for r = 0.5, 1 and 2",
-                    "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_before: step past the newest prediction, away from the older one",
-                    [(dpm_solver_data(x0_before, x0_hat, r), "the newest prediction x0_hat gets the weight above 1"),
-                     (dpm_solver_data(x0_hat, x0_before, 1 / r), "r = h_before / h: check which way round r enters")])
 
 
 def check_q_jump(my_q_jump) -> bool:
@@ -621,12 +608,13 @@ CHECKS = {
     "ch01-make-mask": check_raster_mask, "ch01-colour-calls": check_pixelcnn_calls,
     "ch02-q-sample": check_q_sample, "ch02-half-signal-step": check_half_signal_step,
     "ch03-x0-from-eps": check_x0_from_eps, "ch03-ideal-x0": check_ideal_x0,
-    "ch03-zero-predictor-loss": check_zero_predictor_loss, "ch03-timestep-embedding": check_timestep_embedding,
+    "ch03-zero-predictor-loss": check_zero_predictor_loss,
     "ch04-loss": check_training_loss, "ch04-ema-horizon": check_ema_horizon, "ch04-flow-loss": check_flow_loss,
     "ch04-training-loop": check_training_loop,
     "ch05-ddim-step": check_ddim_step, "ch05-round-trip-calls": check_round_trip_calls,
-    "ch06-guided-eps": check_guided_eps, "ch06-unguided-accuracy-guess": check_unguided_accuracy,
-    "ch07-attention": check_attention, "ch07-dpm-data": check_dpm_data, "ch07-q-jump": check_q_jump,
+    "ch06-timestep-embedding": check_timestep_embedding, "ch06-guided-eps": check_guided_eps,
+    "ch06-unguided-accuracy-guess": check_unguided_accuracy,
+    "ch07-attention": check_attention, "ch07-q-jump": check_q_jump,
     "ch08-flow-pair": check_flow_pair, "ch08-eps-x0": check_eps_from_velocity, "ch08-reflow-pair-calls": check_reflow_calls,
     "ch09-target": check_progressive_target, "ch09-teacher-calls": check_distillation_calls,
     "ch09-sample": check_consistency_sampler,
