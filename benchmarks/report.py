@@ -129,6 +129,9 @@ def _render_targets(f: dict) -> list[str]:
         slowest = max(c["rows"], key=lambda r: r["full_seconds"])
         add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']}; its "
             f"committed notebook's own run printed {_committed_seconds(slowest['chapter'])} s)", slowest["full_seconds"] <= 300)
+        over = [(r["chapter"][:2], _learner_total(r)) for r in c["rows"] if _learner_total(r) > 100.5]
+        add("learner time per chapter (estimate)", "at most 100 min",
+            "; ".join(f"chapter {int(ch)}: {m:.0f} min" for ch, m in over) or "every chapter within", not over)
         heaviest = max(c["rows"], key=lambda r: r["full_peak_mib"])
         add("largest chapter peak memory (Binder's limit)", "at most 2048 MiB",
             f"{heaviest['full_peak_mib']:.0f} MiB ({heaviest['chapter']})", heaviest["full_peak_mib"] <= 2048)
@@ -562,15 +565,27 @@ def _committed_seconds(chapter: str) -> str:
     return f"{float(found.group(1)):.0f}" if found else "n/a"
 
 
-def _learner(row) -> str:
+def _learner_parts(row) -> dict | None:
     """The learner-minutes estimate of a chapter: stored by the course section, or else computed from the chapter
-    as it is now and the full-mode time that section measured."""
+    as it is now and the full-mode time that section measured (None: the chapter is gone)."""
     m = row.get("learner_minutes")
     if m is None:
         notebook = REPO / "chapters" / f"{row['chapter']}.ipynb"
         if not notebook.exists():
-            return "n/a"
+            return None
         m = learner_minutes(notebook, row["full_seconds"])
+    return m
+
+
+def _learner_total(row) -> float:
+    m = _learner_parts(row)
+    return 0.0 if m is None else m["total"]
+
+
+def _learner(row) -> str:
+    m = _learner_parts(row)
+    if m is None:
+        return "n/a"
     return (f"{m['total']:.0f} ({m['reading']:.0f} + {m['code']:.0f} + {m['widgets']:.0f} + {m['exercises']:.0f} + "
             f"{m['running']:.0f})")
 

@@ -27,7 +27,7 @@
 # - predict what an image looks like at any timestep;
 # - derive the posterior $q(x_{t-1} \mid x_t, x_0)$ by completing the square, and say why the reverse process can take Gaussian steps;
 # - write any noisy image as $x = \alpha\,x_0 + \sigma\,\varepsilon$, and place the straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$ among DDPM's schedules by its implied $\bar\alpha$;
-# - write the velocity of a path, and check that DDPM's $v$ and the straight path's flow velocity $\varepsilon - x_0$ are the velocities of its two members.
+# - write the velocity of a path, and check that DDPM's $v$ and the flow velocity $\varepsilon - x_0$ are the velocities of the family's two members, DDPM's circle and the straight line.
 #
 # **Assumes**: Gaussian random variables (mean, variance, adding independent Gaussians), PyTorch tensors.
 #
@@ -515,13 +515,14 @@ for t in (0, 99, 499, 899, 989, 998):  # near the data, in the middle, near the 
 #
 # - DDPM's family as a rotation: since $\alpha^2 + \sigma^2 = 1$, every level of every variance-preserving
 #   schedule is exactly $\alpha = \cos\phi$, $\sigma = \sin\phi$ with $\phi = \arccos\sqrt{\bar\alpha}$ (section 3's
-#   $u = s\pi/2$ was this angle for the cosine schedule, approximately). The velocity in the angle,
+#   angle $u_t$ of the cosine schedule approximates it). The velocity in the angle,
 #   $dx/d\phi = -\sin\phi\,x_0 + \cos\phi\,\varepsilon = \sqrt{\bar\alpha}\,\varepsilon - \sqrt{1-\bar\alpha}\,x_0$, is called $v$
 #   (Salimans & Ho 2022, who proposed it as a network's target; chapter 3). It is the velocity in $\phi$ specifically
 #   (in $t$ it would be scaled by $d\phi/dt$, which differs by schedule).
 # - The straight path $x_s = (1-s)\,x_0 + s\,\varepsilon$: its velocity is $dx_s/ds = \varepsilon - x_0$, the
-#   **flow velocity** that chapter 4's models predict. From $x_s$ and this $v$ both ends follow:
-#   $x_s - s\,v = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same way $x_s + (1-s)\,v = \varepsilon$.
+#   **flow velocity** that chapter 4's models predict (from chapter 4 on, $v$ means this velocity). From $x_s$ and it
+#   both ends follow: $x_s - s\,(\varepsilon - x_0) = (1-s)\,x_0 + s\,\varepsilon - s\,\varepsilon + s\,x_0 = x_0$, and in the same
+#   way $x_s + (1-s)\,(\varepsilon - x_0) = \varepsilon$.
 #
 # Both velocities by central finite differences along their paths, on the digit and noise above (DDPM's path at four
 # steps of the linear schedule, the straight path at four values of $s$), and the straight path's two ends:

@@ -103,11 +103,11 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # Salimans & Ho's $v$ above is the velocity of DDPM's path in the angle $\phi = \arccos\sqrt{\bar\alpha}$ (where
 # $\alpha = \cos\phi$, $\sigma = \sin\phi$), and the **flow velocity** $\varepsilon - x_0$ is the straight path's, the target of
 # chapter 4's models; from $x_s$ and the flow velocity, $x_0 = x_s - s\,v$ and $\varepsilon = x_s + (1-s)\,v$. Given $x$
-# and the path, any one of $\varepsilon$, $x_0$ and the velocity determines the other two (solve the two
-# linear equations for $x$ and $dx/d\tau$; they have one solution wherever $\alpha\sigma' - \alpha'\sigma \neq 0$,
-# which holds on both paths except where $\alpha = 0$, at pure noise, where $x$ says nothing of $x_0$), so a
-# network may be trained to output any of them. (Here $\alpha$ and $\sigma$ are the path's weights, as in
-# chapter 2's section 6; section 2's $\alpha_t = 1-\beta_t$ and reverse-step $\sigma_t$ are other letters.)
+# and the path, $\varepsilon$ gives $x_0$ where $\alpha \neq 0$, $x_0$ gives $\varepsilon$ where $\sigma \neq 0$, and the velocity gives both
+# everywhere (solve the two linear equations for $x$ and $dx/d\tau$: their determinant $\alpha\sigma' - \alpha'\sigma$ is
+# $\cos^2\phi + \sin^2\phi = 1$ on the circle and $(1-s) + s = 1$ on the line), so a network may be trained to output any
+# of them. (Here $\alpha$ and $\sigma$ are the path's weights, as in chapter 2's section 6; the per-step
+# $\alpha_t = 1-\beta_t$ and reverse-step $\sigma_t$ of the bound below, chapter 2's sections 2 and 5, are other letters.)
 #
 # An error in one target is a scaled error in another. A noise estimate $\hat\varepsilon$ implies the clean
 # image $\hat x_0 = (x - \sigma\,\hat\varepsilon)/\alpha$, so $\hat x_0 - x_0 = -(\sigma/\alpha)\,(\hat\varepsilon - \varepsilon)$, and with
@@ -474,11 +474,12 @@ for i in (1, len(timesteps) // 2, len(timesteps) - 1):
 # ($t = 999$: 5.96e-05 against 0.000495): there $x_t$ is almost pure noise, the right answer is almost $x_t$
 # itself, and the small network gets it only approximately.
 #
-# **MNIST.** Now the committed U-Net (trained by `python -m diffusion_lib train`, its command in
+# **MNIST.** Now the committed U-Net (its architecture: chapter 6, section 1; trained by `python -m diffusion_lib train`, its command in
 # `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). It was trained with
 # flow matching on the straight path (chapter 4 trains such models) and outputs the flow velocity, from
 # which the noise it implies follows exactly, $\hat\varepsilon = x_s + (1-s)\,\hat v$ (section 1); `dl.as_eps_fn`
-# does this change of variables, at the $s$ whose SNR matches the step's. Its noise-prediction error by timestep on test
+# does this change of variables: it rescales $x_t$ by $\sqrt{(1-s)^2 + s^2}$ to the straight path's $x_s$ at the $s$ whose SNR
+# matches the step's (chapter 2, section 6). Its noise-prediction error by timestep on test
 # digits, next to the ideal denoiser of a training subset:
 
 # %%
@@ -496,8 +497,9 @@ ch03.plot_error_by_timestep(timesteps, errors, "noise-prediction MSE on test dig
 # %% [markdown]
 # The shape of the learned curve is the typical loss-by-timestep of a diffusion model: the noise
 # is hard to tell apart from fine detail at small $t$ (the image is almost clean and the noise tiny),
-# easy to estimate at large $t$ (where $x_t$ is almost all noise). A DDPM trained with chapter 4's
-# loss draws $t$ uniformly, so it averages exactly these errors into its one loss number.
+# easy to estimate at large $t$ (where $x_t$ is almost all noise). A DDPM trained on $L_\text{simple}$ (chapter 4,
+# section 1) draws $t$ uniformly, so it averages exactly these errors into its one loss number; the flow-trained U-Net
+# here weighs them instead as section 1's flow curve does.
 #
 # ## 4. Drag the timestep
 #
@@ -545,7 +547,7 @@ for t_value in (600, 400, 300, 200, 100, 10):
 # %% [markdown]
 # ## Summary
 #
-# - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$- and $v$-prediction are equivalent reparametrisations.
+# - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$, $v$ and flow-velocity prediction are reparametrisations of it; each loss is an $\varepsilon$-loss weighted by noise level, and objectives differ in the weight they put on each log-SNR.
 # - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
 # - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
 # - The variational bound on $-\log p_\theta(x_0)$ is a sum of KL terms between Gaussians; with the model's mean written

@@ -27,8 +27,7 @@
 # - explain how a U-Net is conditioned on a class label, and explain the learned "null" label and label dropout;
 # - implement classifier-free guidance, $\varepsilon = \varepsilon_{\text{uncond}} + w\,(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$, and say what $w = 0$ and $w = 1$ mean;
 # - measure what guidance trades: accuracy against diversity and MNIST-FID, and choose $w$ from the measurements;
-# - guide a model without labels by a weaker version of itself (autoguidance), and measure what it buys;
-# - relate label conditioning to how text-to-image systems condition on words (cross-attention).
+# - guide a model without labels by a weaker version of itself (autoguidance), and measure what it buys.
 #
 # **Assumes**: chapters 2-4 (noise prediction; chapter 4's flow models, their velocity $\hat v$, Heun sampling,
 # "recognised" and training snapshots), DDIM sampling as a black box and MNIST-FID with its real-digit floor (chapter 5,
@@ -72,15 +71,13 @@ print(f"class-conditional U-Net: {sum(p.numel() for p in model.parameters()):,} 
 # %% [markdown]
 # ## 1. Giving the network the noise level and the label
 #
-# Chapters 3 to 5 used the U-Net as a black box: a noisy image and its noise level in, an image-shaped
-# prediction out. Conditioning is about what else goes in, so here the network is opened, piece by piece,
-# on this chapter's `mnist_cond` (the code is `diffusion_lib/unet.py`).
+# Chapters 3 to 5 used the U-Net as a black box. Conditioning is about what goes into it, so here it is opened,
+# piece by piece, on this chapter's `mnist_cond` (the code is `diffusion_lib/unet.py`).
 #
 # **How the network is told the noise level.** Fed in as one raw number, the level would reach the first layer
 # only as one linear ramp to scale; a code of several frequencies gives the network coarse and fine features of
-# it from the start. So the noise label $t$ (a step 0..999 for DDPM; this model was trained on the
-# straight path, which measures noise by $s \in [0, 1]$, and is passed $1000\,s$; all that matters
-# here is that it is one number for the noise level) becomes a vector of $d$ numbers, cosines and sines at
+# it from the start. So the noise label $t$ (a DDPM step 0..999, or $1000\,s$ for this flow model, chapter 4)
+# becomes a vector of $d$ numbers, cosines and sines at
 # geometrically spaced frequencies (the frequencies of the transformer's position code, Vaswani et al. 2017, Sec. 3.5,
 # with the cosines and the sines in two blocks instead of interleaved):
 #
@@ -112,10 +109,9 @@ print("similarity to e(500) at t = 490, 499, 501, 510: all dimensions "
       + "; slow ones " + ", ".join(f"{similarity_slow[t]:.3f}" for t in (490, 499, 501, 510)))
 
 # %% [markdown]
-# The fast dimensions (rows 0-1 and 8-9 of the left panel, periods of 6 and 20 steps) change completely within a few
-# steps, so the whole vector moves fast: $e(499)$ is still close to $e(500)$ (similarity 0.94), $e(490)$ is not (0.46).
-# The slow dimensions (rows 4-7 and 12-15) change smoothly over the whole range (similarity above 0.99 ten steps away),
-# so in them nearby noise levels share their code; rows 2-3 and 10-11 lie in between. The MLP sees all of them.
+# The fast dimensions (rows 0-1 and 8-9, periods of 6 and 20 steps) change within a few steps: $e(499)$ is still close
+# to $e(500)$ (similarity 0.94), $e(490)$ is not (0.46). The slow ones (rows 4-7 and 12-15) change smoothly (above 0.99
+# ten steps away), so nearby levels share them; rows 2-3 and 10-11 lie in between. The MLP sees all of them.
 
 # %% [markdown]
 # **The label.** For a label $c \in \{0, \dots, 9\}$ the network adds one more learned vector, $e_c$, to the
@@ -169,18 +165,15 @@ print(f"parts add up to {total:,} parameters, the model's {sum(p.numel() for p i
       f"{at_7x7:,} ({at_7x7 / total:.0%}) work at 7x7")
 
 # %% [markdown]
-# Read the table top to bottom. The two embeddings make $m$; the stem, a $3\times3$ convolution, turns
-# the one grey channel into 16. On the way down, strided $3\times3$
-# convolutions halve the resolution twice (28, 14, 7) and the channels grow from 16 to 32. At
-# 7x7, where the channels are widest, sit most of the parameters and the self-attention layers (next paragraph).
-# On the way up, every residual block's input is wider than the previous part's output: the features saved
-# at the same resolution on the way down are concatenated to it (`up[0]` receives 32 + 32 = 64
-# channels). These **skip connections** are why the shape is a U and not an hourglass: the
-# prediction must be right at every one of the 784 pixels, and the skips hand the up path the
-# full-resolution features directly instead of making it rebuild them from 7x7 (the design's
-# rationale, Ronneberger et al. 2015; not measured here). Nearest-neighbour upsampling and a convolution
-# double the resolution; the head maps 16 channels back to one: the predicted flow velocity (a DDPM
-# model outputs its own target instead: $\varepsilon$, $x_0$ or $v$).
+# Read the table top to bottom. The two embeddings make $m$; the stem, a $3\times3$ convolution, turns the grey
+# channel into 16. On the way down, strided $3\times3$ convolutions halve the resolution twice (28, 14, 7) and the
+# channels grow from 16 to 32; at 7x7 sit most of the parameters and the self-attention layers (next paragraph). On
+# the way up, each residual block also receives the features saved at its resolution on the way down, concatenated
+# (`up[0]` receives 32 + 32 = 64 channels). These **skip connections** make the shape a U, not an hourglass: the
+# prediction must be right at every pixel, and the skips hand the up path the fine features instead of making it
+# rebuild them from 7x7 (Ronneberger et al. 2015's rationale; not measured here). Upsampling and a convolution double
+# the resolution; the head maps 16 channels back to one: the predicted flow velocity (a DDPM model outputs its own
+# target: $\varepsilon$, $x_0$ or $v$).
 #
 # **Self-attention at 7x7.** A $3\times3$ convolution mixes each position with its neighbours only.
 # An attention layer lets every one of the 49 positions read every other in one step. With one
@@ -207,8 +200,7 @@ print(f"attention weights {tuple(weights.shape)}: each of 49 positions over 49 p
 
 # %% [markdown]
 # **Label dropout** (Ho & Salimans 2022, Algorithm 1) trains one network to be both conditional and
-# unconditional: every training label is replaced by $\varnothing$ with probability
-# $p_{\text{uncond}}$. Since $\varnothing$ is assigned independently of the image, the best prediction for input
+# unconditional: each training label is replaced by $\varnothing$ with probability $p_{\text{uncond}}$. Since $\varnothing$ is assigned independently of the image, the best prediction for input
 # $\varnothing$ is the average over all labels, $\mathbb E[\varepsilon \mid x_t]$: the unconditional predictor
 # (chapter 3's ideal denoiser, without a label). Here is the training loop's own batch sampler at work:
 
@@ -222,9 +214,8 @@ print(f"fraction of null labels in a drawn batch of 10,000: {(batch_labels == 10
 # %% [markdown]
 # ## 2. Classifier-free guidance
 #
-# At sampling time the same network gives two noise predictions for the same $x_t$ (the course's `mnist_cond`
-# outputs a flow velocity, chapter 4, which `dl.as_eps_model` turns into $\hat\varepsilon$ exactly as chapter 3 showed;
-# section 5 shows that guiding the velocity is the same as guiding $\hat\varepsilon$): with the
+# At sampling time the same network gives two noise predictions for the same $x_t$ (`mnist_cond` outputs a velocity,
+# which `dl.as_eps_model` turns into $\hat\varepsilon$, chapter 3; guiding either is the same, section 5): with the
 # requested label, $\varepsilon_{\text{cond}} = \varepsilon_\theta(x_t, t, c)$, and without it,
 # $\varepsilon_{\text{uncond}} = \varepsilon_\theta(x_t, t, \varnothing)$. Their difference points
 # towards "more like a $c$". Guidance moves along it with a scale $w$:
@@ -233,9 +224,8 @@ print(f"fraction of null labels in a drawn batch of 10,000: {(batch_labels == 10
 #
 # $w = 0$ is the unconditional model, $w = 1$ the plain conditional model, and $w > 1$
 # extrapolates beyond it. (Ho and Salimans 2022 write the same rule as
-# $(1 + w')\,\varepsilon_{\text{cond}} - w'\,\varepsilon_{\text{uncond}}$, so their $w'$ is our $w - 1$: their
-# $w' = 0$ is our plain conditional $w = 1$, and our $w = 3$ is their $w' = 2$. Diffusers and Stable
-# Diffusion's `guidance_scale` use our convention.) (In score terms: since $\varepsilon = -\sqrt{1-\bar\alpha_t}\,
+# $(1 + w')\,\varepsilon_{\text{cond}} - w'\,\varepsilon_{\text{uncond}}$: their $w'$ is our $w - 1$. Diffusers' and Stable
+# Diffusion's `guidance_scale` is our $w$.) (In score terms: since $\varepsilon = -\sqrt{1-\bar\alpha_t}\,
 # \nabla \log p_t$ (chapter 3) and Bayes gives $\nabla \log p_t(x \mid c) - \nabla \log p_t(x) = \nabla \log p_t(c \mid x)$,
 # $\varepsilon_{\text{uncond}} + w(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}}) = -\sqrt{1-\bar\alpha_t}\,\big[\nabla\log p_t(x) + w\,\nabla\log p_t(c \mid x)\big]
 # = -\sqrt{1-\bar\alpha_t}\,\nabla\log\big[p_t(x)\,p_t(c \mid x)^{w}\big]$: the guided $\varepsilon$ is the (scaled) score of
@@ -268,22 +258,21 @@ in_class = torch.tensor([True, True, False, False, False])  # the class asked fo
 x_toy = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64).requires_grad_(True)
 for t_value in (100, 500, 900):
     ab = schedule.alpha_bars[t_value]
-    log_parts = -((x_toy[:, None] - ab.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab))  # (6, 5): each point's Gaussian, up to a constant
+    log_parts = -((x_toy[:, None] - ab.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab))  # each point's Gaussian
     log_p = torch.logsumexp(log_parts, 1)  # log p_t(x), up to a constant
-    log_classifier = torch.logsumexp(log_parts[:, in_class], 1) - log_p  # log p_t(c | x): the share of p_t(x) from class c
-    score = torch.autograd.grad(log_p.sum(), x_toy, retain_graph=True)[0]
-    classifier_grad = torch.autograd.grad(log_classifier.sum(), x_toy)[0]
-    t_toy = torch.full((6,), t_value)
+    log_classifier = torch.logsumexp(log_parts[:, in_class], 1) - log_p  # log p_t(c | x): class c's share of p_t(x)
+    score, classifier_grad = (torch.autograd.grad(f.sum(), x_toy, retain_graph=True)[0] for f in (log_p, log_classifier))
     with torch.no_grad():
-        eps_uncond = dl.ideal_eps_fn(points, schedule)(x_toy, t_toy)
-        eps_cond = dl.ideal_eps_fn(points[in_class], schedule)(x_toy, t_toy)
-        gaps = [((eps_uncond + w * (eps_cond - eps_uncond)) + (1 - ab).sqrt() * (score + w * classifier_grad)).abs().max().item() for w in (0.5, 3.0)]
+        eps_uncond, eps_cond = (dl.ideal_eps_fn(data, schedule)(x_toy, torch.full((6,), t_value))
+                                for data in (points, points[in_class]))
+        gaps = [(eps_uncond + w * (eps_cond - eps_uncond) + (1 - ab).sqrt() * (score + w * classifier_grad)).abs().max()
+                for w in (0.5, 3.0)]
     print(f"t = {t_value}: largest |guided eps + sqrt(1 - alpha-bar) (score + w grad log p(c|x))| at w = 0.5, 3: "
           + ", ".join(f"{g:.1e}" for g in gaps) + f"; largest |w grad log p(c|x)| at w = 3: {(3 * classifier_grad).abs().max():.2f}")
 
 # %% [markdown]
 # Equal to rounding at every level and scale. The classifier's pull (the last number) is strong near the data and
-# fades with the noise, where a noisy point says little about which class it came from.
+# fades with the noise, where a point says little about its class.
 
 # %% [markdown]
 # Because guidance is just another `eps_fn`, every sampler runs it unchanged. The same starting
@@ -354,12 +343,10 @@ print(f"lowest MNIST-FID at w = {best:g}")
 # 97.5% at $w = 1$, 100% from $w = 2$). **Diversity** within a class is flat
 # from $w = 0$ to $0.5$, falls by about a tenth between $w = 0.5$ and $3$, then stays flat: past
 # $w = 3$ the samples of one digit are as alike as guidance makes them. **MNIST-FID** is lowest
-# at $w = 1$ and grows with every step of guidance beyond it: the samples drift away from real
-# digits (strokes thicken and saturate, unusual shapes disappear). At $w = 1$ it even falls below
-# the floor of 100 real digits: an FID from 100 samples is a noisy and strongly biased estimate,
-# so read the shape of the curve, not single values. One point breaks the pattern: $w = 0.5$ scores
-# worse than $w = 0$. The benchmark measured the scales from $w = 0.5$ up again, on 1,000 samples each and with
-# Heun-18 instead of the sweep's sampler (so its numbers differ from the sweep's; it has no $w = 0$ row):
+# at $w = 1$ and grows with more guidance: strokes thicken and saturate, unusual shapes disappear. At $w = 1$ it even
+# falls below the floor of 100 real digits: an FID from 100 samples is noisy and strongly biased, so read the curve's
+# shape, not single values. One point breaks the pattern: $w = 0.5$ scores worse than $w = 0$. The benchmark measured
+# the scales from $w = 0.5$ up on 1,000 samples each with Heun-18 (so its numbers differ from the sweep's):
 
 # %%
 committed = load_measured("committed")
@@ -398,20 +385,16 @@ print(f"same noise, w = 0 vs 0.5: {only_0} samples recognised only at w = 0, {on
 
 # %% [markdown]
 # At $w = 0.5$ fewer samples are recognisable than at $w = 0$ (77.0% against 82.0%), and at $w = 1$ far more
-# (96.0%). The dip fits the explanation, but it is weak evidence. The three rows start from the same noise, so the
-# fairest comparison goes sample by sample: 55 samples are recognised only at $w = 0$ and 40 only at $w = 0.5$, a split
-# at least this uneven that two equally likely outcomes would give with probability 0.151 (the last line), so this
-# check supports the explanation only weakly. It also cannot be the whole story:
+# (96.0%). The dip fits the explanation, but weakly. The rows start from the same noise, so compare sample by sample:
+# 55 samples are recognised only at $w = 0$, 40 only at $w = 0.5$, a split at least this uneven that two equally likely
+# outcomes would give with probability 0.151 (the last line). It also cannot be the whole story:
 # most samples at $w = 0.5$ are still recognised as *some* digit, only half of them as the requested one. An open
 # question for you: what else could make a half-guided sample look less like MNIST than an unguided one?
 #
-# This is why the library samples at $w = 1$ unless told otherwise (`python -m diffusion_lib sample`
-# without `--guidance`): the plain conditional model makes the most MNIST-like digits and already
-# the requested one nearly every time. Raise $w$ to 2 or 3 when the requested digit must be right
-# every time and some realism may go; beyond that, guidance costs realism and buys nothing measured
-# here. Large text-to-image systems choose differently: Stable Diffusion's default `guidance_scale` is
-# 7.5, where this model's MNIST-FID is far worse; with prompts, following the words counts for more,
-# and their models and metrics differ from ours.
+# So the library samples at $w = 1$ unless told otherwise: the plain conditional model makes the most MNIST-like
+# digits and nearly always the requested one. Raise $w$ to 2 or 3 when the digit must be right every time; beyond
+# that, guidance costs realism and buys nothing measured here. Stable Diffusion defaults to 7.5, where this model's
+# MNIST-FID is far worse: with prompts, following the words counts for more, and its models and metrics differ.
 #
 # ## 5. Guidance without labels: a model guided by a weaker self
 #
@@ -426,9 +409,8 @@ print(f"same noise, w = 0 vs 0.5: {only_0} samples recognised only at w = 0, {on
 # and the noise level (chapter 3, section 1: $\varepsilon = x_s + (1-s)\hat v$), and the weights $1 - w$ and $w$ sum to 1,
 # so mixing the velocities mixes the $\varepsilon$s by the same rule.
 #
-# Where the two agree, nothing changes; where the trained model has learned something the weak one
-# has not, guidance exaggerates it, away from what the weak model would draw. It
-# needs no labels, so it works on the unconditional `mnist_uncond` (chapter 4), guided by its own
+# Where the two agree, nothing changes; where the trained model has learned what the weak one has not, guidance
+# exaggerates it. It needs no labels, so it works on the unconditional `mnist_uncond` (chapter 4), guided by its own
 # snapshot after 1,000 training steps (`dl.autoguided`; `python -m diffusion_lib sample --autoguide
 # SNAPSHOT` on the command line). The same noise, without and with it:
 
@@ -447,43 +429,30 @@ for name, row in committed["figures"]["models"].items():
               f"({score['mnist_fid'] / row['real_baseline_fid']:.2f}x the floor; n = {row['n']})")
 
 # %% [markdown]
-# In the pictures the guided row keeps each digit's layout and tidies its strokes. Measured on 1,000
+# The guided row keeps each digit's layout, tidier. Measured on 1,000
 # samples (the lines above, from `python benchmarks/run.py --only committed`), autoguidance raises the
 # share recognised and lowers MNIST-FID against the model alone with the same Heun sampler, at twice the
-# network calls: every call of the model is paired with a call of its weak snapshot (Heun's 18 steps make 35
-# calls, 70 with autoguidance; DDPM-100 makes 100). The stochastic DDPM sampler
-# of chapter 5, with 100 steps, lowers the FID further but recognises fewer digits than autoguidance (94.8%
-# against 95.9%, about one standard error
-# apart at $n$ = 1,000, so that ordering is not firm). Neither brings the unconditional model's MNIST-FID down
+# calls (each call of the model is paired with one of its snapshot: Heun-18's 35 become 70; DDPM-100 makes 100).
+# DDPM-100 (chapter 5) lowers the FID further but recognises fewer digits (94.8% against 95.9%, about one standard
+# error apart at $n$ = 1,000: not a firm ordering). Neither brings the unconditional model's MNIST-FID down
 # to the conditional model's at $w = 1$ (section 4's committed lines); the two are different networks, though
 # (`mnist_cond` is smaller and trained for fewer steps), so this compares two models, not the worth of the label
 # alone.
 #
-# ## 6. From labels to words: how text-to-image systems condition
-#
-# Our label is one learned vector added to every block. A text prompt is a *sequence* of tokens,
-# and a text encoder (a transformer, e.g. CLIP's or T5's) turns it into one vector per token.
-# The U-Net reads them through **cross-attention** layers: section 1's self-attention, with the
-# queries still computed from the image features at each position but the keys and values from
-# the token vectors, so each image position pulls in the words relevant to it ("red" for the car's
-# pixels, "sky" for the top). Chapter 7 builds such a model and checks the layer by hand. Everything else in this chapter carries over unchanged: the null condition is the empty
-# prompt, dropped out during training, and classifier-free guidance combines the predictions with
-# and without the prompt with exactly the formula above. Our label embedding is the special case of
-# a one-token prompt whose embedding is added everywhere instead of attended to.
+# Text-to-image systems condition on words instead of a label, with the null condition an empty prompt and the same
+# guidance formula; chapter 7 builds one.
 #
 # ## Summary
 #
-# - The U-Net reads the noise level as sines and cosines $e(t)$ and the label as a learned vector $e_c$ (the extra null label
-#   means "no label"), and adds their sum to every residual block as a per-channel shift; it halves the resolution on the way
-#   down and restores it on the way up by upsampling, concatenating the down path's features at each resolution (skip
-#   connections), and lets every position read every other through self-attention at 7x7.
+# - The U-Net adds a sinusoidal code of the noise level and a learned vector of the label (or the null label) to every
+#   residual block as a per-channel shift; skip connections carry the down path's features to the up path, and
+#   self-attention at 7x7 lets every position read every other.
 # - Label dropout trains the conditional and unconditional models in one network.
 # - Classifier-free guidance: $\varepsilon_{\text{uncond}} + w(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$; $w = 0$ unconditional, $w = 1$ conditional, $w > 1$ sharper.
 # - Measured: accuracy is 97.5% at $w = 1$ and 100% from $w = 2$; diversity within a class falls by about a tenth up to $w = 3$, then
 #   levels off; MNIST-FID is best at $w = 1$ and worsens with more guidance, so $w = 1$ is the default.
 # - The same rule with an early snapshot of the model in place of the unconditional branch (autoguidance) guides a model
 #   that has no labels at all.
-# - Text-to-image models do the same with token embeddings and cross-attention.
 #
 # ## Exercises
 #

@@ -19,11 +19,10 @@
 #
 # The course's samplers reach good digits in 10 to 50 network calls (chapters 4 and 5), and chapter 8
 # straightened the paths. Systems that generate an image in one to four steps (Latent Consistency
-# Models, SDXL Turbo, FLUX.1 schnell) go further: they train a **student** network to do in one step
-# what the original model, the **teacher**, does in many. This chapter builds the two classic ways of
-# doing it, progressive and consistency distillation (SDXL Turbo and FLUX.1 schnell add an adversarial
-# loss, which the course does not cover), measures them against every sampler of the course on one
-# teacher, and counts what they cost.
+# Models, SDXL Turbo, FLUX.1 schnell) train a **student** network to do in one step what the original model, the
+# **teacher**, does in many. This chapter builds the two classic ways, progressive and consistency distillation
+# (SDXL Turbo and FLUX.1 schnell add an adversarial loss, not covered here), measures them against every sampler of
+# the course on one teacher, and counts what they cost.
 #
 # **After this chapter you can**
 # - derive progressive distillation's target (Salimans & Ho 2022) and run it, halving the steps each round;
@@ -102,11 +101,9 @@ print_rows([r for r in measured["rows"] if r["model"] == "mnist_uncond" and r["p
 # calls for DPM-Solver++ (27.5) and 35 for Heun-18 (26.7), about 50 for DDIM (DDIM-20 is still 31.0; DDIM-50
 # 28.1, DDIM-100 27.5); DDPM with 1,000 stochastic steps scores 19.8. At five calls and fewer they fall apart: with five
 # calls the best is DPM-Solver++-5 (52.1), DDIM-5 scores 87.7, Euler-4 86.0, Euler-2 395.0, and a single Euler
-# step 1798.1, not digits at all. (DDIM-5 and Euler-4 take the same kind of step, chapter 8, but on different time
-# grids: DDIM spaces its steps evenly in DDPM's step $t$, Euler evenly in the flow's time $s$, with $s = 1$ pure noise
-# and $s = 0$ the data, chapter 8.) That is the bar for this chapter: a
-# network that draws digits in one to four calls must beat what the teacher does with about as many, Euler-4 at
-# 86.0 with four calls and, the best of them, DPM-Solver++-5 at 52.1 with five.
+# step 1798.1, not digits at all. (DDIM-5 and Euler-4 take the same kind of step, chapter 8, on different grids:
+# DDIM evenly in DDPM's step $t$, Euler evenly in the flow's time $s$, from $s = 1$, noise, to $s = 0$, data.) That is
+# the bar: a student drawing in one to four calls must beat the teacher's Euler-4 (86.0) and DPM-Solver++-5 (52.1).
 
 # %% [markdown]
 # ## 2. Progressive distillation: two steps become one
@@ -126,10 +123,9 @@ print_rows([r for r in measured["rows"] if r["model"] == "mnist_uncond" and r["p
 #
 # $$v_S(x, s) = \frac{x_{\text{end}} - x}{h} .$$
 #
-# That is the regression target; the loss is $\lVert v_S(x, s) - (x_{\text{end}} - x)/h\rVert^2$ with $x$ drawn from the
-# forward path of a real image, $x = (1-s)\,x_0 + s\,\varepsilon$, at the student's grid times. When the
-# student has learnt it, it becomes the teacher, and a new student learns to halve again: 32, 16, 8, 4, 2,
-# 1. The cell checks `dl.distill.progressive_target` against the two half steps written out:
+# That is the regression target; the loss is $\lVert v_S(x, s) - (x_{\text{end}} - x)/h\rVert^2$ with $x = (1-s)\,x_0 + s\,\varepsilon$
+# on a real image's forward path at the student's grid times. The trained student becomes the next teacher: 32, 16,
+# 8, 4, 2, 1. The cell checks `dl.distill.progressive_target` against the two half steps written out:
 
 # %%
 x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -204,11 +200,10 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
                   ncols=8))
 
 # %% [markdown]
-# These 400 are the first 400 of the benchmark's seed-1 draws; section 4 scores every student on 1,000 samples
-# of seed 0, and the 1- and 4-step students on three seeds. A share near 90% measured on 400 samples has a
-# standard error of about 1.5 points, yet the 1-, 2- and 4-step students are recognised here several points more
-# often than in section 4's rows, and the 8-step student slightly more: these 400 draws happen to be easier. Compare students with one another on
-# the same draws, not these live figures with the table's.
+# These 400 are the first 400 of the benchmark's seed-1 draws (section 4 scores 1,000 of seed 0, and some rows on three
+# seeds). A share near 90% on 400 samples has a standard error of about 1.5 points, yet the 1-, 2- and 4-step students
+# are recognised here several points more often than in section 4, the 8-step one slightly more: these draws happen to
+# be easier. Compare students on the same draws, not these figures with the table's.
 #
 # ## 3. Consistency distillation: jump to the end from anywhere
 #
@@ -230,10 +225,10 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
 # grid times $s_n = n/M$ ($M = 16$ here, $n$ drawn uniformly from 1 to $M$), and $\hat x_{s_{n-1}}$ is one teacher
 # step from it towards the data, so that the two points lie on (nearly) one ODE path. The step is Heun's,
 # $\hat x_{s_{n-1}} = x + (s_{n-1} - s_n)\,\tfrac12\big[v_T(x, s_n) + v_T(\tilde x, s_{n-1})\big]$ with $\tilde x$ the Euler step's end,
-# except on the last step to $s_0 = 0$, which is Euler's, as in the library's Heun sampler (chapter 4). $\theta^-$ is the *target* network: a moving average of
-# the student's weights (decay `target_decay` per step, printed below), starting as a copy of the teacher, which
-# keeps the regression target from chasing itself; the weights used for sampling are a separate, slower average
-# (decay `ema_decay`). Song et al. measure the
+# except on the last step to $s_0 = 0$, which is Euler's, as in the library's Heun sampler (chapter 4). The *target*
+# network $\theta^-$ is a moving average of the student's weights (decay `target_decay` per step, printed below), starting
+# as the teacher: it keeps each step's target from shifting while the step below it is still being learned. The
+# weights used for sampling are a separate, slower average (decay `ema_decay`). Song et al. measure the
 # difference between images with LPIPS, a learned perceptual distance; the course uses the squared pixel
 # distance, which needs no second network. Where the grid reaches $s_0 = 0$ ($n = 1$), the target is
 # $f(\hat x_{s_0}, 0) = \hat x_{s_0}$, the end of the teacher's Euler step from $s = 1/16$ to the data, $x - s_1 v_T(x, s_1)$,
@@ -241,9 +236,8 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
 # gives the end of the path, once training has converged and the target network has caught up ($\theta^- = \theta$): at
 # $n = 1$ the target is that end itself, so $f$ is exact at $s_1$; if $f$ is exact at $s_{n-1}$, a zero loss at $s_n$ makes
 # $f(x_{s_n}, s_n)$ equal to $f$ at a point of the same path one step nearer the data, so $f$ is exact at $s_n$ too.
-# "Exact" here means the end of the teacher's 16-step path, which differs from the true ODE's end by that solver's error. Consistency spreads from the data end up
-# the grid, one step at a time; a slowly moving target network keeps each step's target from shifting while the
-# step below it is still being learned. The committed student was made in two runs of at most 28 minutes, the second
+# "Exact" here means the end of the teacher's 16-step path, which differs from the true ODE's end by that solver's
+# error. Consistency spreads from the data end up the grid, one step at a time. The committed student was made in two runs of at most 28 minutes, the second
 # resuming the first:
 #
 # ```bash
@@ -300,21 +294,19 @@ real_share, _, _ = recognised(classifier, dl.load_mnist(train=False)[0][:1000])
 print(f"\nreal test digits: {100 * real_share:.1f}% recognised")
 
 # %% [markdown]
-# The students rewrite the bottom of the table. With **four** network calls the consistency student scores
-# 28.3 and 92.2% recognised, the level of the teacher's DDIM-50 from the same starting noise (28.1, 91.8%) at a
-# twelfth of the calls; the progressive student scores 39.1 (87.0%) and reflow with Euler 50.1 (85.4%). All
+# The students rewrite the bottom of the table. With **four** calls the consistency student scores 28.3 and 92.2%
+# recognised, the teacher's DDIM-50 level from the same noise (28.1, 91.8%) at a twelfth of the calls; the progressive student scores 39.1 (87.0%) and reflow with Euler 50.1 (85.4%). All
 # three beat the teacher's best sampler with five calls, DPM-Solver++-5 (52.1, 85.1%), with a call fewer, though
 # reflow only just, on one seed: reflow straightens the paths (chapter 8) but still needs a solver's steps to follow them.
 # With **one** call: consistency 69.4 (84.8%), progressive 80.0 (81.7%), reflow 99.1 (80.5%), against the
 # teacher's 1798.1. On seed 0 the 4-step consistency student comes within 1.6 FID of Heun-18 and matches its
 # recognition; Heun-18 was measured on one seed only, so the two cannot be ranked. Below four calls the share
-# recognised falls with the calls, well short of what real digits score (the last line). The two float32 rows
-# agree with their bfloat16 twins to within 0.2 FID, so the faster precision did not move the table.
+# recognised falls with the calls, well short of real digits' (the last line). The two float32 rows agree with their
+# bfloat16 twins to within 0.2 FID.
 #
 # **One noise draw, many rows.** A deterministic sampler takes each draw to much the same digit whatever its step
-# count (the pictures below show it, with a few exceptions), so the deterministic rows share their digits and
-# differ only in how well they draw them: their differences are meaningful, but their common level depends on
-# the draws. The benchmark repeated some rows from two more seeds; the cell lists them, each FID also as a ratio
+# count (the pictures below, with a few exceptions), so the deterministic rows differ only in how well they draw
+# the same digits: their differences are meaningful, their common level depends on the draws. The benchmark repeated some rows from two more seeds; the cell lists them, each FID also as a ratio
 # to the teacher's DDIM-50 on the same seeds:
 
 # %%
@@ -340,16 +332,14 @@ for model in ("mnist_reflow", "mnist_progressive/1", "mnist_consistency"):
 
 # %% [markdown]
 # The teacher's DDIM-50 scored 28.1, 20.2 and 20.9 on the three seeds, and every row measured on three seeds had
-# its worst FID on seed 0. DDPM-1000, which adds fresh noise at every step, draws other digits from the same
-# start and was measured on one seed only: against DDIM-50's three-seed mean (23.1) its lead is about 3, not 8. It is
-# likely ahead (chapter 5 found it ahead on 256 samples too), but one seed of DDPM cannot settle a gap this size.
+# its worst FID on seed 0. DDPM-1000, measured on one seed, leads DDIM-50's three-seed mean (23.1) by about 3, not 8:
+# likely ahead (chapter 5 found it ahead on 256 samples too), but one seed cannot settle a gap this size.
 #
-# Over three seeds the ranking of the students holds. The 4-step consistency student is 1.11 times the teacher's
-# DDIM-50 FID and recognised 92.0% of the time; the 4-step progressive student 1.51 times and 88.1%; reflow's
-# 4-step Euler 2.06 times. No 1-step model reaches 90% recognised on average; the best, the consistency student,
-# is 2.88 times the teacher's FID and recognised 86.3% of the time. The methods did not get equal budgets (the
-# last lines): consistency distillation trained longest, so the table compares three runs, not three methods at
-# equal cost. Section 6 comes back to what each costs.
+# Over three seeds the ranking of the students holds: at 4 steps consistency is 1.11 times the teacher's DDIM-50 FID
+# (92.0% recognised), progressive 1.51 times (88.1%), reflow's Euler 2.06 times. At 1 step the best, consistency, is
+# 2.88 times the teacher's FID (86.3%). The budgets differed (the last lines):
+# consistency distillation trained longest, so the table compares three runs, not three methods at equal cost
+# (section 6).
 #
 # The same rows as pictures (16 of each row's 1,000 samples, stored by the benchmark), the 4-step students
 # included:
@@ -410,14 +400,13 @@ for name, key in (("mnist_reflow", ("mnist_reflow", "euler", 4)), ("mnist_progre
           f"{1000 * saved:.1f} ms and pays after {train_seconds / saved:,.0f} images")
 
 # %% [markdown]
-# The break-even is where the time saved equals the training time. Against Heun-18 it comes after 15,813 to
-# 37,855 images, between about 20 and 45 minutes of sampling with Heun-18 on the benchmark's machine. (The
-# progressive 4-step student was ready after three of its five rounds, hence its shorter time; reflow's includes
-# about ten minutes of drawing pairs.) Priced at equal quality the break-even moves out to between 83,332 and
+# The break-even is where the time saved equals the training time: against Heun-18, after 15,813 to 37,855 images,
+# about 20 to 45 minutes of sampling with Heun-18 on the benchmark's machine. (The progressive 4-step student was ready
+# after three of its five rounds; reflow's time includes about ten minutes of drawing pairs.) Priced at equal quality the break-even moves out to between 83,332 and
 # 137,989 images: for each student the table holds a teacher sampler with 10 or 20 calls that is at least as good
 # on seed 0 (DDIM-10, DPM-Solver++ with 10 and with 20 steps), and against those the students save only 8.8 to
-# 27.9 ms an image. For a system that serves millions of images, as the ones named at
-# the start do, the training is repaid many times over; for a learner drawing a few hundred digits it is not.
+# 27.9 ms an image. A system that serves millions of images repays the training many times over; a learner drawing
+# a few hundred digits does not.
 #
 # **Diversity.** A one-step model maps each noise to an image with a single network call, and a
 # squared-error loss rewards hedging. The benchmark measured, for each row, the mean distance between two samples
@@ -439,9 +428,9 @@ for key in picked:
 # 4.1) and one class taking 31%. The deterministic students keep their teacher's map from noise to digit: in the
 # grid of section 4 the same noise gives the same digit in almost every row, one-step consistency included. The
 # two exceptions add fresh noise, DDPM at every step and the 4-step consistency sampler at each step after its
-# first: DDPM gives other digits in nearly every column, the 4-step consistency sampler in several. What few steps cost here is sharpness and recognisability
-# (the table), not variety. One caution: a pixel distance counts blotches and broken strokes as variety too, so
-# it can flatter a model whose samples are noisy.
+# first: DDPM gives other digits in nearly every column, the 4-step consistency sampler in several. Few steps cost
+# sharpness and recognisability here (the table), not variety, though a pixel distance also counts blotches and
+# broken strokes as variety, which can flatter a noisy model.
 #
 # ## Exercises
 #
