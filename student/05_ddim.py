@@ -487,7 +487,7 @@ exercises.check_round_trip_calls(round_trip_calls)
 # **Exercise 3 (open question).** Both samplers of section 1 aim at the same marginals, yet on this model the
 # stochastic one, which adds fresh noise at every step, scored better than deterministic DDIM with many steps
 # (section 2: DDPM-100 against DDIM-100 on 256 samples, DDPM-1000 against DDIM-50 on 1,000). Why can fresh noise at
-# every step make the samples *better*? Then set section 3's slider to 10 steps and move $\eta$ from 0 to 1: what do
+# every step make the samples *better*? Then set section 3's slider to 5 steps and move $\eta$ from 0 to 1: what do
 # you expect to see, and why would the advantage turn around when the steps are few?
 
 # %%
