@@ -221,8 +221,8 @@ print(f"DDIM eta=0 from t={t_value} to 400 vs one Euler step of dx/drho = eps: "
 grid = dl.samplers.dpm_solver_timesteps(schedule.T, 10)
 ab64 = schedule.alpha_bars.double()
 lam = lambda t: 0.5 * (ab64[t] / (1 - ab64[t])).log()  # noqa: E731 (lambda_t = log(alpha_t / sigma_t))
-x_lib = x_hand = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(6))
-previous, x0_before = None, None
+x_hand = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+previous = None  # the library's memory of the step before (x0_hat, h); by hand: x0_before and h_before
 for i, (t_now, t_after) in enumerate(zip(grid[:2], grid[1:3])):
     with torch.no_grad():
         eps_now = eps_fn(x_hand, torch.full((2,), t_now))

@@ -52,7 +52,7 @@ import torch
 from IPython.display import display
 
 import diffusion_lib as dl
-from diffusion_lib.course import ch06, exercises
+from diffusion_lib.course import ch03, ch06, exercises
 from diffusion_lib.course.measured import load_measured
 from diffusion_lib.course.plots import show_grid
 from diffusion_lib.training import draw_batch, load_training_data
@@ -248,8 +248,8 @@ print(f"guided eps by hand vs dl.guided_eps_fn: largest difference {(by_hand - l
 # %% [markdown]
 # The score reading can be checked where every density is known: chapter 3's ideal denoisers of a small labelled set,
 # here five 2-D points, two of them of the class $c$ asked for. Their noisy density $p_t(x)$ is a mixture of one Gaussian
-# per point, and $p_t(c \mid x)$ is the share of it that comes from class $c$'s points, computed directly (no Bayes' rule)
-# and differentiated by autograd. The guided $\varepsilon$ of the two ideal denoisers (the unconditional one on all five points,
+# per point (chapter 3's `ch03.mixture_log_density`), and $p_t(c \mid x) = p(c)\,p_t(x \mid c)/p_t(x)$ with $p(c) = 2/5$ is the
+# share of it that comes from class $c$'s points; autograd differentiates both. The guided $\varepsilon$ of the two ideal denoisers (the unconditional one on all five points,
 # the conditional one on class $c$'s two) should equal $-\sqrt{1-\bar\alpha_t}\,\big[\nabla\log p_t(x) + w\,\nabla\log p_t(c \mid x)\big]$:
 
 # %%
@@ -258,12 +258,12 @@ in_class = torch.tensor([True, True, False, False, False])  # the class asked fo
 x_toy = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64).requires_grad_(True)
 for t_value in (100, 500, 900):
     ab = schedule.alpha_bars[t_value]
-    log_parts = -((x_toy[:, None] - ab.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab))  # each point's Gaussian
-    log_p = torch.logsumexp(log_parts, 1)  # log p_t(x), up to a constant
-    log_classifier = torch.logsumexp(log_parts[:, in_class], 1) - log_p  # log p_t(c | x): class c's share of p_t(x)
+    t_toy = torch.full((6,), t_value)
+    log_p = ch03.mixture_log_density(x_toy, t_toy, points, schedule)  # log p_t(x)
+    log_classifier = ch03.mixture_log_density(x_toy, t_toy, points[in_class], schedule) + math.log(2 / 5) - log_p
     score, classifier_grad = (torch.autograd.grad(f.sum(), x_toy, retain_graph=True)[0] for f in (log_p, log_classifier))
     with torch.no_grad():
-        eps_uncond, eps_cond = (dl.ideal_eps_fn(data, schedule)(x_toy, torch.full((6,), t_value))
+        eps_uncond, eps_cond = (dl.ideal_eps_fn(data, schedule)(x_toy, t_toy)
                                 for data in (points, points[in_class]))
         gaps = [(eps_uncond + w * (eps_cond - eps_uncond) + (1 - ab).sqrt() * (score + w * classifier_grad)).abs().max()
                 for w in (0.5, 3.0)]
