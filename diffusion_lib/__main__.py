@@ -135,8 +135,10 @@ def _recipe_options(tr, defaults: TrainConfig) -> None:
     tr.add_argument("--prediction", choices=PREDICTIONS, default=None,
                     help=f"network target with --objective ddpm (default {DDPM_PREDICTION})")
     tr.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
-                    help="ddpm (discrete steps, --schedule, --prediction), edm (Karras et al. 2022) or flow "
-                         "(rectified flow with logit-normal times, as Stable Diffusion 3) (default %(default)s)")
+                    help="ddpm (discrete steps, --schedule, --prediction), edm (Karras et al. 2022), flow "
+                         "(rectified flow with logit-normal times, as Stable Diffusion 3), flow-ot (flow with each batch "
+                         "paired by optimal transport), ct (consistency training) or meanflow (average velocities, "
+                         "sampled in 1 to 4 steps) (default %(default)s)")
     tr.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=defaults.loss_weight,
                     help="per-example loss weight with --objective ddpm: none or min-snr (gamma 5) (default %(default)s)")
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
@@ -214,8 +216,9 @@ def _sample_parser(commands) -> None:
                     help="a model.safetensors file, a training --out folder, or a committed model such as mnist_cond")
     sa.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
                     help="ddpm (ancestral), ddim, dpm-solver++ (second order, good at 10-20 steps), or for edm and "
-                         "flow models heun (2 calls a step) and euler, and for flow models consistency (one jump to "
-                         "the data per step); default: a distilled student's own sampler and steps, else the one that "
+                         "flow models heun (2 calls a step) and euler, for flow models consistency (one jump to "
+                         "the data per step), for meanflow models meanflow (one jump over each step); default: a "
+                         "distilled student's own sampler and steps, else the one that "
                          "suits the checkpoint's objective ("
                          + ", ".join(f"{k}: {v[0]}-{v[1]}" for k, v in DEFAULT_SAMPLER.items()) + ")")
     sa.add_argument("--steps", type=_positive_int, default=None,

@@ -15,6 +15,10 @@ Samplers (`samplers`) and guidance (`guidance.guided`) only ever call it:
 
     x0_hat, eps_hat = denoiser(x, level, labels)
 
+A MeanFlow network (`objectives.meanflow_loss`) answers for a whole step: asked at a level whose `to` is the next
+one, it gives the pair whose point there is the jump x_r = x_s - (s - r) u(x_s, r, s), u the average velocity over
+the step (`samplers.sample_meanflow`); asked at a level without `to`, the flow's own pair (r = s).
+
 | code        | meaning                                                                  |
 | ----------- | ------------------------------------------------------------------------ |
 | `Level`     | a point of the path: alpha, sigma; `t` the DDPM step it is (None: between steps); `tau`, `dalpha`, `dsigma` the ODE time and the path's slopes there |
@@ -48,6 +52,7 @@ class Level:
     tau: float | None = None
     dalpha: float = 0.0
     dsigma: float = 0.0
+    to: Level | None = None  # a MeanFlow network's step ends there (`Denoiser._average`); None: the answer here
 
 
 class Denoiser:
@@ -67,10 +72,25 @@ class Denoiser:
         if prediction in PREDICTIONS and schedule is None:
             raise ValueError(f"a network that predicts {prediction} on DDPM's steps needs the schedule it was trained on")
         self.net, self.prediction, self.schedule, self.sigma_data = net, prediction, schedule, sigma_data
-        self._answer = answers[prediction]
+        self.interval = prediction == "flow" and getattr(getattr(net, "config", None), "interval", False)
+        self._answer = self._average if self.interval else answers[prediction]
 
     def __call__(self, x: torch.Tensor, level: Level, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if level.to is not None and not self.interval:
+            raise ValueError("only a MeanFlow network (trained with --objective meanflow) jumps over a whole step: "
+                             "use --sampler heun or euler")
         return self._answer(x, level, labels)
+
+    def _average(self, x, level: Level, labels):
+        """A MeanFlow network's pair for its average velocity u over the flow times [r, s] (s of `level`, r of
+        `level.to`, or r = s without it): x0_hat = x_s - s u and eps_hat = x_s + (1 - s) u, whose point at r,
+        (1 - r) x0_hat + r eps_hat, is the jump x_s - (s - r) u. The network is told (s, s - r) (`meanflow_times`)."""
+        scale = level.alpha + level.sigma
+        end = level if level.to is None else level.to
+        s, r = level.sigma / scale, end.sigma / (end.alpha + end.sigma)
+        x_s = x / scale
+        u = self.net(x_s, meanflow_times(torch.full((len(x),), s, dtype=x.dtype, device=x.device), r), labels)
+        return x_s - s * u, x_s + (1 - s) * u
 
     def _ddpm(self, x, level: Level, labels):
         """A network of DDPM's steps: x is x_t itself (alpha^2 + sigma^2 = 1) at the step `level.t`."""
@@ -91,6 +111,14 @@ class Denoiser:
 
     def _flow(self, x, level: Level, labels):
         return flow_estimates(lambda x_s, s: flow_velocity(self.net, x_s, s, labels), x, level)
+
+
+def meanflow_times(s: torch.Tensor, r) -> torch.Tensor:
+    """A MeanFlow network's time input (B, 2): the interval's noisier end s and its length s - r, in flow time (0 the
+    data, 1 the noise), not a flow model's 1000 s: training differentiates the network along s (`objectives`), and
+    the fast sinusoids of 1000 s made that derivative, and so the target, large and rough (on two moons the loss
+    grew from 60 to 350 in 1,500 steps)."""
+    return torch.stack([s, s - r], dim=1)
 
 
 def flow_estimates(velocity, x, level: Level) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .unet import check_noise_labels, timestep_embedding
+from .unet import check_time_input, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class MLPConfig:
     layers: int = 3
     time_dim: int = 32
     num_classes: int | None = None  # accepted for a uniform interface; the toy sets have no labels
+    interval: bool = False  # told an interval of times, not one noise label (MeanFlow): `denoisers.meanflow_times`
 
 
 class MLPDenoiser(nn.Module):
@@ -38,16 +39,19 @@ class MLPDenoiser(nn.Module):
         self.inp = nn.Linear(c.data_dim + c.time_dim, c.hidden)
         self.hidden = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, c.hidden)) for _ in range(c.layers))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, c.data_dim))
+        self.interval_mlp = nn.Sequential(nn.Linear(c.time_dim, c.hidden), nn.SiLU(),
+                                          nn.Linear(c.hidden, c.hidden)) if c.interval else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.config.data_dim:
             raise ValueError(f"expected points of shape (B, {self.config.data_dim}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per point, got {tuple(t.shape)}")
-        check_noise_labels(t)
+        check_time_input(t, x.shape[0], self.config.interval, "point")
         if labels is not None:
             raise ValueError("the MLP denoiser is unconditional: pass labels=None")
-        h = self.inp(torch.cat([x, timestep_embedding(t, self.config.time_dim)], dim=1))  # (B, hidden)
+        time = t[:, 0] if self.config.interval else t
+        h = self.inp(torch.cat([x, timestep_embedding(time, self.config.time_dim)], dim=1))  # (B, hidden)
+        if self.config.interval:  # (s, s - r): the interval's length enters as in the U-Net
+            h = h + self.interval_mlp(timestep_embedding(t[:, 1], self.config.time_dim))
         for layer in self.hidden:
             h = h + layer(h)
         return self.out(h)

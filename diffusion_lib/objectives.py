@@ -10,6 +10,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `flow`    | s = sigmoid(z), z ~ N(0, 1)                | the velocity eps - x_0 | conditional flow matching (`continuous.flow_loss`) |
 | `flow-ot` | as `flow`                                  | the velocity eps - x_0 | `flow` on the batch's noise re-paired by minibatch optimal transport (`ot_pairing`) |
 | `ct`      | s_n = n / N, n ~ Uniform{1..N}             | the velocity eps - x_0 | consistency training without a teacher (`consistency_training_loss`) |
+| `meanflow`| an interval r <= s, each end logit-normal  | the average velocity over [r, s] | MeanFlow (`meanflow_loss`): u = v - (s - r) du/ds, by a Jacobian-vector product |
 
 | code            | meaning                                                                         |
 | --------------- | ------------------------------------------------------------------------------- |
@@ -23,6 +24,8 @@ on the path they put the training examples, what the network outputs there, and 
 | `CT_GRID`       | N, the grid s_n = n / N whose neighbours consistency training compares          |
 | `f`             | the consistency function f(x, s) = x - s v(x, s), the straight path's x0_hat; f(x, 0) = x |
 | `ot_pairing`    | the batch's noise reordered so that sum_i ‖x0_i - eps_i‖² is least over all B! pairings |
+| `model_fields`  | network config fields the objective needs (meanflow: `interval`, a second time input) |
+| `MEANFLOW_SHARE`| the share of a batch's examples with r < s; the rest have r = s, where the loss is flow matching's |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
 runs stored before there were others); adding one is one more entry here.
@@ -30,18 +33,20 @@ runs stored before there were others); adding one is one more entry here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .continuous import _column, edm_loss, flow_loss, flow_velocity
+from .continuous import LOGIT_MEAN, LOGIT_STD, _column, edm_loss, flow_loss, flow_velocity
+from .denoisers import meanflow_times
 from .forward import q_sample, training_target
 from .samplers import flow_levels, karras_levels
 
 MIN_SNR_GAMMA = 5.0
 CT_GRID = 32  # as consistency distillation's teacher_steps (`distill`), so the two compare step for step
+MEANFLOW_SHARE = 0.25  # Geng et al. 2025 (arXiv 2505.13447), Table 1a: 25% of examples with r != t
 
 
 def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
@@ -83,6 +88,33 @@ def consistency_training_loss(net, x0, n, noise, labels=None):
     return ((f(_column(1 - s, x0) * x0 + _column(s, x0) * noise, s) - target) ** 2).mean()
 
 
+def meanflow_loss(net, x0, draw, noise, labels=None):
+    """MeanFlow (Geng et al. 2025, Alg. 1) on the straight path x_s = (1 - s) x_0 + s eps: the network u(x, r, s)
+    learns the *average* velocity over [r, s], u = (x_s - x_r) / (s - r), through the identity
+    u(x_s, r, s) = v - (s - r) du/ds, where v = eps - x_0 and du/ds = v . grad_x u + d u / d s is the derivative
+    along the path, one Jacobian-vector product with tangent (v, 0, 1). The target is held fixed (no gradient).
+
+    `draw` (B, 3): two N(0, 1) draws made logit-normal times (the larger is s) and a uniform draw that keeps r < s
+    for `MEANFLOW_SHARE` of the batch, r = s (flow matching) for the rest. The network is told (s, s - r)
+    (`denoisers.meanflow_times`).
+    The loss is the plain mean squared error. The paper's adaptive weight 1 / (error + c)^p is left out: it weights
+    each example by its own error, which pulls a regression of random targets away from their mean (on two moons,
+    with p = 1, the model's flow at many steps landed about twice as far from the data).
+    """
+    ends = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * draw[:, :2])
+    s, r = ends.max(dim=1).values, ends.min(dim=1).values
+    r = torch.where(draw[:, 2] < MEANFLOW_SHARE, r, s)
+    x = _column(1 - s, x0) * x0 + _column(s, x0) * noise
+    v = noise - x0
+
+    def u(x, r, s):
+        return net(x, meanflow_times(s, r), labels)
+
+    u_hat, du_ds = torch.func.jvp(u, (x, r, s), (v, torch.zeros_like(r), torch.ones_like(s)))
+    target = (v - _column(s - r, x0) * du_ds).detach()
+    return ((u_hat - target) ** 2).mean()
+
+
 @dataclass(frozen=True)
 class Objective:
     """One objective: see the module's tables."""
@@ -94,6 +126,7 @@ class Objective:
     levels: Callable | None = None
     sigma_data: bool = False
     output: str | None = None  # what the network outputs (`denoisers.Denoiser`'s prediction); None: `prediction`
+    model_fields: dict = field(default_factory=dict)  # network config fields it needs (see the module)
 
     @property
     def discrete(self) -> bool:
@@ -125,6 +158,10 @@ def _grid_draw(B: int, generator, T: int) -> torch.Tensor:
     return torch.randint(1, CT_GRID + 1, (B,), generator=generator).float()
 
 
+def _interval_draw(B: int, generator, T: int) -> torch.Tensor:
+    return torch.cat([torch.randn(B, 2, generator=generator), torch.rand(B, 1, generator=generator)], dim=1)
+
+
 OBJECTIVES = {
     "ddpm": Objective("ddpm", _step_draw, sampler=("ddim", 50),
                       loss=lambda net, x0, t, noise, labels, config, schedule: diffusion_loss(
@@ -140,6 +177,10 @@ OBJECTIVES = {
     "ct": Objective("ct", _grid_draw, sampler=("consistency", 1), levels=flow_levels, output="flow",
                     loss=lambda net, x0, n, noise, labels, config, schedule: consistency_training_loss(
                         net, x0, n, noise, labels)),
+    "meanflow": Objective("meanflow", _interval_draw, sampler=("meanflow", 1), levels=flow_levels, output="flow",
+                          model_fields={"interval": True},
+                          loss=lambda net, x0, draw, noise, labels, config, schedule: meanflow_loss(
+                              net, x0, draw, noise, labels)),
 }
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
 

@@ -23,7 +23,7 @@ Randomness comes from a `torch.Generator`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -101,9 +101,10 @@ def sampler_levels(sampler: str, schedule: Schedule, steps: int | None = None, n
     if grid is not None:  # default None: every step (DDPM's Algorithm 2)
         default = schedule.T if default is None else min(default, schedule.T)
         return ddpm_levels(schedule, grid(schedule.T, default if steps is None else steps))
-    if native is None or (sampler == "consistency" and native is not flow_levels):
-        need = "a flow model (a consistency-distilled student is one)" if sampler == "consistency" else \
-            "a model trained with --objective edm or flow"
+    if native is None or (sampler in ("consistency", "meanflow") and native is not flow_levels):
+        need = {"consistency": "a flow model (a consistency-distilled student is one)",
+                "meanflow": "a MeanFlow model (--objective meanflow)"}.get(
+                    sampler, "a model trained with --objective edm or flow")
         raise ValueError(f"the {sampler} sampler needs {need}, not one of DDPM's discrete steps"
                          f"{' or EDM' if native is not None else ''}: use --sampler ddim or dpm-solver++")
     return native(default if steps is None else steps)
@@ -230,14 +231,26 @@ def sample_consistency(denoiser, x, levels, generator=None, trajectory=None, pro
     return x
 
 
+@torch.no_grad()
+def sample_meanflow(denoiser, x, levels, generator=None, trajectory=None, progress=None):
+    """MeanFlow sampling (Geng et al. 2025, Alg. 2): each step jumps with the network's average velocity over it,
+    x_r = x_s - (s - r) u(x_s, r, s); one call a step, deterministic, exact for a perfect u in any number of steps."""
+    for level, nxt in _pairs(levels, progress):
+        x0_hat, eps_hat = denoiser(x, replace(level, to=nxt))
+        _record(trajectory, level, x, x0_hat)
+        x = nxt.alpha * x0_hat + nxt.sigma * eps_hat
+    return x
+
+
 # name -> its function; name -> (default steps, DDPM timestep grid, or None for the network's own path)
 SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm-solver++": sample_dpm_solver,
-                     "heun": sample_heun, "euler": sample_euler, "consistency": sample_consistency}
+                     "heun": sample_heun, "euler": sample_euler, "consistency": sample_consistency,
+                     "meanflow": sample_meanflow}
 SAMPLER_GRIDS = {"ddpm": (None, ddim_timesteps), "ddim": (50, ddim_timesteps),
                  "dpm-solver++": (20, dpm_solver_timesteps), "heun": (18, None), "euler": (18, None),
-                 "consistency": (1, None)}
+                 "consistency": (1, None), "meanflow": (1, None)}
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")  # on DDPM's discrete steps
-ODE_SAMPLERS = ("heun", "euler", "consistency")  # on a network's continuous path
+ODE_SAMPLERS = ("heun", "euler", "consistency", "meanflow")  # on a network's continuous path
 ALL_SAMPLERS = SAMPLERS + ODE_SAMPLERS
 
 

@@ -199,7 +199,8 @@ class TrainConfig:
         return self.channels or channels, self.image_size or size
 
     def model_config(self) -> dict:
-        """The network's config fields: the data's shape and classes, then the recipe's network or `model`."""
+        """The network's config fields: the data's shape and classes, the objective's needs, then the recipe's network
+        or `model`."""
         shape, classes = self.image_shape(), self.classes()
         fields = {}
         if shape and self.model_arch in ("unet", "dit", "classifier", "vae"):
@@ -208,6 +209,7 @@ class TrainConfig:
             fields["num_classes"] = len(classes)
         if self.text:
             fields["text_dim"] = 64
+        fields.update(OBJECTIVES[self.objective].model_fields)  # e.g. meanflow's second time input
         return {**fields, **(RECIPE_NETWORKS.get(self.model_arch, {}) if self.model is None else self.model)}
 
     def classes(self) -> tuple[str, ...] | None:

@@ -47,6 +47,7 @@ class UNetConfig:
     text_layers: int = 2
     text_heads: int = 4
     cross_attention_levels: tuple[int, ...] = (1, 2)  # levels whose blocks attend to the caption
+    interval: bool = False  # told an interval of times, not one noise label (MeanFlow): `denoisers.meanflow_times`
 
     def __post_init__(self):
         if self.num_classes and self.text_dim:
@@ -69,6 +70,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None, :]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def check_time_input(t: torch.Tensor, batch: int, interval: bool, item: str) -> None:
+    """Refuse a time input of the wrong shape: (B,) noise labels, or for an interval network (B, 2) pairs."""
+    shape = (batch, 2) if interval else (batch,)
+    if tuple(t.shape) != shape:
+        what = (f"a time and an interval length per {item} (`denoisers.meanflow_times`)" if interval
+                else f"one timestep per {item}")
+        raise ValueError(f"t must have shape {shape}, {what}, got {tuple(t.shape)}")
+    check_noise_labels(t)
 
 
 MAX_NOISE_LABEL = 4000  # DDPM steps 0..T-1 (T <= 1000 here), flow's 1000 s in [0, 1000], EDM's 250 ln(sigma)
@@ -135,6 +146,8 @@ class UNet(nn.Module):
         self.config = c = config
         chans = [c.base_channels * m for m in c.channel_mults]
         self.time_mlp = nn.Sequential(nn.Linear(c.base_channels, c.time_dim), nn.SiLU(), nn.Linear(c.time_dim, c.time_dim))
+        self.interval_mlp = nn.Sequential(nn.Linear(c.base_channels, c.time_dim), nn.SiLU(),
+                                          nn.Linear(c.time_dim, c.time_dim)) if c.interval else None
         self.label_emb = nn.Embedding(c.num_classes + 1, c.time_dim) if c.num_classes else None
         if c.text_dim:
             self.text_encoder = TextEncoder(c.text_dim, c.text_layers, c.text_heads)
@@ -189,14 +202,13 @@ class UNet(nn.Module):
                 f"image height and width must be multiples of {self.downsampling} for this U-Net "
                 f"({len(c.channel_mults)} levels), got {x.shape[2]}x{x.shape[3]}; pad or resize the images"
             )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image, got {tuple(t.shape)}")
-        check_noise_labels(t)
+        check_time_input(t, x.shape[0], c.interval, "image")
         if c.text_dim:
             check_caption_ids(x.shape[0], labels)
         elif labels is not None and not c.num_classes:
             raise ValueError("this U-Net is unconditional (num_classes=None): pass labels=None")
-        elif labels is not None and (labels.shape != t.shape or int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
+        elif labels is not None and (labels.shape != (x.shape[0],) or int(labels.min()) < 0
+                                     or int(labels.max()) > c.num_classes):
             raise ValueError(
                 f"labels must have shape ({x.shape[0]},) with values in 0..{c.num_classes - 1} "
                 f"(or {c.num_classes} for the null class), got shape {tuple(labels.shape)}"
@@ -205,12 +217,17 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """`labels`: class labels (B,) for a class-conditional U-Net, caption token ids (B, L) for a text one."""
         self.check_input(x, t, labels)
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, time_dim)
+        c = self.config
+        if c.interval:  # (s, s - r): the two embeddings add (`denoisers.meanflow_times`)
+            emb = self.time_mlp(timestep_embedding(t[:, 0], c.base_channels)) + \
+                self.interval_mlp(timestep_embedding(t[:, 1], c.base_channels))
+        else:
+            emb = self.time_mlp(timestep_embedding(t, c.base_channels))  # (B, time_dim)
         text = None
         if self.label_emb is not None:
             if labels is None:
                 # no label given: the null class (long even where t is a float noise label, as for flow and edm)
-                labels = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device)
+                labels = torch.full((len(x),), self.config.num_classes, dtype=torch.long, device=t.device)
             emb = emb + self.label_emb(labels)
         if self.config.text_dim:
             text = self.encode_text(labels if labels is not None else empty_caption_ids(len(x), x.device))
