@@ -46,7 +46,7 @@ from .samplers import flow_levels, karras_levels
 
 MIN_SNR_GAMMA = 5.0
 CT_GRID = 32  # as consistency distillation's teacher_steps (`distill`), so the two compare step for step
-MEANFLOW_SHARE = 0.25  # Geng et al. 2025 (arXiv 2505.13447), Table 1a: 25% of examples with r != t
+MEANFLOW_SHARE = 0.25  # Geng et al. 2025 (arXiv 2505.13447), Table 1a: 25% of examples with r != s
 
 
 def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):

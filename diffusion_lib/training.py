@@ -176,6 +176,9 @@ class TrainConfig:
              f"arch {self.arch!r} takes no --conditional or --text"),
             (self.arch != "classifier" or image_data, "arch classifier needs labelled images"),
             (self.arch != "vae" or image_data, f"arch vae encodes images, not the 2-D set {self.data!r}"),
+            (not OBJECTIVES[self.objective].model_fields or self.model_arch in ("unet", "mlp"),
+             f"objective {self.objective} trains a network told an interval of times, a unet or an mlp: "
+             f"drop --arch {self.arch}"),
             (self.latent is None or (image_data and self.model_arch in ("unet", "dit")),
              "--latent trains a unet or dit denoiser on an autoencoder's latents of image data"),
             (self.latent is None or self.image_size is None and self.channels is None,

@@ -233,3 +233,5 @@ def test_meanflow_is_an_objective_everywhere_an_objective_is_named():
     assert args.objective == "meanflow"
     args = build_parser().parse_args(["sample", "--checkpoint", "x", "--n", "4", "--out", "y", "--sampler", "meanflow"])
     assert args.sampler == "meanflow"
+    with pytest.raises(ValueError, match="objective meanflow trains a network told an interval of times"):
+        dl.TrainConfig(data="mnist", objective="meanflow", arch="dit")
