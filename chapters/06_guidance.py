@@ -260,7 +260,8 @@ for t_value in (100, 500, 900):
     ab = schedule.alpha_bars[t_value]
     t_toy = torch.full((6,), t_value)
     log_p = ch03.mixture_log_density(x_toy, t_toy, points, schedule)  # log p_t(x)
-    log_classifier = ch03.mixture_log_density(x_toy, t_toy, points[in_class], schedule) + math.log(2 / 5) - log_p
+    log_prior = in_class.double().mean().log()  # log p(c): class c's share of the points
+    log_classifier = ch03.mixture_log_density(x_toy, t_toy, points[in_class], schedule) + log_prior - log_p
     score, classifier_grad = (torch.autograd.grad(f.sum(), x_toy, retain_graph=True)[0] for f in (log_p, log_classifier))
     with torch.no_grad():
         eps_uncond, eps_cond = (dl.ideal_eps_fn(data, schedule)(x_toy, t_toy)

@@ -85,12 +85,9 @@ class Denoiser:
         """A MeanFlow network's pair for its average velocity u over the flow times [r, s] (s of `level`, r of
         `level.to`, or r = s without it): x0_hat = x_s - s u and eps_hat = x_s + (1 - s) u, whose point at r,
         (1 - r) x0_hat + r eps_hat, is the jump x_s - (s - r) u. The network is told (s, s - r) (`meanflow_times`)."""
-        scale = level.alpha + level.sigma
         end = level if level.to is None else level.to
-        s, r = level.sigma / scale, end.sigma / (end.alpha + end.sigma)
-        x_s = x / scale
-        u = self.net(x_s, meanflow_times(torch.full((len(x),), s, dtype=x.dtype, device=x.device), r), labels)
-        return x_s - s * u, x_s + (1 - s) * u
+        r = end.sigma / (end.alpha + end.sigma)
+        return flow_estimates(lambda x_s, s: self.net(x_s, meanflow_times(s, r), labels), x, level)
 
     def _ddpm(self, x, level: Level, labels):
         """A network of DDPM's steps: x is x_t itself (alpha^2 + sigma^2 = 1) at the step `level.t`."""
