@@ -149,8 +149,9 @@ def test_meanflow_target_is_v_minus_the_interval_times_the_derivative_along_the_
     draw = torch.cat([torch.randn(256, 2), torch.rand(256, 1)], dim=1).double()
     net = _Bumpy()
     ends = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * draw[:, :2])
-    t, r = ends.max(1).values, ends.min(1).values
-    r = torch.where(draw[:, 2] < MEANFLOW_SHARE, r, t)
+    jump = draw[:, 2] < MEANFLOW_SHARE  # an interval's ends are the two draws; r = t is the first draw alone
+    t = torch.where(jump, ends.max(1).values, ends[:, 0])
+    r = torch.where(jump, ends.min(1).values, ends[:, 0])
     assert 0 < (r < t).double().mean() < 1  # both kinds of example are in the batch
     x, v = (1 - t)[:, None] * x0 + t[:, None] * noise, noise - x0
 
@@ -162,6 +163,22 @@ def test_meanflow_target_is_v_minus_the_interval_times_the_derivative_along_the_
     got = meanflow_loss(net, x0, draw, noise).item()
     assert got == pytest.approx(expected(0.0), rel=1e-7)
     assert abs(got - expected(1.0)) > 1e-3 * got
+
+
+def test_meanflow_loss_runs_under_bf16_autocast_as_training_does_on_bf16_hardware():
+    """Training wraps the loss in bfloat16 autocast where the CPU has bf16 (`training.uses_bf16`); forward-mode AD
+    has no autocast rules, so the JVP must run in float32 inside it (it raised a dtype error before)."""
+    from diffusion_lib.objectives import meanflow_loss
+
+    net = dl.UNet(dl.UNetConfig(base_channels=8, groups=4, interval=True, image_size=8))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
+    draw = torch.cat([torch.randn(8, 2, generator=g), torch.linspace(0, 1, 8)[:, None]], dim=1)  # 2 of 8 jump
+    plain = meanflow_loss(net, x0, draw, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = meanflow_loss(net, x0, draw, noise)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(plain.item(), rel=0.05)
 
 
 def test_meanflow_sampling_of_the_exact_average_velocity_returns_the_point_in_any_number_of_steps():
