@@ -503,11 +503,7 @@ for title, count in crossed.items():
 # what perfect samples score: ten further sets of real moons points, each measured the same way:
 
 # %%
-def energy_distance(a, b):
-    """2 E||X - Y|| - E||X - X'|| - E||Y - Y'||, unbiased: a point's distance to itself is left out of the last two."""
-    within = lambda x: torch.cdist(x, x).sum() / (len(x) * (len(x) - 1))
-    return (2 * torch.cdist(a, b).mean() - within(a) - within(b)).item()
-
+from diffusion_lib.evaluation import energy_distance  # the formula above; a point's distance to itself left out
 
 held_out_moons = dl.make_toy("moons", 2000, torch.Generator().manual_seed(11))
 floor_draws = [energy_distance(dl.make_toy("moons", 2000, torch.Generator().manual_seed(100 + k)), held_out_moons)

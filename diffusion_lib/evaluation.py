@@ -20,6 +20,7 @@ its distance to that baseline.
 | `recognised`      | fraction the judge names with probability >= 0.9 (`RECOGNISED`) |
 | `fid_ratio`       | FID over the real floor at the same n: 1 is as close as real images get |
 | `diversity`       | mean pairwise pixel distance between samples of one class, averaged over classes |
+| `energy_distance` | for 2-D data (chapters 8 and 11): 2 E||X - Y|| - E||X - X'|| - E||Y - Y'||, 0 for one distribution |
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ import torch
 from .checkpoint import pretrained
 from .classifier import Classifier, classify
 from .data import FOLDER, load_images
+
+
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The energy distance between point sets a (N, D) and b (M, D), 2 E||X - Y|| - E||X - X'|| - E||Y - Y'||
+    (Szekely & Rizzo): zero when both come from one distribution. Unbiased: a point's distance to itself is left
+    out of the last two terms, so two samples of one distribution score about 0, sometimes slightly below."""
+    within = lambda x: torch.cdist(x, x).sum() / (len(x) * (len(x) - 1))  # noqa: E731
+    return (2 * torch.cdist(a, b).mean() - within(a) - within(b)).item()
 
 
 @torch.no_grad()

@@ -99,3 +99,15 @@ def test_evaluate_command_prints_json(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "diffusion_lib", "evaluate", str(tmp_path / "nope.npz")],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "no samples file" in missing.stderr
+
+
+def test_energy_distance_by_hand_and_on_samples():
+    """{0, 2} against {1, 3} on a line: 2 E|X - Y| = 2 (1 + 3 + 1 + 1) / 4 = 3, each within-set mean |X - X'| = 2
+    (self-pairs left out): 3 - 2 - 2 = -1. On samples it is about 0 for one distribution and grows with a shift."""
+    from diffusion_lib.evaluation import energy_distance
+
+    assert energy_distance(torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [3.0]])) == pytest.approx(-1.0)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2000, 2, generator=g), torch.randn(2000, 2, generator=g)
+    same, shifted = energy_distance(a, b), energy_distance(a, b + torch.tensor([0.5, 0.0]))
+    assert abs(same) < 0.01 and shifted > 0.1 and energy_distance(a, b + torch.tensor([1.0, 0.0])) > shifted
