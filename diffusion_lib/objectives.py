@@ -25,6 +25,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `f`             | the consistency function f(x, s) = x - s v(x, s), the straight path's x0_hat; f(x, 0) = x |
 | `ot_pairing`    | the batch's noise reordered so that sum_i ‖x0_i - eps_i‖² is least over all B! pairings |
 | `model_fields`  | network config fields the objective needs (meanflow: `interval`, a second time input) |
+| `meanflow_target` | u and the identity's side v - (s - r) du/ds, du/ds by one JVP (chapter 11's exercise 1) |
 | `MEANFLOW_SHARE`| the share of a batch's examples with r < s; the rest have r = s, where the loss is flow matching's |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
@@ -118,12 +119,17 @@ def meanflow_loss(net, x0, draw, noise, labels=None):
         def u(x, r, s):
             return net(x, meanflow_times(s, r), pick(jump))
 
-        xj, rj, sj, vj = x[jump], r[jump], s[jump], v[jump]
         with torch.autocast(x.device.type, enabled=False):  # forward-mode AD has no autocast: float32 throughout
-            u_hat, du_ds = torch.func.jvp(u, (xj, rj, sj), (vj, torch.zeros_like(rj), torch.ones_like(sj)))
-        target = (vj - _column(sj - rj, xj) * du_ds).detach()
+            u_hat, target = meanflow_target(u, x[jump], r[jump], s[jump], v[jump])
         errors.append((u_hat - target) ** 2)
     return torch.cat([e.flatten() for e in errors]).mean()
+
+
+def meanflow_target(u, x, r, s, v):
+    """(u(x, r, s), the MeanFlow target v - (s - r) du/ds held fixed): du/ds, the derivative of u along the path
+    through x (which moves with velocity v while r stays put), is one Jacobian-vector product with tangent (v, 0, 1)."""
+    u_hat, du_ds = torch.func.jvp(u, (x, r, s), (v, torch.zeros_like(r), torch.ones_like(s)))
+    return u_hat, (v - _column(s - r, x) * du_ds).detach()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The course in a real browser: JupyterLab on loopback, driven by Playwright on Debian's Chromium.
 
-Opens chapters 2, 6, 7, 8, 9 and 10 (fast mode), runs all cells from the Run menu, drags a slider with
+Opens chapters 2, 6, 7, 8, 9, 10 and 11 (fast mode), runs all cells from the Run menu, drags a slider with
 the keyboard, and checks that the picture the widget shows has changed. Screenshots go to
 test-artifacts/browser/ (or $COURSE_ARTIFACTS_DIR). The notebooks are copied to a temporary
 folder first and autosave is off, so the committed chapters are never touched.
@@ -321,4 +321,9 @@ def test_chapter_9_steps_slider_redraws_teacher_and_students(browser, lab):
 
 def test_chapter_10_guidance_slider_reruns_the_whole_pipeline(browser, lab):
     before, after = _run_all_and_move_slider(browser, lab, "10_latent_diffusion.ipynb", "w", "chapter10_guidance")
+    assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
+
+
+def test_chapter_11_steps_slider_redraws_the_four_models(browser, lab):
+    before, after = _run_all_and_move_slider(browser, lab, "11_one_step_from_scratch.ipynb", "steps", "chapter11_steps")
     assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after

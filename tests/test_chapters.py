@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 import diffusion_lib as dl
-from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, exercises
+from diffusion_lib.course import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, exercises
 
 CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
 NOTEBOOKS = sorted(CHAPTERS.glob("*.ipynb"))
@@ -287,7 +287,22 @@ CHECKS = {
          lambda x, p: x.reshape(2, 4, 4, p, 4, p).permute(0, 4, 2, 1, 3, 5).reshape(2, 16, 16)),
         ("images_through_denoiser", exercises.check_pipeline_calls, 19 * 8),  # guidance's second branch forgotten
     ],
+    "11_one_step_from_scratch": [
+        ("my_target", exercises.check_meanflow_target,  # the tangent moves r as well as s
+         lambda u, x, r, s, v: v - (s - r)[:, None] * torch.func.jvp(u, (x, r, s), (v, torch.ones_like(r),
+                                                                                 torch.ones_like(s)))[1]),
+        ("my_sample", exercises.check_meanflow_sampler,  # r and s swapped: the interval's length comes out negative
+         lambda u, noise, times: _euler_with(lambda x, s, r: u(x, s, r), noise, times)),
+        ("gaussian_average", exercises.check_gaussian_average_velocity, 1.0),  # the velocity at s = 1 alone
+    ],
 }
+
+
+def _euler_with(ask, x, times):
+    """Jumps x - (s - r) ask(x, s, r) along the times."""
+    for s, r in zip(times[:-1], times[1:]):
+        x = x - (s - r) * ask(x, s, r)
+    return x
 
 
 @pytest.mark.parametrize("stem,name,check,wrong", [(stem, *row) for stem, rows in CHECKS.items() for row in rows],
@@ -354,6 +369,31 @@ def test_chapter_10_interpolation_ends_at_the_two_digits():
     ends = dl.autoencoder.decode_latents(vae, dl.autoencoder.encode_images(vae, torch.stack([a, b])))
     assert torch.allclose(latents[[0, -1]], ends, atol=1e-5)
     assert not torch.allclose(latents[2], pixels[2], atol=0.1)  # the latent middle is not the double exposure
+
+
+def test_chapter_11_jumps_move_each_point_by_the_interval_times_its_average_velocity():
+    meanflow, _ = ch08.train_moons("meanflow", steps=20)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = dl.make_toy("moons", 50, g), torch.randn(50, 2, generator=g)
+    x_s, landed = ch11.jumps(meanflow, x0, noise, 0.25, 0.75)
+    with torch.no_grad():  # the network is told (s, s - r) = (0.75, 0.5)
+        u = meanflow(x_s, torch.tensor([[0.75, 0.5]]).expand(50, 2))
+    assert torch.allclose(x_s, 0.25 * x0 + 0.75 * noise) and torch.allclose(landed, x_s - 0.5 * u)
+    with pytest.raises(ValueError, match="choose r below s"):
+        ch11.jumps(meanflow, x0, noise, 0.5, 0.5)
+    fig = ch11.field_view(meanflow, x0, noise, 0.25, 0.75, arrows=7)
+    assert len(fig.axes[1].texts) == 7 and "r = 0.25" in fig.axes[1].get_title()
+
+
+def test_chapter_11_steps_view_samples_every_model_at_the_chosen_steps():
+    meanflow, info = ch08.train_moons("meanflow", steps=20)
+    data = dl.make_toy("moons", 100)
+    fig = ch11.steps_view(3, {"a": (meanflow, info, "meanflow"), "b": (meanflow, info, "euler")}, data, n=40)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 2 and "meanflow-3" in titles[0] and "euler-3" in titles[1]
+    one = ch11.steps_view(1, {"a": (meanflow, info, "meanflow")}, data, n=40)
+    points = lambda f: f.axes[0].collections[1].get_offsets()  # noqa: E731 - the samples, drawn over the data
+    assert points(one).shape == (40, 2) and not np.allclose(points(one), points(fig))
 
 
 def test_checks_accept_an_answer_in_another_correct_form(capsys):

@@ -599,6 +599,116 @@ def check_pipeline_calls(answer) -> bool:
                    "sees: guidance needs a second prediction for every image")
 
 
+# Chapter 11 ----------------------------------------------------------------------------
+
+class _Smooth(torch.nn.Module):
+    """A stand-in MeanFlow network u(x, (s, s - r)), nonlinear in x, s and the interval, so that its derivative along
+    a path has all three parts."""
+
+    config = type("Config", (), {"interval": True})()
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.weights = torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def forward(self, x, times, labels=None):
+        s, gap = times[:, :1], times[:, 1:]
+        return torch.tanh(x @ self.weights + s) * (1 + gap) + x * s
+
+
+def check_meanflow_target(my_target) -> bool:
+    """`my_target(u, x, r, s, v)` -> v - (s - r) du/ds, du/ds along the path (x moving with v, r fixed), as
+    `objectives.meanflow_target`."""
+    from ..denoisers import meanflow_times
+    from ..objectives import meanflow_target
+
+    net = _Smooth(16)
+    u = lambda x, r, s: net(x, meanflow_times(s, r))  # noqa: E731
+    generator = torch.Generator().manual_seed(17)
+    x, v = (torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(2))
+    r = torch.rand(5, generator=generator, dtype=torch.float64) / 2
+    s = r + torch.rand(5, generator=generator, dtype=torch.float64) / 2
+    expected = meanflow_target(u, x, r, s, v)[1]
+
+    def along(tangent):  # the target with another tangent (dx, dr, ds)
+        _, derivative = torch.func.jvp(u, (x, r, s), tangent)
+        return v - (s - r)[:, None] * derivative
+
+    def detached(*args):
+        got = my_target(*args)
+        return got.detach() if isinstance(got, torch.Tensor) else got
+
+    zero, one = torch.zeros_like(r), torch.ones_like(s)
+    return _compare(detached, (u, x, r, s, v), expected, 1e-9, "return a tensor shaped like x",
+                    "your target equals the library's meanflow_target: v - (s - r) du/ds by one JVP",
+                    "du/ds is torch.func.jvp(u, (x, r, s), (v, zeros, ones))[1]; the target is v - (s - r) du/ds, "
+                    "with (s - r) reshaped to (B, 1)",
+                    [(along((torch.zeros_like(x), zero, one)), "that derivative holds x still: along the path x moves "
+                                                               "with velocity v, so the tangent for x is v"),
+                     (along((v, one, one)), "that tangent moves r too: r is the interval's fixed end, tangent 0"),
+                     (v.clone(), "that is flow matching's target v: the interval's term -(s - r) du/ds is missing"),
+                     (2 * v - expected, "check the sign: u = v - (s - r) du/ds, since u + (s - r) du/ds = v")])
+
+
+def check_meanflow_sampler(my_sample) -> bool:
+    """`my_sample(u, noise, times)` -> MeanFlow sampling along the decreasing `times`, as `samplers.sample_meanflow`."""
+    from ..denoisers import Denoiser, meanflow_times
+    from ..samplers import flow_levels, sample_meanflow
+
+    net = _Smooth(18)
+    u = lambda x, r, s: net(x, meanflow_times(torch.full((len(x),), float(s), dtype=x.dtype),  # noqa: E731
+                                              torch.full((len(x),), float(r), dtype=x.dtype)))
+    noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    times = [1.0, 2 / 3, 1 / 3, 0.0]
+    expected = sample_meanflow(Denoiser(net, "flow"), noise, flow_levels(3))
+
+    def euler(x):
+        for s, r in zip(times[:-1], times[1:]):
+            x = x - (s - r) * u(x, s, s)
+        return x
+
+    return _compare(my_sample, (u, noise, times), expected, 1e-9, "return a tensor shaped like noise",
+                    "your sampler equals the library's sample_meanflow in 3 steps",
+                    "for each step from s to the next time r: x = x - (s - r) u(x, r, s)",
+                    [(euler(noise), "that asks for the velocity at s alone, u(x, s, s): Euler's step. Ask for the "
+                                    "average over the whole step, u(x, r, s)"),
+                     (noise - u(noise, 0.0, 1.0), "that is one jump over [0, 1]: take one per interval of times")])
+
+
+def gaussian_average_velocity(x: float, r: float, s: float, sigma_data: float, steps: int = 10_000) -> float:
+    """The average velocity over [r, s] at x for 1-D data N(0, sigma_data^2) on the straight path, by following the
+    ODE from s to r in `steps` Heun steps: x_s has sd g(s) = sqrt((1 - s)^2 sigma_data^2 + s^2), and the flow moves
+    each point with v = x g'(s) / g(s)."""
+    g = lambda s: math.sqrt((1 - s) ** 2 * sigma_data**2 + s**2)  # noqa: E731
+    v = lambda x, s: x * ((s - (1 - s) * sigma_data**2) / g(s) ** 2)  # noqa: E731
+    y, h = x, (r - s) / steps
+    for k in range(steps):
+        t = s + k * h
+        d = v(y, t)
+        y = y + h * (d + v(y + h * d, t + h)) / 2
+    return (x - y) / (s - r)
+
+
+def check_gaussian_average_velocity(answer) -> bool:
+    """u(1, 0, 1) for 1-D data N(0, 0.5^2): (x_1 - x_0) / 1, computed by following the ODE."""
+    if answer is None:
+        return _report(False, "", NO_ANSWER)
+    expected = gaussian_average_velocity(1.0, 0.0, 1.0, 0.5)
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        return _report(False, "", "answer with one number")
+    if abs(value - expected) < 0.01:
+        return _report(True, f"{expected:.4f}: the flow keeps each point's place in the distribution, so x_1 = 1 ends at "
+                             f"x_0 = 1 x sd(0) / sd(1) = 0.5, and u = (1 - 0.5) / (1 - 0)", "")
+    instant = gaussian_average_velocity(1.0, 1.0 - 1e-4, 1.0, 0.5)
+    if abs(value - instant) < 0.01:
+        return _report(False, "", f"{value:g} is the velocity at s = 1 alone; the flow slows down on the way to the "
+                                  "data. Where does x_1 = 1 end up? (the flow keeps each point's place: x / sd)")
+    return _report(False, "", "the flow keeps each point's place in the distribution: x_s / sd(s) stays the same. "
+                              "Find x_0, then u = (x_1 - x_0) / (1 - 0)")
+
+
 # The checks by exercise id ------------------------------------------------------------
 # Each exercise's id is the `exercise:ID` tag of its cell in the chapters (the solution cell of an implement
 # or predict exercise, the question of an open one); the student edition, the grader and the nbgrader export
@@ -619,4 +729,6 @@ CHECKS = {
     "ch09-target": check_progressive_target, "ch09-teacher-calls": check_distillation_calls,
     "ch09-sample": check_consistency_sampler,
     "ch10-kl": check_kl, "ch10-patchify": check_patchify, "ch10-images-through-denoiser": check_pipeline_calls,
+    "ch11-meanflow-target": check_meanflow_target, "ch11-meanflow-sample": check_meanflow_sampler,
+    "ch11-gaussian-average": check_gaussian_average_velocity,
 }

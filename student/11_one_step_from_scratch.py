@@ -1,0 +1,509 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 11: One step from scratch — MeanFlow and consistency training
+#
+# Chapter 9 reached one to four steps in two stages: train a flow model (the teacher), then train a student to do in
+# one step what the teacher does in many. This chapter trains one-step models **without a teacher**. Two ideas do
+# it. **MeanFlow** (Geng et al. 2025) learns the *average* velocity over a whole interval of the path, through an
+# identity that ties it to the ordinary velocity of chapter 8. **Consistency training** (Song et al. 2023) is
+# chapter 9's consistency distillation with the teacher's ODE step replaced by the data itself. Everything here runs
+# on two moons, where the whole distribution can be seen and measured.
+#
+# **After this chapter you can**
+# - define the average velocity u(x, r, s), compute it by following an ODE, and derive the MeanFlow identity
+#   u = v - (s - r) du/ds;
+# - write the MeanFlow loss with one Jacobian-vector product (`torch.func.jvp`) and say what it costs;
+# - train consistency models with and without a teacher, and measure where each one-step model loses.
+#
+# **Assumes**: chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
+# distance on two moons) and chapter 9 (consistency distillation and its multistep sampler).
+
+# %%
+# Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "diffusion_lib @ git+https://github.com/diffusion-course/diffusion-course"
+    pass
+
+# %%
+# %matplotlib inline
+import copy
+import time
+
+import ipywidgets as widgets
+import torch
+from IPython.display import display
+
+import diffusion_lib as dl
+from diffusion_lib.continuous import flow_loss, flow_velocity
+from diffusion_lib.course import ch08, ch11, exercises
+from diffusion_lib.denoisers import meanflow_times
+from diffusion_lib.distill import consistency_fn, consistency_loss
+from diffusion_lib.evaluation import energy_distance
+from diffusion_lib.models import build_model
+from diffusion_lib.objectives import CT_GRID, MEANFLOW_SHARE, consistency_training_loss, meanflow_loss
+
+chapter_start = time.perf_counter()
+FAST = dl.fast_mode()
+print("fast mode" if FAST else "full mode")
+torch.manual_seed(0)
+moons_steps = 600 if FAST else 3000
+
+# %% [markdown]
+# ## 1. What one Euler step misses
+#
+# Chapter 8's flow model learns the velocity v(x, s) of the straight path, and its samples follow the ODE
+# dx/ds = v(x, s) from noise at s = 1 to data at s = 0. The cell trains that model on two moons again
+# (`ch08.train_moons`, chapter 8's recipe) and samples it with 1, 4 and 32 Euler steps, from the same 2,000 noise
+# points. Each cloud is scored by chapter 8's energy distance to 2,000 held-out moons points, next to what perfect
+# samples score (ten further sets of real points, measured the same way):
+
+# %%
+data = dl.make_toy("moons", 2000, torch.Generator().manual_seed(0))  # drawn in grey behind every cloud
+held_out = dl.make_toy("moons", 2000, torch.Generator().manual_seed(11))
+floor = [energy_distance(dl.make_toy("moons", 2000, torch.Generator().manual_seed(100 + k)), held_out) for k in range(10)]
+noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(13))  # what dl.generate draws with seed 13
+
+start = time.perf_counter()
+flow, flow_info = ch08.train_moons("flow", moons_steps)
+seconds = {"flow": time.perf_counter() - start}
+euler = {k: ch08.flow_paths(flow, noise, k)[0][-1] for k in (1, 4, 32)}
+display(ch11.clouds_figure({f"flow, Euler-{k}": x for k, x in euler.items()}, data))
+print(f"perfect samples score from {min(floor):.4f} to {max(floor):.4f}")
+for k, x in euler.items():
+    print(f"Euler-{k:<3} energy distance {energy_distance(x, held_out):.4f}")
+
+# %% [markdown]
+# Thirty-two steps land inside the range of perfect samples (-0.0002); four are close (0.0291); one is far off
+# (0.7232). One step of length 1 follows the velocity at the noise, v(x_1, 1), all the way to s = 0, and lands on
+# the model's $\hat x_0$ there: a blurred average of the moons (chapter 8). The velocity changes along the path,
+# and one step cannot know how.
+#
+# ## 2. The average velocity
+#
+# What a single jump needs is not the velocity at its start but the **average velocity** over the interval it
+# covers. For a point x_s on an ODE path, with x_r the point where that path is at an earlier time r < s,
+#
+# $$u(x_s, r, s) = \frac{x_s - x_r}{s - r} = \frac{1}{s - r}\int_r^s v(x_\tau, \tau)\,d\tau .$$
+#
+# With u, one jump is exact for any interval, $x_r = x_s - (s - r)\,u(x_s, r, s)$: one network call from noise to
+# data is $x_0 = x_1 - u(x_1, 0, 1)$. At r = s the average is the velocity itself, u(x, s, s) = v(x, s).
+#
+# The trained flow model defines an ODE, so its u can be computed: follow its path from x_s to r in many small
+# Heun steps and divide the distance covered by the time. The cell does this for 300 noise points at s = 1 and
+# compares u with the velocity at the start, for intervals ending at four times r:
+
+# %%
+def velocity(x, s):
+    """The trained flow's v(x, s) at one time s (a float) for every point."""
+    return flow_velocity(flow, x, torch.full((len(x),), float(s)))
+
+
+@torch.no_grad()
+def follow(x, s, r, steps=400):
+    """Where the flow's ODE takes the points x from time s to time r (either direction): Heun steps."""
+    times = torch.linspace(s, r, steps + 1).tolist()
+    for a, b in zip(times[:-1], times[1:]):
+        d = velocity(x, a)
+        x = x + (b - a) * (d + velocity(x + (b - a) * d, b)) / 2
+    return x
+
+
+def average_velocity(x, r, s):
+    return (x - follow(x, s, r)) / (s - r)
+
+
+x1 = noise[:300]
+with torch.no_grad():
+    v1 = velocity(x1, 1.0)
+for r in (0.75, 0.5, 0.25, 0.0):
+    u = average_velocity(x1, r, 1.0)
+    gap = ((u - v1).norm(dim=1) / v1.norm(dim=1)).mean()
+    print(f"r = {r:.2f}: |u - v| is {gap:.0%} of |v| on average")
+
+# %% [markdown]
+# The shorter the interval, the closer u is to v (12% of the velocity's length for r = 0.75); over the whole path
+# they differ by 125%, more than the velocity's own length: the paths bend.
+#
+# **The MeanFlow identity.** Multiply the definition by (s - r): $(s - r)\,u(x_s, r, s) = \int_r^s v(x_\tau,
+# \tau)\,d\tau$. Now move the interval's upper end s, with x_s moving along its path (dx_s/ds = v) and r held fixed,
+# and differentiate both sides in s. The right side's derivative is its integrand at the upper end, v(x_s, s); the
+# left side's follows from the product rule:
+#
+# $$u(x_s, r, s) + (s - r)\,\frac{d}{ds}u(x_s, r, s) = v(x_s, s)
+# \qquad\Longrightarrow\qquad u = v - (s - r)\,\frac{du}{ds}.$$
+#
+# The derivative is the *total* derivative along the path, by the chain rule
+# $\frac{du}{ds} = \nabla_x u \cdot v + \partial_s u$: the change of u when x moves by v and s by 1 while r stays
+# put. The identity defines u through v and u's own derivative, with no integral left. The cell checks it on the
+# computed u at s = 0.8 and r = 0.3: du/ds by central differences, moving x_s along its path by h in each direction
+# with `follow`:
+
+# %%
+s, r, h = 0.8, 0.3, 1e-3
+x_s = follow(x1, 1.0, s)  # the same 300 paths, at s
+u_minus = average_velocity(follow(x_s, s, s - h), r, s - h)
+u_plus = average_velocity(follow(x_s, s, s + h), r, s + h)
+du_ds = (u_plus - u_minus) / (2 * h)
+u = average_velocity(x_s, r, s)
+with torch.no_grad():
+    v = velocity(x_s, s)
+residual = (u - (v - (s - r) * du_ds)).norm(dim=1).mean()
+print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = {(u - v).norm(dim=1).mean():.3f}")
+
+# %% [markdown]
+# The identity holds to 4.1e-03, where the difference between u and v it accounts for is 0.867; what is left is
+# the error of the central differences and of the Heun steps.
+#
+# ## 3. Training with the identity: the MeanFlow loss
+#
+# Computing u by following an ODE needs a trained flow model: a teacher. MeanFlow trains a network $u_\theta(x, r, s)$
+# from data alone, with the identity as its regression target:
+#
+# $$\mathcal L = \mathbb E\,\big\lVert u_\theta(x_s, r, s) - \operatorname{sg}\big[v - (s - r)\,\tfrac{d}{ds}u_\theta(x_s, r, s)\big]\big\rVert^2,$$
+#
+# where sg holds the target fixed (no gradient flows through it). Two substitutions make it trainable:
+#
+# - **The network's own derivative** stands in for the true u's. If $u_\theta$ satisfies the identity everywhere it
+#   is the average velocity: at r = s the identity says u = v, and the identity fixes how u changes as the interval
+#   grows.
+# - **The conditional velocity** $v = \varepsilon - x_0$ of one training pair stands in for the marginal v(x_s, s),
+#   as in flow matching (chapter 8). The target is linear in v: v appears once alone and once inside
+#   $\frac{du}{ds} = \nabla_x u_\theta \cdot v + \partial_s u_\theta$. So its average over the pairs that pass through
+#   x_s is the target with the marginal velocity, and a squared error is minimised by that average.
+#
+# The derivative along (v, 0, 1) is a **Jacobian-vector product**: `torch.func.jvp` runs the network forward once
+# with a tangent attached to each input and returns the output and its derivative along that tangent. The network
+# takes its two times as (s, s - r) (`meanflow_times`). The times are drawn as the paper does: for
+# `MEANFLOW_SHARE` of a batch (printed) two logit-normal times, the larger s and the smaller r; for the rest r = s,
+# where (s - r) du/ds vanishes and the example is plain flow matching. The cell writes one batch's loss by hand
+# and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
+
+# %%
+def my_meanflow_loss(net, x0, draw, noise):
+    ends = torch.sigmoid(draw[:, :2])  # logit-normal times (mean 0, sd 1)
+    jump = draw[:, 2] < MEANFLOW_SHARE
+    s = torch.where(jump, ends.max(dim=1).values, ends[:, 0])
+    r = torch.where(jump, ends.min(dim=1).values, ends[:, 0])
+    x = (1 - s)[:, None] * x0 + s[:, None] * noise
+    v = noise - x0
+
+    def u(x, r, s):
+        return net(x, meanflow_times(s, r))
+
+    u_hat, du_ds = torch.func.jvp(u, (x, r, s), (v, torch.zeros_like(r), torch.ones_like(s)))
+    target = (v - (s - r)[:, None] * du_ds).detach()
+    return ((u_hat - target) ** 2).mean()
+
+
+untrained = build_model("mlp", {"data_dim": 2, "interval": True})
+generator = torch.Generator().manual_seed(1)
+x0_batch, noise_batch = dl.make_toy("moons", 256, generator), torch.randn(256, 2, generator=generator)
+draw = torch.cat([torch.randn(256, 2, generator=generator), torch.rand(256, 1, generator=generator)], dim=1)
+print(f"MEANFLOW_SHARE = {MEANFLOW_SHARE}: {int((draw[:, 2] < MEANFLOW_SHARE).sum())} of 256 examples have r < s")
+print(f"by hand {my_meanflow_loss(untrained, x0_batch, draw, noise_batch).item():.6f}, "
+      f"library {meanflow_loss(untrained, x0_batch, draw, noise_batch).item():.6f}")
+
+# %% [markdown]
+# The two agree to the printed digits. (The library computes the JVP only for the examples with r < s; the
+# others' target is v, so their loss is the same number.)
+#
+# **What the JVP costs.** A forward pass with tangents attached computes the outputs and their derivatives
+# together, about the work of a second forward pass, and the backward pass then runs through it. The cell times 50
+# optimiser steps of each loss on the two-moons network, batches of 256: flow matching (every example r = s), the
+# loss by hand with the JVP on the whole batch, and the library's loss:
+
+# %%
+def time_steps(loss_of, steps=50):
+    net = build_model("mlp", {"data_dim": 2, "interval": True})
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = loss_of(net)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return (time.perf_counter() - start) / steps
+
+
+flow_only = draw.clone()
+flow_only[:, 2] = 1.0  # every example r = s: the library's loss is then flow matching's, with no JVP
+per_step = {"flow matching": time_steps(lambda net: meanflow_loss(net, x0_batch, flow_only, noise_batch)),
+            "MeanFlow, JVP on the whole batch": time_steps(lambda net: my_meanflow_loss(net, x0_batch, draw, noise_batch)),
+            "MeanFlow, JVP where r < s (library)": time_steps(lambda net: meanflow_loss(net, x0_batch, draw, noise_batch))}
+for name, t in per_step.items():
+    print(f"{name:<38} {1000 * t:6.2f} ms a step ({t / per_step['flow matching']:.2f}x)")
+
+# %% [markdown]
+# A MeanFlow step costs 2.81 to 3.07 times a flow-matching step here. Computing the JVP for only the 75 examples
+# with r < s instead of all 256 made no clear difference (the last two lines): this network is so small that
+# much of a call's time does not grow with the batch.
+#
+# ## 4. Two moons in one step
+#
+# The cell trains a MeanFlow network on two moons with the library (`objective="meanflow"`, the same network,
+# batch and number of optimiser steps as the flow model of section 1), then jumps once from the same noise,
+# $x_0 = x_1 - u_\theta(x_1, 0, 1)$, written out:
+
+# %%
+start = time.perf_counter()
+meanflow, meanflow_info = ch08.train_moons("meanflow", moons_steps)
+seconds["meanflow"] = time.perf_counter() - start
+with torch.no_grad():
+    ones = torch.ones(len(noise))
+    one_jump = noise - meanflow(noise, meanflow_times(ones, 0 * ones))
+library_jump, _ = dl.generate(meanflow, meanflow_info, len(noise), "meanflow", 1, seed=13)
+print(f"trained in {seconds['meanflow']:.0f} s (the flow model: {seconds['flow']:.0f} s); "
+      f"largest difference from the library's sampler: {(one_jump - library_jump).abs().max():.1e}")
+display(ch11.clouds_figure({"flow, Euler-1": euler[1], "MeanFlow, 1 jump": one_jump, "flow, Euler-32": euler[32]}, data))
+print(f"energy distance: MeanFlow 1 jump {energy_distance(one_jump, held_out):.4f}, flow Euler-1 "
+      f"{energy_distance(euler[1], held_out):.4f}, flow Euler-32 {energy_distance(euler[32], held_out):.4f} "
+      f"(perfect samples: {min(floor):.4f} to {max(floor):.4f})")
+
+# %% [markdown]
+# One jump scores 0.0021, against 0.7232 for one Euler step of the flow model and -0.0002 for thirty-two: just
+# above the range of perfect samples (up to 0.0014), from one network call.
+#
+# With more steps, MeanFlow jumps over each interval of an even grid, $x_r = x_s - (s - r)\,u_\theta(x_s, r, s)$,
+# one call per step. And since r = s was three quarters of its training, the same network is also a flow model:
+# $u_\theta(x, s, s)$ is its velocity, which Euler's method can follow.
+
+# %%
+print(f"{'steps':>6} {'MeanFlow':>9} {'its velocity, Euler':>20} {'flow model, Euler':>18}")
+for k in (1, 2, 4, 8):
+    jumped = dl.generate(meanflow, meanflow_info, len(noise), "meanflow", k, seed=13)[0]
+    own = dl.generate(meanflow, meanflow_info, len(noise), "euler", k, seed=13)[0]
+    other = dl.generate(flow, flow_info, len(noise), "euler", k, seed=13)[0]
+    print(f"{k:>6} {energy_distance(jumped, held_out):>9.4f} {energy_distance(own, held_out):>20.4f} "
+          f"{energy_distance(other, held_out):>18.4f}")
+
+# %% [markdown]
+# MeanFlow's jumps score between -0.0002 and 0.0041 at every number of steps, not falling steadily: two jumps
+# (0.0041) scored worse than one (0.0021), a difference about as large as the spread of perfect samples' scores
+# (-0.0011 to 0.0014), so this measure cannot rank them. The same network followed as a flow, Euler on
+# $u_\theta(x, s, s)$, scores like the flow model trained for that alone (0.7551 against 0.7232 at one step, 0.0055
+# against 0.0058 at eight): three quarters of its training was flow matching.
+#
+# **Drag the sliders**: the network's jump from s to r for every point of the data noised to s, beside the data
+# noised to r (grey; the jumps should cover it), with 40 jumps drawn as arrows and the energy distance between
+# the two clouds in the title. At r = s - 0.05 a jump is nearly a flow step; at r = 0 it lands on the moons.
+
+# %%
+field_x0 = dl.make_toy("moons", 1000, torch.Generator().manual_seed(21))
+field_noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(22))
+
+
+def show_field(r, s):
+    if r >= s:
+        print(f"r = {r:.2f} is not below s = {s:.2f}: a jump goes from s down to r")
+        return
+    display(ch11.field_view(meanflow, field_x0, field_noise, r, s))
+
+
+widgets.interact(show_field, r=widgets.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, continuous_update=False),
+                 s=widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, continuous_update=False));
+
+# %% [markdown]
+# ## 5. Consistency training: chapter 9 without the teacher
+#
+# Chapter 9's consistency distillation trains $f(x, s) = x - s\,v_\theta(x, s)$, the jump to the data, to agree
+# with itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step to
+# $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x, s_{n-1})]\rVert^2$.
+# **Consistency training** drops the teacher: it takes the point at $s_{n-1}$ on the *same pair's* straight line,
+# $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$. That is an Euler step with the pair's own velocity
+# $\varepsilon - x_0$ instead of the teacher's, right only on average over the pairs that pass through x (flow
+# matching's argument, chapter 8), and only to first order in the step, so the grid must be fine. At n = 1 the target is $f(x_0, 0) = x_0$, the data
+# itself; from there agreement spreads up the grid. The cell writes one batch's loss by hand against the
+# library's `consistency_training_loss` (N = `CT_GRID`, printed):
+
+# %%
+def my_ct_loss(net, x0, n, noise):
+    s, r = n / CT_GRID, (n - 1) / CT_GRID
+
+    def f(x, s):
+        return x - s[:, None] * flow_velocity(net, x, s)
+
+    with torch.no_grad():
+        target = f((1 - r)[:, None] * x0 + r[:, None] * noise, r)
+    return ((f((1 - s)[:, None] * x0 + s[:, None] * noise, s) - target) ** 2).mean()
+
+
+n_batch = torch.randint(1, CT_GRID + 1, (256,), generator=generator).float()
+print(f"CT_GRID = {CT_GRID}; by hand {my_ct_loss(flow, x0_batch, n_batch, noise_batch).item():.6f}, "
+      f"library {consistency_training_loss(flow, x0_batch, n_batch, noise_batch).item():.6f}")
+
+# %% [markdown]
+# The two agree. The cell trains a consistency model from scratch with the library (`objective="ct"`, the same network, batch and
+# steps), and, for the comparison, distils one from section 1's flow model with chapter 9's loss
+# (`distill.consistency_loss`, on the same grid), starting from the flow model's weights as chapter 9 does, in a
+# loop written out:
+
+# %%
+start = time.perf_counter()
+ct, ct_info = ch08.train_moons("ct", moons_steps)
+seconds["consistency training"] = time.perf_counter() - start
+
+start = time.perf_counter()
+cd = copy.deepcopy(flow).requires_grad_(True)
+optimiser = torch.optim.Adam(cd.parameters(), lr=5e-4)
+moons_train = dl.make_toy("moons", dl.training.TOY_POINTS, torch.Generator().manual_seed(0))
+for step in range(moons_steps):
+    x0 = moons_train[torch.randint(0, len(moons_train), (256,), generator=generator)]
+    n = torch.randint(1, CT_GRID + 1, (256,), generator=generator).float()
+    loss = consistency_loss(cd, cd, flow, x0, torch.randn(256, 2, generator=generator), n, CT_GRID)
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+seconds["consistency distillation"] = time.perf_counter() - start
+
+print(f"{'steps':>6} {'MeanFlow':>9} {'consistency training':>21} {'consistency distillation':>25}")
+for k in (1, 2, 4):
+    row = [dl.generate(meanflow, meanflow_info, len(noise), "meanflow", k, seed=13)[0],
+           dl.generate(ct, ct_info, len(noise), "consistency", k, seed=13)[0],
+           dl.generate(cd, flow_info, len(noise), "consistency", k, seed=13)[0]]
+    print(f"{k:>6} {energy_distance(row[0], held_out):>9.4f} {energy_distance(row[1], held_out):>21.4f} "
+          f"{energy_distance(row[2], held_out):>25.4f}")
+
+# %% [markdown]
+# The consistency models' single jump is their best, and a second or fourth jump makes their samples worse
+# (without a teacher 0.0392, 0.0768 and 0.1091 at 1, 2 and 4 steps; distilled 0.0074, 0.0172 and 0.0249).
+# Chapter 9's multistep sampler noises each jump's result again to a smaller s and jumps from there, so whatever a
+# jump gets wrong, the next one starts from. The cell measures two ways a cloud can be wrong, at 1, 2, 4 and 8
+# steps. A jump trained with a squared error answers with an average where it is unsure (chapter 9), which pulls
+# points in towards the middle: the **spread**, the mean distance of a cloud's points from their centre, shows
+# that. And a cloud can put too many points on one moon: the **upper share** is the share of its points whose
+# nearest held-out point lies on the upper moon (`make_toy` draws that moon first, so it is the first half of the
+# held-out set). Beside them, what a fresh set of real points scores:
+
+# %%
+def spread(points):
+    return (points - points.mean(dim=0)).norm(dim=1).mean().item()
+
+
+def upper_share(points):
+    nearest = torch.cdist(points, held_out).argmin(dim=1)
+    return (nearest < len(held_out) // 2).float().mean().item()
+
+
+real = dl.make_toy("moons", 2000, torch.Generator().manual_seed(100))
+print(f"real points: spread {spread(real):.3f}, upper share {upper_share(real):.3f}")
+print(f"{'':>6} {'MeanFlow':^15} {'consistency training':^21} {'consistency distillation':^25}")
+print(f"{'steps':>6} {'spread':>7} {'upper':>7} {'spread':>10} {'upper':>10} {'spread':>12} {'upper':>12}")
+for k in (1, 2, 4, 8):
+    clouds = [dl.generate(meanflow, meanflow_info, len(noise), "meanflow", k, seed=13)[0],
+              dl.generate(ct, ct_info, len(noise), "consistency", k, seed=13)[0],
+              dl.generate(cd, flow_info, len(noise), "consistency", k, seed=13)[0]]
+    print(f"{k:>6} " + " ".join(f"{spread(c):>{w}.3f} {upper_share(c):>{w}.3f}" for c, w in zip(clouds, (7, 10, 12))))
+
+# %% [markdown]
+# The teacherless consistency model narrows at every jump: spread 1.134 after one (real points: 1.324), then
+# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again. The distilled model keeps its spread (1.341 to
+# 1.328) but tips towards one moon as steps are added: upper share 0.502 at one step, 0.523 at four, 0.553 at
+# eight. Both are changes the energy distance sees; neither kind is undone by the fresh noise, since every jump
+# starts from the last one's cloud. MeanFlow's later jumps add no fresh noise: they continue along the paths from
+# where the last jump ended, and its spread (1.291 to 1.383) and upper share (0.491 to 0.500) stay near the real
+# points' at every number of steps.
+#
+# **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow:
+# its jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons.
+
+# %%
+side_models = {"flow": (flow, flow_info, "euler"), "MeanFlow": (meanflow, meanflow_info, "meanflow"),
+               "consistency training": (ct, ct_info, "consistency"),
+               "consistency distillation": (cd, flow_info, "consistency")}
+
+
+def show_steps(steps):
+    display(ch11.steps_view(steps, side_models, held_out, n=1000, seed=13))
+
+
+widgets.interact(show_steps, steps=widgets.IntSlider(value=1, min=1, max=4, step=1, continuous_update=False));
+
+# %% [markdown]
+# ## 6. What each costs
+#
+# A fair comparison counts everything a model needed. Distillation needs the teacher first; the teacherless
+# models need only their own training. The training times of this run (section 1's flow model is the teacher; its
+# distillation ran as many optimiser steps as each model's own training):
+
+# %%
+seconds["flow + consistency distillation"] = seconds["flow"] + seconds["consistency distillation"]
+for name, t in seconds.items():
+    print(f"{name:<32} {t:6.1f} s")
+
+# %% [markdown]
+# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (29.9 s
+# against 22.8 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
+# (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model about as good as the teacher.
+# Consistency training was the cheapest way to one step (11.5 s) and the least accurate (0.0392).
+#
+# ## Exercises
+#
+# **Exercise 1 (implement).** Write `my_target(u, x, r, s, v)`: the MeanFlow target $v - (s - r)\,du/ds$, held
+# fixed, where `u(x, r, s)` is the network as a function and x moves along the path with velocity v. `r` and `s` have
+# shape (B,): reshape (s - r) to (B, 1) before multiplying.
+
+# %% tags=["solution", "exercise:ch11-meanflow-target"]
+def my_target(u, x, r, s, v):
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_target, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_meanflow_target(my_target)
+
+# %% [markdown]
+# **Exercise 2 (implement).** Write MeanFlow sampling, `my_sample(u, noise, times)`: `times` are decreasing floats
+# from 1 to 0, and `u(x, r, s)` takes floats r and s. One network call per interval.
+
+# %% tags=["solution", "exercise:ch11-meanflow-sample"]
+def my_sample(u, noise, times):
+    # YOUR CODE HERE
+    raise NotImplementedError("write my_sample, then run the check below")
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_meanflow_sampler(my_sample)
+
+# %% [markdown]
+# **Exercise 3 (predict, then check).** One-dimensional data x_0 ~ N(0, 0.5²). On the straight path x_s has
+# standard deviation $\sqrt{(1 - s)^2\,0.5^2 + s^2}$, and the flow's ODE moves every point so that it keeps its
+# place in the distribution (x_s divided by that standard deviation stays the same along a path). What is the average
+# velocity u(1, 0, 1) over the whole path at the point x_1 = 1? The velocity there, v(1, 1), is 1.
+
+# %% tags=["solution", "exercise:ch11-gaussian-average"]
+gaussian_average = None  # YOUR CODE HERE: your answer
+
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exercises.check_gaussian_average_velocity(gaussian_average)
+
+# %% [markdown] tags=["exercise:ch11-open-why-flow"]
+# **Exercise 4 (open question).** MeanFlow spends three quarters of every batch on r = s, plain flow matching.
+# Using the identity, explain why the model needs those examples at all, and why the examples with r < s cannot do
+# without them. Then use section 4's table: what does the r = s part give you beyond the one-step sampler?
+
+# %%
+print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")
