@@ -90,10 +90,11 @@ for k, x in euler.items():
     print(f"Euler-{k:<3} energy distance {energy_distance(x, held_out):.4f}")
 
 # %% [markdown]
-# Thirty-two steps land inside the range of perfect samples (-0.0002); four are close (0.0291); one is far off
-# (0.7232). One step of length 1 follows the velocity at the noise, v(x_1, 1), all the way to s = 0, and lands on
-# the model's $\hat x_0$ there: a blurred average of the moons (chapter 8). The velocity changes along the path,
-# and one step cannot know how.
+# Thirty-two steps land inside the range of perfect samples (-0.0002); four are far closer than one (0.0291
+# against 0.7232) but still outside it. One step of length 1 follows the velocity at the noise, v(x_1, 1), all the
+# way to s = 0, and lands on the model's $\hat x_0$ at s = 1. Pure noise says almost nothing about the data point,
+# so that is close to the mean of the data, and the cloud collapses towards one point (chapter 8). The velocity
+# changes along the path, and one step cannot know how.
 #
 # ## 2. The average velocity
 #
@@ -168,8 +169,9 @@ residual = (u - (v - (s - r) * du_ds)).norm(dim=1).mean()
 print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = {(u - v).norm(dim=1).mean():.3f}")
 
 # %% [markdown]
-# The identity holds to 4.1e-03, where the difference between u and v it accounts for is 0.867; what is left is
-# the error of the central differences and of the Heun steps.
+# The identity holds to 4.1e-03, where the difference between u and v it accounts for is 0.867. What is left
+# includes the rounding error of the central differences (float32 values divided by 2h) and the Heun steps' own
+# error.
 #
 # ## 3. Training with the identity: the MeanFlow loss
 #
@@ -180,19 +182,25 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 #
 # where sg holds the target fixed (no gradient flows through it). Two substitutions make it trainable:
 #
-# - **The network's own derivative** stands in for the true u's. If $u_\theta$ satisfies the identity everywhere it
-#   is the average velocity: at r = s the identity says u = v, and the identity fixes how u changes as the interval
-#   grows.
-# - **The conditional velocity** $v = \varepsilon - x_0$ of one training pair stands in for the marginal v(x_s, s),
-#   as in flow matching (chapter 8). The target is linear in v: v appears once alone and once inside
-#   $\frac{du}{ds} = \nabla_x u_\theta \cdot v + \partial_s u_\theta$. So its average over the pairs that pass through
-#   x_s is the target with the marginal velocity, and a squared error is minimised by that average.
+# - **The network's own derivative** stands in for the true u's. A bounded $u_\theta$ that satisfies the identity
+#   everywhere is the average velocity: the difference e between it and the true u satisfies
+#   $e = -(s - r)\,\frac{de}{ds}$, that is $\frac{d}{ds}\big[(s - r)\,e\big] = 0$ along each path, so $(s - r)\,e$
+#   keeps the value it has at s = r, which is 0.
+# - **The conditional velocity** $v = \varepsilon - x_0$ of one training pair stands in for the marginal velocity
+#   $v^*(x_s, s) = \mathbb E[\varepsilon - x_0 \mid x_s]$ (chapter 8), as in flow matching. The target is affine in
+#   v: v appears once alone and once inside $\frac{du}{ds} = \nabla_x u_\theta \cdot v + \partial_s u_\theta$, where
+#   $u_\theta$ and its derivatives depend only on $(x_s, r, s)$, and r and s are drawn independently of the pair. So
+#   the target's average over the pairs that pass through x_s is the target with $v^*$. Since the target is held
+#   fixed, the loss's expected gradient is the gradient with that averaged target, and training settles where
+#   $u_\theta$ satisfies the identity with $v^*$.
 #
 # The derivative along (v, 0, 1) is a **Jacobian-vector product**: `torch.func.jvp` runs the network forward once
 # with a tangent attached to each input and returns the output and its derivative along that tangent. The network
-# takes its two times as (s, s - r) (`meanflow_times`). The times are drawn as the paper does: for
-# `MEANFLOW_SHARE` of a batch (printed) two logit-normal times, the larger s and the smaller r; for the rest r = s,
-# where (s - r) du/ds vanishes and the example is plain flow matching. The cell writes one batch's loss by hand
+# takes its two times as (s, s - r) (`meanflow_times`). The times are drawn as in the paper, with chapter 8's
+# logit-normal (the paper tunes its mean and spread): for `MEANFLOW_SHARE` of a batch (printed) two logit-normal
+# times, the larger s and the smaller r; for the rest r = s, where (s - r) du/ds vanishes and the example is plain
+# flow matching. The paper also weights each example's error by its size; the library keeps the plain squared
+# error (`objectives.meanflow_loss` says why). The cell writes one batch's loss by hand
 # and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
 
 # %%
@@ -251,9 +259,9 @@ for name, t in per_step.items():
     print(f"{name:<38} {1000 * t:6.2f} ms a step ({t / per_step['flow matching']:.2f}x)")
 
 # %% [markdown]
-# A MeanFlow step costs 2.81 to 3.07 times a flow-matching step here. Computing the JVP for only the 75 examples
-# with r < s instead of all 256 made no clear difference (the last two lines): this network is so small that
-# much of a call's time does not grow with the batch.
+# A MeanFlow step costs 2.93 to 3.19 times a flow-matching step here. Computing the JVP for only the 75 examples
+# with r < s instead of all 256 was not faster (the last two lines): this network is so small that much of a
+# call's time does not grow with the batch.
 #
 # ## 4. Two moons in one step
 #
@@ -297,8 +305,9 @@ for k in (1, 2, 4, 8):
 # MeanFlow's jumps score between -0.0002 and 0.0041 at every number of steps, not falling steadily: two jumps
 # (0.0041) scored worse than one (0.0021), a difference about as large as the spread of perfect samples' scores
 # (-0.0011 to 0.0014), so this measure cannot rank them. The same network followed as a flow, Euler on
-# $u_\theta(x, s, s)$, scores like the flow model trained for that alone (0.7551 against 0.7232 at one step, 0.0055
-# against 0.0058 at eight): three quarters of its training was flow matching.
+# $u_\theta(x, s, s)$, scores a little worse than the flow model trained for that alone at 1, 2 and 4 steps (0.7551
+# against 0.7232, 0.1598 against 0.1357, 0.0319 against 0.0291) and level at eight (0.0055 against 0.0058): most of
+# its training was flow matching.
 #
 # **Drag the sliders**: the network's jump from s to r for every point of the data noised to s, beside the data
 # noised to r (grey; the jumps should cover it), with 40 jumps drawn as arrows and the energy distance between
@@ -326,9 +335,11 @@ widgets.interact(show_field, r=widgets.FloatSlider(value=0.0, min=0.0, max=0.95,
 # with itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step to
 # $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x, s_{n-1})]\rVert^2$.
 # **Consistency training** drops the teacher: it takes the point at $s_{n-1}$ on the *same pair's* straight line,
-# $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$. That is an Euler step with the pair's own velocity
-# $\varepsilon - x_0$ instead of the teacher's, right only on average over the pairs that pass through x (flow
-# matching's argument, chapter 8), and only to first order in the step, so the grid must be fine. At n = 1 the target is $f(x_0, 0) = x_0$, the data
+# $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$: a step from x with the pair's own velocity $\varepsilon - x_0$
+# instead of the teacher's step along $v^*$. The pair's velocity is right only on average over the pairs through
+# x, and f is not linear, so the average of the target over those pairs is not the target at the average: the
+# target is biased, by an amount that shrinks as the grid's step does and grows with how much the pairs through x
+# disagree. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is $f(x_0, 0) = x_0$, the data
 # itself; from there agreement spreads up the grid. The cell writes one batch's loss by hand against the
 # library's `consistency_training_loss` (N = `CT_GRID`, printed):
 
@@ -349,10 +360,10 @@ print(f"CT_GRID = {CT_GRID}; by hand {my_ct_loss(flow, x0_batch, n_batch, noise_
       f"library {consistency_training_loss(flow, x0_batch, n_batch, noise_batch).item():.6f}")
 
 # %% [markdown]
-# The two agree. The cell trains a consistency model from scratch with the library (`objective="ct"`, the same network, batch and
-# steps), and, for the comparison, distils one from section 1's flow model with chapter 9's loss
-# (`distill.consistency_loss`, on the same grid), starting from the flow model's weights as chapter 9 does, in a
-# loop written out:
+# The two agree. The cell trains a consistency model from scratch with the library (`objective="ct"`, the same
+# network, batch and steps), and, for the comparison, distils one from section 1's flow model with chapter 9's loss
+# (`distill.consistency_loss`, on the same grid of N = `CT_GRID`), in a loop written out: the student starts from
+# the flow model's weights and is its own target (held fixed), with no averaged copy of its weights.
 
 # %%
 start = time.perf_counter()
@@ -402,7 +413,8 @@ def upper_share(points):
 
 
 real = dl.make_toy("moons", 2000, torch.Generator().manual_seed(100))
-print(f"real points: spread {spread(real):.3f}, upper share {upper_share(real):.3f}")
+print(f"real points: spread {spread(real):.3f}, upper share {upper_share(real):.3f} (a share of {len(noise):,} points "
+      f"drawn at 0.5 is uncertain by {(0.25 / len(noise)) ** 0.5:.3f}, one standard error)")
 print(f"{'':>6} {'MeanFlow':^15} {'consistency training':^21} {'consistency distillation':^25}")
 print(f"{'steps':>6} {'spread':>7} {'upper':>7} {'spread':>10} {'upper':>10} {'spread':>12} {'upper':>12}")
 for k in (1, 2, 4, 8):
@@ -413,12 +425,13 @@ for k in (1, 2, 4, 8):
 
 # %% [markdown]
 # The teacherless consistency model narrows at every jump: spread 1.134 after one (real points: 1.324), then
-# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again. The distilled model keeps its spread (1.341 to
-# 1.328) but tips towards one moon as steps are added: upper share 0.502 at one step, 0.523 at four, 0.553 at
-# eight. Both are changes the energy distance sees; neither kind is undone by the fresh noise, since every jump
-# starts from the last one's cloud. MeanFlow's later jumps add no fresh noise: they continue along the paths from
-# where the last jump ended, and its spread (1.291 to 1.383) and upper share (0.491 to 0.500) stay near the real
-# points' at every number of steps.
+# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again, as the biased target above would make it. Both
+# consistency models also tip towards the upper moon as steps are added: the teacherless one from 0.474 to 0.564 at
+# eight steps, the distilled one, which keeps its spread (1.341 to 1.328), from 0.502 to 0.553, beyond the
+# uncertainty of a share of 2,000 points (printed). Fresh noise does not undo either change: every jump starts from
+# the last one's cloud. MeanFlow's later jumps add no fresh noise: they continue along the paths from where the
+# last jump ended; its upper share stays between 0.491 and 0.500, and its spread between 1.291 and 1.383, around the
+# real points' 1.324 with no trend.
 #
 # **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow:
 # its jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons.
@@ -448,21 +461,24 @@ for name, t in seconds.items():
     print(f"{name:<32} {t:6.1f} s")
 
 # %% [markdown]
-# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (29.9 s
-# against 22.8 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
-# (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model about as good as the teacher.
-# Consistency training was the cheapest way to one step (11.5 s) and the least accurate (0.0392).
+# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (30.1 s
+# against 25.9 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
+# (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model nearly as good as the teacher.
+# Consistency training was the cheapest way to one step (14.1 s) and the least accurate (0.0392).
 #
 # ## Exercises
 #
-# **Exercise 1 (implement).** Write `my_target(u, x, r, s, v)`: the MeanFlow target $v - (s - r)\,du/ds$, held
-# fixed, where `u(x, r, s)` is the network as a function and x moves along the path with velocity v. `r` and `s` have
-# shape (B,): reshape (s - r) to (B, 1) before multiplying.
+# **Exercise 1 (implement).** Section 3's network was asked with (x, r, s). Many MeanFlow networks are asked with
+# the interval's length instead, `u(x, s, d)` with d = s - r. Write `my_target(u, x, s, d, v)`: the MeanFlow target
+# $v - (s - r)\,du/ds$, held fixed, for such a network, with x moving along the path with velocity v and r held
+# still. Choose the tangent of each input with care. `s` and `d` have shape (B,): reshape d to (B, 1) before
+# multiplying.
 
 # %% tags=["solution", "exercise:ch11-meanflow-target"]
-def my_target(u, x, r, s, v):
-    _, du_ds = torch.func.jvp(u, (x, r, s), (v, torch.zeros_like(r), torch.ones_like(s)))
-    return (v - (s - r)[:, None] * du_ds).detach()
+def my_target(u, x, s, d, v):
+    # r = s - d stays still as s moves by 1, so d moves by 1 too
+    _, du_ds = torch.func.jvp(u, (x, s, d), (v, torch.ones_like(s), torch.ones_like(d)))
+    return (v - d[:, None] * du_ds).detach()
 
 
 # %%
@@ -500,24 +516,24 @@ gaussian_average = 1.0 - 1.0 * 0.5 / 1.0  # (x_1 - x_0) / (1 - 0), with x_0 = x_
 exercises.check_gaussian_average_velocity(gaussian_average)
 
 # %% [markdown] tags=["exercise:ch11-open-why-flow"]
-# **Exercise 4 (open question).** MeanFlow spends three quarters of every batch on r = s, plain flow matching.
-# Using the identity, explain why the model needs those examples at all, and why the examples with r < s cannot do
-# without them. Then use section 4's table: what does the r = s part give you beyond the one-step sampler?
+# **Exercise 4 (open question).** Section 3 showed that a bounded u satisfying the identity for every interval is
+# the average velocity, so the examples with r < s alone pin u down in principle. Yet MeanFlow spends most of every
+# batch on r = s, plain flow matching. Give reasons why, from what the two kinds of example ask of the network and
+# what they cost, and use section 4's table for one more.
 
 # %% [markdown] tags=["solution"]
-# **Model answer (instructor edition).** The r = s examples are the only ones whose target comes from the data
-# alone: there the identity says u = v, and v is learnt by regressing eps - x_0 (flow matching). Every longer
-# interval's target, v - (s - r) du/ds, is built from the network's own derivative. The identity alone fixes u only
-# up to a term that is constant along the paths: subtract it for the true u and for a wrong one, and the error e
-# satisfies d/ds [(s - r) e] = 0, so (s - r) e keeps its value along each path as s moves. What pins that value to
-# zero is the diagonal, where (s - r) e vanishes because u is right at r = s. So information enters at r = s and the
-# r < s examples carry it outwards along the paths; a network wrong on the diagonal passes its error to every
-# interval. Beyond one step, the r = s part makes the network a flow model too: u(x, s, s) is a velocity, so Euler or
-# Heun can sample it with many steps (section 4's middle column): one network at any cost and quality.
+# **Model answer (instructor edition).** (1) The r < s targets are built from the network's own derivative: they
+# are only as good as the network already is, so early in training they carry little information and much noise.
+# The r = s examples have a target from the data alone, eps - x_0, an unbiased estimate of the velocity $v^*$ that
+# every longer interval's u grows out of (u tends to $v^*$ as r tends to s). (2) Intervals drawn at random almost
+# never have s close to r, where the identity's argument starts (the diagonal has no width), so without r = s
+# examples the network would learn the diagonal only by extrapolating. (3) They are cheaper: (s - r) du/ds is zero
+# there, so no JVP is needed. (4) They make the network a flow model as well: u(x, s, s) is a velocity, which Euler
+# or Heun can follow with many steps (section 4's middle column), so one network serves any number of steps.
 #
-# **Rubric.** (1) At r = s the identity reduces to u = v, the only target from data alone; (2) longer intervals'
-# targets use the network's own derivative, so they inherit the diagonal's accuracy; (3) (s - r) times the error is
-# constant along a path, fixed at zero by the diagonal; (4) reads section 4: the same network samples as a flow.
+# **Rubric.** (1) r < s targets are bootstrapped from the network, r = s targets come from data; (2) the diagonal
+# would otherwise be reached only in the limit; (3) cost: no JVP at r = s; (4) reads section 4: the same network
+# samples as a flow.
 
 # %%
 print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s ({'fast' if FAST else 'full'} mode)")

@@ -288,9 +288,9 @@ CHECKS = {
         ("images_through_denoiser", exercises.check_pipeline_calls, 19 * 8),  # guidance's second branch forgotten
     ],
     "11_one_step_from_scratch": [
-        ("my_target", exercises.check_meanflow_target,  # the tangent moves r as well as s
-         lambda u, x, r, s, v: v - (s - r)[:, None] * torch.func.jvp(u, (x, r, s), (v, torch.ones_like(r),
-                                                                                 torch.ones_like(s)))[1]),
+        ("my_target", exercises.check_meanflow_target,  # d held still: r moves with s
+         lambda u, x, s, d, v: v - d[:, None] * torch.func.jvp(u, (x, s, d), (v, torch.ones_like(s),
+                                                                            torch.zeros_like(d)))[1]),
         ("my_sample", exercises.check_meanflow_sampler,  # r and s swapped: the interval's length comes out negative
          lambda u, noise, times: _euler_with(lambda x, s, r: u(x, s, r), noise, times)),
         ("gaussian_average", exercises.check_gaussian_average_velocity, 1.0),  # the velocity at s = 1 alone

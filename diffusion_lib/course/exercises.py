@@ -617,35 +617,38 @@ class _Smooth(torch.nn.Module):
 
 
 def check_meanflow_target(my_target) -> bool:
-    """`my_target(u, x, r, s, v)` -> v - (s - r) du/ds, du/ds along the path (x moving with v, r fixed), as
-    `objectives.meanflow_target`."""
+    """`my_target(u, x, s, d, v)` -> v - (s - r) du/ds for a network asked as u(x, s, d) with d = s - r: du/ds along
+    the path (x moving with v, r fixed, so d moves with s), as `objectives.meanflow_target`."""
     from ..denoisers import meanflow_times
     from ..objectives import meanflow_target
 
     net = _Smooth(16)
-    u = lambda x, r, s: net(x, meanflow_times(s, r))  # noqa: E731
+    by_length = lambda x, s, d: net(x, torch.stack([s, d], dim=1))  # noqa: E731 - the learner's network
+    by_ends = lambda x, r, s: net(x, meanflow_times(s, r))  # noqa: E731 - the same network, asked with r
     generator = torch.Generator().manual_seed(17)
     x, v = (torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(2))
     r = torch.rand(5, generator=generator, dtype=torch.float64) / 2
     s = r + torch.rand(5, generator=generator, dtype=torch.float64) / 2
-    expected = meanflow_target(u, x, r, s, v)[1]
+    d = s - r
+    expected = meanflow_target(by_ends, x, r, s, v)[1]
 
-    def along(tangent):  # the target with another tangent (dx, dr, ds)
-        _, derivative = torch.func.jvp(u, (x, r, s), tangent)
-        return v - (s - r)[:, None] * derivative
+    def along(tangent):  # the target with another tangent (dx, ds, dd)
+        _, derivative = torch.func.jvp(by_length, (x, s, d), tangent)
+        return v - d[:, None] * derivative
 
     def detached(*args):
         got = my_target(*args)
         return got.detach() if isinstance(got, torch.Tensor) else got
 
-    zero, one = torch.zeros_like(r), torch.ones_like(s)
-    return _compare(detached, (u, x, r, s, v), expected, 1e-9, "return a tensor shaped like x",
+    zero, one = torch.zeros_like(s), torch.ones_like(s)
+    return _compare(detached, (by_length, x, s, d, v), expected, 1e-9, "return a tensor shaped like x",
                     "your target equals the library's meanflow_target: v - (s - r) du/ds by one JVP",
-                    "du/ds is torch.func.jvp(u, (x, r, s), (v, zeros, ones))[1]; the target is v - (s - r) du/ds, "
-                    "with (s - r) reshaped to (B, 1)",
-                    [(along((torch.zeros_like(x), zero, one)), "that derivative holds x still: along the path x moves "
-                                                               "with velocity v, so the tangent for x is v"),
-                     (along((v, one, one)), "that tangent moves r too: r is the interval's fixed end, tangent 0"),
+                    "du/ds is torch.func.jvp(u, (x, s, d), (tangent of x, of s, of d))[1]; the target is "
+                    "v - d du/ds, with d reshaped to (B, 1)",
+                    [(along((v, one, zero)), "that tangent holds d still, so r moves with s: r is the interval's "
+                                             "fixed end, and d = s - r grows as s does (tangent 1)"),
+                     (along((torch.zeros_like(x), one, one)), "that derivative holds x still: along the path x moves "
+                                                              "with velocity v, so the tangent for x is v"),
                      (v.clone(), "that is flow matching's target v: the interval's term -(s - r) du/ds is missing"),
                      (2 * v - expected, "check the sign: u = v - (s - r) du/ds, since u + (s - r) du/ds = v")])
 
