@@ -24,7 +24,8 @@ REFERENCE = Path(__file__).parent / "reference" / "training.json"
 TINY_MLP = {"hidden": 16, "layers": 1}
 SMALL_UNET = {"base_channels": 8}
 MOONS = dict(data="moons", steps=6, batch_size=16, save_every=100, model=TINY_MLP)
-DIGITS = dict(data="mnist", steps=3, batch_size=4, save_every=100)
+# The references were made in float32; precision "auto" would train the U-Net cases in bfloat16 on CPUs with AMX.
+DIGITS = dict(data="mnist", steps=3, batch_size=4, save_every=100, precision="fp32")  # "auto": bf16 with AMX
 
 TRAIN_CASES = {
     "moons-flow": dict(MOONS),
@@ -100,8 +101,8 @@ def write_references(folder: Path) -> None:
 def _same(now: dict, then: dict) -> None:
     assert len(now["losses"]) == len(then["losses"])
     assert now["losses"] == pytest.approx(then["losses"], rel=1e-5, abs=1e-7)
-    for part in ("model", "ema"):
-        assert now[part] == pytest.approx(then[part], rel=1e-5, abs=1e-6), part
+    for part in ("model", "ema"):  # rel 1e-4: float32 on another CPU's instructions moved one by 1.1e-5 (Intel vs AMD)
+        assert now[part] == pytest.approx(then[part], rel=1e-4, abs=1e-6), part
 
 
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
