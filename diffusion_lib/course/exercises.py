@@ -693,7 +693,8 @@ def gaussian_average_velocity(x: float, r: float, s: float, sigma_data: float, s
 
 
 def check_gaussian_average_velocity(answer) -> bool:
-    """u(1, 0, 1) for 1-D data N(0, 0.5^2): (x_1 - x_0) / 1, computed by following the ODE."""
+    """u(1, 0, 1) for 1-D Gaussian data of standard deviation one half: (x_1 - x_0) / 1, computed by following the
+    ODE (`gaussian_average_velocity`)."""
     if answer is None:
         return _report(False, "", NO_ANSWER)
     expected = gaussian_average_velocity(1.0, 0.0, 1.0, 0.5)
