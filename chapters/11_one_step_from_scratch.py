@@ -51,10 +51,10 @@ import torch
 from IPython.display import display
 
 import diffusion_lib as dl
-from diffusion_lib.continuous import flow_loss, flow_velocity
+from diffusion_lib.continuous import flow_velocity
 from diffusion_lib.course import ch08, ch11, exercises
 from diffusion_lib.denoisers import meanflow_times
-from diffusion_lib.distill import consistency_fn, consistency_loss
+from diffusion_lib.distill import consistency_loss
 from diffusion_lib.evaluation import energy_distance
 from diffusion_lib.models import build_model
 from diffusion_lib.objectives import CT_GRID, MEANFLOW_SHARE, consistency_training_loss, meanflow_loss
