@@ -141,6 +141,9 @@ def _recipe_options(tr, defaults: TrainConfig) -> None:
                          "sampled in 1 to 4 steps) (default %(default)s)")
     tr.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default=defaults.loss_weight,
                     help="per-example loss weight with --objective ddpm: none or min-snr (gamma 5) (default %(default)s)")
+    tr.add_argument("--meanflow-power", type=float, default=None, metavar="P",
+                    help="with --objective meanflow: each example's squared error e weighted by 1 / (e + 0.001)^P "
+                         "(default 1 on images, 0 on 2-D points)")
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                     help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions (AVX512-BF16, AMX), "
                          "slower on others; auto: bf16 where it is fast; see benchmarks/RESULTS.md (default %(default)s)")
@@ -322,7 +325,7 @@ def run_train(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
-                         precision=args.precision,
+                         meanflow_power=args.meanflow_power, precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
                          arch=args.arch, latent=args.latent)

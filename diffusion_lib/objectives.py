@@ -27,6 +27,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `model_fields`  | network config fields the objective needs (meanflow: `interval`, a second time input) |
 | `meanflow_target` | u and the identity's side v - (s - r) du/ds, du/ds by one JVP (chapter 11's exercise 1) |
 | `MEANFLOW_SHARE`| the share of a batch's examples with r < s; the rest have r = s, where the loss is flow matching's |
+| `MEANFLOW_POWER`| p of the adaptive weight 1 / (e + c)^p on an example's error e, on images (0, no weight, on 2-D points) |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
 runs stored before there were others); adding one is one more entry here.
@@ -48,6 +49,8 @@ from .samplers import flow_levels, karras_levels
 MIN_SNR_GAMMA = 5.0
 CT_GRID = 32  # as consistency distillation's teacher_steps (`distill`), so the two compare step for step
 MEANFLOW_SHARE = 0.25  # Geng et al. 2025 (arXiv 2505.13447), Table 1a: 25% of examples with r != s
+MEANFLOW_POWER = 1.0  # the adaptive weight's p on images: Geng et al.'s choice (`meanflow_loss`)
+MEANFLOW_C = 1e-3  # and its c
 
 
 def diffusion_loss(model, x0, t, noise, schedule, prediction="eps", labels=None, reduction="mean", loss_weight="none"):
@@ -89,7 +92,7 @@ def consistency_training_loss(net, x0, n, noise, labels=None):
     return ((f(_column(1 - s, x0) * x0 + _column(s, x0) * noise, s) - target) ** 2).mean()
 
 
-def meanflow_loss(net, x0, draw, noise, labels=None):
+def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0):
     """MeanFlow (Geng et al. 2025, Alg. 1) on the straight path x_s = (1 - s) x_0 + s eps: the network u(x, r, s)
     learns the *average* velocity over [r, s], u = (x_s - x_r) / (s - r), through the identity
     u(x_s, r, s) = v - (s - r) du/ds, where v = eps - x_0 and du/ds = v . grad_x u + d u / d s is the derivative
@@ -100,9 +103,11 @@ def meanflow_loss(net, x0, draw, noise, labels=None):
     draw's time alone, so those examples are exactly flow matching's (`continuous.flow_loss`, same times, same
     target v) and skip the JVP, whose term (s - r) du/ds is zero there: a step costs one JVP on a quarter of the batch.
     The network is told (s, s - r) (`denoisers.meanflow_times`).
-    The loss is the plain mean squared error. The paper's adaptive weight 1 / (error + c)^p is left out: it weights
-    each example by its own error, which pulls a regression of random targets away from their mean (on two moons,
-    with p = 1, the model's flow at many steps landed about twice as far from the data).
+    `power` p > 0 divides each example's mean squared error e by (e + c)^p, held fixed: the paper's adaptive weight
+    (c = `MEANFLOW_C`), so that p = 1 gives every example a loss near 1 whatever its scale. On images
+    (784 numbers an example) e hardly depends on the draw of the noise, and the weight evens out the examples of
+    different times and intervals; on 2-D points e is mostly the draw's own randomness, and weighting by it pulls
+    the regression away from its mean. `TrainConfig.meanflow_power` picks p by the data.
     """
     ends = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * draw[:, :2])
     jump = draw[:, 2] < MEANFLOW_SHARE  # (B,) the examples with r < s
@@ -122,7 +127,10 @@ def meanflow_loss(net, x0, draw, noise, labels=None):
         with torch.autocast(x.device.type, enabled=False):  # forward-mode AD has no autocast: float32 throughout
             u_hat, target = meanflow_target(u, x[jump], r[jump], s[jump], v[jump])
         errors.append((u_hat - target) ** 2)
-    return torch.cat([e.flatten() for e in errors]).mean()
+    if not power:
+        return torch.cat([e.flatten() for e in errors]).mean()
+    error = torch.cat([e.flatten(1).mean(1) for e in errors])  # (B,) one mean squared error an example
+    return (error / (error.detach() + MEANFLOW_C) ** power).mean()
 
 
 def meanflow_target(u, x, r, s, v):
@@ -197,7 +205,7 @@ OBJECTIVES = {
     "meanflow": Objective("meanflow", _interval_draw, sampler=("meanflow", 1), levels=flow_levels, output="flow",
                           model_fields={"interval": True},
                           loss=lambda net, x0, draw, noise, labels, config, schedule: meanflow_loss(
-                              net, x0, draw, noise, labels)),
+                              net, x0, draw, noise, labels, power=config.meanflow_power)),
 }
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
 

@@ -12,6 +12,7 @@ TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a
 | --------------- | ------------------------------------------------------------- |
 | `t`             | t ~ Uniform{0..T-1} (the paper's 1..T); for edm/flow a N(0, 1) draw z that sets sigma or s |
 | `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, arXiv 2303.09556) |
+| `meanflow_power`| p of MeanFlow's adaptive weight 1 / (e + c)^p on each example's error e (`objectives.meanflow_loss`) |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling (`loop.EMA`) |
@@ -55,7 +56,7 @@ from .forward import PREDICTIONS
 from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoencoder, training_latents
 from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
-from .objectives import MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
+from .objectives import MEANFLOW_POWER, MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
 from .pixelcnn import binarize, pixelcnn_loss
 from .loop import EMA, TrainingDiverged  # noqa: F401 (re-exported: the names a learner meets with `train`)
 from .loop import Run, Task, check_max_seconds, fit, new_run, optimizer_keys, restore_run, run_tensors
@@ -98,6 +99,7 @@ class TrainConfig:
     objective: str = "flow"  # or "ddpm" (discrete steps), "edm": see `objectives`
     sigma_data: float | None = None  # edm: sqrt(E[x_0^2]) of the training data (None: measured from it)
     loss_weight: str = "none"  # or "min-snr" (ddpm only)
+    meanflow_power: float | None = None  # meanflow's adaptive-weight power p (None: 1 on images, 0 on 2-D points)
     precision: str = "auto"  # "bf16": forward and backward under bfloat16 autocast; "auto": see `uses_bf16`
     conditional: bool = False
     text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
@@ -131,6 +133,8 @@ class TrainConfig:
                              "have no labels to learn: put each class's images in a subfolder of its own")
         if self.sigma_data is None and OBJECTIVES[self.objective].sigma_data:
             object.__setattr__(self, "sigma_data", measured_sigma_data(self))
+        if self.meanflow_power is None and self.objective == "meanflow":
+            object.__setattr__(self, "meanflow_power", 0.0 if self.data in TOY_DATASETS else MEANFLOW_POWER)
 
     def _rules(self) -> list[tuple[bool, str]]:
         """(holds, what to do if not) for every rule a run's settings must follow."""
@@ -152,6 +156,10 @@ class TrainConfig:
             (self.loss_weight in LOSS_WEIGHTS, f"unknown loss_weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}"),
             (self.loss_weight == "none" or discrete,
              f"loss_weight {self.loss_weight!r} is for objective ddpm; edm and flow have their own weighting"),
+            (self.meanflow_power is None or (self.objective == "meanflow" and math.isfinite(self.meanflow_power)
+                                             and self.meanflow_power >= 0),
+             f"meanflow_power is the adaptive weight's power p >= 0 of objective meanflow; got {self.meanflow_power} "
+             f"for objective {self.objective}"),
             (self.sigma_data is None or (OBJECTIVES[self.objective].sigma_data and math.isfinite(self.sigma_data)
                                          and self.sigma_data > 0),
              f"sigma_data is EDM's measure of the data, a positive number; got {self.sigma_data} for objective "
@@ -229,6 +237,8 @@ class TrainConfig:
         stored = {**PREVIOUS_DEFAULTS, **stored}
         if stored["objective"] != "ddpm":
             stored["prediction"] = None
+        if stored["objective"] == "meanflow" and "meanflow_power" not in stored:  # before the weight existed
+            stored["meanflow_power"] = 0.0
         if stored["objective"] == "edm" and stored.get("sigma_data") is None:  # EDM runs before it was measured
             stored["sigma_data"] = SIGMA_DATA  # used MNIST's value on any data
         if isinstance(stored.get("snapshots"), list):

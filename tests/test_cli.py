@@ -111,6 +111,7 @@ def test_help_documents_every_option():
     (["sample", "--checkpoint", "TEXT", "--sampler", "ddim", "--n", "2", "--out", "x.npz"], "--prompt 'a thick seven'"),
     (["sample", "--checkpoint", "TEXT", "--sampler", "ddim", "--n", "2", "--prompt", "a purple seven", "--out", "x.npz"], r"unknown word\(s\) \['purple'\]"),
     (["train", "--data", "mnist", "--steps", "3", "--out", "x", "--text", "--conditional"], "not both"),
+    (["train", "--data", "moons", "--steps", "3", "--out", "x", "--meanflow-power", "1"], "of objective meanflow"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "3,12", "--out", "x.npz"], r"labels must lie in 0\.\.9"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddim", "--n", "2", "--labels", "three", "--out", "x.npz"], "comma-separated integers"),
     (["sample", "--checkpoint", "COND", "--sampler", "ddpm", "--eta", "0.5", "--n", "2", "--out", "x.npz"], "ddim only"),

@@ -1,5 +1,7 @@
 """The objectives table, and the objective added through it alone: consistency training without a teacher ("ct")."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -163,6 +165,52 @@ def test_meanflow_target_is_v_minus_the_interval_times_the_derivative_along_the_
     got = meanflow_loss(net, x0, draw, noise).item()
     assert got == pytest.approx(expected(0.0), rel=1e-7)
     assert abs(got - expected(1.0)) > 1e-3 * got
+
+
+def test_meanflow_adaptive_weight_divides_each_examples_error_by_its_own_held_fixed():
+    """With power p the loss is mean_i e_i / (e_i + c)^p over examples i (e_i: that example's mean squared error),
+    and the weight is held fixed: the gradient is mean_i grad(e_i) / (e_i + c)^p, not the gradient of the ratio."""
+    from diffusion_lib.objectives import MEANFLOW_C, meanflow_loss
+
+    class Scaled(_Bumpy):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, x, times, labels=None):
+            return self.a * super().forward(x, times, labels)
+
+    torch.manual_seed(1)
+    x0, noise = torch.randn(64, 2, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    draw = torch.cat([torch.randn(64, 2), torch.rand(64, 1)], dim=1).double()
+    net = Scaled()
+    plain = meanflow_loss(net, x0, draw, noise)
+    per_example = []  # each example's error alone, through the same loss (a batch of one)
+    for i in range(64):
+        net.zero_grad()
+        e = meanflow_loss(net, x0[i:i + 1], draw[i:i + 1], noise[i:i + 1])
+        e.backward()
+        per_example.append((e.item(), net.a.grad.item()))
+    e, grad = torch.tensor(per_example, dtype=torch.float64).T
+    assert plain.item() == pytest.approx(e.mean().item(), rel=1e-9)
+    for p in (0.5, 1.0):
+        net.zero_grad()
+        weighted = meanflow_loss(net, x0, draw, noise, power=p)
+        weighted.backward()
+        assert weighted.item() == pytest.approx((e / (e + MEANFLOW_C) ** p).mean().item(), rel=1e-9)
+        assert net.a.grad.item() == pytest.approx((grad / (e + MEANFLOW_C) ** p).mean().item(), rel=1e-9)
+        assert abs(net.a.grad.item() - (grad * ((1 - p) * e + MEANFLOW_C) / (e + MEANFLOW_C) ** (p + 1)).mean().item()
+                   ) > 1e-3 * abs(net.a.grad.item())  # what the gradient of the ratio itself would be
+
+
+def test_meanflow_power_is_one_on_images_none_on_points_and_zero_for_runs_stored_before_it():
+    assert dl.TrainConfig(data="mnist", objective="meanflow").meanflow_power == 1.0
+    assert dl.TrainConfig(data="moons", objective="meanflow").meanflow_power == 0.0
+    assert dl.TrainConfig(data="mnist", objective="flow").meanflow_power is None
+    old = {k: v for k, v in dataclasses.asdict(dl.TrainConfig(objective="meanflow")).items() if k != "meanflow_power"}
+    assert dl.TrainConfig.from_stored(old).meanflow_power == 0.0
+    with pytest.raises(ValueError, match="objective meanflow"):
+        dl.TrainConfig(data="mnist", objective="flow", meanflow_power=1.0)
 
 
 def test_meanflow_loss_runs_under_bf16_autocast_as_training_does_on_bf16_hardware():
