@@ -465,13 +465,14 @@ def _render_fewsteps(f):
                   "| model | steps | seeds | MNIST-FID | FID / teacher's DDIM-50 | recognised | met |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for (model, sampler, steps), rows in seeds.items():
-            if model != f["teacher"] and steps in (1, 4):
+            if model != f["teacher"] and model not in f.get("teacherless", []) and steps in (1, 4):
                 ratio, limit = mean(rows, "mnist_fid") / ddim50, 1.5 if steps == 4 else 3.0
                 met = ratio <= limit and mean(rows, "recognised") >= 0.9
                 lines.append(f"| {model} ({sampler}) | {steps} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} "
                              f"({spread(rows, 'mnist_fid')}) | {ratio:.2f} (target {limit:g}) | "
                              f"{100 * mean(rows, 'recognised'):.1f}% ({spread(rows, 'recognised', 100)}) | "
                              f"{'yes' if met else 'no'} |")
+        lines += _teacherless_lines(f, seeds, ddim50, mean, spread)
     costs = {r["model"].split("/")[0]: r["distilled"] for r in f["rows"] if r.get("distilled")}
     if costs:
         lines += ["", "What each distillation cost (wall time of its command on this machine, reflow's pairs included; "
@@ -480,6 +481,45 @@ def _render_fewsteps(f):
     st = f["straightness"]
     lines += ["", f"Straightness S of {f['straightness_paths']} Euler-64 paths from the same noise (0: straight lines at "
                   f"constant speed): teacher {st['teacher']['straightness']:.3f}, after reflow {st['reflow']['straightness']:.3f}."]
+    return lines
+
+
+def _teacherless_lines(f, seeds, ddim50, mean, spread):
+    """Chapter 11's targets for the models trained without a teacher, and every 1- and 2-step model at the total
+    training time that made it (a student: its teacher's training plus its distillation)."""
+    teacherless = f.get("teacherless", [])
+    if not any(model in teacherless for model, _, _ in seeds):
+        return []
+    lines = ["", "Targets for a model trained without a teacher (chapter 11): at 1 step within 3x of the teacher's DDIM-50 "
+                 "and at least 85% recognised; at 2 steps within 2x and at least 90%.", "",
+             "| model | steps | seeds | MNIST-FID | FID / teacher's DDIM-50 | recognised | met |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for (model, sampler, steps), rows in seeds.items():
+        if model in teacherless and steps in (1, 2):
+            limit, share = (3.0, 0.85) if steps == 1 else (2.0, 0.9)
+            ratio = mean(rows, "mnist_fid") / ddim50
+            met = ratio <= limit and mean(rows, "recognised") >= share
+            lines.append(f"| {model} ({sampler}) | {steps} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} "
+                         f"({spread(rows, 'mnist_fid')}) | {ratio:.2f} (target {limit:g}) | "
+                         f"{100 * mean(rows, 'recognised'):.1f}% ({spread(rows, 'recognised', 100)}) | "
+                         f"{'yes' if met else 'no'} |")
+    own = f.get("training_seconds", {})
+    lines += ["", "The same models by what their training cost: wall time of the commands that made them, one thread on "
+                  "the 2-core machines their READMEs name (a student: its teacher's training plus its distillation).", "",
+              "| model | steps | training min | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: |"]
+    by_model = {r["model"]: r for r in f["rows"]}
+    for (model, sampler, steps), rows in seeds.items():
+        if steps not in (1, 2) or model == f["teacher"]:
+            continue
+        distilled = by_model[model].get("distilled") or {}
+        if model in own:
+            seconds = own[model]
+        elif "seconds" in distilled and f["teacher"] in own:
+            seconds = own[f["teacher"]] + distilled["seconds"]
+        else:
+            continue
+        lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {mean(rows, 'mnist_fid'):.1f} | "
+                     f"{100 * mean(rows, 'recognised'):.1f}% |")
     return lines
 
 

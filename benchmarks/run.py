@@ -474,7 +474,8 @@ FEWSTEPS_PRECISION_CHECK = [("heun", 18), ("ddim", 50)]  # rows also measured in
 # rows also measured from seeds 1 and 2 (the table's rows are seed 0): the targets are judged on the mean of three
 FEWSTEPS_SEED_CHECK = [("mnist_uncond", "ddim", 50), ("mnist_reflow", "euler", 4), ("mnist_reflow", "euler", 1),
                        ("mnist_progressive/4", "euler", 4), ("mnist_progressive/1", "euler", 1),
-                       ("mnist_consistency", "consistency", 4), ("mnist_consistency", "consistency", 1)]
+                       ("mnist_consistency", "consistency", 4), ("mnist_consistency", "consistency", 1),
+                       ("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2)]
 
 
 def fewsteps(args, device) -> dict:
@@ -482,7 +483,8 @@ def fewsteps(args, device) -> dict:
     kept in OUT/fewsteps.cache/ (not committed), keyed by the weights, so an interrupted run resumes. Sampling under
     bf16 autocast (2x faster here)."""
     from diffusion_lib.course.ch08 import mnist_straightness
-    from diffusion_lib.course.ch09 import STUDENT_ROWS, TEACHER, TEACHER_ROWS, load_row_model, score_row
+    from diffusion_lib.course.ch09 import (STUDENT_ROWS, TEACHER, TEACHER_ROWS, TEACHERLESS_ROWS, TRAINING_SECONDS,
+                                           load_row_model, score_row)
 
     n = 50 if args.quick else 1000
     net = classifier()
@@ -490,6 +492,7 @@ def fewsteps(args, device) -> dict:
     partial.parent.mkdir(exist_ok=True)
     done = json.loads(partial.read_text()) if partial.exists() else {}
     jobs = [(TEACHER, s, k, "bf16", 0) for s, k in TEACHER_ROWS] + [(m, s, k, "bf16", 0) for m, s, k in STUDENT_ROWS]
+    jobs += [(m, s, k, "bf16", 0) for m, s, k in TEACHERLESS_ROWS]
     jobs += [(TEACHER, s, k, "fp32", 0) for s, k in FEWSTEPS_PRECISION_CHECK]
     jobs += [(m, s, k, "bf16", seed) for seed in (1, 2) for m, s, k in FEWSTEPS_SEED_CHECK]
     jobs = jobs[:3] if args.quick else jobs
@@ -526,7 +529,8 @@ def fewsteps(args, device) -> dict:
     return {"teacher": TEACHER, "n": n, "real_baseline_fid": real_baseline_fid(n, net),
             "rows": [done[k] for k, job in zip(keys, jobs) if k in done and job[4] == 0],
             "seed_rows": [done[k] for k, job in zip(keys, jobs) if k in done and job[4] != 0],
-            "straightness": straight, "straightness_paths": paths}
+            "straightness": straight, "straightness_paths": paths, "training_seconds": TRAINING_SECONDS,
+            "teacherless": sorted({m for m, _, _ in TEACHERLESS_ROWS})}
 
 
 def couplings(args, device) -> dict:

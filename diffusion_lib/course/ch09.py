@@ -23,6 +23,11 @@ STUDENT_ROWS = [("mnist_reflow", "heun", 18), ("mnist_reflow", "euler", 8), ("mn
                 ("mnist_progressive/2", "euler", 2), ("mnist_progressive/1", "euler", 1),
                 ("mnist_consistency", "consistency", 1), ("mnist_consistency", "consistency", 2),
                 ("mnist_consistency", "consistency", 4)]
+# Chapter 11's models trained from scratch, with no teacher, sampled in 1, 2 and 4 network calls.
+TEACHERLESS_ROWS = [("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2), ("mnist_meanflow", "meanflow", 4)]
+# Wall seconds of the training commands that made a model from nothing, as its README records them (one thread on
+# the 2-core machine the READMEs name); a distilled student's own cost is in its checkpoint (info["distilled"]).
+TRAINING_SECONDS = {"mnist_uncond": 2900 + 4502}
 
 
 def load_row_model(name: str, device="cpu"):
