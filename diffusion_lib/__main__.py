@@ -144,6 +144,9 @@ def _recipe_options(tr, defaults: TrainConfig) -> None:
     tr.add_argument("--meanflow-power", type=float, default=None, metavar="P",
                     help="with --objective meanflow: each example's squared error e weighted by 1 / (e + 0.001)^P "
                          "(default 1 on images, 0 on 2-D points)")
+    tr.add_argument("--meanflow-share", type=float, default=None, metavar="F",
+                    help="with --objective meanflow: the share of examples with r < s, the rest flow matching's; "
+                         "a resumed run may change it (0 first, then more: flow matching before MeanFlow) (default 0.25)")
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                     help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions (AVX512-BF16, AMX), "
                          "slower on others; auto: bf16 where it is fast; see benchmarks/RESULTS.md (default %(default)s)")
@@ -325,7 +328,8 @@ def run_train(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
-                         meanflow_power=args.meanflow_power, precision=args.precision,
+                         meanflow_power=args.meanflow_power, meanflow_share=args.meanflow_share,
+                         precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
                          arch=args.arch, latent=args.latent)

@@ -26,7 +26,7 @@ on the path they put the training examples, what the network outputs there, and 
 | `ot_pairing`    | the batch's noise reordered so that sum_i ‖x0_i - eps_i‖² is least over all B! pairings |
 | `model_fields`  | network config fields the objective needs (meanflow: `interval`, a second time input) |
 | `meanflow_target` | u and the identity's side v - (s - r) du/ds, du/ds by one JVP (chapter 11's exercise 1) |
-| `MEANFLOW_SHARE`| the share of a batch's examples with r < s; the rest have r = s, where the loss is flow matching's |
+| `MEANFLOW_SHARE`| the share of a batch's examples with r < s (default); the rest have r = s, where the loss is flow matching's |
 | `MEANFLOW_POWER`| p of the adaptive weight 1 / (e + c)^p on an example's error e, on images (0, no weight, on 2-D points) |
 
 This is the one module that knows the objectives by name (with `training.TrainConfig.from_stored`, which reads
@@ -92,13 +92,13 @@ def consistency_training_loss(net, x0, n, noise, labels=None):
     return ((f(_column(1 - s, x0) * x0 + _column(s, x0) * noise, s) - target) ** 2).mean()
 
 
-def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0):
+def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0, share: float = MEANFLOW_SHARE):
     """MeanFlow (Geng et al. 2025, Alg. 1) on the straight path x_s = (1 - s) x_0 + s eps: the network u(x, r, s)
     learns the *average* velocity over [r, s], u = (x_s - x_r) / (s - r), through the identity
     u(x_s, r, s) = v - (s - r) du/ds, where v = eps - x_0 and du/ds = v . grad_x u + d u / d s is the derivative
     along the path, one Jacobian-vector product with tangent (v, 0, 1). The target is held fixed (no gradient).
 
-    `draw` (B, 3): two N(0, 1) draws and a uniform one. For `MEANFLOW_SHARE` of the batch (uniform draw below it) the
+    `draw` (B, 3): two N(0, 1) draws and a uniform one. For `share` of the batch (uniform draw below it) the
     two draws, made logit-normal times, are the interval's ends (the larger is s); for the rest r = s is the first
     draw's time alone, so those examples are exactly flow matching's (`continuous.flow_loss`, same times, same
     target v) and skip the JVP, whose term (s - r) du/ds is zero there: a step costs one JVP on a quarter of the batch.
@@ -110,7 +110,7 @@ def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0):
     the regression away from its mean. `TrainConfig.meanflow_power` picks p by the data.
     """
     ends = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * draw[:, :2])
-    jump = draw[:, 2] < MEANFLOW_SHARE  # (B,) the examples with r < s
+    jump = draw[:, 2] < share  # (B,) the examples with r < s
     s = torch.where(jump, ends.max(dim=1).values, ends[:, 0])
     r = torch.where(jump, ends.min(dim=1).values, ends[:, 0])
     x = _column(1 - s, x0) * x0 + _column(s, x0) * noise
@@ -205,7 +205,7 @@ OBJECTIVES = {
     "meanflow": Objective("meanflow", _interval_draw, sampler=("meanflow", 1), levels=flow_levels, output="flow",
                           model_fields={"interval": True},
                           loss=lambda net, x0, draw, noise, labels, config, schedule: meanflow_loss(
-                              net, x0, draw, noise, labels, power=config.meanflow_power)),
+                              net, x0, draw, noise, labels, config.meanflow_power, config.meanflow_share)),
 }
 DEFAULT_SAMPLER = {name: objective.sampler for name, objective in OBJECTIVES.items()}
 

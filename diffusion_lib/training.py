@@ -13,6 +13,7 @@ TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a
 | `t`             | t ~ Uniform{0..T-1} (the paper's 1..T); for edm/flow a N(0, 1) draw z that sets sigma or s |
 | `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, arXiv 2303.09556) |
 | `meanflow_power`| p of MeanFlow's adaptive weight 1 / (e + c)^p on each example's error e (`objectives.meanflow_loss`) |
+| `meanflow_share`| MeanFlow's share of examples with r < s; may change when a run resumes (flow matching first, then MeanFlow) |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling (`loop.EMA`) |
@@ -56,7 +57,7 @@ from .forward import PREDICTIONS
 from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoencoder, training_latents
 from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
-from .objectives import MEANFLOW_POWER, MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
+from .objectives import MEANFLOW_POWER, MEANFLOW_SHARE, MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
 from .pixelcnn import binarize, pixelcnn_loss
 from .loop import EMA, TrainingDiverged  # noqa: F401 (re-exported: the names a learner meets with `train`)
 from .loop import Run, Task, check_max_seconds, fit, new_run, optimizer_keys, restore_run, run_tensors
@@ -67,7 +68,7 @@ from .text import HELD_OUT, mnist_caption_data, tokenize, training_captions
 MODEL_FILE, STATE_FILE = "model.safetensors", "train_state.safetensors"
 TOY_POINTS, TOY_SEED = 20000, 1234
 # Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("steps", "save_every", "snapshots")
+RESUMABLE_CHANGES = ("steps", "save_every", "snapshots", "meanflow_share")  # the share: flow matching first, then MeanFlow
 IMAGE_MODELS = ("pixelcnn", "classifier", "vae")
 LOSS_WEIGHTS = ("none", "min-snr")
 # The defaults are the recipe that won the measured study (benchmarks/recipes.py; RESULTS.md, "Recipe
@@ -100,6 +101,7 @@ class TrainConfig:
     sigma_data: float | None = None  # edm: sqrt(E[x_0^2]) of the training data (None: measured from it)
     loss_weight: str = "none"  # or "min-snr" (ddpm only)
     meanflow_power: float | None = None  # meanflow's adaptive-weight power p (None: 1 on images, 0 on 2-D points)
+    meanflow_share: float | None = None  # meanflow's share of examples with r < s (None: MEANFLOW_SHARE)
     precision: str = "auto"  # "bf16": forward and backward under bfloat16 autocast; "auto": see `uses_bf16`
     conditional: bool = False
     text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
@@ -135,6 +137,8 @@ class TrainConfig:
             object.__setattr__(self, "sigma_data", measured_sigma_data(self))
         if self.meanflow_power is None and self.objective == "meanflow":
             object.__setattr__(self, "meanflow_power", 0.0 if self.data in TOY_DATASETS else MEANFLOW_POWER)
+        if self.meanflow_share is None and self.objective == "meanflow":
+            object.__setattr__(self, "meanflow_share", MEANFLOW_SHARE)
 
     def _rules(self) -> list[tuple[bool, str]]:
         """(holds, what to do if not) for every rule a run's settings must follow."""
@@ -160,6 +164,9 @@ class TrainConfig:
                                              and self.meanflow_power >= 0),
              f"meanflow_power is the adaptive weight's power p >= 0 of objective meanflow; got {self.meanflow_power} "
              f"for objective {self.objective}"),
+            (self.meanflow_share is None or (self.objective == "meanflow" and 0 <= self.meanflow_share <= 1),
+             f"meanflow_share is objective meanflow's share of examples with r < s, in [0, 1]; got "
+             f"{self.meanflow_share} for objective {self.objective}"),
             (self.sigma_data is None or (OBJECTIVES[self.objective].sigma_data and math.isfinite(self.sigma_data)
                                          and self.sigma_data > 0),
              f"sigma_data is EDM's measure of the data, a positive number; got {self.sigma_data} for objective "
@@ -471,7 +478,8 @@ def _load_state(path, config: TrainConfig, run: Run) -> None:
     if changed:
         raise CheckpointError(
             f"{path.parent} holds a run with other settings, (stored, now): {changed}. "
-            "Resume with the same settings (only --steps may change) or choose another --out folder."
+            "Resume with the same settings (only --steps, --save-every, --snapshots and --meanflow-share may change) "
+            "or choose another --out folder."
         )
     classes = config.classes()
     if "classes" in metadata and json.loads(metadata["classes"]) != (None if classes is None else list(classes)):

@@ -203,10 +203,34 @@ def test_meanflow_adaptive_weight_divides_each_examples_error_by_its_own_held_fi
                    ) > 1e-3 * abs(net.a.grad.item())  # what the gradient of the ratio itself would be
 
 
+def test_meanflow_share_sets_how_many_examples_take_the_jvp_and_a_resumed_run_may_change_it(tmp_path):
+    """share 0 is flow matching exactly (the same loss as `flow_loss` on the same draws); a run trained with share 0
+    resumes with another share (a curriculum), while another change of settings is still refused."""
+    from diffusion_lib.continuous import flow_loss
+    from diffusion_lib.objectives import meanflow_loss
+
+    net = _Bumpy()
+    torch.manual_seed(2)
+    x0, noise = torch.randn(64, 2, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    draw = torch.cat([torch.randn(64, 2), torch.rand(64, 1)], dim=1).double()
+    flow = flow_loss(lambda x, s, labels=None: net(x, torch.stack([s / 1000, 0 * s], 1)), x0, draw[:, 0], noise)
+    assert meanflow_loss(net, x0, draw, noise, share=0.0).item() == pytest.approx(flow.item(), rel=1e-9)
+    assert meanflow_loss(net, x0, draw, noise, share=1.0).item() != pytest.approx(flow.item(), rel=1e-3)
+    first = dl.TrainConfig(data="moons", objective="meanflow", steps=3, batch_size=8, meanflow_share=0.0)
+    dl.train(first, out_dir=tmp_path, progress=False)
+    resumed = dl.train(dataclasses.replace(first, steps=5, meanflow_share=0.5), out_dir=tmp_path, progress=False)
+    assert resumed.step == 5
+    with pytest.raises(dl.CheckpointError, match="other settings"):
+        dl.train(dataclasses.replace(first, steps=7, lr=1e-4), out_dir=tmp_path, progress=False)
+
+
 def test_meanflow_power_is_one_on_images_none_on_points_and_zero_for_runs_stored_before_it():
     assert dl.TrainConfig(data="mnist", objective="meanflow").meanflow_power == 1.0
     assert dl.TrainConfig(data="moons", objective="meanflow").meanflow_power == 0.0
     assert dl.TrainConfig(data="mnist", objective="flow").meanflow_power is None
+    assert dl.TrainConfig(data="mnist", objective="meanflow").meanflow_share == 0.25
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        dl.TrainConfig(data="mnist", objective="meanflow", meanflow_share=1.5)
     old = {k: v for k, v in dataclasses.asdict(dl.TrainConfig(objective="meanflow")).items() if k != "meanflow_power"}
     assert dl.TrainConfig.from_stored(old).meanflow_power == 0.0
     with pytest.raises(ValueError, match="objective meanflow"):
