@@ -505,8 +505,9 @@ def _teacherless_lines(f, seeds, ddim50, mean, spread):
                          f"{'yes' if met else 'no'} |")
     own = f.get("training_seconds", {})
     lines += ["", "The same models by what their training cost: wall time of the commands that made them, one thread on "
-                  "the 2-core machines their READMEs name (a student: its teacher's training plus its distillation).", "",
-              "| model | steps | training min | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "the 2-core machines their READMEs name (a student: its teacher's training plus its distillation); "
+                  "FID and recognised: means over the seeds measured.", "",
+              "| model | steps | training min | seeds | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     by_model = {r["model"]: r for r in f["rows"]}
     for (model, sampler, steps), rows in seeds.items():
         if steps not in (1, 2) or model == f["teacher"]:
@@ -518,7 +519,7 @@ def _teacherless_lines(f, seeds, ddim50, mean, spread):
             seconds = own[f["teacher"]] + distilled["seconds"]
         else:
             continue
-        lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {mean(rows, 'mnist_fid'):.1f} | "
+        lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} | "
                      f"{100 * mean(rows, 'recognised'):.1f}% |")
     return lines
 

@@ -75,3 +75,32 @@ def test_quick_latent_section_measures_the_three_models_and_image_to_image(tmp_p
     negatives = {r["negative"]: r for r in figures["negative"]}
     assert negatives["a thick seven"]["above_median"]["thickness"] < negatives["a thin seven"]["above_median"]["thickness"]
     assert "## latent" in report.read_text()
+
+
+def test_teacherless_rows_get_their_own_targets_and_every_model_its_total_training_time():
+    """With mnist_meanflow rows in the fewsteps figures: its targets (1 step: 3x the teacher's DDIM-50 and 85%; 2 steps:
+    2x and 90%) judged on the mean over seeds, and a student's cost is its teacher's training plus its distillation."""
+    spec = importlib.util.spec_from_file_location("benchmarks_report", REPO / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    figures = json.loads(json.dumps(load_measured("fewsteps")["figures"]))
+    ddim50 = [r["mnist_fid"] for r in figures["rows"] + figures["seed_rows"]
+              if (r["model"], r["sampler"], r["steps"], r["precision"]) == ("mnist_uncond", "ddim", 50, "bf16")]
+    teacher_fid = sum(ddim50) / len(ddim50)
+    base = {"sampler": "meanflow", "precision": "bf16", "calls": 1, "seconds_per_image": 0.002, "diversity": 17.0}
+    made = [(1, 0, 2.9 * teacher_fid, 0.86), (1, 1, 3.0 * teacher_fid, 0.86), (1, 2, 3.05 * teacher_fid, 0.86),
+            (2, 0, 1.5 * teacher_fid, 0.95), (2, 1, 1.5 * teacher_fid, 0.80), (2, 2, 1.5 * teacher_fid, 0.90)]
+    for steps, seed, fid, share in made:
+        row = {**base, "model": "mnist_meanflow", "steps": steps, "seed": seed, "mnist_fid": fid, "recognised": share}
+        (figures["rows"] if seed == 0 else figures["seed_rows"]).append(row)
+    figures["teacherless"] = ["mnist_meanflow"]
+    figures["training_seconds"] = {"mnist_uncond": 6000.0, "mnist_meanflow": 4500.0}
+    lines = report._render_fewsteps(figures)
+    one = next(line for line in lines if line.startswith("| mnist_meanflow (meanflow) | 1 | 3 |"))
+    two = next(line for line in lines if line.startswith("| mnist_meanflow (meanflow) | 2 | 3 |"))
+    assert "| 2.98 (target 3) |" in one and one.endswith("| yes |")  # mean 2.98x, 86%
+    assert "| 1.50 (target 2) |" in two and two.endswith("| no |")  # 88.3% recognised: below 90%
+    costs = {line.split(" | ")[0][2:]: line for line in lines if line.count("|") == 7 and " min" not in line}
+    progressive = next(r for r in figures["rows"] if r["model"] == "mnist_progressive/1")
+    assert costs["mnist_meanflow (meanflow)"].split(" | ")[2] == "75"
+    assert costs["mnist_progressive/1 (euler)"].split(" | ")[2] == f"{(6000 + progressive['distilled']['seconds']) / 60:.0f}"
