@@ -101,7 +101,7 @@ def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0, share: 
     `draw` (B, 3): two N(0, 1) draws and a uniform one. For `share` of the batch (uniform draw below it) the
     two draws, made logit-normal times, are the interval's ends (the larger is s); for the rest r = s is the first
     draw's time alone, so those examples are exactly flow matching's (`continuous.flow_loss`, same times, same
-    target v) and skip the JVP, whose term (s - r) du/ds is zero there: a step costs one JVP on a quarter of the batch.
+    target v) and skip the JVP, whose term (s - r) du/ds is zero there: a step costs one JVP on `share` of the batch.
     The network is told (s, s - r) (`denoisers.meanflow_times`).
     `power` p > 0 divides each example's mean squared error e by (e + c)^p, held fixed: the paper's adaptive weight
     (c = `MEANFLOW_C`), so that p = 1 gives every example a loss near 1 whatever its scale. On images
