@@ -455,24 +455,16 @@ def _render_fewsteps(f):
             seeds.setdefault((r["model"], r["sampler"], r["steps"]), []).append(r)
     teacher = seeds.get((f["teacher"], "ddim", 50))
     if teacher:
-        mean = lambda rows, key: statistics.mean(r[key] for r in rows)  # noqa: E731
-        spread = lambda rows, key, scale=1: (f"{scale * min(r[key] for r in rows):.1f}-{scale * max(r[key] for r in rows):.1f}"  # noqa: E731
-                                             if len(rows) > 1 else "")
-        ddim50 = mean(teacher, "mnist_fid")
+        ddim50 = _seed_mean(teacher, "mnist_fid")
         lines += ["", f"Targets against the teacher's DDIM-50 (MNIST-FID {ddim50:.1f}, mean of {len(teacher)} seed(s), "
-                      f"{spread(teacher, 'mnist_fid')}): a 4-step model within 1.5x, a 1-step model within 3x, both at "
+                      f"{_seed_range(teacher, 'mnist_fid')}): a 4-step model within 1.5x, a 1-step model within 3x, both at "
                       "least 90% recognised. Each figure is the mean over the seeds measured (the range in brackets).", "",
                   "| model | steps | seeds | MNIST-FID | FID / teacher's DDIM-50 | recognised | met |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for (model, sampler, steps), rows in seeds.items():
             if model != f["teacher"] and model not in f.get("teacherless", []) and steps in (1, 4):
-                ratio, limit = mean(rows, "mnist_fid") / ddim50, 1.5 if steps == 4 else 3.0
-                met = ratio <= limit and mean(rows, "recognised") >= 0.9
-                lines.append(f"| {model} ({sampler}) | {steps} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} "
-                             f"({spread(rows, 'mnist_fid')}) | {ratio:.2f} (target {limit:g}) | "
-                             f"{100 * mean(rows, 'recognised'):.1f}% ({spread(rows, 'recognised', 100)}) | "
-                             f"{'yes' if met else 'no'} |")
-        lines += _teacherless_lines(f, seeds, ddim50, mean, spread)
+                lines.append(_target_row(f"{model} ({sampler})", steps, rows, ddim50, 1.5 if steps == 4 else 3.0, 0.9))
+        lines += _teacherless_lines(f, seeds, ddim50)
     costs = {r["model"].split("/")[0]: r["distilled"] for r in f["rows"] if r.get("distilled")}
     if costs:
         lines += ["", "What each distillation cost (wall time of its command on this machine, reflow's pairs included; "
@@ -484,7 +476,24 @@ def _render_fewsteps(f):
     return lines
 
 
-def _teacherless_lines(f, seeds, ddim50, mean, spread):
+def _seed_mean(rows, key):
+    return statistics.mean(r[key] for r in rows)
+
+
+def _seed_range(rows, key, scale=1):
+    return f"{scale * min(r[key] for r in rows):.1f}-{scale * max(r[key] for r in rows):.1f}" if len(rows) > 1 else ""
+
+
+def _target_row(label, steps, rows, ddim50, limit, share):
+    """One row of a targets table: the mean over seeds (range in brackets) against `limit` x DDIM-50 and `share`."""
+    ratio = _seed_mean(rows, "mnist_fid") / ddim50
+    met = ratio <= limit and _seed_mean(rows, "recognised") >= share
+    return (f"| {label} | {steps} | {len(rows)} | {_seed_mean(rows, 'mnist_fid'):.1f} ({_seed_range(rows, 'mnist_fid')}) | "
+            f"{ratio:.2f} (target {limit:g}) | {100 * _seed_mean(rows, 'recognised'):.1f}% "
+            f"({_seed_range(rows, 'recognised', 100)}) | {'yes' if met else 'no'} |")
+
+
+def _teacherless_lines(f, seeds, ddim50):
     """Chapter 11's targets for the models trained without a teacher, and every 1- and 2-step model at the total
     training time that made it (a student: its teacher's training plus its distillation)."""
     teacherless = f.get("teacherless", [])
@@ -497,12 +506,7 @@ def _teacherless_lines(f, seeds, ddim50, mean, spread):
     for (model, sampler, steps), rows in seeds.items():
         if model in teacherless and steps in (1, 2):
             limit, share = (3.0, 0.85) if steps == 1 else (2.0, 0.9)
-            ratio = mean(rows, "mnist_fid") / ddim50
-            met = ratio <= limit and mean(rows, "recognised") >= share
-            lines.append(f"| {model} ({sampler}) | {steps} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} "
-                         f"({spread(rows, 'mnist_fid')}) | {ratio:.2f} (target {limit:g}) | "
-                         f"{100 * mean(rows, 'recognised'):.1f}% ({spread(rows, 'recognised', 100)}) | "
-                         f"{'yes' if met else 'no'} |")
+            lines.append(_target_row(f"{model} ({sampler})", steps, rows, ddim50, limit, share))
     own = f.get("training_seconds", {})
     lines += ["", "The same models by what their training cost: wall time of the commands that made them, one thread on "
                   "the 2-core machines their READMEs name (a student: its teacher's training plus its distillation); "
@@ -519,8 +523,8 @@ def _teacherless_lines(f, seeds, ddim50, mean, spread):
             seconds = own[f["teacher"]] + distilled["seconds"]
         else:
             continue
-        lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {len(rows)} | {mean(rows, 'mnist_fid'):.1f} | "
-                     f"{100 * mean(rows, 'recognised'):.1f}% |")
+        lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {len(rows)} | "
+                     f"{_seed_mean(rows, 'mnist_fid'):.1f} | {100 * _seed_mean(rows, 'recognised'):.1f}% |")
     return lines
 
 

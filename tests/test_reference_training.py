@@ -25,7 +25,7 @@ TINY_MLP = {"hidden": 16, "layers": 1}
 SMALL_UNET = {"base_channels": 8}
 MOONS = dict(data="moons", steps=6, batch_size=16, save_every=100, model=TINY_MLP)
 # The references were made in float32; precision "auto" would train the U-Net cases in bfloat16 on CPUs with AMX.
-DIGITS = dict(data="mnist", steps=3, batch_size=4, save_every=100, precision="fp32")  # "auto": bf16 with AMX
+DIGITS = dict(data="mnist", steps=3, batch_size=4, save_every=100, precision="fp32")
 
 TRAIN_CASES = {
     "moons-flow": dict(MOONS),
