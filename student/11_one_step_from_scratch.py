@@ -199,8 +199,8 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 # takes its two times as (s, s - r) (`meanflow_times`). The times are drawn as in the paper, with chapter 8's
 # logit-normal (the paper tunes its mean and spread): for `MEANFLOW_SHARE` of a batch (printed) two logit-normal
 # times, the larger s and the smaller r; for the rest r = s, where (s - r) du/ds vanishes and the example is plain
-# flow matching. The paper also divides each example's error by its own size (an adaptive weight); on two moons
-# that weight makes the samples worse, so this loss is the plain squared error, `meanflow_loss`'s default (its
+# flow matching. The paper also divides each example's error by its own size (an adaptive weight); the loss here,
+# `meanflow_loss`'s default and the one this chapter trains two moons with, is the plain squared error (its
 # docstring says why, and why images are trained with the weight). The cell writes one batch's loss by hand
 # and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
 
