@@ -8,6 +8,7 @@ import shlex
 import statistics
 from pathlib import Path
 
+from diffusion_lib.course.ch09 import seed_groups, training_seconds
 from diffusion_lib.course.timing import (CODE_LINES_PER_MINUTE, EXERCISE_MINUTES, MINUTES_PER_WIDGET, WORDS_PER_MINUTE,
                                          learner_minutes)
 
@@ -449,10 +450,7 @@ def _render_fewsteps(f):
         lines.append(f"| {r['model']} | {r['sampler']}{note} | {r['steps']} | {r['calls']} | {r['seconds_per_image']:.4f} | "
                      f"{r['mnist_fid']:.1f} | {r['mnist_fid'] / floor:.2f} | {100 * r['recognised']:.1f}% | "
                      f"{r['diversity']:.2f} |")
-    seeds = {}  # (model, sampler, steps) -> the bf16 rows of every seed measured
-    for r in f["rows"] + f.get("seed_rows", []):
-        if r["precision"] == "bf16":
-            seeds.setdefault((r["model"], r["sampler"], r["steps"]), []).append(r)
+    seeds = seed_groups(f)  # (model, sampler, steps) -> the bf16 rows of every seed measured
     teacher = seeds.get((f["teacher"], "ddim", 50))
     if teacher:
         ddim50 = _seed_mean(teacher, "mnist_fid")
@@ -512,19 +510,26 @@ def _teacherless_lines(f, seeds, ddim50):
                   "the 2-core machines their READMEs name (a student: its teacher's training plus its distillation); "
                   "FID and recognised: means over the seeds measured.", "",
               "| model | steps | training min | seeds | MNIST-FID | recognised |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    by_model = {r["model"]: r for r in f["rows"]}
     for (model, sampler, steps), rows in seeds.items():
-        if steps not in (1, 2) or model == f["teacher"]:
-            continue
-        distilled = by_model[model].get("distilled") or {}
-        if model in own:
-            seconds = own[model]
-        elif "seconds" in distilled and f["teacher"] in own:
-            seconds = own[f["teacher"]] + distilled["seconds"]
-        else:
+        seconds = training_seconds(rows[0], own, f["teacher"])
+        if steps not in (1, 2) or model == f["teacher"] or seconds is None:
             continue
         lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {len(rows)} | "
                      f"{_seed_mean(rows, 'mnist_fid'):.1f} | {100 * _seed_mean(rows, 'recognised'):.1f}% |")
+    student = seeds.get(("mnist_progressive/1", "euler", 1))
+    for (model, sampler, steps), rows in seeds.items():
+        if model not in teacherless or steps != 1 or not student:
+            continue
+        fid, share, seconds = _seed_mean(rows, "mnist_fid"), _seed_mean(rows, "recognised"), own.get(model)
+        bar = (_seed_mean(student, "mnist_fid"), _seed_mean(student, "recognised"),
+               training_seconds(student[0], own, f["teacher"]))
+        if seconds is None or bar[2] is None:
+            continue
+        met = fid < bar[0] and share >= bar[1] and seconds <= bar[2]
+        lines += ["", f"Target: better at 1 step than chapter 9's 1-step progressive student at no more training time. "
+                      f"{model} ({sampler}): FID {fid:.1f}, {100 * share:.1f}% recognised, {seconds / 60:.0f} min; "
+                      f"mnist_progressive/1: {bar[0]:.1f}, {100 * bar[1]:.1f}%, {bar[2] / 60:.0f} min. "
+                      f"Met: {'yes' if met else 'no'}."]
     return lines
 
 

@@ -21,16 +21,18 @@
 # one step what the teacher does in many. This chapter trains one-step models **without a teacher**. Two ideas do
 # it. **MeanFlow** (Geng et al. 2025) learns the *average* velocity over a whole interval of the path, through an
 # identity that ties it to the ordinary velocity of chapter 8. **Consistency training** (Song et al. 2023) is
-# chapter 9's consistency distillation with the teacher's ODE step replaced by the data itself. Everything here runs
-# on two moons, where the whole distribution can be seen and measured.
+# chapter 9's consistency distillation with the teacher's ODE step replaced by the data itself. Sections 1 to 6 run
+# on two moons, where the whole distribution can be seen and measured; section 7 puts a MeanFlow model trained on
+# MNIST beside chapter 9's distilled students, at the same total training time.
 #
 # **After this chapter you can**
 # - define the average velocity u(x, r, s), compute it by following an ODE, and derive the MeanFlow identity
 #   u = v - (s - r) du/ds;
 # - write the MeanFlow loss with one Jacobian-vector product (`torch.func.jvp`) and say what it costs;
-# - train consistency models with and without a teacher, and measure where each one-step model loses.
+# - train consistency models with and without a teacher, and measure where each one-step model loses;
+# - compare few-step models fairly: by quality at each number of calls and by all the training each one needed.
 #
-# **Assumes**: chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
+# **Assumes**: chapter 4 (the U-Net), chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
 # distance on two moons) and chapter 9 (consistency distillation and its multistep sampler).
 
 # %%
@@ -44,6 +46,7 @@ if "google.colab" in sys.modules:
 # %%
 # %matplotlib inline
 import copy
+import statistics
 import time
 
 import ipywidgets as widgets
@@ -52,12 +55,13 @@ from IPython.display import display
 
 import diffusion_lib as dl
 from diffusion_lib.continuous import flow_velocity
-from diffusion_lib.course import ch08, ch11, exercises
+from diffusion_lib.course import ch08, ch09, ch11, exercises
+from diffusion_lib.course.measured import load_measured
 from diffusion_lib.denoisers import meanflow_times
-from diffusion_lib.distill import consistency_loss
+from diffusion_lib.distill import consistency_loss, student_files
 from diffusion_lib.evaluation import energy_distance
 from diffusion_lib.models import build_model
-from diffusion_lib.objectives import CT_GRID, MEANFLOW_SHARE, consistency_training_loss, meanflow_loss
+from diffusion_lib.objectives import CT_GRID, MEANFLOW_SHARE, consistency_training_loss, meanflow_loss, meanflow_target
 
 chapter_start = time.perf_counter()
 FAST = dl.fast_mode()
@@ -200,8 +204,8 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 # logit-normal (the paper tunes its mean and spread): for `MEANFLOW_SHARE` of a batch (printed) two logit-normal
 # times, the larger s and the smaller r; for the rest r = s, where (s - r) du/ds vanishes and the example is plain
 # flow matching. The paper also divides each example's error by its own size (an adaptive weight); the loss here,
-# `meanflow_loss`'s default and the one this chapter trains two moons with, is the plain squared error (its
-# docstring says why, and why images are trained with the weight). The cell writes one batch's loss by hand
+# `meanflow_loss`'s default and the one this chapter trains two moons with, is the plain squared error (section 7
+# measures why, and trains images with the weight). The cell writes one batch's loss by hand
 # and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
 
 # %%
@@ -260,9 +264,10 @@ for name, t in per_step.items():
     print(f"{name:<38} {1000 * t:6.2f} ms a step ({t / per_step['flow matching']:.2f}x)")
 
 # %% [markdown]
-# A MeanFlow step costs 2.93 to 3.19 times a flow-matching step here. Computing the JVP for only the 75 examples
-# with r < s instead of all 256 was not faster (the last two lines): this network is so small that much of a
-# call's time does not grow with the batch.
+# A MeanFlow step costs 2.13 to 2.39 times a flow-matching step here. Computing the JVP for only the 75 examples
+# with r < s instead of all 256 skips more than two thirds of the JVP's examples but saves much less of its time
+# (compare the last two lines with the first): this network is so small that much of a call's time does not grow
+# with the batch.
 #
 # ## 4. Two moons in one step
 #
@@ -462,11 +467,135 @@ for name, t in seconds.items():
     print(f"{name:<32} {t:6.1f} s")
 
 # %% [markdown]
-# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (30.1 s
-# against 25.9 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
+# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (44.5 s
+# against 26.3 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
 # (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model nearly as good as the teacher.
-# Consistency training was the cheapest way to one step (14.1 s) and the least accurate (0.0392).
+# Consistency training was the cheapest way to one step (11.0 s) and the least accurate (0.0392).
 #
+# ## 7. MNIST: one step without a teacher, against chapter 9's students
+#
+# The same loss trains chapter 4's U-Net on MNIST, with a second time input (`"interval": True`: the network takes
+# (s, s - r), as section 3's did). One thing changes: the **adaptive weight** that section 3 left out. Geng et al.
+# divide each example's squared error e (its mean over the example's numbers) by $(e + c)^p$, held fixed (sg).
+# Whether that helps depends on what makes e large. The cell measures e for the r < s examples of two trained
+# MeanFlow networks, section 4's on two moons and the committed MNIST model `mnist_meanflow` (trained with the
+# weight): each row keeps one data point and one interval (r, s) and draws the noise 8 times, and the share of the
+# variance of log e that lies between the rows says how much of e the data point and the interval fix, rather
+# than the noise:
+
+# %%
+def errors_by_draw(net, x0, draws=8, seed=0):
+    """(examples, draws): each r < s example's squared error against its MeanFlow target, the noise drawn anew."""
+    generator = torch.Generator().manual_seed(seed)
+    ends = torch.sigmoid(torch.randn(len(x0), 2, generator=generator))
+    s, r = ends.max(dim=1).values, ends.min(dim=1).values
+    column = (-1,) + (1,) * (x0.dim() - 1)  # a time per example, against points or images
+
+    def u(x, r, s):
+        return net(x, meanflow_times(s, r))
+
+    errors = []
+    for _ in range(draws):
+        noise = torch.randn(x0.shape, generator=generator)
+        x = (1 - s).view(column) * x0 + s.view(column) * noise
+        u_hat, target = meanflow_target(u, x, r, s, noise - x0)
+        errors.append((u_hat - target).detach().pow(2).flatten(1).mean(1))
+    return torch.stack(errors, dim=1)
+
+
+mnist_meanflow, mnist_meanflow_info = dl.pretrained("mnist_meanflow")
+for name, net, x0 in (("two moons", meanflow, dl.make_toy("moons", 256, torch.Generator().manual_seed(3))),
+                      ("MNIST", mnist_meanflow, dl.load_mnist(train=False)[0][:32])):
+    log_e = errors_by_draw(net, x0).log()
+    print(f"{name:<10} {len(x0)} examples x 8 draws: e from {log_e.exp().min():.4f} to {log_e.exp().max():.1f}; "
+          f"share of var(log e) between rows {log_e.mean(dim=1).var() / log_e.var():.2f}")
+
+# %% [markdown]
+# On MNIST most of the variation of e is between the rows: which image and which interval set e, and e spans
+# more than three orders of magnitude, so without a weight the examples with the largest errors would dominate
+# every batch's gradient. On two moons most of it is within the rows, the noise draw's own randomness: dividing by
+# e there would weight some draws of the same example more than others, and move the regression away from the
+# average over draws that it is meant to learn. With p = 1 every example's weighted loss e / (e + c) is just below
+# 1 and its gradient is $\nabla e / (e + c)$, so the examples count on one scale. `meanflow_loss(..., power=1.0)`
+# does this (c is `MEANFLOW_C`); the library's training uses p = 1 on images and p = 0 on points.
+#
+# The committed model `mnist_meanflow` was trained from scratch with the library's command, run three times with
+# the same settings but a shorter `--max-minutes` limit, each run resuming where the last stopped (the model's
+# folder, `diffusion_lib/checkpoints/mnist_meanflow`, has a README with the three commands and their times). The
+# first:
+#
+# ```
+# OMP_NUM_THREADS=1 python -m diffusion_lib train --data mnist --objective meanflow \
+#     --model-config '{"base_channels": 32}' --steps 20000 --snapshots 1000,3000 --save-every 250 --seed 0 \
+#     --max-minutes 110 --quiet --out ../runs/mnist_meanflow_p1
+# ```
+#
+# The table places every model that draws an MNIST digit in 1, 2 or 4 network calls beside what it cost to make:
+# a distilled student pays for its teacher's training and then its own distillation; MeanFlow pays only for
+# itself. `python benchmarks/run.py --only fewsteps` measured the rows (the same noise for every model; FID as a
+# ratio to the floor of real digits, recognised and diversity as chapter 9 measured them; where seeds 1 and 2 were
+# also measured, the mean of the three):
+
+# %%
+teacher, teacher_info = dl.pretrained(ch09.TEACHER)
+fewsteps = load_measured("fewsteps")["figures"]
+mnist_floor = fewsteps["real_baseline_fid"]
+print(f"{fewsteps['n']:,} samples per seed; real-digit floor (MNIST-FID) {mnist_floor:.1f}\n")
+print(f"{'calls':>5}  {'model':<21}{'sampler':<13}{'training min':>12}{'seeds':>6}{'FID':>7}{'x floor':>8}"
+      f"{'recognised':>11}{'diversity':>10}")
+table = []
+for (model, sampler, steps), rows in ch09.seed_groups(fewsteps).items():
+    if steps in (1, 2, 4) and (model != ch09.TEACHER or sampler == "euler"):
+        minutes = ch09.training_seconds(rows[0], fewsteps["training_seconds"]) / 60
+        table.append((steps, minutes, model, sampler, rows))
+for steps, minutes, model, sampler, rows in sorted(table, key=lambda entry: entry[:2]):
+    fid = statistics.mean(r["mnist_fid"] for r in rows)
+    print(f"{steps:>5}  {model:<21}{sampler:<13}{minutes:>12.0f}{len(rows):>6}{fid:>7.1f}{fid / mnist_floor:>8.2f}"
+          f"{100 * statistics.mean(r['recognised'] for r in rows):>10.1f}%{rows[0]['diversity']:>10.2f}")
+print()
+for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanflow_info)):
+    seconds_trained = fewsteps["training_seconds"][name]
+    print(f"{name}: {info['step']:,} optimiser steps of 64 images ({info['step'] * 64 / 60_000:.1f} epochs) in "
+          f"{seconds_trained / 60:.0f} min, {seconds_trained / info['step']:.2f} s a step")
+
+# %% [markdown]
+# At one call MeanFlow's digits (FID 110.5, 80.5% recognised) are behind both distilled students: the 1-step
+# progressive student, whose teacher and distillation took the same 151 minutes (75.2, 83.0%), and consistency
+# distillation (66.4, 86.3%, 163 minutes). All of them are far better than the teacher's own single Euler step
+# (1798.1, 0.5% recognised), chapter 9's blurred average. At two calls MeanFlow (62.3) is level with reflow (62.8) and behind
+# the progressive (55.4) and consistency (38.3) students; at four (46.0) it is level with reflow (47.5), behind
+# the two other students and well ahead of the teacher's Euler-4 (86.0). Its diversity is like the others' at
+# two and four calls and a little lower at one (16.60 against the students' 17.08 to 17.56).
+#
+# The last two lines show a difference that the table hides. A MeanFlow step, with its JVP (run in float32) on a
+# quarter of each batch, took 1.03 s here against 0.38 s for one of the teacher's flow-matching steps. In its 151
+# minutes MeanFlow saw each training image 9.4 times; the teacher saw each 20.9 times in 123 minutes, and the rest
+# of its students' time went to their distillation. This comparison is at one budget, about two and a half CPU hours; whether MeanFlow
+# overtakes the students with longer training is not measured here.
+#
+# **Drag the slider**: the same noise through MeanFlow, chapter 9's students and the teacher's Euler, at 1 to 4
+# network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling time. Look at
+# which digit each noise becomes. MeanFlow's jump $u(\varepsilon, 0, 1)$ is meant to be the whole path of the same
+# flow ODE that the teacher follows and that the students were distilled from, so at one call, where the models
+# are accurate, they turn the same noise into the same digit. (With more calls the consistency sampler adds fresh
+# noise between its jumps, chapter 9, and may land elsewhere.)
+
+# %%
+mnist_consistency, mnist_consistency_info = dl.pretrained("mnist_consistency")
+progressive = {k: dl.load_model(path) for k, path in student_files("mnist_progressive").items()}
+mnist_side = {"MeanFlow": (mnist_meanflow, mnist_meanflow_info, "meanflow"),
+              "progressive": {k: (m, i, "euler") for k, (m, i) in progressive.items()},
+              "consistency distillation": (mnist_consistency, mnist_consistency_info, "consistency"),
+              "teacher, Euler": (teacher, teacher_info, "euler")}
+
+
+def show_mnist(calls):
+    display(ch09.side_by_side(calls, mnist_side, n=6))
+
+
+widgets.interact(show_mnist, calls=widgets.IntSlider(value=1, min=1, max=4, step=1, continuous_update=False));
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1 (implement).** Section 3's network was asked with (x, r, s). Many MeanFlow networks are asked with

@@ -1,7 +1,7 @@
 """The course in a real browser: JupyterLab on loopback, driven by Playwright on Debian's Chromium.
 
 Opens chapters 2, 6, 7, 8, 9, 10 and 11 (fast mode), runs all cells from the Run menu, drags a slider with
-the keyboard, and checks that the picture the widget shows has changed. Screenshots go to
+the keyboard (two in chapter 11), and checks that the picture the widget shows has changed. Screenshots go to
 test-artifacts/browser/ (or $COURSE_ARTIFACTS_DIR). The notebooks are copied to a temporary
 folder first and autosave is off, so the committed chapters are never touched.
 
@@ -241,16 +241,22 @@ def _run_all_and_move_slider(browser, lab, notebook: str, slider_label: str, sho
                              act=_press_end_on_slider) -> tuple[str, str]:
     """Open a chapter, run all cells, act on the widget labelled `slider_label` (by default: press End on
     its slider); return the widget's image before and after."""
+    return _run_all_and_move_sliders(browser, lab, notebook, [(slider_label, shot, act)])[0]
+
+
+def _run_all_and_move_sliders(browser, lab, notebook: str, widgets: list) -> list[tuple[str, str]]:
+    """Open a chapter, run all cells, then for each (label, shot, act) in `widgets`, in order: act on the first widget
+    labelled `label` and wait until its picture changes; return each widget's image before and after."""
     base, token = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    wait = _Waiter(page, notebook, slider_label)
+    wait = _Waiter(page, notebook, widgets[0][0])
     page.set_default_timeout(wait.remaining_ms())
     page.set_default_navigation_timeout(wait.remaining_ms())
     idle = lambda s: s.get("indicator") == "idle"  # noqa: E731
     try:
         wait.do("opening the notebook", lambda: page.goto(
-            f"{base}/lab/workspaces/{shot}/tree/chapters/{notebook}?token={token}&reset"))  # one notebook per page
+            f"{base}/lab/workspaces/{widgets[0][1]}/tree/chapters/{notebook}?token={token}&reset"))  # one per page
         wait.until("the notebook's cells to show", lambda s: s.get("cells"))
         # 'idle' also shows for a moment before the session connects: it must hold for a few seconds
         wait.until("the kernel to start and be idle", idle, stable_s=3)
@@ -261,25 +267,28 @@ def _run_all_and_move_slider(browser, lab, notebook: str, slider_label: str, sho
         # the last cell prints 'chapter ran in' (its source says so too: only an output counts), then all is idle
         wait.until("every cell to run (the last cell's output 'chapter ran in ...', no cell queued, kernel idle)",
                    lambda s: s.get("ran") and not s.get("queued") and idle(s), stable_s=1)
-        interact = page.locator(".widget-interact", has=page.locator(f".widget-label:text-is('{slider_label}')")).first
-        wait.interact = interact
-        before = wait.until("the widget's picture", lambda s: isinstance(s.get("widget"), dict)
-                            and (s["widget"].get("src") or "").startswith("data:"))["widget"]["src"]
-        wait.do("scrolling to the widget", interact.scroll_into_view_if_needed)
-        wait.do("the 'before' screenshot", lambda: interact.screenshot(path=str(ARTIFACTS / f"{shot}_before.png")))
-        wait.do(f"acting on the widget '{slider_label}'", lambda: act(interact))
-        # the kernel redraws: done when the picture differs from before and the kernel is idle again
-        after = wait.until("the widget's picture to change from before, and the kernel to be idle again",
-                           lambda s: idle(s) and isinstance(s.get("widget"), dict) and s["widget"].get("src")
-                           and s["widget"]["src"] != before, stable_s=1)["widget"]["src"]
-        wait.do("the 'after' screenshots", lambda: (interact.screenshot(path=str(ARTIFACTS / f"{shot}_after.png")),
-                                                    page.screenshot(path=str(ARTIFACTS / f"{shot}_page.png"))))
+        pairs = []
+        for label, shot, act in widgets:
+            interact = page.locator(".widget-interact", has=page.locator(f".widget-label:text-is('{label}')")).first
+            wait.widget, wait.interact = label, interact
+            before = wait.until("the widget's picture", lambda s: isinstance(s.get("widget"), dict)
+                                and (s["widget"].get("src") or "").startswith("data:"))["widget"]["src"]
+            wait.do("scrolling to the widget", interact.scroll_into_view_if_needed)
+            wait.do("the 'before' screenshot", lambda: interact.screenshot(path=str(ARTIFACTS / f"{shot}_before.png")))
+            wait.do(f"acting on the widget '{label}'", lambda: act(interact))
+            # the kernel redraws: done when the picture differs from before and the kernel is idle again
+            after = wait.until("the widget's picture to change from before, and the kernel to be idle again",
+                               lambda s: idle(s) and isinstance(s.get("widget"), dict) and s["widget"].get("src")
+                               and s["widget"]["src"] != before, stable_s=1)["widget"]["src"]
+            wait.do("the 'after' screenshots", lambda: (interact.screenshot(path=str(ARTIFACTS / f"{shot}_after.png")),
+                                                        page.screenshot(path=str(ARTIFACTS / f"{shot}_page.png"))))
+            pairs.append((before, after))
         assert "Traceback" not in page.locator(".jp-Notebook").text_content(), "a cell raised an error"
         print(f"{notebook}: {time.monotonic() - wait.start:.0f} s ({'; '.join(wait.steps)})")
-        return before, after
+        return pairs
     except BaseException:
         try:
-            page.screenshot(path=str(ARTIFACTS / f"{shot}_failure.png"), timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / f"{widgets[0][1]}_failure.png"), timeout=30_000)
         except Exception:
             pass  # the failure itself is what matters
         raise
@@ -324,6 +333,11 @@ def test_chapter_10_guidance_slider_reruns_the_whole_pipeline(browser, lab):
     assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
 
 
-def test_chapter_11_steps_slider_redraws_the_four_models(browser, lab):
-    before, after = _run_all_and_move_slider(browser, lab, "11_one_step_from_scratch.ipynb", "steps", "chapter11_steps")
-    assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
+def test_chapter_11_sliders_redraw_two_moons_and_mnist(browser, lab):
+    """Section 5's steps slider (four two-moons models), then section 7's calls slider (MNIST: MeanFlow, chapter 9's
+    students and the teacher), in one run of the chapter."""
+    pairs = _run_all_and_move_sliders(browser, lab, "11_one_step_from_scratch.ipynb",
+                                      [("steps", "chapter11_steps", _press_end_on_slider),
+                                       ("calls", "chapter11_mnist_calls", _press_end_on_slider)])
+    for before, after in pairs:
+        assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after

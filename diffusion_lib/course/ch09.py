@@ -27,7 +27,27 @@ STUDENT_ROWS = [("mnist_reflow", "heun", 18), ("mnist_reflow", "euler", 8), ("mn
 TEACHERLESS_ROWS = [("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2), ("mnist_meanflow", "meanflow", 4)]
 # Wall seconds of the training commands that made a model from nothing, as its README records them (one thread on
 # the 2-core machine the READMEs name); a distilled student's own cost is in its checkpoint (info["distilled"]).
-TRAINING_SECONDS = {"mnist_uncond": 2900 + 4502}
+TRAINING_SECONDS = {"mnist_uncond": 2900 + 4502, "mnist_meanflow": 6602.6 + 1202.3 + 1257.6}
+
+
+def seed_groups(figures: dict) -> dict:
+    """The fewsteps section's bf16 rows grouped by (model, sampler, steps): seed 0's row and any other seeds'."""
+    groups = {}
+    for row in figures["rows"] + figures.get("seed_rows", []):
+        if row["precision"] == "bf16":
+            groups.setdefault((row["model"], row["sampler"], row["steps"]), []).append(row)
+    return groups
+
+
+def training_seconds(row: dict, recorded: dict, teacher: str = TEACHER) -> float | None:
+    """All the training a fewsteps row's model needed, in wall seconds: its own (`recorded`, as TRAINING_SECONDS) or,
+    for a distilled student, its teacher's training plus its distillation; None where either is not recorded."""
+    if row["model"] in recorded:
+        return recorded[row["model"]]
+    distilled = row.get("distilled") or {}
+    if "seconds" in distilled and teacher in recorded:
+        return recorded[teacher] + distilled["seconds"]
+    return None
 
 
 def load_row_model(name: str, device="cpu"):
