@@ -23,7 +23,7 @@
 # identity that ties it to the ordinary velocity of chapter 8. **Consistency training** (Song et al. 2023) is
 # chapter 9's consistency distillation with the teacher's ODE step replaced by the data itself. Sections 1 to 6 run
 # on two moons, where the whole distribution can be seen and measured; section 7 puts a MeanFlow model trained on
-# MNIST beside chapter 9's distilled students, at the same total training time.
+# MNIST beside chapter 9's distilled students, by quality and by all the training each one needed.
 #
 # **After this chapter you can**
 # - define the average velocity u(x, r, s), compute it by following an ODE, and derive the MeanFlow identity
@@ -32,7 +32,7 @@
 # - train consistency models with and without a teacher, and measure where each one-step model loses;
 # - compare few-step models fairly: by quality at each number of calls and by all the training each one needed.
 #
-# **Assumes**: chapter 4 (the U-Net), chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
+# **Assumes**: chapter 4 (the U-Net), chapters 5 and 7 (DDIM and DPM-Solver++), chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
 # distance on two moons) and chapter 9 (consistency distillation and its multistep sampler).
 
 # %%
@@ -61,7 +61,8 @@ from diffusion_lib.denoisers import meanflow_times
 from diffusion_lib.distill import consistency_loss, student_files
 from diffusion_lib.evaluation import energy_distance
 from diffusion_lib.models import build_model
-from diffusion_lib.objectives import CT_GRID, MEANFLOW_SHARE, consistency_training_loss, meanflow_loss, meanflow_target
+from diffusion_lib.objectives import (CT_GRID, MEANFLOW_C, MEANFLOW_SHARE, consistency_training_loss,
+                                   meanflow_loss, meanflow_target)
 
 chapter_start = time.perf_counter()
 FAST = dl.fast_mode()
@@ -205,7 +206,7 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 # times, the larger s and the smaller r; for the rest r = s, where (s - r) du/ds vanishes and the example is plain
 # flow matching. The paper also divides each example's error by its own size (an adaptive weight); the loss here,
 # `meanflow_loss`'s default and the one this chapter trains two moons with, is the plain squared error (section 7
-# measures why, and trains images with the weight). The cell writes one batch's loss by hand
+# measures what sets an example's error on points and on images, and trains images with the weight). The cell writes one batch's loss by hand
 # and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
 
 # %%
@@ -264,10 +265,10 @@ for name, t in per_step.items():
     print(f"{name:<38} {1000 * t:6.2f} ms a step ({t / per_step['flow matching']:.2f}x)")
 
 # %% [markdown]
-# A MeanFlow step costs 2.13 to 2.39 times a flow-matching step here. Computing the JVP for only the 75 examples
-# with r < s instead of all 256 skips more than two thirds of the JVP's examples but saves much less of its time
-# (compare the last two lines with the first): this network is so small that much of a call's time does not grow
-# with the batch.
+# A MeanFlow step costs a few flow-matching steps here (the last column; timings on a shared machine move from run
+# to run). Computing the JVP for only the 75 examples with r < s instead of all 256 skips more than two thirds of
+# the JVP's examples but saves much less of its time (compare the last two lines with the first): this network is so
+# small that much of a call's time does not grow with the batch.
 #
 # ## 4. Two moons in one step
 #
@@ -467,21 +468,33 @@ for name, t in seconds.items():
     print(f"{name:<32} {t:6.1f} s")
 
 # %% [markdown]
-# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (44.5 s
-# against 26.3 s), because each of its steps pays for the JVP; for that it made the best single jump of the four
-# (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model nearly as good as the teacher.
-# Consistency training was the cheapest way to one step (11.0 s) and the least accurate (0.0392).
+# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (the lines
+# above), because each of its steps pays for the JVP; for that it made the best single jump of the four (0.0021
+# against 0.0074 for the distilled model), and its velocity is a flow model nearly as good as the teacher.
+# Consistency training was the cheapest way to one step and the least accurate of the one-step models (0.0392).
 #
 # ## 7. MNIST: one step without a teacher, against chapter 9's students
 #
 # The same loss trains chapter 4's U-Net on MNIST, with a second time input (`"interval": True`: the network takes
-# (s, s - r), as section 3's did). One thing changes: the **adaptive weight** that section 3 left out. Geng et al.
-# divide each example's squared error e (its mean over the example's numbers) by $(e + c)^p$, held fixed (sg).
-# Whether that helps depends on what makes e large. The cell measures e for the r < s examples of two trained
-# MeanFlow networks, section 4's on two moons and the committed MNIST model `mnist_meanflow` (trained with the
-# weight): each row keeps one data point and one interval (r, s) and draws the noise 8 times, and the share of the
-# variance of log e that lies between the rows says how much of e the data point and the interval fix, rather
-# than the noise:
+# (s, s - r), as section 3's did). The committed model `mnist_meanflow` was trained from scratch with the library's
+# command, 151 minutes in all, in three runs that each resumed where the last stopped (the model's folder,
+# `diffusion_lib/checkpoints/mnist_meanflow`, has a README with the three commands and their times). The first:
+#
+# ```
+# OMP_NUM_THREADS=1 python -m diffusion_lib train --data mnist --objective meanflow \
+#     --model-config '{"base_channels": 32}' --steps 20000 --snapshots 1000,3000 --save-every 250 --seed 0 \
+#     --max-minutes 110 --quiet --out ../runs/mnist_meanflow_p1
+# ```
+#
+# One thing differs from two moons: on images the library trains with the **adaptive weight** that section 3 left
+# out. Geng et al. divide each example's squared error e by $(e + c)^p$, held fixed (sg), with a power p and a
+# small constant c. (The library's e is the mean over the example's pixels or coordinates; the paper's is the sum,
+# which for p = 1 is the same weight with c divided by the number of pixels.) Whether the weight helps depends on
+# what makes e large. The cell measures e for the r < s examples of the two trained MeanFlow networks, section 4's
+# on two moons and `mnist_meanflow`: each row keeps one data point and one interval (r, s) and draws the noise 8
+# times, and the share of the variance of log e that lies between the rows says how much of e the data point and
+# its interval fix, rather than the noise. (With 8 draws a row's mean still carries some of the noise, so the share
+# comes out a little high.)
 
 # %%
 def errors_by_draw(net, x0, draws=8, seed=0):
@@ -498,12 +511,14 @@ def errors_by_draw(net, x0, draws=8, seed=0):
     for _ in range(draws):
         noise = torch.randn(x0.shape, generator=generator)
         x = (1 - s).view(column) * x0 + s.view(column) * noise
-        u_hat, target = meanflow_target(u, x, r, s, noise - x0)
-        errors.append((u_hat - target).detach().pow(2).flatten(1).mean(1))
+        with torch.no_grad():  # no training here: the JVP alone, without the graph for a backward pass
+            u_hat, target = meanflow_target(u, x, r, s, noise - x0)
+        errors.append((u_hat - target).pow(2).flatten(1).mean(1))
     return torch.stack(errors, dim=1)
 
 
 mnist_meanflow, mnist_meanflow_info = dl.pretrained("mnist_meanflow")
+print(f"MEANFLOW_C = {MEANFLOW_C}")
 for name, net, x0 in (("two moons", meanflow, dl.make_toy("moons", 256, torch.Generator().manual_seed(3))),
                       ("MNIST", mnist_meanflow, dl.load_mnist(train=False)[0][:32])):
     log_e = errors_by_draw(net, x0).log()
@@ -511,30 +526,21 @@ for name, net, x0 in (("two moons", meanflow, dl.make_toy("moons", 256, torch.Ge
           f"share of var(log e) between rows {log_e.mean(dim=1).var() / log_e.var():.2f}")
 
 # %% [markdown]
-# On MNIST most of the variation of e is between the rows: which image and which interval set e, and e spans
-# more than three orders of magnitude, so without a weight the examples with the largest errors would dominate
-# every batch's gradient. On two moons most of it is within the rows, the noise draw's own randomness: dividing by
-# e there would weight some draws of the same example more than others, and move the regression away from the
-# average over draws that it is meant to learn. With p = 1 every example's weighted loss e / (e + c) is just below
-# 1 and its gradient is $\nabla e / (e + c)$, so the examples count on one scale. `meanflow_loss(..., power=1.0)`
-# does this (c is `MEANFLOW_C`); the library's training uses p = 1 on images and p = 0 on points.
+# On MNIST most of the variation of e is between the rows: which image and which interval set e, and e spans more
+# than three orders of magnitude. The plain loss is the mean of the examples' e, so the examples with the largest
+# errors make up most of it and of its gradient. On two moons most of the variation is within the rows, the noise
+# draw's own randomness. Dividing by e there would weight some draws of the same example more than others, and a
+# weighted least-squares fit lands on the weighted mean of its targets, not on the plain average over draws that
+# the network is meant to learn. With p = 1 every example's weighted loss e / (e + c) is below 1, close to 1
+# wherever e is much larger than c, and its gradient is $\nabla e / (e + c)$: the examples count on one scale.
+# `meanflow_loss(..., power=1.0)` does this; the library's training uses p = 1 on images and p = 0 on points.
 #
-# The committed model `mnist_meanflow` was trained from scratch with the library's command, run three times with
-# the same settings but a shorter `--max-minutes` limit, each run resuming where the last stopped (the model's
-# folder, `diffusion_lib/checkpoints/mnist_meanflow`, has a README with the three commands and their times). The
-# first:
-#
-# ```
-# OMP_NUM_THREADS=1 python -m diffusion_lib train --data mnist --objective meanflow \
-#     --model-config '{"base_channels": 32}' --steps 20000 --snapshots 1000,3000 --save-every 250 --seed 0 \
-#     --max-minutes 110 --quiet --out ../runs/mnist_meanflow_p1
-# ```
-#
-# The table places every model that draws an MNIST digit in 1, 2 or 4 network calls beside what it cost to make:
-# a distilled student pays for its teacher's training and then its own distillation; MeanFlow pays only for
-# itself. `python benchmarks/run.py --only fewsteps` measured the rows (the same noise for every model; FID as a
-# ratio to the floor of real digits, recognised and diversity as chapter 9 measured them; where seeds 1 and 2 were
-# also measured, the mean of the three):
+# The table places every model that draws an MNIST digit in at most 5 network calls (the teacher with chapter 5's
+# and chapter 7's solvers too) beside what it cost to make: a distilled student pays for its teacher's training
+# and then its own distillation; MeanFlow pays only for itself. `python benchmarks/run.py --only fewsteps` measured
+# the rows (the same noise for every model; FID as a ratio to the floor of real digits, recognised and diversity as
+# chapter 9 measured them; where seeds 1 and 2 were also measured, FID and recognised are the mean of the three,
+# diversity is seed 0's):
 
 # %%
 teacher, teacher_info = dl.pretrained(ch09.TEACHER)
@@ -545,12 +551,12 @@ print(f"{'calls':>5}  {'model':<21}{'sampler':<13}{'training min':>12}{'seeds':>
       f"{'recognised':>11}{'diversity':>10}")
 table = []
 for (model, sampler, steps), rows in ch09.seed_groups(fewsteps).items():
-    if steps in (1, 2, 4) and (model != ch09.TEACHER or sampler == "euler"):
+    if rows[0]["calls"] <= 5:
         minutes = ch09.training_seconds(rows[0], fewsteps["training_seconds"]) / 60
-        table.append((steps, minutes, model, sampler, rows))
-for steps, minutes, model, sampler, rows in sorted(table, key=lambda entry: entry[:2]):
+        table.append((rows[0]["calls"], minutes, model, sampler, rows))
+for calls, minutes, model, sampler, rows in sorted(table, key=lambda entry: entry[:3]):
     fid = statistics.mean(r["mnist_fid"] for r in rows)
-    print(f"{steps:>5}  {model:<21}{sampler:<13}{minutes:>12.0f}{len(rows):>6}{fid:>7.1f}{fid / mnist_floor:>8.2f}"
+    print(f"{calls:>5}  {model:<21}{sampler:<13}{minutes:>12.0f}{len(rows):>6}{fid:>7.1f}{fid / mnist_floor:>8.2f}"
           f"{100 * statistics.mean(r['recognised'] for r in rows):>10.1f}%{rows[0]['diversity']:>10.2f}")
 print()
 for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanflow_info)):
@@ -559,31 +565,35 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
           f"{seconds_trained / 60:.0f} min, {seconds_trained / info['step']:.2f} s a step")
 
 # %% [markdown]
-# At one call MeanFlow's digits (FID 110.5, 80.5% recognised) are behind both distilled students: the 1-step
-# progressive student, whose teacher and distillation took the same 151 minutes (75.2, 83.0%), and consistency
-# distillation (66.4, 86.3%, 163 minutes). All of them are far better than the teacher's own single Euler step
-# (1798.1, 0.5% recognised), chapter 9's blurred average. At two calls MeanFlow (62.3) is level with reflow (62.8) and behind
-# the progressive (55.4) and consistency (38.3) students; at four (46.0) it is level with reflow (47.5), behind
-# the two other students and well ahead of the teacher's Euler-4 (86.0). Its diversity is like the others' at
-# two and four calls and a little lower at one (16.60 against the students' 17.08 to 17.56).
+# At one call MeanFlow's digits (FID 110.5, 80.5% recognised) are behind all three of chapter 9's students: reflow
+# (98.1, 81.4%), the 1-step progressive student, whose teacher and distillation took the same 151 minutes (75.2,
+# 83.0%), and consistency distillation (66.4, 86.3%, 163 minutes). All of them are far better than the teacher's
+# own single Euler step (1798.1, 0.5% recognised), chapter 9's blurred average. At two calls MeanFlow (62.3) is
+# close to reflow (62.8) and behind the progressive (55.4) and consistency (38.3) students; at four (46.0) it is
+# close to reflow (47.5), behind the two other students, and ahead of the teacher's Euler-4 (86.0) and of its best
+# solver at five calls, DPM-Solver++ (52.1). Its diversity is like the others' at two and four calls and a little
+# lower at one (16.60 against the students' 17.08 to 17.56).
 #
-# The last two lines show a difference that the table hides. A MeanFlow step, with its JVP (run in float32) on a
-# quarter of each batch, took 1.03 s here against 0.38 s for one of the teacher's flow-matching steps. In its 151
-# minutes MeanFlow saw each training image 9.4 times; the teacher saw each 20.9 times in 123 minutes, and the rest
-# of its students' time went to their distillation. This comparison is at one budget, about two and a half CPU hours; whether MeanFlow
-# overtakes the students with longer training is not measured here.
+# The last two lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for
+# one of the teacher's flow-matching steps. Both ran under bf16 autocast with other jobs on the machine's second
+# core (their READMEs say which), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
+# differentiation has no autocast. In its 151 minutes MeanFlow saw each training image 9.4 times; the teacher saw
+# each 20.9 times in 123 minutes, and the rest of its students' time went to their distillation. Would MeanFlow
+# overtake the students with longer training? This table, at one budget, cannot say.
 #
 # **Drag the slider**: the same noise through MeanFlow, chapter 9's students and the teacher's Euler, at 1 to 4
 # network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling time. Look at
-# which digit each noise becomes. MeanFlow's jump $u(\varepsilon, 0, 1)$ is meant to be the whole path of the same
-# flow ODE that the teacher follows and that the students were distilled from, so at one call, where the models
-# are accurate, they turn the same noise into the same digit. (With more calls the consistency sampler adds fresh
-# noise between its jumps, chapter 9, and may land elsewhere.)
+# which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0, 1)$, is meant to land where
+# the whole path of the same flow ODE lands, the path that the teacher follows and that the students were distilled
+# from, so at one call, where the models are accurate, they turn the same noise into the same digit. (With more
+# calls the consistency sampler adds fresh noise between its jumps, chapter 9, and may land elsewhere.)
 
 # %%
+mnist_reflow, mnist_reflow_info = dl.pretrained("mnist_reflow")
 mnist_consistency, mnist_consistency_info = dl.pretrained("mnist_consistency")
 progressive = {k: dl.load_model(path) for k, path in student_files("mnist_progressive").items()}
 mnist_side = {"MeanFlow": (mnist_meanflow, mnist_meanflow_info, "meanflow"),
+              "reflow": (mnist_reflow, mnist_reflow_info, "euler"),
               "progressive": {k: (m, i, "euler") for k, (m, i) in progressive.items()},
               "consistency distillation": (mnist_consistency, mnist_consistency_info, "consistency"),
               "teacher, Euler": (teacher, teacher_info, "euler")}
@@ -598,7 +608,7 @@ widgets.interact(show_mnist, calls=widgets.IntSlider(value=1, min=1, max=4, step
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (implement).** Section 3's network was asked with (x, r, s). Many MeanFlow networks are asked with
+# **Exercise 1 (implement).** Section 3's `u` was asked with (x, r, s). Many MeanFlow networks are asked with
 # the interval's length instead, `u(x, s, d)` with d = s - r. Write `my_target(u, x, s, d, v)`: the MeanFlow target
 # $v - (s - r)\,du/ds$, held fixed, for such a network, with x moving along the path with velocity v and r held
 # still. Choose the tangent of each input with care. `s` and `d` have shape (B,): reshape d to (B, 1) before

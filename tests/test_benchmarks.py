@@ -84,6 +84,8 @@ def test_teacherless_rows_get_their_own_targets_and_every_model_its_total_traini
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     figures = json.loads(json.dumps(load_measured("fewsteps")["figures"]))
+    for key in ("rows", "seed_rows"):  # the measured mnist_meanflow rows make way for made-up ones
+        figures[key] = [r for r in figures[key] if r["model"] != "mnist_meanflow"]
     ddim50 = [r["mnist_fid"] for r in figures["rows"] + figures["seed_rows"]
               if (r["model"], r["sampler"], r["steps"], r["precision"]) == ("mnist_uncond", "ddim", 50, "bf16")]
     teacher_fid = sum(ddim50) / len(ddim50)
