@@ -59,7 +59,7 @@ from diffusion_lib.course import ch08, ch09, ch11, exercises
 from diffusion_lib.course.measured import load_measured
 from diffusion_lib.denoisers import meanflow_times
 from diffusion_lib.distill import consistency_loss, student_files
-from diffusion_lib.evaluation import energy_distance
+from diffusion_lib.evaluation import classify, committed_classifier, energy_distance
 from diffusion_lib.models import build_model
 from diffusion_lib.objectives import (CT_GRID, MEANFLOW_C, MEANFLOW_SHARE, consistency_training_loss,
                                    meanflow_loss, meanflow_target)
@@ -188,9 +188,9 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 # where sg holds the target fixed (no gradient flows through it). Two substitutions make it trainable:
 #
 # - **The network's own derivative** stands in for the true u's. A bounded $u_\theta$ that satisfies the identity
-#   everywhere is the average velocity: the difference e between it and the true u satisfies
-#   $e = -(s - r)\,\frac{de}{ds}$, that is $\frac{d}{ds}\big[(s - r)\,e\big] = 0$ along each path, so $(s - r)\,e$
-#   keeps the value it has at s = r, which is 0.
+#   everywhere is the average velocity: the difference $\delta$ between it and the true u satisfies
+#   $\delta = -(s - r)\,\frac{d\delta}{ds}$, that is $\frac{d}{ds}\big[(s - r)\,\delta\big] = 0$ along each path,
+#   so $(s - r)\,\delta$ keeps the value it has at s = r, which is 0.
 # - **The conditional velocity** $v = \varepsilon - x_0$ of one training pair stands in for the marginal velocity
 #   $v^*(x_s, s) = \mathbb E[\varepsilon - x_0 \mid x_s]$ (chapter 8), as in flow matching. The target is affine in
 #   v: v appears once alone and once inside $\frac{du}{ds} = \nabla_x u_\theta \cdot v + \partial_s u_\theta$, where
@@ -267,8 +267,9 @@ for name, t in per_step.items():
 # %% [markdown]
 # A MeanFlow step costs a few flow-matching steps here (the last column; timings on a shared machine move from run
 # to run). Computing the JVP for only the 75 examples with r < s instead of all 256 skips more than two thirds of
-# the JVP's examples but saves much less of its time (compare the last two lines with the first): this network is so
-# small that much of a call's time does not grow with the batch.
+# the JVP's examples but saves much less of its time (compare the last two lines with the first): the library then
+# makes two network calls, a plain one for the r = s examples and the JVP for the others, and on a network this
+# small much of a call's time does not grow with the batch.
 #
 # ## 4. Two moons in one step
 #
@@ -477,8 +478,9 @@ for name, t in seconds.items():
 #
 # The same loss trains chapter 4's U-Net on MNIST, with a second time input (`"interval": True`: the network takes
 # (s, s - r), as section 3's did). The committed model `mnist_meanflow` was trained from scratch with the library's
-# command, 151 minutes in all, in three runs that each resumed where the last stopped (the model's folder,
-# `diffusion_lib/checkpoints/mnist_meanflow`, has a README with the three commands and their times). The first:
+# command for 151 minutes, chosen to match the training time of chapter 9's 1-step progressive student, its
+# teacher's training plus its distillation (the model's folder, `diffusion_lib/checkpoints/mnist_meanflow`, has a
+# README with the commands and their times). The first of its three runs, each resuming where the last stopped:
 #
 # ```
 # OMP_NUM_THREADS=1 python -m diffusion_lib train --data mnist --objective meanflow \
@@ -528,11 +530,11 @@ for name, net, x0 in (("two moons", meanflow, dl.make_toy("moons", 256, torch.Ge
 # %% [markdown]
 # On MNIST most of the variation of e is between the rows: which image and which interval set e, and e spans more
 # than three orders of magnitude. The plain loss is the mean of the examples' e, so the examples with the largest
-# errors make up most of it and of its gradient. On two moons most of the variation is within the rows, the noise
+# errors weigh the most in it and in its gradient. On two moons most of the variation is within the rows, the noise
 # draw's own randomness. Dividing by e there would weight some draws of the same example more than others, and a
-# weighted least-squares fit lands on the weighted mean of its targets, not on the plain average over draws that
-# the network is meant to learn. With p = 1 every example's weighted loss e / (e + c) is below 1, close to 1
-# wherever e is much larger than c, and its gradient is $\nabla e / (e + c)$: the examples count on one scale.
+# weighted least-squares fit lands on the weighted mean of its targets, not on the plain average over draws that the
+# network is meant to learn. With p = 1 every example's weighted loss e / (e + c) is below 1, close to 1 wherever e
+# is much larger than c, and its gradient is $\nabla e / (e + c)$: the examples count on one scale.
 # `meanflow_loss(..., power=1.0)` does this; the library's training uses p = 1 on images and p = 0 on points.
 #
 # The table places every model that draws an MNIST digit in at most 5 network calls (the teacher with chapter 5's
@@ -574,9 +576,9 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
 # solver at five calls, DPM-Solver++ (52.1). Its diversity is like the others' at two and four calls and a little
 # lower at one (16.60 against the students' 17.08 to 17.56).
 #
-# The last two lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for
-# one of the teacher's flow-matching steps. Both ran under bf16 autocast with other jobs on the machine's second
-# core (their READMEs say which), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
+# The last two lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for one
+# of the teacher's flow-matching steps. Both ran under bf16 autocast (wall times on a 2-core machine that was not
+# always idle, so approximate), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
 # differentiation has no autocast. In its 151 minutes MeanFlow saw each training image 9.4 times; the teacher saw
 # each 20.9 times in 123 minutes, and the rest of its students' time went to their distillation. Would MeanFlow
 # overtake the students with longer training? This table, at one budget, cannot say.
@@ -584,9 +586,10 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
 # **Drag the slider**: the same noise through MeanFlow, chapter 9's students and the teacher's Euler, at 1 to 4
 # network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling time. Look at
 # which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0, 1)$, is meant to land where
-# the whole path of the same flow ODE lands, the path that the teacher follows and that the students were distilled
-# from, so at one call, where the models are accurate, they turn the same noise into the same digit. (With more
-# calls the consistency sampler adds fresh noise between its jumps, chapter 9, and may land elsewhere.)
+# the whole path of the flow ODE from $\varepsilon$ lands: the ODE of the data's velocity field, which the teacher
+# learned and the students were distilled from. MeanFlow never saw the teacher; if the two learned the same field,
+# they draw the same digit from the same noise. (With more calls the consistency sampler adds fresh noise between
+# its jumps, chapter 9, and may land elsewhere.)
 
 # %%
 mnist_reflow, mnist_reflow_info = dl.pretrained("mnist_reflow")
@@ -604,6 +607,29 @@ def show_mnist(calls):
 
 
 widgets.interact(show_mnist, calls=widgets.IntSlider(value=1, min=1, max=4, step=1, continuous_update=False));
+
+# %% [markdown]
+# The slider shows six noises. The cell checks many more: the classifier names the digit each model draws in one
+# call from each noise, and the cell counts how often it is the digit that the teacher's ODE, solved with 10 steps
+# of DPM-Solver++ (chapter 7), draws from the same noise:
+
+# %%
+judge = committed_classifier("mnist")
+noises = 100 if FAST else 500
+with torch.no_grad():
+    ode_digit, _ = classify(judge, dl.generate(teacher, teacher_info, noises, "dpm-solver++", 10, seed=5)[0])
+    for label, entry in mnist_side.items():
+        model, info, sampler = entry[1] if isinstance(entry, dict) else entry
+        digit, _ = classify(judge, dl.generate(model, info, noises, sampler, 1, seed=5)[0])
+        print(f"{label + ', 1 call':<34} the ODE's digit from {100 * (digit == ode_digit).float().mean():5.1f}% "
+              f"of {noises} noises")
+
+# %% [markdown]
+# MeanFlow draws the ODE's digit from 66.8% of the noises, far more often than chance with ten digits to choose
+# from: without ever seeing the teacher it learned much of the same map from noise to digit, since both were fitted
+# to the same data's velocity field. The distilled students, trained to follow the teacher's ODE (reflow through its
+# pairs), match it more often (81.4% to 83.6%). The teacher's own single Euler step, chapter 9's blurred average,
+# matches 39.2%.
 
 # %% [markdown]
 # ## Exercises
