@@ -521,14 +521,14 @@ def _teacherless_lines(f, seeds, ddim50):
         if model not in teacherless or steps != 1 or not student:
             continue
         fid, share, seconds = _seed_mean(rows, "mnist_fid"), _seed_mean(rows, "recognised"), own.get(model)
-        bar = (_seed_mean(student, "mnist_fid"), _seed_mean(student, "recognised"),
-               training_seconds(student[0], own, f["teacher"]))
-        if seconds is None or bar[2] is None:
+        its_fid, its_share = _seed_mean(student, "mnist_fid"), _seed_mean(student, "recognised")
+        its_seconds = training_seconds(student[0], own, f["teacher"])
+        if seconds is None or its_seconds is None:
             continue
-        met = fid < bar[0] and share >= bar[1] and seconds <= bar[2]
+        met = fid < its_fid and share >= its_share and seconds <= its_seconds
         lines += ["", f"Target: better at 1 step than chapter 9's 1-step progressive student at no more training time. "
                       f"{model} ({sampler}): FID {fid:.1f}, {100 * share:.1f}% recognised, {seconds / 60:.0f} min; "
-                      f"mnist_progressive/1: {bar[0]:.1f}, {100 * bar[1]:.1f}%, {bar[2] / 60:.0f} min. "
+                      f"mnist_progressive/1: {its_fid:.1f}, {100 * its_share:.1f}%, {its_seconds / 60:.0f} min. "
                       f"Met: {'yes' if met else 'no'}."]
     return lines
 
