@@ -32,8 +32,9 @@
 # - train consistency models with and without a teacher, and measure where each one-step model loses;
 # - compare few-step models fairly: by quality at each number of calls and by all the training each one needed.
 #
-# **Assumes**: chapter 4 (the U-Net), chapters 5 and 7 (DDIM and DPM-Solver++), chapter 8 (the straight path x_s = (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy
-# distance on two moons) and chapter 9 (consistency distillation and its multistep sampler).
+# **Assumes**: chapter 4 (the U-Net), chapters 5 and 7 (DDIM and DPM-Solver++), chapter 8 (the straight path x_s =
+# (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy distance on two moons) and chapter 9 (consistency
+# distillation and its multistep sampler).
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
@@ -206,8 +207,9 @@ print(f"mean |u - (v - (s - r) du/ds)| = {residual:.1e}, against mean |u - v| = 
 # times, the larger s and the smaller r; for the rest r = s, where (s - r) du/ds vanishes and the example is plain
 # flow matching. The paper also divides each example's error by its own size (an adaptive weight); the loss here,
 # `meanflow_loss`'s default and the one this chapter trains two moons with, is the plain squared error (section 7
-# measures what sets an example's error on points and on images, and trains images with the weight). The cell writes one batch's loss by hand
-# and compares it with the library's `meanflow_loss` on the same draws, with an untrained network:
+# measures what sets an example's error on points and on images, and trains images with the weight). The cell writes
+# one batch's loss by hand and compares it with the library's `meanflow_loss` on the same draws, with an untrained
+# network:
 
 # %%
 def my_meanflow_loss(net, x0, draw, noise):
