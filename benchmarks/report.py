@@ -517,14 +517,15 @@ def _teacherless_lines(f, seeds, ddim50):
         lines.append(f"| {model} ({sampler}) | {steps} | {seconds / 60:.0f} | {len(rows)} | "
                      f"{_seed_mean(rows, 'mnist_fid'):.1f} | {100 * _seed_mean(rows, 'recognised'):.1f}% |")
     student = seeds.get(("mnist_progressive/1", "euler", 1))
+    if not student:
+        return lines
+    its_fid, its_share = _seed_mean(student, "mnist_fid"), _seed_mean(student, "recognised")
+    its_seconds = training_seconds(student[0], own, f["teacher"])
     for (model, sampler, steps), rows in seeds.items():
-        if model not in teacherless or steps != 1 or not student:
+        seconds = training_seconds(rows[0], own, f["teacher"])
+        if model not in teacherless or steps != 1 or seconds is None or its_seconds is None:
             continue
-        fid, share, seconds = _seed_mean(rows, "mnist_fid"), _seed_mean(rows, "recognised"), own.get(model)
-        its_fid, its_share = _seed_mean(student, "mnist_fid"), _seed_mean(student, "recognised")
-        its_seconds = training_seconds(student[0], own, f["teacher"])
-        if seconds is None or its_seconds is None:
-            continue
+        fid, share = _seed_mean(rows, "mnist_fid"), _seed_mean(rows, "recognised")
         met = fid < its_fid and share >= its_share and seconds <= its_seconds
         lines += ["", f"Target: better at 1 step than chapter 9's 1-step progressive student at no more training time. "
                       f"{model} ({sampler}): FID {fid:.1f}, {100 * share:.1f}% recognised, {seconds / 60:.0f} min; "
