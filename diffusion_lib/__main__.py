@@ -147,6 +147,9 @@ def _recipe_options(tr, defaults: TrainConfig) -> None:
     tr.add_argument("--meanflow-share", type=float, default=None, metavar="F",
                     help="with --objective meanflow: the share of examples with r < s, the rest flow matching's; "
                          "a resumed run may change it (0 first, then more: flow matching before MeanFlow) (default 0.25)")
+    tr.add_argument("--ct-grid", type=_positive_int, nargs=2, default=None, metavar=("START", "END"),
+                    help="with --objective ct: the grid's N at the start and at the end of training, doubling at equal "
+                         "stages of --steps in between (default 4 128)")
     tr.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                     help="bf16: bfloat16 autocast, faster on CPUs with bfloat16 instructions (AVX512-BF16, AMX), "
                          "slower on others; auto: bf16 where it is fast; see benchmarks/RESULTS.md (default %(default)s)")
@@ -329,7 +332,7 @@ def run_train(args) -> None:
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
                          meanflow_power=args.meanflow_power, meanflow_share=args.meanflow_share,
-                         precision=args.precision,
+                         ct_grid=None if args.ct_grid is None else tuple(args.ct_grid), precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
                          arch=args.arch, latent=args.latent)

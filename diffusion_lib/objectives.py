@@ -9,19 +9,20 @@ on the path they put the training examples, what the network outputs there, and 
 | `edm`     | ln sigma ~ N(P_mean, P_std^2)              | EDM's F               | EDM Eq. 8 with Table 1's lambda (`continuous.edm_loss`) |
 | `flow`    | s = sigmoid(z), z ~ N(0, 1)                | the velocity eps - x_0 | conditional flow matching (`continuous.flow_loss`) |
 | `flow-ot` | as `flow`                                  | the velocity eps - x_0 | `flow` on the batch's noise re-paired by minibatch optimal transport (`ot_pairing`) |
-| `ct`      | s_n = n / N, n ~ Uniform{1..N}             | the velocity eps - x_0 | consistency training without a teacher (`consistency_training_loss`) |
+| `ct`      | s_n = n / N, n ~ Uniform{1..N}, N growing over training (`ct_grid`) | the velocity eps - x_0 | consistency training without a teacher (`consistency_training_loss`) |
 | `meanflow`| an interval r <= s, each end logit-normal  | the average velocity over [r, s] | MeanFlow (`meanflow_loss`): u = v - (s - r) du/ds, by a Jacobian-vector product |
 
 | code            | meaning                                                                         |
 | --------------- | ------------------------------------------------------------------------------- |
-| `draw`          | `draw(B, generator, T)`: the (B,) draw a batch's noise levels come from (a step t; a N(0, 1) z that the loss maps to sigma or s; a grid index n) |
+| `draw`          | `draw(B, generator, config, step)`: the draw a batch's noise levels come from, at training step `step` (a step t; a N(0, 1) z that the loss maps to sigma or s; a grid index n beside the grid's N; meanflow's interval) |
 | `loss`          | `loss(net, x0, t, noise, labels, config, schedule)`: the batch's mean loss        |
 | `sampler`       | the sampler and steps a model of this objective uses unless asked otherwise      |
 | `levels`        | the grid its ODE samplers (heun, euler) walk on its own path; None: DDPM's steps only |
 | `sigma_data`    | whether the loss uses the data's sqrt(E[x_0^2]) (EDM's preconditioning), stored per data set |
 | `output`        | what a continuous objective's network outputs, as `denoisers.Denoiser` names it (edm: F; flow: the velocity) |
 | `gamma`         | min-SNR-gamma's gamma = 5 (Hang et al. 2023, arXiv 2303.09556)                    |
-| `CT_GRID`       | N, the grid s_n = n / N whose neighbours consistency training compares          |
+| `CT_GRID`       | N, the grid s_n = n / N whose neighbours consistency training compares (chapter 11's fixed grid) |
+| `CT_GROWTH`     | `ct`'s default grid over training: N doubles from 4 to 128 in equal stages (`ct_grid`) |
 | `f`             | the consistency function f(x, s) = x - s v(x, s), the straight path's x0_hat; f(x, 0) = x |
 | `ot_pairing`    | the batch's noise reordered so that sum_i ‖x0_i - eps_i‖² is least over all B! pairings |
 | `model_fields`  | network config fields the objective needs (meanflow: `interval`, a second time input) |
@@ -35,6 +36,7 @@ runs stored before there were others); adding one is one more entry here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +50,7 @@ from .samplers import flow_levels, karras_levels
 
 MIN_SNR_GAMMA = 5.0
 CT_GRID = 32  # as consistency distillation's teacher_steps (`distill`), so the two compare step for step
+CT_GROWTH = (4, 128)  # N at the first and the last stage of `ct` training (`ct_grid`)
 MEANFLOW_SHARE = 0.25  # Geng et al. 2025 (arXiv 2505.13447), Table 1a: 25% of examples with r != s
 MEANFLOW_POWER = 1.0  # the adaptive weight's p on images: Geng et al.'s choice (`meanflow_loss`)
 MEANFLOW_C = 1e-3  # and its c
@@ -76,13 +79,14 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = MIN_SNR_GA
     return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
 
 
-def consistency_training_loss(net, x0, n, noise, labels=None):
+def consistency_training_loss(net, x0, n, noise, labels=None, grid=CT_GRID):
     """Consistency training without a teacher (Song et al. 2023, Alg. 3, squared L2, with iCT's stop-gradient target,
     Song & Dhariwal 2023) on the straight path: for n (B,) in 1..N, s = n / N and r = (n - 1) / N on the same noise,
     ||f(x_s, s) - sg(f(x_r, r))||^2 with f(x, s) = x - s v(x, s). At n = 1 the target f(x_0, 0) = x_0 is the data
     itself; from there agreement spreads up the grid, so that f(noise, 1) is an image: one network call.
+    `grid`: N, one number or one per example (B,).
     """
-    s, r = n / CT_GRID, (n - 1) / CT_GRID
+    s, r = n / grid, (n - 1) / grid
 
     def f(x, s):
         return x - _column(s, x) * flow_velocity(net, x, s, labels)
@@ -90,6 +94,16 @@ def consistency_training_loss(net, x0, n, noise, labels=None):
     with torch.no_grad():
         target = f(_column(1 - r, x0) * x0 + _column(r, x0) * noise, r)
     return ((f(_column(1 - s, x0) * x0 + _column(s, x0) * noise, s) - target) ** 2).mean()
+
+
+def ct_grid(step: int, steps: int, growth: tuple[int, int] = CT_GROWTH) -> int:
+    """N at training step `step` of `steps`: iCT's discretisation curriculum (Song & Dhariwal 2023, Eq. 5) on our
+    grid. N starts at growth[0] and doubles at equal stages of training up to growth[1]; a coarse grid first, whose
+    few long steps carry agreement from the data up to pure noise quickly, then finer ones, whose target is less
+    biased (chapter 11, section 5)."""
+    start, end = growth
+    stages = int(math.log2(end / start)) + 1
+    return min(start * 2 ** (step * stages // steps), end)
 
 
 def meanflow_loss(net, x0, draw, noise, labels=None, power: float = 0.0, share: float = MEANFLOW_SHARE):
@@ -171,19 +185,21 @@ def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise[torch.as_tensor(columns, device=noise.device)]
 
 
-def _step_draw(B: int, generator, T: int) -> torch.Tensor:
-    return torch.randint(0, T, (B,), generator=generator)
+def _step_draw(B: int, generator, config, step: int) -> torch.Tensor:
+    return torch.randint(0, config.T, (B,), generator=generator)
 
 
-def _normal_draw(B: int, generator, T: int) -> torch.Tensor:
+def _normal_draw(B: int, generator, config, step: int) -> torch.Tensor:
     return torch.randn(B, generator=generator)
 
 
-def _grid_draw(B: int, generator, T: int) -> torch.Tensor:
-    return torch.randint(1, CT_GRID + 1, (B,), generator=generator).float()
+def _grid_draw(B: int, generator, config, step: int) -> torch.Tensor:
+    """(B, 2): each example's n in 1..N beside the grid's N at this step."""
+    N = ct_grid(step, config.steps, config.ct_grid)
+    return torch.stack([torch.randint(1, N + 1, (B,), generator=generator).float(), torch.full((B,), float(N))], 1)
 
 
-def _interval_draw(B: int, generator, T: int) -> torch.Tensor:
+def _interval_draw(B: int, generator, config, step: int) -> torch.Tensor:
     return torch.cat([torch.randn(B, 2, generator=generator), torch.rand(B, 1, generator=generator)], dim=1)
 
 
@@ -200,8 +216,8 @@ OBJECTIVES = {
                          loss=lambda net, x0, z, noise, labels, config, schedule: flow_loss(
                              net, x0, z, ot_pairing(x0, noise), labels)),
     "ct": Objective("ct", _grid_draw, sampler=("consistency", 1), levels=flow_levels, output="flow",
-                    loss=lambda net, x0, n, noise, labels, config, schedule: consistency_training_loss(
-                        net, x0, n, noise, labels)),
+                    loss=lambda net, x0, draw, noise, labels, config, schedule: consistency_training_loss(
+                        net, x0, draw[:, 0], noise, labels, grid=draw[:, 1])),
     "meanflow": Objective("meanflow", _interval_draw, sampler=("meanflow", 1), levels=flow_levels, output="flow",
                           model_fields={"interval": True},
                           loss=lambda net, x0, draw, noise, labels, config, schedule: meanflow_loss(

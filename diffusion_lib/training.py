@@ -14,6 +14,7 @@ TrainConfig's defaults are the recipe study's winner: flow, batch 64, lr 2e-3, a
 | `loss_weight`   | "min-snr": weight min(SNR_t, gamma) / SNR_t in eps units, gamma = 5 (Hang et al. 2023, arXiv 2303.09556) |
 | `meanflow_power`| p of MeanFlow's adaptive weight 1 / (e + c)^p on each example's error e (`objectives.meanflow_loss`) |
 | `meanflow_share`| MeanFlow's share of examples with r < s; may change when a run resumes (flow matching first, then MeanFlow) |
+| `ct_grid`       | ct's grid N at the first and last stage of training, doubling in between (`objectives.ct_grid`); it follows `steps` |
 | `label_dropout` | p_uncond, the chance a label (or caption) is replaced by the null one (Ho & Salimans 2022, Alg. 1) |
 | `text`          | condition on captions made from each digit's label and measured attributes (`text`) |
 | `ema_decay`     | the exponential moving average of the weights used for sampling (`loop.EMA`) |
@@ -57,7 +58,7 @@ from .forward import PREDICTIONS
 from .latent import autoencoder_path, autoencoder_ref, latent_info, load_autoencoder, training_latents
 from .models import DENOISERS, build_model, config_from_dict
 from .outputs import RunLock, check_new_run, check_writable, clean_temporary
-from .objectives import MEANFLOW_POWER, MEANFLOW_SHARE, MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
+from .objectives import CT_GRID, CT_GROWTH, MEANFLOW_POWER, MEANFLOW_SHARE, MIN_SNR_GAMMA, OBJECTIVES, diffusion_loss, min_snr_weight  # noqa: F401 (re-exported)
 from .pixelcnn import binarize, pixelcnn_loss
 from .loop import EMA, TrainingDiverged  # noqa: F401 (re-exported: the names a learner meets with `train`)
 from .loop import Run, Task, check_max_seconds, fit, new_run, optimizer_keys, restore_run, run_tensors
@@ -102,6 +103,7 @@ class TrainConfig:
     loss_weight: str = "none"  # or "min-snr" (ddpm only)
     meanflow_power: float | None = None  # meanflow's adaptive-weight power p (None: 1 on images, 0 on 2-D points)
     meanflow_share: float | None = None  # meanflow's share of examples with r < s (None: MEANFLOW_SHARE)
+    ct_grid: tuple[int, int] | None = None  # ct's N at the start and at the end of training (None: CT_GROWTH)
     precision: str = "auto"  # "bf16": forward and backward under bfloat16 autocast; "auto": see `uses_bf16`
     conditional: bool = False
     text: bool = False  # caption-conditional (text encoder + cross-attention); the empty caption is the null
@@ -139,6 +141,8 @@ class TrainConfig:
             object.__setattr__(self, "meanflow_power", 0.0 if self.data in TOY_DATASETS else MEANFLOW_POWER)
         if self.meanflow_share is None and self.objective == "meanflow":
             object.__setattr__(self, "meanflow_share", MEANFLOW_SHARE)
+        if self.ct_grid is None and self.objective == "ct":
+            object.__setattr__(self, "ct_grid", CT_GROWTH)
 
     def _rules(self) -> list[tuple[bool, str]]:
         """(holds, what to do if not) for every rule a run's settings must follow."""
@@ -167,6 +171,11 @@ class TrainConfig:
             (self.meanflow_share is None or (self.objective == "meanflow" and 0 <= self.meanflow_share <= 1),
              f"meanflow_share is objective meanflow's share of examples with r < s, in [0, 1]; got "
              f"{self.meanflow_share} for objective {self.objective}"),
+            (self.ct_grid is None or (self.objective == "ct" and len(self.ct_grid) == 2
+                                      and all(isinstance(n, int) for n in self.ct_grid)
+                                      and 1 <= self.ct_grid[0] <= self.ct_grid[1]),
+             f"ct_grid is objective ct's grid N at the start and at the end of training, two whole numbers with "
+             f"1 <= start <= end; got {self.ct_grid} for objective {self.objective}"),
             (self.sigma_data is None or (OBJECTIVES[self.objective].sigma_data and math.isfinite(self.sigma_data)
                                          and self.sigma_data > 0),
              f"sigma_data is EDM's measure of the data, a positive number; got {self.sigma_data} for objective "
@@ -248,8 +257,11 @@ class TrainConfig:
             stored["meanflow_power"] = 0.0
         if stored["objective"] == "edm" and stored.get("sigma_data") is None:  # EDM runs before it was measured
             stored["sigma_data"] = SIGMA_DATA  # used MNIST's value on any data
-        if isinstance(stored.get("snapshots"), list):
-            stored["snapshots"] = tuple(stored["snapshots"])
+        if stored["objective"] == "ct" and "ct_grid" not in stored:  # before the grid grew: a fixed N
+            stored["ct_grid"] = (CT_GRID, CT_GRID)
+        for name in ("snapshots", "ct_grid"):
+            if isinstance(stored.get(name), list):
+                stored[name] = tuple(stored[name])
         return cls(**stored)
 
     def info(self) -> dict:
@@ -294,8 +306,9 @@ def load_training_data(config: TrainConfig):
     return make_toy(config.data, TOY_POINTS, torch.Generator().manual_seed(TOY_SEED)), None
 
 
-def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, null_label: int | None = None):
-    """The global batch of one step: (x0, t, noise, labels or None), all drawn from `generator`.
+def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, null_label: int | None = None,
+               step: int = 0):
+    """The global batch of training step `step`: (x0, t, noise, labels or None), all drawn from `generator`.
 
     `null_label`: the conditional model's null class, its number of classes (None: read from the data, which for
     a folder lists its class subfolders; the training loop passes the model's own, read once).
@@ -306,7 +319,7 @@ def draw_batch(data, labels, config: TrainConfig, generator: torch.Generator, nu
     """
     B = config.batch_size
     idx = torch.randint(0, len(data), (B,), generator=generator)
-    t = OBJECTIVES[config.objective].draw(B, generator, config.T)  # a step, or a N(0, 1) draw the loss maps to sigma or s
+    t = OBJECTIVES[config.objective].draw(B, generator, config, step)  # a step, a N(0, 1) draw the loss maps to sigma or s, ...
     noise = torch.randn((B, *noise_shape(config, data.shape[1:])), generator=generator)
     batch_labels = None
     if config.conditional:
@@ -402,7 +415,7 @@ class ModelTask(Task):
             group["lr"] = self.config.lr * min(1.0, (run.step + 1) / max(self.config.warmup, 1))
 
     def loss(self, run: Run) -> torch.Tensor:
-        x0, t, noise, labels = draw_batch(self.data, self.labels, self.config, run.generator, self.null_label)
+        x0, t, noise, labels = draw_batch(self.data, self.labels, self.config, run.generator, self.null_label, run.step)
         shard = slice(self.rank * len(t) // self.world, (self.rank + 1) * len(t) // self.world)
         device = run.device
         labels = None if labels is None else labels[shard].to(device)

@@ -1,13 +1,15 @@
 """The objectives table, and the objective added through it alone: consistency training without a teacher ("ct")."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 import diffusion_lib as dl
 from diffusion_lib.__main__ import build_parser
-from diffusion_lib.objectives import CT_GRID, OBJECTIVES, consistency_training_loss, is_flow, objective_of, ot_pairing
+from diffusion_lib.objectives import (CT_GRID, CT_GROWTH, OBJECTIVES, consistency_training_loss, ct_grid, is_flow,
+                                      objective_of, ot_pairing)
 
 
 def test_ct_loss_compares_neighbouring_times_on_the_same_noise():
@@ -61,6 +63,50 @@ def test_ct_is_an_objective_everywhere_an_objective_is_named():
     assert args.objective == "ct"
     with pytest.raises(ValueError, match="prediction 'eps' is a target of objective ddpm"):
         dl.TrainConfig(data="moons", objective="ct", prediction="eps")
+
+
+
+def test_ct_grid_doubles_at_equal_stages_of_training():
+    """4 to 128 is six grids (4, 8, ..., 128); over 600 steps each holds for 100 steps, the first from step 0, the
+    last to the end and beyond (a run resumed past --steps keeps the finest)."""
+    grids = [ct_grid(step, 600, (4, 128)) for step in range(600)]
+    assert grids[0] == 4 and grids[99] == 4 and grids[100] == 8 and grids[499] == 64 and grids[500] == 128
+    assert [grids.count(n) for n in (4, 8, 16, 32, 64, 128)] == [100] * 6
+    assert ct_grid(900, 600, (4, 128)) == 128 and ct_grid(0, 600, (32, 32)) == ct_grid(599, 600, (32, 32)) == 32
+    assert [ct_grid(step, 300, (4, 100)) for step in (0, 59, 60, 299)] == [4, 4, 8, 64]  # 4..64, then 100 is not reached
+
+
+def test_ct_draw_takes_n_on_the_grid_of_its_step_and_the_loss_reads_that_grid():
+    """Early in a run the draw's n lie in 1..4, late in 1..128; the loss with v = 0 is (1 / N)^2 ||eps - x_0||^2 per
+    example, so a batch on grid 4 and one on grid 128 differ by 32^2 on the same pairs."""
+    config = dl.TrainConfig(data="moons", objective="ct", steps=600)
+    assert config.ct_grid == CT_GROWTH == (4, 128)
+    generator = torch.Generator().manual_seed(0)
+    early, late = (OBJECTIVES["ct"].draw(4096, generator, config, step) for step in (0, 599))
+    assert set(early[:, 1].tolist()) == {4.0} and set(late[:, 1].tolist()) == {128.0}
+    assert early[:, 0].min() == 1 and early[:, 0].max() == 4 and late[:, 0].max() == 128
+    x0, noise = torch.randn(64, 2), torch.randn(64, 2)
+    still = lambda x, t, labels=None: torch.zeros_like(x)
+    n = torch.ones(64)
+    coarse, fine = (OBJECTIVES["ct"].loss(still, x0, torch.stack([n, torch.full((64,), N)], 1), noise, None, config,
+                                          None) for N in (4.0, 128.0))
+    assert float(coarse / fine) == pytest.approx(32**2, rel=1e-5)
+    assert float(fine) == pytest.approx(float(((noise - x0) ** 2).mean()) / 128**2, rel=1e-5)
+
+
+def test_ct_grid_is_checked_stored_runs_before_it_read_as_the_fixed_grid_and_the_cli_sets_it():
+    with pytest.raises(ValueError, match="1 <= start <= end"):
+        dl.TrainConfig(data="moons", objective="ct", ct_grid=(64, 8))
+    with pytest.raises(ValueError, match="for objective flow"):
+        dl.TrainConfig(data="moons", objective="flow", ct_grid=(4, 128))
+    assert dl.TrainConfig(data="moons", objective="flow").ct_grid is None
+    old = {k: v for k, v in dataclasses.asdict(dl.TrainConfig(data="moons", objective="ct")).items() if k != "ct_grid"}
+    assert dl.TrainConfig.from_stored(old).ct_grid == (CT_GRID, CT_GRID)
+    stored = json.loads(json.dumps(dataclasses.asdict(dl.TrainConfig(data="moons", objective="ct", ct_grid=(2, 64)))))
+    assert dl.TrainConfig.from_stored(stored).ct_grid == (2, 64)  # a JSON list read back as the tuple
+    args = build_parser().parse_args(["train", "--data", "moons", "--objective", "ct", "--ct-grid", "2", "64", "--steps", "1",
+                                      "--out", "x"])
+    assert args.ct_grid == [2, 64]
 
 
 # ------------------------------------------------------------------ minibatch optimal transport ("flow-ot")
