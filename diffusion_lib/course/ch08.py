@@ -15,9 +15,10 @@ from ..training import TrainConfig, train
 from .plots import to_numpy_image
 
 
-def train_moons(objective: str = "flow", steps: int = 2000, seed: int = 0):
-    """(model, info): an MLP denoiser on two moons, trained in memory (a few seconds), with its checkpoint info."""
-    config = TrainConfig(data="moons", objective=objective, steps=steps, batch_size=256, lr=2e-3, seed=seed)
+def train_moons(objective: str = "flow", steps: int = 2000, seed: int = 0, **fields):
+    """(model, info): an MLP denoiser on two moons, trained in memory (a few seconds), with its checkpoint info.
+    `fields`: more `TrainConfig` fields, such as ct's `ct_grid`."""
+    config = TrainConfig(data="moons", objective=objective, steps=steps, batch_size=256, lr=2e-3, seed=seed, **fields)
     result = train(config, progress=False)
     return result.ema_model, {**config.info(), "step": result.step}
 
