@@ -98,9 +98,10 @@ def consistency_training_loss(net, x0, n, noise, labels=None, grid=CT_GRID):
 
 def ct_grid(step: int, steps: int, growth: tuple[int, int] = CT_GROWTH) -> int:
     """N at training step `step` of `steps`: iCT's discretisation curriculum (Song & Dhariwal 2023, Eq. 5) on our
-    grid. N starts at growth[0] and doubles at equal stages of training up to growth[1]; a coarse grid first, whose
-    few long steps carry agreement from the data up to pure noise quickly, then finer ones, whose target is less
-    biased (chapter 11, section 5)."""
+    grid. N starts at growth[0] and doubles at floor(log2(end / start)) + 1 equal stages of training, never past
+    growth[1] (which it reaches when end / start is a power of two). Song et al. (2023)'s intuition: a coarse grid's
+    target is more biased but less noisy, which speeds the start; a fine grid's is less biased (chapter 11, section 5
+    measures both on two moons)."""
     start, end = growth
     stages = int(math.log2(end / start)) + 1
     return min(start * 2 ** (step * stages // steps), end)

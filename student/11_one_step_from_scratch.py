@@ -343,16 +343,17 @@ widgets.interact(show_field, r=widgets.FloatSlider(value=0.0, min=0.0, max=0.95,
 # ## 5. Consistency training: chapter 9 without the teacher
 #
 # Chapter 9's consistency distillation trains $f(x, s) = x - s\,v_\theta(x, s)$, the jump to the data, to agree
-# with itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step to
-# $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x, s_{n-1})]\rVert^2$.
+# with itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step (Euler
+# on the last, to s = 0) to $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x, s_{n-1})]\rVert^2$.
 # **Consistency training** drops the teacher: it takes the point at $s_{n-1}$ on the *same pair's* straight line,
 # $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$: a step from x with the pair's own velocity $\varepsilon - x_0$
 # instead of the teacher's step along $v^*$. The pair's velocity is right only on average over the pairs through
 # x, and f is not linear, so the average of the target over those pairs is not the target at the average: the
 # target is biased, by an amount that shrinks as the grid's step does and grows with how much the pairs through x
-# disagree. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is $f(x_0, 0) = x_0$, the data
-# itself; from there agreement spreads up the grid. The cell writes one batch's loss by hand against the
-# library's `consistency_training_loss` (N = `CT_GRID`, printed):
+# disagree and how curved f is. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is $f(x_0, 0) = x_0$, the data
+# itself; from there agreement (f at $s_n$ matching f at $s_{n-1}$) spreads up the grid. The cell writes one batch's
+# loss by hand against the library's `consistency_training_loss` (N = `CT_GRID`, printed), both on section 1's flow
+# network:
 
 # %%
 def my_ct_loss(net, x0, n, noise):
@@ -374,12 +375,13 @@ print(f"CT_GRID = {CT_GRID}; by hand {my_ct_loss(flow, x0_batch, n_batch, noise_
 # The two agree. The cell trains a consistency model from scratch with the library (`objective="ct"` on this fixed
 # grid, `ct_grid=(CT_GRID, CT_GRID)`; the same network, batch and steps), and, for the comparison, distils one from section 1's flow model with chapter 9's loss
 # (`distill.consistency_loss`, on the same grid of N = `CT_GRID`), in a loop written out: the student starts from
-# the flow model's weights and is its own target (held fixed), with no averaged copy of its weights.
+# the flow model's weights and is its own target (held fixed), with no averaged copy of its weights (and its own
+# learning rate, 5e-4, with no warm-up or clipping).
 
 # %%
 start = time.perf_counter()
 ct, ct_info = ch08.train_moons("ct", moons_steps, ct_grid=(CT_GRID, CT_GRID))
-seconds["consistency training"] = time.perf_counter() - start
+seconds["consistency training (fixed grid)"] = time.perf_counter() - start
 
 start = time.perf_counter()
 cd = copy.deepcopy(flow).requires_grad_(True)
@@ -436,23 +438,24 @@ for k in (1, 2, 4, 8):
 
 # %% [markdown]
 # The teacherless consistency model narrows at every jump: spread 1.134 after one (real points: 1.324), then
-# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again, as the biased target above would make it. Both
+# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again, as a jump fitted to the average of its pairs' targets
+# would make it. Both
 # consistency models also tip towards the upper moon as steps are added: the teacherless one from 0.474 to 0.564 at
-# eight steps, the distilled one, which keeps its spread (1.341 to 1.328), from 0.502 to 0.553, beyond the
+# eight steps, the distilled one, whose spread stays between 1.328 and 1.341, from 0.502 to 0.553, beyond the
 # uncertainty of a share of 2,000 points (printed). Fresh noise does not undo either change: every jump starts from
 # the last one's cloud. MeanFlow's later jumps add no fresh noise: they continue along the paths from where the
 # last jump ended; its upper share stays between 0.491 and 0.500, and its spread between 1.291 and 1.383, around the
 # real points' 1.324 with no trend.
 #
-# **Growing the grid.** The bias shrinks with the grid's step 1/N, so why not start with a fine grid? Because
-# agreement enters the grid at one place only, n = 1, where the target is the data, and climbs it one neighbour at
-# a time: the jump from $s_n$ is trained towards the jump from $s_{n-1}$, which is right only once the one below it
-# is. A grid of 4 carries the data up to pure noise in four long links, with a large bias; a grid of 128 has a
-# small bias and 128 links to fill. Improved consistency training (Song & Dhariwal 2023) takes both in turn: it
-# starts coarse and doubles N at equal stages of training. The library's `ct` does this unless told a fixed grid:
-# `objectives.ct_grid` gives N at each step, from `CT_GROWTH` (printed). The cell trains it with the same network,
-# batch and steps, beside the fixed grid of N = `CT_GRID`, on three training seeds (seed 0's fixed-grid model is the
-# one above), and measures each at 1, 2, 4 and 8 steps:
+# **Growing the grid.** The bias shrinks with the grid's step 1/N, so why not train on a fine grid? Song et al.
+# (2023) offer an intuition for why not from the start: a coarse grid's target is biased but, compared with the
+# step it asks for, less noisy, so learning starts faster; a fine grid's is nearly unbiased but noisier, which suits
+# the end of training. Improved consistency training (Song & Dhariwal 2023) takes both in turn: it starts coarse and
+# doubles N at equal stages of training (each doubling keeps the old grid's points). The library's `ct` does this
+# unless told a fixed grid: `objectives.ct_grid` gives N at each step, from `CT_GROWTH` (printed). The cell trains it
+# with the same network, batch and steps on three training seeds, beside the fixed grid of N = `CT_GRID` (seed 0's
+# fixed-grid model is the one above), and on seed 0 also the two grids the growth runs between, N = 4 and N = 128
+# fixed from start to end. It measures each at 1, 2, 4 and 8 steps:
 
 # %%
 first_step = {}
@@ -462,33 +465,43 @@ print(f"CT_GROWTH = {CT_GROWTH} over {moons_steps} steps: "
       + ", ".join(f"N = {N} from step {step}" for N, step in first_step.items()))
 
 grown = {}
-print(f"{'':>10} {'energy distance':^31}  {'spread':^13}")
-print(f"{'seed grid':>10} " + " ".join(f"{f'{k} step' + 's' * (k > 1):>7}" for k in (1, 2, 4, 8))
-      + f"  {'1 step':>6} {'8 steps':>7}")
+print(f"{'':>14} {'energy distance at 1, 2, 4, 8 steps':^36}  {'spread at 1, 2, 4, 8 steps':^27}")
 for seed in (0, 1, 2):
-    fixed = (ct, ct_info) if seed == 0 else ch08.train_moons("ct", moons_steps, seed, ct_grid=(CT_GRID, CT_GRID))
-    grown[seed] = ch08.train_moons("ct", moons_steps, seed)
-    for name, (model, info) in (("fixed", fixed), ("grown", grown[seed])):
+    grids = (CT_GROWTH[0], CT_GRID, CT_GROWTH[1]) if seed == 0 else (CT_GRID,)
+    arms = {f"N = {N}": (ct, ct_info) if (seed, N) == (0, CT_GRID) else
+            ch08.train_moons("ct", moons_steps, seed, ct_grid=(N, N)) for N in grids}
+    start = time.perf_counter()
+    grown[seed] = arms["grown"] = ch08.train_moons("ct", moons_steps, seed)
+    seconds.setdefault("consistency training (grown grid)", time.perf_counter() - start)  # seed 0's
+    for name, (model, info) in arms.items():
         clouds = [dl.generate(model, info, len(noise), "consistency", k, seed=13)[0] for k in (1, 2, 4, 8)]
-        print(f"{seed:>4} {name:>5} " + " ".join(f"{energy_distance(c, held_out):>7.4f}" for c in clouds)
-              + f"  {spread(clouds[0]):>6.3f} {spread(clouds[-1]):>7.3f}")
+        print(f"seed {seed} {name:>7} " + " ".join(f"{energy_distance(c, held_out):>8.4f}" for c in clouds)
+              + "  " + " ".join(f"{spread(c):>6.3f}" for c in clouds))
 
 # %% [markdown]
-# N doubles every 500 steps, from 4 to 128. On every seed the grown grid beats the fixed one at every number of
-# steps, and by most where the fixed grid did worst, after several jumps: at eight steps 0.0667, 0.0669 and 0.0594
-# against 0.1719, 0.1294 and 0.1450. Its clouds still narrow from jump to jump, but far less: after eight steps
-# their spread is 1.038 to 1.083, against 0.770 to 0.868 on the fixed grid (real points: 1.324). At one step the
-# gain is small on seeds 1 and 2 (0.0275 to 0.0240, 0.0205 to 0.0177) and large only on seed 0, whose fixed-grid
-# model was the worst of the three. Growing the grid does not catch up with the teacher's help: the distilled
-# model's 0.0074 at one step and 0.0249 at four stay ahead, and MeanFlow's further still. From here on,
-# "consistency training" means the grown grid's seed-0 model, the library's default.
+# N doubles every sixth of training (500 steps here), from 4 to 128. On every seed the grown grid beats the fixed
+# N = 32 at every number of steps, and by most after several jumps: at eight steps 0.0667, 0.0669 and 0.0594 against
+# 0.1719, 0.1294 and 0.1450. At one step the gain is large on seed 0 (0.0392 to 0.0206) and small on seeds 1 and 2
+# (0.0275 to 0.0240, 0.0205 to 0.0177), differences little larger than the spread of perfect samples' scores
+# (section 4). Its clouds still narrow from one step to eight (spread 1.176-1.208, then 1.038-1.083), but far less
+# than the fixed grid's (1.134-1.256, then 0.770-0.868; real points 1.324).
+#
+# The two ends of the growth, each used alone on seed 0, show what each half of the curriculum does. N = 4 from start
+# to end makes the worst and narrowest single jump (0.0952, spread 0.919): the large bias of a coarse grid. N = 128
+# makes the best and widest single jump of the fixed grids (0.0284, spread 1.318), but its clouds fall apart as jumps
+# are repeated (0.2578 at eight steps, worse than N = 32). The grown grid is the best of the four or level with the
+# best at every number of steps (level with N = 4 at four steps, 0.0421). Why the fine grid fails under repeated
+# jumps this run does not show; what it shows is that starting coarse, then refining, beats either grid alone.
+# Growing the grid does not catch up with the teacher's help: the distilled model's 0.0074 at one step and 0.0249 at
+# four stay ahead, and MeanFlow's further still. From here on, "consistency training" means the grown grid's seed-0
+# model, the library's default.
 #
 # **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow:
 # its jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons.
 
 # %%
 side_models = {"flow": (flow, flow_info, "euler"), "MeanFlow": (meanflow, meanflow_info, "meanflow"),
-               "consistency training": (*grown[0], "consistency"),
+               "consistency training": (*grown[0], "consistency"),  # the grown grid's, seed 0
                "consistency distillation": (cd, flow_info, "consistency")}
 
 
@@ -508,14 +521,15 @@ widgets.interact(show_steps, steps=widgets.IntSlider(value=1, min=1, max=4, step
 # %%
 seconds["flow + consistency distillation"] = seconds["flow"] + seconds["consistency distillation"]
 for name, t in seconds.items():
-    print(f"{name:<32} {t:6.1f} s")
+    print(f"{name:<36} {t:6.1f} s")
 
 # %% [markdown]
-# On two moons the teacherless MeanFlow model cost more than the teacher and its distillation together (the lines
-# above), because each of its steps pays for the JVP; for that it made the best single jump of the four (0.0021
-# against 0.0074 for the distilled model), and its velocity is a flow model nearly as good as the teacher.
-# Consistency training was the cheapest way to one step (the grown grid costs the same per step as the fixed one
-# timed here) and the least accurate of the one-step models: 0.0392 on the fixed grid, 0.0206 on the grown one.
+# On two moons the teacherless MeanFlow model cost about as much as the teacher and its distillation together, or
+# more (the lines above; timings move from run to run), because each of its steps pays for the JVP; for that it made
+# the best single jump of the four (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model
+# nearly as good as the teacher. Consistency training was the cheapest way to one step, on either grid (its loss
+# makes the same two network calls whatever N is), and the least accurate of the one-step models: 0.0392 on the
+# fixed grid, 0.0206 on the grown one.
 #
 # ## 7. MNIST: one step without a teacher, against chapter 9's students
 #
