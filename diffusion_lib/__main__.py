@@ -332,7 +332,7 @@ def run_train(args) -> None:
                          grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, T=args.T,
                          prediction=args.prediction, objective=args.objective, loss_weight=args.loss_weight,
                          meanflow_power=args.meanflow_power, meanflow_share=args.meanflow_share,
-                         ct_grid=None if args.ct_grid is None else tuple(args.ct_grid), precision=args.precision,
+                         ct_grid=args.ct_grid, precision=args.precision,
                          conditional=args.conditional, text=args.text, label_dropout=args.label_dropout,
                          seed=args.seed, save_every=args.save_every, snapshots=args.snapshots,
                          arch=args.arch, latent=args.latent)

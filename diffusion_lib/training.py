@@ -125,6 +125,8 @@ class TrainConfig:
             object.__setattr__(self, "latent", autoencoder_ref(self.latent))
         if self.data.startswith(FOLDER):  # stored absolute, so that samples and checkpoints name it from anywhere
             object.__setattr__(self, "data", FOLDER + str(Path(self.data[len(FOLDER):]).expanduser().resolve()))
+        if isinstance(self.ct_grid, list):  # as JSON and argparse give it
+            object.__setattr__(self, "ct_grid", tuple(self.ct_grid))
         for ok, message in self._rules():
             if not ok:
                 raise ValueError(message)
@@ -171,7 +173,7 @@ class TrainConfig:
             (self.meanflow_share is None or (self.objective == "meanflow" and 0 <= self.meanflow_share <= 1),
              f"meanflow_share is objective meanflow's share of examples with r < s, in [0, 1]; got "
              f"{self.meanflow_share} for objective {self.objective}"),
-            (self.ct_grid is None or (self.objective == "ct" and len(self.ct_grid) == 2
+            (self.ct_grid is None or (self.objective == "ct" and isinstance(self.ct_grid, tuple) and len(self.ct_grid) == 2
                                       and all(isinstance(n, int) for n in self.ct_grid)
                                       and 1 <= self.ct_grid[0] <= self.ct_grid[1]),
              f"ct_grid is objective ct's grid N at the start and at the end of training, two whole numbers with "
@@ -259,9 +261,8 @@ class TrainConfig:
             stored["sigma_data"] = SIGMA_DATA  # used MNIST's value on any data
         if stored["objective"] == "ct" and "ct_grid" not in stored:  # before the grid grew: a fixed N
             stored["ct_grid"] = (CT_GRID, CT_GRID)
-        for name in ("snapshots", "ct_grid"):
-            if isinstance(stored.get(name), list):
-                stored[name] = tuple(stored[name])
+        if isinstance(stored.get("snapshots"), list):
+            stored["snapshots"] = tuple(stored["snapshots"])
         return cls(**stored)
 
     def info(self) -> dict:

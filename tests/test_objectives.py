@@ -100,6 +100,9 @@ def test_ct_grid_is_checked_stored_runs_before_it_read_as_the_fixed_grid_and_the
     with pytest.raises(ValueError, match="for objective flow"):
         dl.TrainConfig(data="moons", objective="flow", ct_grid=(4, 128))
     assert dl.TrainConfig(data="moons", objective="flow").ct_grid is None
+    with pytest.raises(ValueError, match="two whole numbers"):
+        dl.TrainConfig(data="moons", objective="ct", ct_grid=32)
+    assert dl.TrainConfig(data="moons", objective="ct", ct_grid=[8, 64]).ct_grid == (8, 64)  # a list, as JSON gives
     old = {k: v for k, v in dataclasses.asdict(dl.TrainConfig(data="moons", objective="ct")).items() if k != "ct_grid"}
     assert dl.TrainConfig.from_stored(old).ct_grid == (CT_GRID, CT_GRID)
     stored = json.loads(json.dumps(dataclasses.asdict(dl.TrainConfig(data="moons", objective="ct", ct_grid=(2, 64)))))
