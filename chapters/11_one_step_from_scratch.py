@@ -342,18 +342,22 @@ widgets.interact(show_field, r=widgets.FloatSlider(value=0.0, min=0.0, max=0.95,
 # %% [markdown]
 # ## 5. Consistency training: chapter 9 without the teacher
 #
-# Chapter 9's consistency distillation trains $f(x, s) = x - s\,v_\theta(x, s)$, the jump to the data, to agree
-# with itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step (Euler
-# on the last, to s = 0) to $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x, s_{n-1})]\rVert^2$.
-# **Consistency training** drops the teacher: it takes the point at $s_{n-1}$ on the *same pair's* straight line,
-# $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$: a step from x with the pair's own velocity $\varepsilon - x_0$
-# instead of the teacher's step along $v^*$. The pair's velocity is right only on average over the pairs through
-# x, and f is not linear, so the average of the target over those pairs is not the target at the average: the
-# target is biased, by an amount that shrinks as the grid's step does and grows with how much the pairs through x
-# disagree and how curved f is. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is $f(x_0, 0) = x_0$, the data
-# itself; from there agreement (f at $s_n$ matching f at $s_{n-1}$) spreads up the grid. The cell writes one batch's
-# loss by hand against the library's `consistency_training_loss` (N = `CT_GRID`, printed), both on section 1's flow
-# network:
+# Chapter 9's consistency distillation trains $f(x, s) = x - s\,v_\theta(x, s)$, the jump to the data, to agree with
+# itself along the teacher's ODE: on a grid $s_n = n/N$, from $x$ at $s_n$ the teacher takes one Heun step (Euler on
+# the last, to s = 0) to $\hat x$ at $s_{n-1}$, and the loss is $\lVert f(x, s_n) - \operatorname{sg}[f(\hat x,
+# s_{n-1})]\rVert^2$. **Consistency training** drops the teacher: it takes the point at $s_{n-1}$ on the *same pair's*
+# straight line, $(1 - s_{n-1})\,x_0 + s_{n-1}\,\varepsilon$: a step from x with the pair's own velocity
+# $\varepsilon - x_0$ instead of the teacher's step along its learned velocity, its estimate of $v^*$. The pair's
+# velocity is right only on average over the pairs through x ($v^*$ is that average), and f is not linear, so the
+# average of the target over those pairs is not the target at the average velocity: the target is biased. With
+# $\Delta = 1/N$ and $x' = x - \Delta v$, Taylor's theorem in $\Delta$ gives, for each component of f, $\mathbb
+# E[f(x', s_{n-1})] = f(x - \Delta v^*, s_{n-1}) + \tfrac{1}{2}\Delta^2\,\mathrm{tr}\big(\nabla^2 f\;\mathrm{Cov}[v
+# \mid x]\big) + O(\Delta^3)$ (the first-order term vanishes on average, since v averages to $v^*$): the bias of one
+# link shrinks like $1/N^2$, so over the grid's N links like 1/N, and grows with how much the pairs through x disagree
+# and how curved f is. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is
+# $f(x_0, 0) = x_0$, the data itself; from there agreement (f at $s_n$ matching f at $s_{n-1}$) spreads up the grid.
+# The cell writes one batch's loss by hand against the library's `consistency_training_loss` (N = `CT_GRID`, printed),
+# both on section 1's flow network:
 
 # %%
 def my_ct_loss(net, x0, n, noise):
@@ -373,10 +377,11 @@ print(f"CT_GRID = {CT_GRID}; by hand {my_ct_loss(flow, x0_batch, n_batch, noise_
 
 # %% [markdown]
 # The two agree. The cell trains a consistency model from scratch with the library (`objective="ct"` on this fixed
-# grid, `ct_grid=(CT_GRID, CT_GRID)`; the same network, batch and steps), and, for the comparison, distils one from section 1's flow model with chapter 9's loss
-# (`distill.consistency_loss`, on the same grid of N = `CT_GRID`), in a loop written out: the student starts from
-# the flow model's weights and is its own target (held fixed), with no averaged copy of its weights (and its own
-# learning rate, 5e-4, with no warm-up or clipping).
+# grid: by default the library grows N during training, as below, and `ct_grid=(CT_GRID, CT_GRID)` holds it at
+# `CT_GRID`; the same network, batch and steps), and, for the comparison, distils one from section 1's flow model with
+# chapter 9's loss (`distill.consistency_loss`, on the same grid of N = `CT_GRID`), in a loop written out: the student
+# starts from the flow model's weights and is its own target (held fixed), with no averaged copy of its weights (and
+# its own learning rate, 5e-4, with no warm-up or clipping).
 
 # %%
 start = time.perf_counter()
@@ -405,15 +410,15 @@ for k in (1, 2, 4):
           f"{energy_distance(row[2], held_out):>25.4f}")
 
 # %% [markdown]
-# The consistency models' single jump is their best, and a second or fourth jump makes their samples worse
-# (without a teacher 0.0392, 0.0768 and 0.1091 at 1, 2 and 4 steps; distilled 0.0074, 0.0172 and 0.0249).
-# Chapter 9's multistep sampler noises each jump's result again to a smaller s and jumps from there, so whatever a
-# jump gets wrong, the next one starts from. The cell measures two ways a cloud can be wrong, at 1, 2, 4 and 8
-# steps. A jump trained with a squared error answers with an average where it is unsure (chapter 9), which pulls
-# points in towards the middle: the **spread**, the mean distance of a cloud's points from their centre, shows
-# that. And a cloud can put too many points on one moon: the **upper share** is the share of its points whose
-# nearest held-out point lies on the upper moon (`make_toy` draws that moon first, so it is the first half of the
-# held-out set). Beside them, what a fresh set of real points scores:
+# The consistency models' single jump is their best, and a second or fourth jump makes their samples worse (without a
+# teacher 0.0392, 0.0768 and 0.1091 at 1, 2 and 4 steps; distilled 0.0074, 0.0172 and 0.0249). Chapter 9's multistep
+# sampler noises each jump's result again to a smaller s and jumps from there, so part of what a jump gets wrong
+# carries into the next. The cell measures two ways a cloud can be wrong, at 1, 2, 4 and 8 steps. Consistency training
+# fits each jump to targets that differ from pair to pair through the same x, and a squared error answers with their
+# average (chapter 9), which would pull points in towards the middle: the **spread**, the mean distance of a cloud's
+# points from their centre, shows that. And a cloud can put too many points on one moon: the **upper share** is the
+# share of its points whose nearest held-out point lies on the upper moon (`make_toy` draws that moon first, so it is
+# the first half of the held-out set). Beside them, what a fresh set of real points scores:
 
 # %%
 def spread(points):
@@ -437,25 +442,25 @@ for k in (1, 2, 4, 8):
     print(f"{k:>6} " + " ".join(f"{spread(c):>{w}.3f} {upper_share(c):>{w}.3f}" for c, w in zip(clouds, (7, 10, 12))))
 
 # %% [markdown]
-# The teacherless consistency model narrows at every jump: spread 1.134 after one (real points: 1.324), then
-# 0.975, 0.889 and 0.770, each re-noised cloud jumped in again, as a jump fitted to the average of its pairs' targets
-# would make it. Both
-# consistency models also tip towards the upper moon as steps are added: the teacherless one from 0.474 to 0.564 at
-# eight steps, the distilled one, whose spread stays between 1.328 and 1.341, from 0.502 to 0.553, beyond the
-# uncertainty of a share of 2,000 points (printed). Fresh noise does not undo either change: every jump starts from
-# the last one's cloud. MeanFlow's later jumps add no fresh noise: they continue along the paths from where the
-# last jump ended; its upper share stays between 0.491 and 0.500, and its spread between 1.291 and 1.383, around the
-# real points' 1.324 with no trend.
+# The teacherless consistency model's clouds narrow as steps are added: spread 1.134 at one step (real points: 1.324),
+# then 0.975, 0.889 and 0.770 at 2, 4 and 8. The distilled model's do not: its targets come from the teacher's step,
+# one per x, with nothing to average. Both consistency models (seed 0) also tip towards the upper moon as steps are
+# added: the teacherless one from 0.474 to 0.564 at eight steps, the distilled one, whose spread stays between 1.328
+# and 1.341, from 0.502 to 0.553, beyond the uncertainty of a share of 2,000 points (printed). Fresh noise does not
+# undo either change, likely because each jump starts in part from the last one's cloud. MeanFlow's later jumps add no
+# fresh noise: they continue along the paths from where the last jump ended; its upper share stays between 0.491 and
+# 0.500, and its spread between 1.291 and 1.383, around the real points' 1.324 with no trend.
 #
-# **Growing the grid.** The bias shrinks with the grid's step 1/N, so why not train on a fine grid? Song et al.
-# (2023) offer an intuition for why not from the start: a coarse grid's target is biased but, compared with the
-# step it asks for, less noisy, so learning starts faster; a fine grid's is nearly unbiased but noisier, which suits
-# the end of training. Improved consistency training (Song & Dhariwal 2023) takes both in turn: it starts coarse and
-# doubles N at equal stages of training (each doubling keeps the old grid's points). The library's `ct` does this
-# unless told a fixed grid: `objectives.ct_grid` gives N at each step, from `CT_GROWTH` (printed). The cell trains it
-# with the same network, batch and steps on three training seeds, beside the fixed grid of N = `CT_GRID` (seed 0's
-# fixed-grid model is the one above), and on seed 0 also the two grids the growth runs between, N = 4 and N = 128
-# fixed from start to end. It measures each at 1, 2, 4 and 8 steps:
+# **Growing the grid.** The bias shrinks with the grid's step 1/N, so why not train on a fine grid? Song et al. (2023)
+# offer an intuition for why not from the start: on a coarse grid the target's noise is small next to the change it
+# asks for between neighbouring grid points, so learning starts faster, at the price of the bias; on a fine grid the
+# target is nearly unbiased but its noise is large next to that change, which suits the end of training. Improved
+# consistency training (Song & Dhariwal 2023) takes both in turn: it starts coarse and doubles N at equal stages of
+# training (each doubling keeps the old grid's points). The library's `ct` does this unless told a fixed grid:
+# `objectives.ct_grid` gives N at each step, from `CT_GROWTH` (printed). The cell trains it with the same network,
+# batch and steps on three training seeds, beside the fixed grid of N = `CT_GRID` (seed 0's fixed-grid model is the
+# one above), and on seed 0 also the two grids the growth runs between, N = 4 and N = 128 fixed from start to end. It
+# measures each at 1, 2, 4 and 8 steps:
 
 # %%
 first_step = {}
@@ -479,25 +484,29 @@ for seed in (0, 1, 2):
               + "  " + " ".join(f"{spread(c):>6.3f}" for c in clouds))
 
 # %% [markdown]
-# N doubles every sixth of training (500 steps here), from 4 to 128. On every seed the grown grid beats the fixed
-# N = 32 at every number of steps, and by most after several jumps: at eight steps 0.0667, 0.0669 and 0.0594 against
-# 0.1719, 0.1294 and 0.1450. At one step the gain is large on seed 0 (0.0392 to 0.0206) and small on seeds 1 and 2
-# (0.0275 to 0.0240, 0.0205 to 0.0177), differences little larger than the spread of perfect samples' scores
-# (section 4). Its clouds still narrow from one step to eight (spread 1.176-1.208, then 1.038-1.083), but far less
-# than the fixed grid's (1.134-1.256, then 0.770-0.868; real points 1.324).
+# N doubles every sixth of training (500 steps here), from 4 to 128. On every seed the grown grid scores lower than
+# the fixed N = 32 at every number of steps, clearly so from two steps on, and in absolute terms by most at eight:
+# 0.0667, 0.0669 and 0.0594 against 0.1719, 0.1294 and 0.1450. At one step the gain is large on seed 0 (0.0392 to
+# 0.0206), mostly because that seed's fixed-grid model is the worst of the three (against 0.0275 and 0.0205), and
+# small on seeds 1 and 2 (0.0275 to 0.0240, 0.0205 to 0.0177), differences little larger than the range of perfect
+# samples' scores (section 1) and smaller than the differences between training seeds. Its clouds still narrow from
+# one step to eight (spread 1.176-1.208, then 1.038-1.083), but far less than the fixed grid's (1.134-1.256, then
+# 0.770-0.868; real points 1.324).
 #
-# The two ends of the growth, each used alone on seed 0, show what each half of the curriculum does. N = 4 from start
-# to end makes the worst and narrowest single jump (0.0952, spread 0.919): the large bias of a coarse grid. N = 128
-# makes the best and widest single jump of the fixed grids (0.0284, spread 1.318), but its clouds fall apart as jumps
-# are repeated (0.2578 at eight steps, worse than N = 32). The grown grid is the best of the four or level with the
-# best at every number of steps (level with N = 4 at four steps, 0.0421). Why the fine grid fails under repeated
-# jumps this run does not show; what it shows is that starting coarse, then refining, beats either grid alone.
-# Growing the grid does not catch up with the teacher's help: the distilled model's 0.0074 at one step and 0.0249 at
-# four stay ahead, and MeanFlow's further still. From here on, "consistency training" means the grown grid's seed-0
-# model, the library's default.
+# The two ends of the growth, each used alone on seed 0, show what each does on its own. N = 4 from start to end makes
+# the worst and narrowest single jump (0.0952, spread 0.919), as a coarse grid's large bias would; yet it improves
+# with a second and a fourth jump (0.0645, 0.0421), the best of the fixed grids there. N = 128 makes the best and
+# widest single jump of the fixed grids (0.0284, spread 1.318), but its clouds shrink and worsen as steps are added
+# (0.2578 and spread 0.657 at eight steps, worse than N = 32). The grown grid is the best of the four or level with
+# the best at every number of steps (level with N = 4 at four steps, 0.0421). Why the fine grid fails under repeated
+# jumps this run does not show; what it shows, on seed 0, is that starting coarse, then refining, matched or beat
+# either grid alone at every number of steps. Growing the grid does not catch up with distillation (which also starts
+# from the teacher's weights): the distilled model's 0.0074 at one step and 0.0249 at four stay ahead, and MeanFlow's
+# further still. From here on, "consistency training" means the grown grid's seed-0 model, the library's default.
 #
-# **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow:
-# its jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons.
+# **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow: its
+# jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons (on 1,000
+# samples, so the numbers differ from the tables').
 
 # %%
 side_models = {"flow": (flow, flow_info, "euler"), "MeanFlow": (meanflow, meanflow_info, "meanflow"),
@@ -524,12 +533,12 @@ for name, t in seconds.items():
     print(f"{name:<36} {t:6.1f} s")
 
 # %% [markdown]
-# On two moons the teacherless MeanFlow model cost about as much as the teacher and its distillation together, or
-# more (the lines above; timings move from run to run), because each of its steps pays for the JVP; for that it made
-# the best single jump of the four (0.0021 against 0.0074 for the distilled model), and its velocity is a flow model
-# nearly as good as the teacher. Consistency training was the cheapest way to one step, on either grid (its loss
-# makes the same two network calls whatever N is), and the least accurate of the one-step models: 0.0392 on the
-# fixed grid, 0.0206 on the grown one.
+# On two moons the teacherless MeanFlow model cost about as much as the teacher and its distillation together, or more
+# (the lines above; timings move from run to run), because each of its steps pays for the JVP; for that it made the
+# best single jump of the one-step models (0.0021, against 0.0074 distilled and 0.0206 for consistency training on the
+# grown grid), and its velocity is a flow model nearly as good as the teacher. Consistency training was the cheapest
+# way to one step, on either grid (its loss makes the same two network calls whatever N is), and the least accurate of
+# the one-step models: 0.0392 on the fixed grid, 0.0206 on the grown one.
 #
 # ## 7. MNIST: one step without a teacher, against chapter 9's students
 #
