@@ -451,16 +451,14 @@ for k in (1, 2, 4, 8):
 # fresh noise: they continue along the paths from where the last jump ended; its upper share stays between 0.491 and
 # 0.500, and its spread between 1.291 and 1.383, around the real points' 1.324 with no trend.
 #
-# **Growing the grid.** The bias shrinks with the grid's step 1/N, so why not train on a fine grid? Song et al. (2023)
-# offer an intuition for why not from the start: on a coarse grid the target's noise is small next to the change it
-# asks for between neighbouring grid points, so learning starts faster, at the price of the bias; on a fine grid the
-# target is nearly unbiased but its noise is large next to that change, which suits the end of training. Improved
-# consistency training (Song & Dhariwal 2023) takes both in turn: it starts coarse and doubles N at equal stages of
-# training (each doubling keeps the old grid's points). The library's `ct` does this unless told a fixed grid:
-# `objectives.ct_grid` gives N at each step, from `CT_GROWTH` (printed). The cell trains it with the same network,
-# batch and steps on three training seeds, beside the fixed grid of N = `CT_GRID` (seed 0's fixed-grid model is the
-# one above), and on seed 0 also the two grids the growth runs between, N = 4 and N = 128 fixed from start to end. It
-# measures each at 1, 2, 4 and 8 steps:
+# **Growing the grid.** The bias shrinks with the grid's step, so why not a fine grid? Song et al. (2023) give an
+# intuition for not starting with one: on a coarse grid the target's noise is small next to the change it asks for
+# between neighbouring points, so learning starts fast, at the price of bias; on a fine grid the target is nearly
+# unbiased but noisy next to that change, which suits the end of training. Improved consistency training (Song &
+# Dhariwal 2023) does both in turn, doubling N at equal stages of training. So does the library's `ct` unless told a
+# fixed grid (`objectives.ct_grid`, from `CT_GROWTH`, printed). The cell trains it on three seeds beside the fixed N =
+# `CT_GRID` (seed 0's is the model above), and on seed 0 also the growth's two ends held fixed, N = 4 and N = 128, all
+# with the same network, batch and steps, and measures each at 1, 2, 4 and 8 steps:
 
 # %%
 first_step = {}
@@ -485,24 +483,19 @@ for seed in (0, 1, 2):
 
 # %% [markdown]
 # N doubles every sixth of training (500 steps here), from 4 to 128. On every seed the grown grid scores lower than
-# the fixed N = 32 at every number of steps, clearly so from two steps on, and in absolute terms by most at eight:
-# 0.0667, 0.0669 and 0.0594 against 0.1719, 0.1294 and 0.1450. At one step the gain is large on seed 0 (0.0392 to
-# 0.0206), mostly because that seed's fixed-grid model is the worst of the three (against 0.0275 and 0.0205), and
-# small on seeds 1 and 2 (0.0275 to 0.0240, 0.0205 to 0.0177), differences little larger than the range of perfect
-# samples' scores (section 1) and smaller than the differences between training seeds. Its clouds still narrow from
-# one step to eight (spread 1.176-1.208, then 1.038-1.083), but far less than the fixed grid's (1.134-1.256, then
-# 0.770-0.868; real points 1.324).
+# the fixed N = 32 at every number of steps, clearly so from two steps on: at eight, 0.0667, 0.0669 and 0.0594 against
+# 0.1719, 0.1294 and 0.1450. At one step the gains on seeds 1 and 2 (0.0275 to 0.0240, 0.0205 to 0.0177) are smaller
+# than the differences between the fixed grid's seeds; seed 0's larger one (0.0392 to 0.0206) is mostly its fixed-grid
+# model being the worst of the three. The grown clouds still narrow from one step to eight (spread 1.176-1.208, then
+# 1.038-1.083), far less than the fixed grid's (1.134-1.256, then 0.770-0.868; real points 1.324).
 #
-# The two ends of the growth, each used alone on seed 0, show what each does on its own. N = 4 from start to end makes
-# the worst and narrowest single jump (0.0952, spread 0.919), as a coarse grid's large bias would; yet it improves
-# with a second and a fourth jump (0.0645, 0.0421), the best of the fixed grids there. N = 128 makes the best and
-# widest single jump of the fixed grids (0.0284, spread 1.318), but its clouds shrink and worsen as steps are added
-# (0.2578 and spread 0.657 at eight steps, worse than N = 32). The grown grid is the best of the four or level with
-# the best at every number of steps (level with N = 4 at four steps, 0.0421). Why the fine grid fails under repeated
-# jumps this run does not show; what it shows, on seed 0, is that starting coarse, then refining, matched or beat
-# either grid alone at every number of steps. Growing the grid does not catch up with distillation (which also starts
-# from the teacher's weights): the distilled model's 0.0074 at one step and 0.0249 at four stay ahead, and MeanFlow's
-# further still. From here on, "consistency training" means the grown grid's seed-0 model, the library's default.
+# The growth's two ends, each held fixed on seed 0, behave differently. N = 4 makes the worst and narrowest single
+# jump (0.0952, spread 0.919), as a large bias would, yet improves with more jumps (0.0645, 0.0421). N = 128 makes the
+# best single jump of the fixed grids (0.0284, spread 1.318), but shrinks and worsens with more (0.2578, spread 0.657
+# at eight). The grown grid is the best or level with the best at every number of steps (level with N = 4 at four,
+# 0.0421); this run does not show why the fine grid fails under repeated jumps. Growing the grid does not catch up
+# with distillation, which also starts from the teacher's weights (0.0074 at one step, 0.0249 at four), nor with
+# MeanFlow. From here on, "consistency training" means the grown grid's seed-0 model, the library's default.
 #
 # **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow: its
 # jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons (on 1,000
