@@ -475,7 +475,8 @@ FEWSTEPS_PRECISION_CHECK = [("heun", 18), ("ddim", 50)]  # rows also measured in
 FEWSTEPS_SEED_CHECK = [("mnist_uncond", "ddim", 50), ("mnist_reflow", "euler", 4), ("mnist_reflow", "euler", 1),
                        ("mnist_progressive/4", "euler", 4), ("mnist_progressive/1", "euler", 1),
                        ("mnist_consistency", "consistency", 4), ("mnist_consistency", "consistency", 1),
-                       ("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2)]
+                       ("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2),
+                       ("mnist_ct", "consistency", 1), ("mnist_ct", "consistency", 2)]
 
 
 def fewsteps(args, device) -> dict:

@@ -24,10 +24,12 @@ STUDENT_ROWS = [("mnist_reflow", "heun", 18), ("mnist_reflow", "euler", 8), ("mn
                 ("mnist_consistency", "consistency", 1), ("mnist_consistency", "consistency", 2),
                 ("mnist_consistency", "consistency", 4)]
 # Chapter 11's models trained from scratch, with no teacher, sampled in 1, 2 and 4 network calls.
-TEACHERLESS_ROWS = [("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2), ("mnist_meanflow", "meanflow", 4)]
+TEACHERLESS_ROWS = [("mnist_meanflow", "meanflow", 1), ("mnist_meanflow", "meanflow", 2), ("mnist_meanflow", "meanflow", 4),
+                    ("mnist_ct", "consistency", 1), ("mnist_ct", "consistency", 2), ("mnist_ct", "consistency", 4)]
 # Wall seconds of the training commands that made a model from nothing, as its README records them (one thread on
 # the 2-core machine the READMEs name); a distilled student's own cost is in its checkpoint (info["distilled"]).
-TRAINING_SECONDS = {"mnist_uncond": 2900 + 4502, "mnist_meanflow": 6602.6 + 1202.3 + 1257.6}
+TRAINING_SECONDS = {"mnist_uncond": 2900 + 4502, "mnist_meanflow": 6602.6 + 1202.3 + 1257.6,
+                    "mnist_ct": 6002.1 + 2589.4}
 
 
 def seed_groups(figures: dict) -> dict:
