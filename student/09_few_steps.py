@@ -69,6 +69,9 @@ students = {n: dl.load_model(path) for n, path in student_files("mnist_progressi
 consistency, consistency_info = dl.pretrained("mnist_consistency")
 reflowed, reflow_info = dl.pretrained("mnist_reflow")
 measured = load_measured("fewsteps")["figures"]
+teacherless = {model for model, _, _ in ch09.TEACHERLESS_ROWS}  # chapter 11's models, measured in the same run
+for key in ("rows", "seed_rows"):
+    measured[key] = [r for r in measured[key] if r["model"] not in teacherless]
 
 # %% [markdown]
 # ## 1. What the teacher does with fewer steps

@@ -22,8 +22,9 @@
 # it. **MeanFlow** (Geng et al. 2025) learns the *average* velocity over a whole interval of the path, through an
 # identity that ties it to the ordinary velocity of chapter 8. **Consistency training** (Song et al. 2023) is
 # chapter 9's consistency distillation with the teacher's ODE step replaced by the data itself. Sections 1 to 6 run
-# on two moons, where the whole distribution can be seen and measured; section 7 puts a MeanFlow model trained on
-# MNIST beside chapter 9's distilled students, by quality and by all the training each one needed.
+# on two moons, where the whole distribution can be seen and measured; section 7 puts a MeanFlow model and a
+# consistency-trained model, both trained on MNIST, beside chapter 9's distilled students, by quality and by all the
+# training each one needed.
 #
 # **After this chapter you can**
 # - define the average velocity u(x, r, s), compute it by following an ODE, and derive the MeanFlow identity
@@ -547,15 +548,20 @@ for name, t in seconds.items():
 #     --max-minutes 110 --quiet --out ../runs/mnist_meanflow_p1
 # ```
 #
-# One thing differs from two moons: on images the library trains with the **adaptive weight** that section 3 left
-# out. Geng et al. divide each example's squared error e by $(e + c)^p$, held fixed (sg), with a power p and a
-# small constant c. (The library's e is the mean over the example's pixels or coordinates; the paper's is the sum,
-# which for p = 1 is the same weight with c divided by the number of pixels.) Whether the weight helps depends on
-# what makes e large. The cell measures e for the r < s examples of the two trained MeanFlow networks, section 4's
-# on two moons and `mnist_meanflow`: each row keeps one data point and one interval (r, s) and draws the noise 8
-# times, and the share of the variance of log e that lies between the rows says how much of e the data point and
-# its interval fix, rather than the noise. (With 8 draws a row's mean still carries some of the noise, so the share
-# comes out a little high.)
+# Section 5's consistency training, with its grid grown from N = 4 to N = 128, trained the same U-Net without the
+# second time input (its f(x, s) = x - s v(x, s) needs s alone) from scratch, within the same budget of time: the
+# committed model `mnist_ct`, made by the same `train` command with `--objective ct` (its folder's README has the
+# exact commands of its two runs, the second resuming the first, and the grid N at each step).
+#
+# One thing differs from two moons in MeanFlow's training: on images the library trains with the **adaptive weight**
+# that section 3 left out. Geng et al. divide each example's squared error e by $(e + c)^p$, held fixed (sg), with a
+# power p and a small constant c. (The library's e is the mean over the example's pixels or coordinates; the paper's
+# is the sum, which for p = 1 is the same weight with c divided by the number of pixels.) Whether the weight helps
+# depends on what makes e large. The cell measures e for the r < s examples of the two trained MeanFlow networks,
+# section 4's on two moons and `mnist_meanflow`: each row keeps one data point and one interval (r, s) and draws the
+# noise 8 times, and the share of the variance of log e that lies between the rows says how much of e the data point
+# and its interval fix, rather than the noise. (With 8 draws a row's mean still carries some of the noise, so the
+# share comes out a little high.)
 
 # %%
 def errors_by_draw(net, x0, draws=8, seed=0):
@@ -596,15 +602,16 @@ for name, net, x0 in (("two moons", meanflow, dl.make_toy("moons", 256, torch.Ge
 # is much larger than c, and its gradient is $\nabla e / (e + c)$: the examples count on one scale.
 # `meanflow_loss(..., power=1.0)` does this; the library's training uses p = 1 on images and p = 0 on points.
 #
-# The table places every model that draws an MNIST digit in at most 5 network calls (the teacher with chapter 5's
-# and chapter 7's solvers too) beside what it cost to make: a distilled student pays for its teacher's training
-# and then its own distillation; MeanFlow pays only for itself. `python benchmarks/run.py --only fewsteps` measured
-# the rows (the same noise for every model; FID as a ratio to the floor of real digits, recognised and diversity as
-# chapter 9 measured them; where seeds 1 and 2 were also measured, FID and recognised are the mean of the three,
-# diversity is seed 0's):
+# The table places every model that draws an MNIST digit in at most 5 network calls (the teacher with chapter 5's and
+# chapter 7's solvers too) beside what it cost to make: a distilled student pays for its teacher's training and then
+# its own distillation; the two teacherless models pay only for themselves. `python benchmarks/run.py --only fewsteps`
+# measured the rows (the same noise for every model; FID as a ratio to the floor of real digits, recognised and
+# diversity as chapter 9 measured them; where seeds 1 and 2 were also measured, FID and recognised are the mean of the
+# three, diversity is seed 0's):
 
 # %%
 teacher, teacher_info = dl.pretrained(ch09.TEACHER)
+mnist_ct, mnist_ct_info = dl.pretrained("mnist_ct")
 fewsteps = load_measured("fewsteps")["figures"]
 mnist_floor = fewsteps["real_baseline_fid"]
 print(f"{fewsteps['n']:,} samples per seed; real-digit floor (MNIST-FID) {mnist_floor:.1f}\n")
@@ -620,7 +627,7 @@ for calls, minutes, model, sampler, rows in sorted(table, key=lambda entry: entr
     print(f"{calls:>5}  {model:<21}{sampler:<13}{minutes:>12.0f}{len(rows):>6}{fid:>7.1f}{fid / mnist_floor:>8.2f}"
           f"{100 * statistics.mean(r['recognised'] for r in rows):>10.1f}%{rows[0]['diversity']:>10.2f}")
 print()
-for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanflow_info)):
+for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanflow_info), ("mnist_ct", mnist_ct_info)):
     seconds_trained = fewsteps["training_seconds"][name]
     print(f"{name}: {info['step']:,} optimiser steps of 64 images ({info['step'] * 64 / 60_000:.1f} epochs) in "
           f"{seconds_trained / 60:.0f} min, {seconds_trained / info['step']:.2f} s a step")
@@ -635,26 +642,41 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
 # solver at five calls, DPM-Solver++ (52.1). Its diversity is like the others' at two and four calls and a little
 # lower at one (16.60 against the students' 17.08 to 17.56).
 #
-# The last two lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for one
-# of the teacher's flow-matching steps. Both ran under bf16 autocast (wall times on a 2-core machine that was not
-# always idle, so approximate), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
-# differentiation has no autocast. In its 151 minutes MeanFlow saw each training image 9.4 times; the teacher saw
-# each 20.9 times in 123 minutes, and the rest of its students' time went to their distillation. Would MeanFlow
-# overtake the students with longer training? This table, at one budget, cannot say.
+# Consistency training comes last at every number of calls: 246.5 at one call (68.6% recognised), 182.7 at two and
+# 148.9 at four, in 143 minutes, a little under the 151-minute budget it shared with MeanFlow (its last run reached
+# the step count it was given before its time limit). More calls help it, and it is better than the teacher's Euler at
+# one and two steps (1798.1, 395.0), but at four it is behind the teacher's Euler-4 (86.0). On two moons too it was
+# the least accurate one-step model (section 6). We have not measured why; three differences are candidates. Its
+# target carries section 5's bias, which shrinks only as N grows, and the finest grid, N = 128, came only in the last
+# sixth of its training. It has no anchor like MeanFlow's r = s examples, plain flow matching with an unbiased target:
+# all its targets but those at n = 1 come from its own jumps. And Song & Dhariwal's recipe has two parts that the
+# library leaves out, a Pseudo-Huber distance in place of the squared one and a choice of n that favours the middle of
+# the grid, and it was run for far more steps than these.
 #
-# **Drag the slider**: the same noise through MeanFlow, chapter 9's students and the teacher's Euler, at 1 to 4
-# network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling time. Look at
-# which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0, 1)$, is meant to land where
-# the whole path of the flow ODE from $\varepsilon$ lands: the ODE of the data's velocity field, which the teacher
-# learned and the students were distilled from. MeanFlow never saw the teacher; if the two learned the same field,
-# they draw the same digit from the same noise. (With more calls the consistency sampler adds fresh noise between
-# its jumps, chapter 9, and may land elsewhere.)
+# The last lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for one of
+# the teacher's flow-matching steps, and a consistency-training step 0.49 s: two calls of the network, one of them
+# without the graph for a backward pass. All three ran under bf16 autocast (wall times on a 2-core machine that was
+# not always idle, so approximate), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
+# differentiation has no autocast. In its 151 minutes MeanFlow saw each training image 9.4 times, consistency training
+# 18.7 times in 143 minutes; the teacher saw each 20.9 times in 123 minutes, and the rest of its students' time went
+# to their distillation. Would the teacherless models overtake the students with longer training? This table, at one
+# budget, cannot say.
+#
+# **Drag the slider**: the same noise through the two teacherless models, chapter 9's students and the teacher's
+# Euler, at 1 to 4 network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling
+# time. Look at which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0, 1)$, is meant to
+# land where the whole path of the flow ODE from $\varepsilon$ lands: the ODE of the data's velocity field, which the
+# teacher learned and the students were distilled from. So is consistency training's $f(\varepsilon, 1)$, up to
+# section 5's bias. Neither model saw the teacher; if one learned the same field as the teacher, the two draw the same
+# digit from the same noise. (With more calls the consistency sampler adds fresh noise between its jumps, chapter 9,
+# and may land elsewhere.)
 
 # %%
 mnist_reflow, mnist_reflow_info = dl.pretrained("mnist_reflow")
 mnist_consistency, mnist_consistency_info = dl.pretrained("mnist_consistency")
 progressive = {k: dl.load_model(path) for k, path in student_files("mnist_progressive").items()}
 mnist_side = {"MeanFlow": (mnist_meanflow, mnist_meanflow_info, "meanflow"),
+              "consistency training": (mnist_ct, mnist_ct_info, "consistency"),
               "reflow": (mnist_reflow, mnist_reflow_info, "euler"),
               "progressive": {k: (m, i, "euler") for k, (m, i) in progressive.items()},
               "consistency distillation": (mnist_consistency, mnist_consistency_info, "consistency"),
@@ -684,11 +706,13 @@ with torch.no_grad():
               f"of {noises} noises")
 
 # %% [markdown]
-# MeanFlow draws the ODE's digit from 66.8% of the noises, far more often than chance with ten digits to choose
-# from: without ever seeing the teacher it learned much of the same map from noise to digit, since both were fitted
-# to the same data's velocity field. The distilled students, trained to follow the teacher's ODE (reflow through its
-# pairs), match it more often (81.4% to 83.6%). The teacher's own single Euler step, chapter 9's blurred average,
-# matches 39.2%.
+# MeanFlow draws the ODE's digit from 66.8% of the noises, far more often than chance with ten digits to choose from:
+# without ever seeing the teacher it learned much of the same map from noise to digit, since both were fitted to the
+# same data's velocity field. The distilled students, trained to follow the teacher's ODE (reflow through its pairs),
+# match it more often (81.4% to 83.6%). The teacher's own single Euler step, chapter 9's blurred average, matches
+# 39.2%. Consistency training, whose digits are recognised less often, draws the ODE's digit from 68.2% of the noises,
+# level with MeanFlow within the sampling error of 500 noises: it too learned much of the ODE's map without the
+# teacher.
 
 # %% [markdown]
 # ## Exercises
