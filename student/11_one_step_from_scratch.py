@@ -354,11 +354,11 @@ widgets.interact(show_field, r=widgets.FloatSlider(value=0.0, min=0.0, max=0.95,
 # $\Delta = 1/N$ and $x' = x - \Delta v$, Taylor's theorem in $\Delta$ gives, for each component of f, $\mathbb
 # E[f(x', s_{n-1})] = f(x - \Delta v^*, s_{n-1}) + \tfrac{1}{2}\Delta^2\,\mathrm{tr}\big(\nabla^2 f\;\mathrm{Cov}[v
 # \mid x]\big) + O(\Delta^3)$ (the first-order term vanishes on average, since v averages to $v^*$): the bias of one
-# link shrinks like $1/N^2$, so over the grid's N links like 1/N, and grows with how much the pairs through x disagree
-# and how curved f is. MeanFlow's target, affine in v (section 3), has no such bias. At n = 1 the target is
-# $f(x_0, 0) = x_0$, the data itself; from there agreement (f at $s_n$ matching f at $s_{n-1}$) spreads up the grid.
-# The cell writes one batch's loss by hand against the library's `consistency_training_loss` (N = `CT_GRID`, printed),
-# both on section 1's flow network:
+# link shrinks like $1/N^2$, so over the grid's N links, if the links' biases add up, like 1/N, and grows with how
+# much the pairs through x disagree and how curved f is. MeanFlow's target, affine in v (section 3), has no such bias.
+# At n = 1 the target is $f(x_0, 0) = x_0$, the data itself; from there agreement (f at $s_n$ matching f at $s_{n-1}$)
+# spreads up the grid. The cell writes one batch's loss by hand against the library's `consistency_training_loss` (N =
+# `CT_GRID`, printed), both on section 1's flow network:
 
 # %%
 def my_ct_loss(net, x0, n, noise):
@@ -491,12 +491,13 @@ for seed in (0, 1, 2):
 # 1.038-1.083), far less than the fixed grid's (1.134-1.256, then 0.770-0.868; real points 1.324).
 #
 # The growth's two ends, each held fixed on seed 0, behave differently. N = 4 makes the worst and narrowest single
-# jump (0.0952, spread 0.919), as a large bias would, yet improves with more jumps (0.0645, 0.0421). N = 128 makes the
-# best single jump of the fixed grids (0.0284, spread 1.318), but shrinks and worsens with more (0.2578, spread 0.657
-# at eight). The grown grid is the best or level with the best at every number of steps (level with N = 4 at four,
-# 0.0421); this run does not show why the fine grid fails under repeated jumps. Growing the grid does not catch up
-# with distillation, which also starts from the teacher's weights (0.0074 at one step, 0.0249 at four), nor with
-# MeanFlow. From here on, "consistency training" means the grown grid's seed-0 model, the library's default.
+# jump (0.0952, spread 0.919), as a large bias would, yet improves with two and four jumps (0.0645, 0.0421) before
+# worsening at eight (0.1065). N = 128 makes the best single jump of the fixed grids (0.0284, spread 1.318), but
+# shrinks and worsens with more (0.2578, spread 0.657 at eight). The grown grid is the best or level with the best at
+# every number of steps (level with N = 4 at four, 0.0421); this run does not show why the fine grid fails under
+# repeated jumps. Growing the grid does not catch up with distillation, which also starts from the teacher's weights
+# (0.0074 at one step, 0.0249 at four), nor with MeanFlow. From here on, "consistency training" means the grown grid's
+# seed-0 model, the library's default.
 #
 # **Drag the slider**: the four models side by side at 1 to 4 steps, from the same noise (flow: Euler; MeanFlow: its
 # jumps; the consistency models: chapter 9's sampler), each with its energy distance to the held-out moons (on 1,000
@@ -536,7 +537,7 @@ for name, t in seconds.items():
 #
 # ## 7. MNIST: one step without a teacher, against chapter 9's students
 #
-# The same loss trains chapter 4's U-Net on MNIST, with a second time input (`"interval": True`: the network takes
+# MeanFlow's loss trains chapter 4's U-Net on MNIST, with a second time input (`"interval": True`: the network takes
 # (s, s - r), as section 3's did). The committed model `mnist_meanflow` was trained from scratch with the library's
 # command for 151 minutes, chosen to match the training time of chapter 9's 1-step progressive student, its
 # teacher's training plus its distillation (the model's folder, `diffusion_lib/checkpoints/mnist_meanflow`, has a
@@ -556,12 +557,12 @@ for name, t in seconds.items():
 # One thing differs from two moons in MeanFlow's training: on images the library trains with the **adaptive weight**
 # that section 3 left out. Geng et al. divide each example's squared error e by $(e + c)^p$, held fixed (sg), with a
 # power p and a small constant c. (The library's e is the mean over the example's pixels or coordinates; the paper's
-# is the sum, which for p = 1 is the same weight with c divided by the number of pixels.) Whether the weight helps
-# depends on what makes e large. The cell measures e for the r < s examples of the two trained MeanFlow networks,
-# section 4's on two moons and `mnist_meanflow`: each row keeps one data point and one interval (r, s) and draws the
-# noise 8 times, and the share of the variance of log e that lies between the rows says how much of e the data point
-# and its interval fix, rather than the noise. (With 8 draws a row's mean still carries some of the noise, so the
-# share comes out a little high.)
+# is the sum, which for p = 1 gives the same weighted loss, e / (e + c), with c divided by the number of pixels.)
+# Whether the weight helps depends on what makes e large. The cell measures e for the r < s examples of the two
+# trained MeanFlow networks, section 4's on two moons and `mnist_meanflow`: each row keeps one data point and one
+# interval (r, s) and draws the noise 8 times, and the share of the variance of log e that lies between the rows says
+# how much of e the data point and its interval fix, rather than the noise. (With 8 draws a row's mean still carries
+# some of the noise, so the share comes out a little high.)
 
 # %%
 def errors_by_draw(net, x0, draws=8, seed=0):
@@ -635,41 +636,45 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
 # %% [markdown]
 # At one call MeanFlow's digits (FID 110.5, 80.5% recognised) are behind all three of chapter 9's students: reflow
 # (98.1, 81.4%), the 1-step progressive student, whose teacher and distillation took the same 151 minutes (75.2,
-# 83.0%), and consistency distillation (66.4, 86.3%, 163 minutes). All of them are far better than the teacher's
-# own single Euler step (1798.1, 0.5% recognised), chapter 9's blurred average. At two calls MeanFlow (62.3) is
-# close to reflow (62.8) and behind the progressive (55.4) and consistency (38.3) students; at four (46.0) it is
-# close to reflow (47.5), behind the two other students, and ahead of the teacher's Euler-4 (86.0) and of its best
-# solver at five calls, DPM-Solver++ (52.1). Its diversity is like the others' at two and four calls and a little
-# lower at one (16.60 against the students' 17.08 to 17.56).
+# 83.0%), and consistency distillation (66.4, 86.3%, 163 minutes). All of them are far better than the teacher's own
+# single Euler step (1798.1, 0.5% recognised), chapter 9's blurred average. At two calls MeanFlow (62.3) is close to
+# reflow (62.8) and behind the progressive (55.4, one seed) and consistency (38.3) students; at four (46.0) it is
+# close to reflow (47.5), behind the two other students, and ahead of the teacher's Euler-4 (86.0) and, on one seed,
+# of its best solver at five calls, DPM-Solver++ (52.1). Its diversity is like the students' at two and four calls and
+# a little lower at one (16.60 against the students' 17.08 to 17.56).
 #
-# Consistency training comes last at every number of calls: 246.5 at one call (68.6% recognised), 182.7 at two and
-# 148.9 at four, in 143 minutes, a little under the 151-minute budget it shared with MeanFlow (its last run reached
-# the step count it was given before its time limit). More calls help it, and it is better than the teacher's Euler at
-# one and two steps (1798.1, 395.0), but at four it is behind the teacher's Euler-4 (86.0). On two moons too it was
-# the least accurate one-step model (section 6). We have not measured why; three differences are candidates. Its
-# target carries section 5's bias, which shrinks only as N grows, and the finest grid, N = 128, came only in the last
-# sixth of its training. It has no anchor like MeanFlow's r = s examples, plain flow matching with an unbiased target:
-# all its targets but those at n = 1 come from its own jumps. And Song & Dhariwal's recipe has two parts that the
-# library leaves out, a Pseudo-Huber distance in place of the squared one and a choice of n that favours the middle of
-# the grid, and it was run for far more steps than these.
+# Consistency training is behind MeanFlow and every distilled student at every number of calls: 246.5 at one call
+# (68.6% recognised), 182.7 at two and 148.9 at four, in 143 minutes, a little under the 151-minute budget it shared
+# with MeanFlow (its last run reached the step count it was given before its time limit). More calls help it, and it
+# is better than the teacher's Euler at one and two steps (1798.1, 395.0), but at four it is behind the teacher's
+# Euler-4 (86.0). On two moons too it was the least accurate one-step model (section 6). We have not measured why;
+# three differences are candidates. Its target carries section 5's bias, which shrinks only as N grows, and the finest
+# grid, N = 128, came only in the last sixth of its training: the run was resumed with fewer planned steps, so its
+# stages were not section 5's equal ones (the three coarsest grids took two thirds of the training; the README gives N
+# at each step). It has no anchor like MeanFlow's r = s examples, plain flow matching with an unbiased target: all its
+# targets but those at n = 1 come from its own jumps. And Song & Dhariwal's recipe has parts that the library leaves
+# out, among them a Pseudo-Huber distance, $\sqrt{\lVert d \rVert^2 + c^2} - c$ for a gap d, in place of the squared
+# one, noise levels drawn from a log-normal rather than uniformly over the grid, and far finer final grids, and it was
+# run for far more steps than these.
 #
 # The last lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for one of
 # the teacher's flow-matching steps, and a consistency-training step 0.49 s: two calls of the network, one of them
 # without the graph for a backward pass. All three ran under bf16 autocast (wall times on a 2-core machine that was
-# not always idle, so approximate), but MeanFlow's JVP, on a quarter of each batch, runs in float32: forward-mode
-# differentiation has no autocast. In its 151 minutes MeanFlow saw each training image 9.4 times, consistency training
-# 18.7 times in 143 minutes; the teacher saw each 20.9 times in 123 minutes, and the rest of its students' time went
-# to their distillation. Would the teacherless models overtake the students with longer training? This table, at one
-# budget, cannot say.
+# not always idle, so approximate; consistency training's first run also slowed by about half midway with the other
+# core idle, for a reason we did not find), but MeanFlow's JVP, on a quarter of each batch, runs in float32: the
+# library turns autocast off for it, since forward-mode differentiation does not take it. In its 151 minutes MeanFlow
+# saw each training image 9.4 times, consistency training 18.7 times in 143 minutes; the teacher saw each 20.9 times
+# in 123 minutes, and the rest of its students' time went to their distillation. Would the teacherless models overtake
+# the students with longer training? This table, at one budget, cannot say.
 #
 # **Drag the slider**: the same noise through the two teacherless models, chapter 9's students and the teacher's
-# Euler, at 1 to 4 network calls (the progressive students exist for 1, 2 and 4 steps only), with each row's sampling
-# time. Look at which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0, 1)$, is meant to
-# land where the whole path of the flow ODE from $\varepsilon$ lands: the ODE of the data's velocity field, which the
-# teacher learned and the students were distilled from. So is consistency training's $f(\varepsilon, 1)$, up to
-# section 5's bias. Neither model saw the teacher; if one learned the same field as the teacher, the two draw the same
-# digit from the same noise. (With more calls the consistency sampler adds fresh noise between its jumps, chapter 9,
-# and may land elsewhere.)
+# Euler, at 1 to 4 network calls (there is no 3-step progressive student, so its row is left out at 3), with each
+# row's sampling time. Look at which digit each noise becomes. MeanFlow's one jump, $\varepsilon - u(\varepsilon, 0,
+# 1)$, is meant to land where the whole path of the flow ODE from $\varepsilon$ lands: the ODE of the data's velocity
+# field, which the teacher learned and the students were distilled from. So is consistency training's $f(\varepsilon,
+# 1)$, up to section 5's bias. Neither model saw the teacher; if one learned the same field as the teacher, the two
+# draw the same digit from the same noise. (With more calls the consistency sampler adds fresh noise between its
+# jumps, chapter 9, and may land elsewhere.)
 
 # %%
 mnist_reflow, mnist_reflow_info = dl.pretrained("mnist_reflow")
@@ -706,13 +711,12 @@ with torch.no_grad():
               f"of {noises} noises")
 
 # %% [markdown]
-# MeanFlow draws the ODE's digit from 66.8% of the noises, far more often than chance with ten digits to choose from:
-# without ever seeing the teacher it learned much of the same map from noise to digit, since both were fitted to the
-# same data's velocity field. The distilled students, trained to follow the teacher's ODE (reflow through its pairs),
-# match it more often (81.4% to 83.6%). The teacher's own single Euler step, chapter 9's blurred average, matches
-# 39.2%. Consistency training, whose digits are recognised less often, draws the ODE's digit from 68.2% of the noises,
-# level with MeanFlow within the sampling error of 500 noises: it too learned much of the ODE's map without the
-# teacher.
+# The teacher's own single Euler step, chapter 9's blurred average, draws the ODE's digit from 39.2% of the noises:
+# even a blur leans towards the digit the noise will become. MeanFlow does far better, 66.8%: without ever seeing the
+# teacher it learned much of the same map from noise to digit, likely because both were fitted to the same data's
+# velocity field. Consistency training, whose digits are recognised less often, draws the ODE's digit from 68.2%,
+# level with MeanFlow within the sampling error of 500 noises. The distilled students, trained to follow the
+# teacher's ODE (reflow through its pairs), match it more often (81.4% to 83.6%).
 
 # %% [markdown]
 # ## Exercises
