@@ -132,7 +132,7 @@ def _render_targets(f: dict) -> list[str]:
             f"committed notebook's own run printed {_committed_seconds(slowest['chapter'])} s)", slowest["full_seconds"] <= 300)
         totals = [(r["chapter"][:2], _learner_total(r)) for r in c["rows"]]  # each estimate once: it may read the chapter
         over = [(ch, m) for ch, m in totals if m > 100.5]
-        add("learner time per chapter (estimate)", "at most 100 min",
+        add("learner time per chapter, core path (estimate)", "at most 100 min",
             "; ".join(f"chapter {int(ch)}: {m:.0f} min" for ch, m in over) or "every chapter within", not over)
         heaviest = max(c["rows"], key=lambda r: r["full_peak_mib"])
         add("largest chapter peak memory (Binder's limit)", "at most 2048 MiB",
@@ -582,7 +582,7 @@ def _render_course(f):
     lines = ["Each chapter run top to bottom in a fresh kernel (`python -m diffusion_lib.course.runner`, kernel start "
              "included); peak memory is the kernel's largest resident set.", "",
              "| chapter | fast s | full s (target at most 300) | committed notebook's run s | fast peak MiB | "
-             "full peak MiB (limit 2048) | learner min (estimate) |",
+             "full peak MiB (limit 2048) | learner min, core path (estimate) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['chapter']} | {r['fast_seconds']:.0f} | {r['full_seconds']:.0f} | {_committed_seconds(r['chapter'])} | "
               f"{r['fast_peak_mib']:.0f} | {r['full_peak_mib']:.0f} | {_learner(r)} |"
@@ -597,9 +597,10 @@ def _render_course(f):
         lines += ["", f"Learner minutes: an estimate, not a measurement (`diffusion_lib/course/timing.py`): prose at "
                       f"{WORDS_PER_MINUTE} words/min, code at {CODE_LINES_PER_MINUTE} lines/min, {MINUTES_PER_WIDGET} min per "
                       f"widget, exercises at " + ", ".join(f"{m} min ({kind})" for kind, m in EXERCISE_MINUTES.items())
-                      + ", plus the full-mode run; the parts are reading + code + widgets + exercises + running. "
-                      "Where the course section predates the estimate, it is computed from the chapters as they are "
-                      "when this file is rendered."]
+                      + ", plus the full-mode run; the parts are reading + code + widgets + exercises + running, "
+                      "the chapter's core path. Exercises marked *going further* (not needed by later chapters) are "
+                      "counted apart, after the semicolon. The estimate is computed from the chapters as they are when "
+                      "this file is rendered, with the full-mode time measured above."]
     if "nbval_fast_seconds" in f:
         lines += ["", f"Fast-mode nbval suite (`python -m pytest chapters`): **{f['nbval_fast_seconds']:.0f} s** "
                       f"(target at most 600)" + ("" if f["nbval_fast_ok"] else " **failed**")]
@@ -618,15 +619,12 @@ def _committed_seconds(chapter: str) -> str:
 
 
 def _learner_parts(row) -> dict | None:
-    """The learner-minutes estimate of a chapter: stored by the course section, or else computed from the chapter
-    as it is now and the full-mode time that section measured (None: the chapter is gone)."""
-    m = row.get("learner_minutes")
-    if m is None:
-        notebook = REPO / "chapters" / f"{row['chapter']}.ipynb"
-        if not notebook.exists():
-            return None
-        m = learner_minutes(notebook, row["full_seconds"])
-    return m
+    """The learner-minutes estimate of a chapter, computed from the chapter as it is now (its text may have changed
+    since the course section ran) and the full-mode time that section measured; None: the chapter is gone."""
+    notebook = REPO / "chapters" / f"{row['chapter']}.ipynb"
+    if not notebook.exists():
+        return None
+    return learner_minutes(notebook, row["full_seconds"])
 
 
 def _learner_total(row) -> float:
@@ -638,8 +636,9 @@ def _learner(row) -> str:
     m = _learner_parts(row)
     if m is None:
         return "n/a"
+    further = f"; going further +{m['further']:.0f}" if m["further"] else ""
     return (f"{m['total']:.0f} ({m['reading']:.0f} + {m['code']:.0f} + {m['widgets']:.0f} + {m['exercises']:.0f} + "
-            f"{m['running']:.0f})")
+            f"{m['running']:.0f}{further})")
 
 
 def _render_couplings(f):

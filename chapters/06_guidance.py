@@ -457,6 +457,9 @@ for name, row in committed["figures"]["models"].items():
 #
 # ## Exercises
 #
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
 # **Exercise 1 (implement).** Write `my_timestep_embedding(t, dim)`: the sinusoidal code $e(t)$ of
 # section 1 for a (B,) tensor of noise labels (integers or not), returning (B, dim), cosines first.
 
@@ -501,7 +504,7 @@ unguided_accuracy_guess = 0.1
 exercises.check_unguided_accuracy(unguided_accuracy_guess, measured=sweep["accuracy"][0])
 
 # %% [markdown] tags=["exercise:ch06-open-one-call"]
-# **Exercise 4 (open question).** Guidance at any $w$ other than 0 and 1 evaluates the network twice per step,
+# **Exercise 4 (open question, going further).** Guidance at any $w$ other than 0 and 1 evaluates the network twice per step,
 # with and without the label (the library batches the two into one call of twice the batch). Could you get the
 # benefit of $w = 3$ with one call, for example by training a model whose conditional prediction
 # already *is* the guided one? What would you lose? (Look up "guidance distillation" afterwards.)

@@ -607,6 +607,9 @@ widgets.interact(show_steps, steps=widgets.IntSlider(value=2, min=1, max=8, step
 # %% [markdown]
 # ## Exercises
 #
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
 # **Exercise 1 (implement).** Write `my_flow_pair(x0, eps, s)`, returning the point $x_s$ of the straight
 # path at times `s` (shape (B,)) and the velocity the network is trained to predict.
 
@@ -647,7 +650,7 @@ reflow_pair_calls = 6000 * 35
 exercises.check_reflow_calls(reflow_pair_calls)
 
 # %% [markdown] tags=["exercise:ch08-open-reflow-again"]
-# **Exercise 4 (open question).** Reflow can be repeated: draw new pairs from the reflowed model and
+# **Exercise 4 (open question, going further).** Reflow can be repeated: draw new pairs from the reflowed model and
 # train again ("2-rectified", "3-rectified" flow). What would you expect a second reflow to change in
 # straightness and in sample quality, and why can't repeated reflow give a perfect one-step model for free?
 

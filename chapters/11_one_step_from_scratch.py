@@ -721,7 +721,10 @@ with torch.no_grad():
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (implement).** Section 3's `u` was asked with (x, r, s). Many MeanFlow networks are asked with
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
+# **Exercise 1 (implement, going further).** Section 3's `u` was asked with (x, r, s). Many MeanFlow networks are asked with
 # the interval's length instead, `u(x, s, d)` with d = s - r. Write `my_target(u, x, s, d, v)`: the MeanFlow target
 # $v - (s - r)\,du/ds$, held fixed, for such a network, with x moving along the path with velocity v and r held
 # still. Choose the tangent of each input with care. `s` and `d` have shape (B,): reshape d to (B, 1) before
@@ -769,7 +772,7 @@ gaussian_average = 1.0 - 1.0 * 0.5 / 1.0  # (x_1 - x_0) / (1 - 0), with x_0 = x_
 exercises.check_gaussian_average_velocity(gaussian_average)
 
 # %% [markdown] tags=["exercise:ch11-open-why-flow"]
-# **Exercise 4 (open question).** Section 3 showed that a bounded u satisfying the identity for every interval is
+# **Exercise 4 (open question, going further).** Section 3 showed that a bounded u satisfying the identity for every interval is
 # the average velocity, so the examples with r < s alone pin u down in principle. Yet MeanFlow spends most of every
 # batch on r = s, plain flow matching. Give reasons why, from what the two kinds of example ask of the network and
 # what they cost, and use section 4's table for one more.

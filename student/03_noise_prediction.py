@@ -559,6 +559,9 @@ for t_value in (600, 400, 300, 200, 100, 10):
 #
 # ## Exercises
 #
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
 # **Exercise 1 (implement).** Write `my_x0_from_eps(xt, t, eps, alpha_bars)` returning $\hat x_0$.
 
 # %% tags=["solution", "exercise:ch03-x0-from-eps"]
@@ -602,7 +605,7 @@ zero_predictor_loss = None  # YOUR CODE HERE: your answer
 exercises.check_zero_predictor_loss(zero_predictor_loss)
 
 # %% [markdown] tags=["exercise:ch03-open-memorise"]
-# **Exercise 4 (open question).** The ideal denoiser memorises; the network generalises. What
+# **Exercise 4 (open question, going further).** The ideal denoiser memorises; the network generalises. What
 # would you expect to happen to the learned curve in section 3 if you trained a much larger network
 # for much longer on only 500 MNIST digits? How could you detect it from samples alone?
 

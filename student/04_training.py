@@ -443,7 +443,10 @@ for name, m in f["models"].items():
 #
 # ## Exercises
 #
-# **Exercise 1 (implement).** Write `my_loss(model, x0, t, noise, alpha_bars)`, the simple DDPM loss for given $t$ and noise.
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
+# **Exercise 1 (implement, going further).** Write `my_loss(model, x0, t, noise, alpha_bars)`, the simple DDPM loss for given $t$ and noise.
 
 # %% tags=["solution", "exercise:ch04-loss"]
 def my_loss(model, x0, t, noise, alpha_bars):
@@ -518,7 +521,7 @@ ema_horizon = None  # YOUR CODE HERE: your answer
 exercises.check_ema_horizon(ema_horizon)
 
 # %% [markdown] tags=["exercise:ch04-open-v-target"]
-# **Exercise 5 (open question).** In short training runs of DDPM recipes, predicting $v$ beat predicting
+# **Exercise 5 (open question, going further).** In short training runs of DDPM recipes, predicting $v$ beat predicting
 # $\varepsilon$ (`benchmarks/RESULTS.md`, section "recipes", sampled with DDIM-20), and section 6 shows an
 # $\varepsilon$ model drawing blotchy digits even with DDIM-50. Use chapter 3's identities: at which $t$ is
 # $\varepsilon$-prediction an awkward target for a small, briefly trained network (think of what
@@ -526,7 +529,7 @@ exercises.check_ema_horizon(ema_horizon)
 # $\varepsilon - x_0$ avoid that?
 
 # %% [markdown] tags=["exercise:ch04-open-own-folder"]
-# **Exercise 6 (open question).** Train on a folder. Set `MY_FOLDER` to a folder of your own images
+# **Exercise 6 (open question, going further).** Train on a folder. Set `MY_FOLDER` to a folder of your own images
 # (photos of one kind of thing work best; 32x32 is small, so pick something that survives it). Left
 # as `None`, the cell writes a stand-in: eight Fashion-MNIST bags as PNG files. It trains the default
 # recipe (fast mode: a few steps; full mode: 600), draws 16 samples, and finds for each sample the

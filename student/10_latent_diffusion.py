@@ -114,14 +114,11 @@ print(f"per image with a 19-call sampler (Heun-10): {pixel_image:.2f} ms in pixe
       f"latent U-Net, decoding included ({pixel_image / latent_image:.1f}x cheaper)")
 
 # %% [markdown]
-# Timings vary from run to run and from machine to machine (the decoder's price in calls most of all); what
-# follows reads the output above. A call on
-# 256 inputs costs the latent U-Net several times less than the pixel U-Net; a training step, on a smaller batch
-# of 64 and under bfloat16 autocast (slow on a CPU without native bfloat16 instructions, section 6), compares
-# differently from machine to machine. The decoder is not free: the output prices one decode in
-# calls of the latent U-Net, and adding it once per image makes the latent pipeline's saving per image smaller
-# than its saving per call. The fewer the sampling steps (chapter 9), the larger the decoder's share. Section 6
-# times whole sampling runs.
+# Timings vary between runs and machines. A call on 256 inputs costs the latent U-Net several times less than the
+# pixel U-Net; a training step (a batch of 64 under bfloat16 autocast, slow on a CPU without native bfloat16
+# instructions: section 6) compares differently on different machines. The decoder, paid once per image and priced
+# above in calls of the latent U-Net, makes the saving per image smaller than the saving per call, the more so the
+# fewer the sampling steps (chapter 9). Section 6 times whole sampling runs.
 #
 # ## 2. The autoencoder
 #
@@ -428,17 +425,16 @@ print(f"this machine has native bfloat16 instructions: {dl.runtime.fast_bf16(tor
 # at w = 1.5 the latent U-Net is recognised 98.3% of the time and gives the requested digit 99.1% of the time,
 # against 99.5% and 99.6% for the pixel U-Net at the same scale; the gap is in how the digits are drawn.
 #
-# **Transformer or U-Net.** At the same size and training time the MMDiT loses to the latent U-Net clearly at
-# w = 1 and 1.5: 57.9 at its best (w = 1.5) against 40.6, and at w = 1 far worse (120.5, 87.0% recognised); at
-# w = 3 the two are within the seeds' spread (116.2 against 113.5, ranges overlapping). Its training step cost
-# more in the runs that made them, on a CPU with native bfloat16 instructions (the per-step times above, from the
-# steps each reached in 20 minutes), so it took 5,644 steps to the U-Net's 8,436. On a CPU without them the order
-# can reverse: the same lines time both steps on this machine, alone, under bfloat16 autocast as they were trained
-# (its last line says whether this CPU has the instructions). And a transformer must learn from data what a convolution builds in, that
-# neighbouring positions belong together. DiT and Stable Diffusion 3
-# win at scale, with hundreds of millions to billions of parameters and long training; at a quarter of a million
-# parameters and 20 minutes the convolution's head start is worth more. (One run each, and the MMDiT's learning rate was not tuned.) From
-# section 7 on, the pipeline uses the latent U-Net.
+# **Transformer or U-Net.** At the same size and training time the MMDiT loses to the latent U-Net clearly at w = 1
+# and 1.5: 57.9 at its best (w = 1.5) against 40.6, and at w = 1 far worse (120.5, 87.0% recognised); at w = 3 the two
+# are within the seeds' spread (116.2 against 113.5, ranges overlapping). In the 20-minute runs, on a CPU with native
+# bfloat16 instructions, its training step cost more (the per-step times above), so it took 5,644 steps to the U-Net's
+# 8,436. Without those instructions the order can reverse: the same lines time both steps on this machine, alone
+# (their last line says whether it has the instructions). And a transformer must learn from data what a convolution
+# builds in, that neighbouring positions belong together. DiT and Stable Diffusion 3 win at scale, with hundreds of
+# millions to billions of parameters and long training; at a quarter of a million parameters and 20 minutes the
+# convolution's head start is worth more. (One run each, and the MMDiT's learning rate was not tuned.) From section 7
+# on, the pipeline uses the latent U-Net.
 #
 # **Strong guidance and FID.** At w = 3 every model names the requested digit 99.8% to 100% of the time, but its
 # FID is 2 to 7 times its best (pixel U-Net 192.3 against 27.4, latent U-Net 113.5 against 40.6, MMDiT 116.2
@@ -633,6 +629,9 @@ print(f"a batch of 8 through the whole pipeline (Euler-10, w = 3): {min(batch_se
 # %% [markdown]
 # ## Exercises
 #
+# Exercises marked *going further* are not needed by the chapters that follow: they suit a lab, homework or a
+# second reading.
+#
 # **Exercise 1 (implement).** Write `my_kl(mu, logvar)`: the KL divergence from $\mathcal N(\mu, \sigma^2)$ to
 # $\mathcal N(0, 1)$ for every latent number, averaged over all of them, with $\log\sigma^2$ given as `logvar`
 # (section 2 derives it); return it as a tensor (or a number).
@@ -680,7 +679,7 @@ images_through_denoiser = None  # YOUR CODE HERE: your answer
 exercises.check_pipeline_calls(images_through_denoiser)
 
 # %% [markdown] tags=["exercise:ch10-open-latent-channels"]
-# **Exercise 4 (open question).** Stable Diffusion 3 moved from 4 latent channels to 16 (Esser et al. 2024,
+# **Exercise 4 (open question, going further).** Stable Diffusion 3 moved from 4 latent channels to 16 (Esser et al. 2024,
 # Sec. 5.2.1). Suppose `mnist_vae` kept its 8x8 grid but had 16 channels. Using what this chapter measured (the
 # reconstructions' FID, the latent models' FID at equal training time, the cost of a call), argue what would
 # change: (a) for the reconstructions, (b) for the cost of one denoiser call, (c) for how hard the denoiser's task is, and so

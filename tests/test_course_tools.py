@@ -77,11 +77,12 @@ def test_repoint_accepts_every_name_github_allows(name):
 
 
 def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
-    words = " ".join(["word"] * 233)
-    text = (f"# %% [markdown]\n# {words}\n\n"  # 233 words + the exercise headers' 3 + 4 = 240: two minutes
+    words = " ".join(["word"] * 226)
+    text = (f"# %% [markdown]\n# {words}\n\n"  # 226 words + the exercise headers' 3 + 4 + 7 = 240: two minutes
             "# %%\n" + "".join(f"x{i} = {i}\n" for i in range(15)) + "# a comment\nwidgets.interact(f, a=1)\n\n"
             "# %% [markdown]\n# **Exercise 1 (implement).**\n\n"
             "# %% [markdown]\n# **Exercise 2 (open question).**\n\n"
+            "# %% [markdown]\n# **Exercise 3 (predict, then check; going further).**\n\n"
             "# %% [markdown] tags=[\"solution\"]\n# " + " ".join(["answer"] * 1000) + "\n")
     path = tmp_path / "chapter.py"
     path.write_text(text)
@@ -90,8 +91,10 @@ def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
     assert m["code"] == pytest.approx(16 / timing.CODE_LINES_PER_MINUTE)  # comments are not counted
     assert m["widgets"] == timing.MINUTES_PER_WIDGET
     assert m["exercises"] == timing.EXERCISE_MINUTES["implement"] + timing.EXERCISE_MINUTES["open"]
-    assert m["running"] == 1.5 and m["exercise_count"] == 2
+    assert m["running"] == 1.5 and m["exercise_count"] == 3 and m["further_count"] == 1
     assert m["total"] == pytest.approx(sum(m[k] for k in ("reading", "code", "widgets", "exercises", "running")))
+    assert m["further"] == timing.EXERCISE_MINUTES["predict"]  # counted apart from the core path's total
+    assert m["with_further"] == pytest.approx(m["total"] + m["further"])
 
 
 def test_every_chapter_exercise_is_of_a_kind_the_estimate_knows():

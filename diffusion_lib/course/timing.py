@@ -11,6 +11,10 @@ up what a learner does with a chapter, each at a stated rate:
   an open question);
 - waiting for the chapter to run (its measured full-mode Run-All time, given by the caller).
 
+An exercise whose header says "going further" (`**Exercise 6 (open question, going further).**`) is
+not needed by the chapters that follow; its minutes are counted apart, as `further`, and left out of
+`total`, the time of the chapter's core path. `with_further` is the time with every exercise done.
+
 The instructor edition's model answers (markdown cells tagged `solution`) and reference solutions
 are not counted: a learner does not read them.
 """
@@ -26,7 +30,8 @@ WORDS_PER_MINUTE = 120
 CODE_LINES_PER_MINUTE = 15
 MINUTES_PER_WIDGET = 3
 EXERCISE_MINUTES = {"implement": 20, "predict": 5, "open": 15}
-EXERCISE = re.compile(r"\*\*Exercise \d+ \((implement|predict|open)")
+EXERCISE = re.compile(r"\*\*Exercise \d+ \((implement|predict|open)([^)]*)\)")
+FURTHER = "going further"
 
 
 def learner_minutes(notebook: str | Path, run_seconds: float = 0.0) -> dict[str, float]:
@@ -35,12 +40,17 @@ def learner_minutes(notebook: str | Path, run_seconds: float = 0.0) -> dict[str,
     markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     code_lines = sum(1 for c in cells if c.cell_type == "code" for line in c.source.splitlines()
                      if line.strip() and not line.lstrip().startswith("#"))
-    kinds = EXERCISE.findall(markdown)
+    headers = EXERCISE.findall(markdown)
+    core = [kind for kind, rest in headers if FURTHER not in rest]
+    further = [kind for kind, rest in headers if FURTHER in rest]
     parts = {
         "reading": len(markdown.split()) / WORDS_PER_MINUTE,
         "code": code_lines / CODE_LINES_PER_MINUTE,
         "widgets": MINUTES_PER_WIDGET * sum(c.source.count("widgets.interact(") for c in cells if c.cell_type == "code"),
-        "exercises": sum(EXERCISE_MINUTES[kind] for kind in kinds),
+        "exercises": sum(EXERCISE_MINUTES[kind] for kind in core),
         "running": run_seconds / 60,
     }
-    return {**parts, "total": sum(parts.values()), "exercise_count": len(kinds)}
+    total = sum(parts.values())
+    further_minutes = sum(EXERCISE_MINUTES[kind] for kind in further)
+    return {**parts, "total": total, "further": further_minutes, "with_further": total + further_minutes,
+            "exercise_count": len(headers), "further_count": len(further)}
