@@ -27,7 +27,7 @@
 # - train the straight-path velocity model of chapters 2 and 3 (flow matching, the library's default recipe), say what it changes in that step and why chapter 5's samplers still apply, and switch to DDPM's objective with one argument;
 # - explain what the exponential moving average (EMA) of the weights does, and see its effect.
 # - recognise the common training and sampling mistakes by their samples, and fix them;
-# - train the same recipe on other images (Fashion-MNIST, a folder of your own) and say when it will only copy them.
+# - train the same recipe on other images (Fashion-MNIST, a folder of your own), and, going further (exercise 6), say when it will only copy them.
 #
 # **Assumes**: chapters 2-3; a gradient step with an optimiser such as Adam. Samples are drawn with the
 # library's samplers used as black boxes (DDIM for the 2-D data, Heun's method for digits); chapter 5
@@ -334,8 +334,8 @@ display(ch04.gallery_figure(gallery["figures"]["entries"]))
 # - **The $\varepsilon$ target, and few steps** (rows 6-7). The DDPM recipe with the $\varepsilon$ target, after the
 #   same 2,000 steps, draws blotchy, textured digits even with DDIM-50, and DDIM-5 adds grain on top
 #   (compare the scores). These rows change the path, the noise levels drawn and the target at once, so they do
-#   not isolate the target; exercise 5 argues why the $\varepsilon$ target is the likely culprit. *Fix:* the $v$ or
-#   the flow target, and enough steps for the target you have.
+#   not isolate the target; exercise 5 (going further) argues why the $\varepsilon$ target is the likely
+#   culprit. *Fix:* the $v$ or the flow target, and enough steps for the target you have.
 #
 # None of these is pure noise, though the tenfold learning rate comes close. When samples are pure noise, the model and the sampler usually
 # disagree about something basic, which none of these runs had wrong: the network's output read as the
@@ -439,7 +439,7 @@ for name, m in f["models"].items():
 # - Snapshots of a longer run show the samples taking shape: scattered strokes after 100 steps, digit-like shapes by 1,000.
 # - Sample with the EMA of the weights (its decay warms up over the first thousands of steps); the loss depends strongly on the noise level.
 # - Failures have signatures (measured in section 6): no EMA roughens strokes, a too-high learning rate leaves speckle, data in [0, 1] a grey background, too few steps blur, and $\varepsilon$-prediction stays blotchy even with DDIM-50 and grainier in 5 steps.
-# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files up to the loader's size limit, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; a handful of images is copied, not generalised (exercise 6).
+# - The recipe is not about digits: Fashion-MNIST (judged by a classifier of its own) and a folder of your own images (files up to the loader's size limit, cropped and resized to a square whose side is a multiple of 4, gray or RGB) train the same way; going further, exercise 6 asks what a handful of images gives: copies or new images.
 #
 # ## Exercises
 #

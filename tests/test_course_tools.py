@@ -77,13 +77,15 @@ def test_repoint_accepts_every_name_github_allows(name):
 
 
 def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
-    words = " ".join(["word"] * 226)
-    text = (f"# %% [markdown]\n# {words}\n\n"  # 226 words + the exercise headers' 3 + 4 + 7 = 240: two minutes
+    words = " ".join(["word"] * 233)
+    text = (f"# %% [markdown]\n# {words}\n\n"  # 233 words + the core exercise headers' 3 + 4 = 240: two minutes
             "# %%\n" + "".join(f"x{i} = {i}\n" for i in range(15)) + "# a comment\nwidgets.interact(f, a=1)\n\n"
             "# %% [markdown]\n# **Exercise 1 (implement).**\n\n"
             "# %% [markdown]\n# **Exercise 2 (open question).**\n\n"
-            "# %% [markdown]\n# **Exercise 3 (predict, then check; going further).**\n\n"
-            "# %% [markdown] tags=[\"solution\"]\n# " + " ".join(["answer"] * 1000) + "\n")
+            "# %% [markdown] tags=[\"solution\"]\n# " + " ".join(["answer"] * 1000) + "\n\n"
+            # a going-further exercise: its header (7 words + 113 = 120: one minute) and its code go to `further`
+            "# %% [markdown]\n# **Exercise 3 (predict, then check; going further).** " + " ".join(["w"] * 113) + "\n\n"
+            "# %%\n" + "".join(f"y{i} = {i}\n" for i in range(30)) + "\n")
     path = tmp_path / "chapter.py"
     path.write_text(text)
     m = timing.learner_minutes(path, run_seconds=90)
@@ -93,8 +95,18 @@ def test_learner_minutes_counts_each_part_at_its_stated_rate(tmp_path):
     assert m["exercises"] == timing.EXERCISE_MINUTES["implement"] + timing.EXERCISE_MINUTES["open"]
     assert m["running"] == 1.5 and m["exercise_count"] == 3 and m["further_count"] == 1
     assert m["total"] == pytest.approx(sum(m[k] for k in ("reading", "code", "widgets", "exercises", "running")))
-    assert m["further"] == timing.EXERCISE_MINUTES["predict"]  # counted apart from the core path's total
+    # the going-further exercise: its kind's minutes, one minute of reading and 30 lines of code, apart from the total
+    assert m["further"] == pytest.approx(timing.EXERCISE_MINUTES["predict"] + 1 + 30 / timing.CODE_LINES_PER_MINUTE)
     assert m["with_further"] == pytest.approx(m["total"] + m["further"])
+
+
+def test_a_header_inside_a_cell_splits_its_text_between_the_core_and_going_further(tmp_path):
+    text = ("# %% [markdown]\n# " + " ".join(["core"] * 120) + "\n#\n# **Exercise 1 (open question, going further).** "
+            + " ".join(["more"] * 234) + "\n")  # 120 words before the header; its 6 + 234 = 240 from it on
+    path = tmp_path / "chapter.py"
+    path.write_text(text)
+    m = timing.learner_minutes(path)
+    assert m["reading"] == pytest.approx(1.0) and m["further"] == pytest.approx(2 + timing.EXERCISE_MINUTES["open"])
 
 
 def test_every_chapter_exercise_is_of_a_kind_the_estimate_knows():

@@ -12,8 +12,9 @@ up what a learner does with a chapter, each at a stated rate:
 - waiting for the chapter to run (its measured full-mode Run-All time, given by the caller).
 
 An exercise whose header says "going further" (`**Exercise 6 (open question, going further).**`) is
-not needed by the chapters that follow; its minutes are counted apart, as `further`, and left out of
-`total`, the time of the chapter's core path. `with_further` is the time with every exercise done.
+not needed by the chapters that follow; its minutes (its kind's, and the reading and code from its header
+to the next exercise's) are counted apart, as `further`, and left out of `total`, the time of the chapter's
+core path. `with_further` is the time with every exercise done.
 
 The instructor edition's model answers (markdown cells tagged `solution`) and reference solutions
 are not counted: a learner does not read them.
@@ -35,22 +36,37 @@ FURTHER = "going further"
 
 
 def learner_minutes(notebook: str | Path, run_seconds: float = 0.0) -> dict[str, float]:
-    """The estimated minutes a learner spends on a chapter, by part, and their total."""
+    """The estimated minutes a learner spends on a chapter, by part, and their total.
+
+    Everything from a going-further exercise's header to the next exercise's header (its text, its code cells)
+    is counted in `further`; the chapter's run time stays in `total`, since Run All runs every cell."""
     cells = [c for c in jupytext.read(Path(notebook)).cells if "solution" not in c.metadata.get("tags", [])]
-    markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown")
-    code_lines = sum(1 for c in cells if c.cell_type == "code" for line in c.source.splitlines()
-                     if line.strip() and not line.lstrip().startswith("#"))
-    headers = EXERCISE.findall(markdown)
-    core = [kind for kind, rest in headers if FURTHER not in rest]
-    further = [kind for kind, rest in headers if FURTHER in rest]
-    parts = {
-        "reading": len(markdown.split()) / WORDS_PER_MINUTE,
-        "code": code_lines / CODE_LINES_PER_MINUTE,
-        "widgets": MINUTES_PER_WIDGET * sum(c.source.count("widgets.interact(") for c in cells if c.cell_type == "code"),
-        "exercises": sum(EXERCISE_MINUTES[kind] for kind in core),
-        "running": run_seconds / 60,
-    }
+    words = {"core": 0, "further": 0}
+    lines = {"core": 0, "further": 0}
+    widgets = {"core": 0, "further": 0}
+    exercises = {"core": [], "further": []}
+    part = "core"
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            start = 0
+            for header in EXERCISE.finditer(cell.source):  # text before a header belongs to the part before it
+                words[part] += len(cell.source[start:header.start()].split())
+                part = "further" if FURTHER in header.group(2) else "core"
+                exercises[part].append(header.group(1))
+                start = header.start()
+            words[part] += len(cell.source[start:].split())
+        elif cell.cell_type == "code":
+            lines[part] += sum(1 for line in cell.source.splitlines()
+                               if line.strip() and not line.lstrip().startswith("#"))
+            widgets[part] += cell.source.count("widgets.interact(")
+
+    def minutes(part):
+        return {"reading": words[part] / WORDS_PER_MINUTE, "code": lines[part] / CODE_LINES_PER_MINUTE,
+                "widgets": MINUTES_PER_WIDGET * widgets[part],
+                "exercises": sum(EXERCISE_MINUTES[kind] for kind in exercises[part])}
+
+    parts = {**minutes("core"), "running": run_seconds / 60}
     total = sum(parts.values())
-    further_minutes = sum(EXERCISE_MINUTES[kind] for kind in further)
-    return {**parts, "total": total, "further": further_minutes, "with_further": total + further_minutes,
-            "exercise_count": len(headers), "further_count": len(further)}
+    further = sum(minutes("further").values())
+    return {**parts, "total": total, "further": further, "with_further": total + further,
+            "exercise_count": len(exercises["core"]) + len(exercises["further"]), "further_count": len(exercises["further"])}
