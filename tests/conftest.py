@@ -20,3 +20,17 @@ def _seed():
 def gaussian_tolerance(std: float, n: int, sigmas: float = 5.0) -> float:
     """A bound on |sample mean - true mean| that a correct sampler exceeds with negligible probability."""
     return sigmas * std / n**0.5
+
+
+def overfit_losses(model, x, t, target, steps: int) -> list[float]:
+    """Each step's loss when Adam (lr 3e-3) fits the model's output at (x, t) to a fixed target: a network that can
+    learn at all drives it far down on one batch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = (model(x, t) - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import diffusion_lib as dl
+from conftest import overfit_losses
 from diffusion_lib import latent
 from diffusion_lib.__main__ import main
 from diffusion_lib.autoencoder import (VAE, VAEConfig, decode_latents, encode_images, kl_to_standard_normal,
@@ -216,14 +217,7 @@ def test_mmdit_ignores_padding_and_reads_the_caption():
 def test_dit_overfits_one_batch():
     model = DiT(DiTConfig(image_channels=4, image_size=8, width=32, depth=1, heads=2))
     x, t, target = torch.randn(4, 4, 8, 8), torch.tensor([10.0, 300.0, 600.0, 900.0]), torch.randn(4, 4, 8, 8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(100):
-        loss = (model(x, t) - target).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(model, x, t, target, steps=100)
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
 
 

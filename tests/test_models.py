@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import overfit_losses
 from diffusion_lib import (MLPConfig, MLPDenoiser, PixelCNN, PixelCNNConfig, TrainConfig, UNet, UNetConfig, binarize,
                            build_model, generate, make_toy, pixelcnn_loss, pixelcnn_sample, train)
 
@@ -28,14 +29,7 @@ def test_unet_overfits_one_batch():
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,)))
     x, t, target = torch.randn(8, 1, 16, 16), torch.randint(0, 1000, (8,)), torch.randn(8, 1, 16, 16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(200):
-        loss = (model(x, t) - target).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(model, x, t, target, steps=200)
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
 
 
