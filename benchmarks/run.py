@@ -1,6 +1,6 @@
 """Every benchmark of the course, from one command: speed, sample quality, quality per CPU-minute, course run time.
 
-    python benchmarks/run.py                     # everything (about two hours on a 2-core CPU)
+    python benchmarks/run.py                     # everything (several hours on a 2-core CPU)
     python benchmarks/run.py --only steps,guidance
     python benchmarks/run.py --quick --out /tmp/bench   # a few minutes, small figures, for trying it out
 

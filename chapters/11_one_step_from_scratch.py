@@ -34,7 +34,7 @@
 #   where each one-step model loses;
 # - compare few-step models fairly: by quality at each number of calls and by all the training each one needed.
 #
-# **Assumes**: chapter 4 (the U-Net), chapters 5 and 7 (DDIM and DPM-Solver++), chapter 8 (the straight path x_s =
+# **Assumes**: chapter 4 (the U-Net), chapter 5 (DDIM and DPM-Solver++), chapter 8 (the straight path x_s =
 # (1 - s) x_0 + s eps, its velocity, the flow ODE, the energy distance on two moons) and chapter 9 (consistency
 # distillation and its multistep sampler).
 
@@ -697,7 +697,7 @@ widgets.interact(show_mnist, calls=widgets.IntSlider(value=1, min=1, max=4, step
 # %% [markdown]
 # The slider shows six noises. The cell checks many more: the classifier names the digit each model draws in one
 # call from each noise, and the cell counts how often it is the digit that the teacher's ODE, solved with 10 steps
-# of DPM-Solver++ (chapter 7), draws from the same noise:
+# of DPM-Solver++ (chapter 5), draws from the same noise:
 
 # %%
 judge = committed_classifier("mnist")

@@ -149,3 +149,29 @@ def test_show_rows_draws_one_labelled_strip_per_row_in_order():
     strips = [ax.images[0].get_array() for ax in fig.axes]
     assert all(strip.shape == (4, 15) for strip in strips)  # three 4x5 images side by side
     assert float(strips[0].max()) == 0.0 and float(strips[1].min()) == 1.0  # [-1, 1] shown as [0, 1]
+
+
+def _requirement_lines(path: Path) -> dict[str, str]:
+    """name -> version range of each package a requirements file or a conda environment file lists."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip().removeprefix("- ").strip()
+        match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_.-]*)\s*([<>=!].*)?", line)
+        if match:
+            found[match.group(1).lower()] = (match.group(2) or "").replace(" ", "")
+    return found
+
+
+@pytest.mark.parametrize("where", ["requirements.txt", "environment.yml", "binder/environment.yml"])
+def test_every_way_to_install_the_course_has_the_library_dependencies(where):
+    """pip, conda and Binder must each install every package the library needs, in the library's range (Binder's
+    postBuild installs the library with --no-deps, so a package missing there fails only on Binder)."""
+    import tomllib
+
+    needed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    listed = _requirement_lines(ROOT / where)
+    conda_names = {"torch": "pytorch-cpu"} if where.endswith(".yml") else {}
+    for requirement in needed:
+        name, spec = re.fullmatch(r"([A-Za-z0-9_.-]+)(.*)", requirement.replace(" ", "")).groups()
+        name = conda_names.get(name.lower(), name.lower())
+        assert listed.get(name) == spec, f"{where}: {name}{spec} (pyproject.toml) is listed as {listed.get(name)!r}"
