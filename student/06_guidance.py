@@ -30,8 +30,7 @@
 # - guide a model without labels by a weaker version of itself (autoguidance), and measure what it buys.
 #
 # **Assumes**: chapters 2-4 (noise prediction; chapter 4's flow models, their velocity $\hat v$, Heun sampling,
-# "recognised" and training snapshots), DDIM sampling as a black box and MNIST-FID with its real-digit floor (chapter 5,
-# section 2).
+# "recognised", MNIST-FID with its real-digit floor, and training snapshots), and DDIM sampling as a black box.
 
 # %%
 # Setup: works unchanged locally, on Binder and on Colab (where it installs the course's library).
