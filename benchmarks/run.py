@@ -57,7 +57,6 @@ from diffusion_lib.course.ch05 import quality_table
 from diffusion_lib.course.ch06 import guidance_sweep
 from diffusion_lib.course.ch07 import caption_scores, caption_sets, inpainting_rates
 from diffusion_lib.course.measured import MEASURED_DIR, encode_images, machine
-from diffusion_lib.course.timing import learner_minutes
 from diffusion_lib.evaluation import mnist_fid, real_baseline_fid, recognised, score
 from diffusion_lib.objectives import objective_of
 from diffusion_lib.pipeline import parse_labels
@@ -612,7 +611,6 @@ def course(args, device) -> dict:
         row = {"chapter": notebook.stem}
         for mode in ("fast", "full"):
             row.update({f"{mode}_{k}": v for k, v in _run_chapter(notebook, fast=mode == "fast").items()})
-        row["learner_minutes"] = learner_minutes(notebook, row["full_seconds"])
         rows.append(row)
     suite = {}
     if not args.quick:  # every chapter, also when only some were timed above

@@ -60,10 +60,10 @@ def learner_minutes(notebook: str | Path, run_seconds: float = 0.0) -> dict[str,
                                if line.strip() and not line.lstrip().startswith("#"))
             widgets[part] += cell.source.count("widgets.interact(")
 
-    def minutes(part):
-        return {"reading": words[part] / WORDS_PER_MINUTE, "code": lines[part] / CODE_LINES_PER_MINUTE,
-                "widgets": MINUTES_PER_WIDGET * widgets[part],
-                "exercises": sum(EXERCISE_MINUTES[kind] for kind in exercises[part])}
+    def minutes(which):
+        return {"reading": words[which] / WORDS_PER_MINUTE, "code": lines[which] / CODE_LINES_PER_MINUTE,
+                "widgets": MINUTES_PER_WIDGET * widgets[which],
+                "exercises": sum(EXERCISE_MINUTES[kind] for kind in exercises[which])}
 
     parts = {**minutes("core"), "running": run_seconds / 60}
     total = sum(parts.values())
