@@ -608,7 +608,7 @@ def course(args, device) -> dict:
     rows = []
     chosen = [c for c in CHAPTERS if not args.chapters or c.stem.split("_")[0] in args.chapters.split(",")]
     for notebook in CHAPTERS[:1] if args.quick else chosen:
-        row = {"chapter": notebook.stem}
+        row = {"chapter": notebook.stem, "machine": machine()["cpu"]}  # rows of several runs may share the file
         for mode in ("fast", "full"):
             row.update({f"{mode}_{k}": v for k, v in _run_chapter(notebook, fast=mode == "fast").items()})
         rows.append(row)
