@@ -277,16 +277,21 @@ for name, model, info in (("your run", mnist_run.ema_model, mnist_config.info())
 ax.set(xlabel="s (centre of range)", ylabel="training loss on test digits", yscale="log", title="loss by noise level")
 ax.legend()
 plt.show()
+print(f"the pixels' variance over the test digits (the best possible loss at s = 1): {test_images.var(0).mean():.3f}")
 
 # %% [markdown]
-# The loss is lowest near $s = 0.35$ and higher towards both ends (the printed curve peaks near $s = 0.85$). The target is $\varepsilon - x_0$ at every $s$;
-# what changes is how much of it the input reveals. Near $s = 0$ the input is almost the clean digit
-# and shows the noise only faintly: where the image is known (the flat background) the noise can be
-# read off, elsewhere it must be guessed, so the loss is high but well below the 1 per pixel that
-# guessing everywhere would cost. Near $s = 1$ the input is almost pure noise, so the $x_0$ part must
-# be guessed; in between, both are partly visible. The committed model (longer-trained, and twice as
-# wide) is lower at small and middle noise levels; at the highest levels the two nearly coincide, since
-# there the input holds little of the digit. This plot alone cannot say how much of that loss is unavoidable.
+# The loss is lowest near $s = 0.35$ and higher towards both ends: your run's curve is highest in the first range, the
+# committed model's near $s = 0.85$. The target is $\varepsilon - x_0$ at every $s$; what changes is how much of it
+# the input reveals. Near $s = 0$ the input is almost the clean digit and shows the noise only faintly: where the
+# image is known (the flat background) the noise can be read off, elsewhere it must be guessed, so the loss is high
+# but well below the 1 per pixel that guessing everywhere would cost. Near $s = 1$ the input is almost pure noise, so
+# the $x_0$ part must be guessed; in between, both are partly visible. At $s = 1$ exactly the input *is* the noise, so
+# only $x_0$ is unknown and the best guess is the average digit: the loss there is the pixels' variance, printed under
+# the plot. Just below 1 the digit is hardly more visible, but the loss is the $x_0$ error divided by $s^2$ (the
+# identity below), which is why both curves come down a little in the last range. The committed model (longer-trained,
+# and twice as wide) is lower at small and middle noise levels; at the highest levels the two nearly coincide, since
+# there the input holds little of the digit. Away from $s = 1$, this plot alone cannot say how much of the loss is
+# unavoidable.
 #
 # Chapter 3 measured the noise-prediction error *falling* steadily as the noise grows, and the two curves do
 # not disagree. Chapter 3's table (section 1) turned the velocity error into the other two: on the straight
@@ -378,9 +383,8 @@ display(show_grid(fashion_samples, f"fashion_cond ({committed_info['step']:,} st
                   "asked for twice", ncols=10, captions=[fashion_classes[k] for k in wanted.tolist()]))
 
 # %% [markdown]
-# Its 5,527 steps are as many as a conditional MNIST run of the same recipe took in 10 minutes of this
-# 2-core machine (`benchmarks/RESULTS.md`, section "study"), and an unconditional twin, `fashion_uncond`, has
-# the 5,464 steps that the study gives the unconditional recipe for 10 CPU-minutes. How good are they? Digits were judged by a digit classifier; clothes
+# Its 5,527 steps are as many as a conditional MNIST run of the same recipe made in 10 minutes on a 2-core CPU;
+# an unconditional twin, `fashion_uncond`, trained for 5,464 steps. How good are they? Digits were judged by a digit classifier; clothes
 # get their own, `fashion_classifier`, trained by the same command (`train --data fashion-mnist
 # --arch classifier`; its README has the full line), and `evaluate` measures Fashion-MNIST-FID in its
 # features against the test set, beside the real floor at the same $n$. The `fashion` benchmark
@@ -581,7 +585,7 @@ exercises.check_ema_horizon(ema_horizon)
 # denoiser, the exact minimiser of the loss on a finite data set, pulls every noisy input towards a
 # weighted average of the training images, and sampling with it ends on one of them. With eight images,
 # a network of 204,449 weights (the U-Net of section 2) can get close to that minimiser (eight 32x32 images are 8,192 numbers): on the stand-in bags, 300 steps
-# bring each sample to a median RMS pixel distance of 0.094 from a training bag, about a fifth of the
+# bring the samples to a median RMS pixel distance of 0.094 from a training bag, about a fifth of the
 # distance (about 0.50) from 16 bags it never saw to the same eight. The samples are the training bags,
 # redrawn, not new bags. Fashion-MNIST's 60,000 images are 47 million pixel values, far more than
 # 204,449 weights can store, so what the network learns has to be shared across them; with a small
