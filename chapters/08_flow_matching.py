@@ -287,16 +287,17 @@ for name, data in (("MNIST", dl.load_mnist(train=True)[0]), ("two moons", moons_
           f"data point -> data point {d['data_to_data']:.1f} (ratio {d['noise_to_data'] / d['data_to_data']:.1f})")
 
 # %% [markdown]
-# The MNIST paths are much straighter than the moons' ($S$ of a few hundredths against more than 2). Part of
-# the reason is visible in the distances: a noise draw lies almost four times farther (in squared distance)
-# from an MNIST digit than two digits lie from each other, while on two moons the two distances are about the
-# same. The choice between digits is then a small turn compared with the whole line; between the moons it
-# is most of the journey. (That ratio alone does not explain a factor of 60 in $S$; it is one reason, not a
-# derivation.) Small as it is, the curvature left still costs steps: in section 5's table the teacher with 4
-# Euler steps scores an MNIST-FID of 86 against 26.7 for Heun with 18 steps. Where along the path does the
-# velocity stray? For each Euler step, the figure plots the step's **stray**: the squared difference between the
-# step's velocity and the chord's, divided by the chord's squared speed, both averaged over the paths. $S$ is the
-# average of the strays over the path's steps, each weighted by its length:
+# The MNIST paths are much straighter than the moons' ($S$ of a few hundredths against more than 2). Part of the
+# reason is visible in the distances: a noise draw lies almost four times farther (in squared distance) from an MNIST
+# digit than two digits lie from each other, while on two moons the two distances are about the same. The choice
+# between digits is then a small turn compared with the whole line; between the moons it is most of the journey. (That
+# ratio alone does not explain a factor of 60 in $S$; it is one reason, not a derivation.) Small as it is, the
+# curvature left still costs steps: in section 5's table the teacher with 4 Euler steps scores an MNIST-FID of 86
+# against 26.7 for Heun with 18 steps. Where along the path does the velocity stray? For each Euler step, the figure
+# plots the step's **stray**: the squared difference between the step's velocity and the chord's, divided by the
+# chord's squared speed, both averaged over the paths. $S$ is the average of the strays over the path's steps, each
+# weighted by its length in time, $|\Delta s|$. The figure also draws `mnist_reflow`, the same network retrained on
+# pairs of a noise draw and the image the teacher's ODE makes from it (reflow, which section 5 builds):
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 2.8))
@@ -451,9 +452,10 @@ for sampler, steps in (("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), (
 #
 # $$x_{0,i} - \varepsilon_j = \delta + s\,d_i + (1-s)\,d_j, \qquad x_{0,j} - \varepsilon_i = -\delta + s\,d_j + (1-s)\,d_i .$$
 #
-# Expanding the squares, their lengths add up to the old total $\lVert d_i\rVert^2 + \lVert d_j\rVert^2$ minus
-# $2s(1-s)\,\lVert d_i - d_j\rVert^2$, plus $2\lVert\delta\rVert^2 + 2(2s-1)\,\delta\cdot(d_i - d_j)$. In a pairing of least total
-# length no swap helps, so for every two of its lines at every $s$:
+# Expanding the squares (with $s^2 + (1-s)^2 = 1 - 2s(1-s)$), their lengths add up to the old total
+# $\lVert d_i\rVert^2 + \lVert d_j\rVert^2$ minus $2s(1-s)\,\lVert d_i - d_j\rVert^2$, plus
+# $2\lVert\delta\rVert^2 + 2(2s-1)\,\delta\cdot(d_i - d_j)$. In a pairing of least total length no swap helps, so
+# for every two of its lines at every $s$:
 #
 # $$s(1-s)\,\lVert d_i - d_j\rVert^2 \;\le\; \lVert\delta\rVert^2 + |2s-1|\,\lVert\delta\rVert\,\lVert d_i - d_j\rVert .$$
 #
@@ -530,7 +532,7 @@ for k in (1, 2, 4, 8):
 # On two moons, re-pairing within batches does most of what reflow did, with no model to start from: $S$ falls
 # from 2.494 to 0.016 (reflow's 0.002). From two Euler steps on, the OT model's samples and reflow's both score
 # inside the range of perfect samples, so this measure cannot rank them; at one step reflow is still inside it
-# and the OT model above it (0.0025 against -0.0003), while independent pairs stay above it even at eight
+# and the OT model above it (-0.0003 against 0.0025), while independent pairs stay above it even at eight
 # steps. Reflow's edge at one step fits the limit of the argument: its pairs come from one deterministic map,
 # the teacher's, defined on all of the noise, while minibatch OT pairs 256 points at a time out of 20,000. The
 # price of OT here is training time. Solving a 256 x 256 assignment costs more than a step of this tiny

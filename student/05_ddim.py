@@ -273,10 +273,12 @@ for name, seconds in timings.items():
 # on, the last from DDIM-10), and at 5 steps strokes distort. DDPM, adding fresh noise at each of its
 # 1000 steps, lands on a different digit from the same start.
 #
-# **Steps vs speed vs quality, measured.** Speed is easy to measure; quality needs a number. We use
-# MNIST-FID (`dl.evaluation`: the Frechet distance between the classifier's features of the
-# samples and of the MNIST test set; lower is better), with real training digits at the same sample
-# count as the floor, because FID is biased upwards for small sample sets.
+# **Steps vs speed vs quality, measured.** Speed is easy to measure; quality needs a number. We use MNIST-FID
+# (`dl.evaluation`: the Frechet distance between the classifier's features of the samples and of the MNIST test set;
+# lower is better), with real training digits at the same sample count as the floor, because FID is biased upwards for
+# small sample sets. "DDPM" with fewer than 1000 steps is the ancestral sampler on an evenly respaced chain (Improved
+# DDPM Sec. 4), which is DDIM with $\eta = 1$: section 1's proof for $t' = t-1$ carries over with the jump's
+# $\bar\alpha_t/\bar\alpha_{t'}$ in place of $\alpha_t$ and $1 - \bar\alpha_t/\bar\alpha_{t'}$ in place of $\beta_t$.
 
 # %%
 n_eval = 64 if FAST else 256
@@ -288,13 +290,13 @@ baseline = dl.evaluation.real_baseline_fid(n_eval, classifier)
 print(f"measured live: {n_eval} samples per row in {time.perf_counter() - start:.0f} s; real-digit floor MNIST-FID {baseline:.1f}")
 
 # %% [markdown]
-# The rows that do not fit in this chapter's time (DDPM with 1000 and 250 steps take minutes for a
-# few hundred images; also DDIM-100 and DPM-Solver++ with 5 and 20 steps) come from the
-# committed results of `benchmarks/run.py`, made with the same function, model and seed on the
-# machine it names. Where both measured a row with the same number of samples (full mode), the two
-# FIDs should agree up to floating-point differences between machines: a check that the committed
-# figures belong to this model. The s/image column mixes the two sources: live rows are timed on your machine,
-# committed rows on the benchmark's (one thread), so compare times only within a source.
+# The other rows (DDPM with 1000 and 250 steps, which would take minutes for a few hundred images here; DDIM-100 and
+# DPM-Solver++ with 5 and 20 steps, which are quick but not repeated live) come from the committed results of
+# `benchmarks/run.py`, made with the same function, model and seed on the machine it names. Where both measured a row
+# with the same number of samples (full mode), the two FIDs should agree up to floating-point differences between
+# machines: a check that the committed figures belong to this model. The s/image column mixes the two sources: live
+# rows are timed on your machine, committed rows on the benchmark's (one thread), so compare times only within a
+# source.
 
 # %%
 committed = load_measured("steps")
@@ -323,9 +325,7 @@ print(f"DDIM-50 vs DDPM-1000: MNIST-FID {ddim['mnist_fid']:.1f} vs {ddpm['mnist_
       f"{ddpm['seconds_per_image'] / ddim['seconds_per_image']:.0f}x less time per image")
 
 # %% [markdown]
-# ("DDPM" with fewer than 1000 steps is the ancestral sampler on an evenly respaced chain, Improved
-# DDPM Sec. 4, which is DDIM with $\eta = 1$: section 1's proof for $t' = t-1$ carries over with the jump's
-# $\bar\alpha_t/\bar\alpha_{t'}$ in place of $\alpha_t$ and $1 - \bar\alpha_t/\bar\alpha_{t'}$ in place of $\beta_t$.) Read the committed table rather than a rule of thumb.
+# Read the committed table rather than a rule of thumb.
 # For this model DDIM improves quickly up to 20 steps and little after (54.5, 51.8 and 51.3 at 20,
 # 50 and 100), and DDIM-50's MNIST-FID is about 16% above DDPM-1000's (51.8 against 44.7), at a
 # small fraction of the time (the last line above, from the committed one-thread timings; the live
@@ -411,8 +411,11 @@ display(show_grid(torch.cat([trajectory.x0_hats[i] for i in range(0, 50, 7)]).cl
 # %% [markdown]
 # ## 4. Running it backwards: inversion and interpolation
 #
-# Deterministic DDIM is (approximately) invertible: apply its update with the timesteps reversed
-# and a real image becomes a noise tensor that DDIM maps back to it.
+# Deterministic DDIM is (approximately) invertible: apply its update with the timesteps reversed and a real image
+# becomes a noise tensor that DDIM maps back to it. Only approximately, because a step uses $\varepsilon_\theta$ at
+# the point it starts from: run backwards, each step evaluates it at the less noisy end of the interval, where the
+# forward step evaluated it at the noisier end, so the two agree only as far as $\varepsilon_\theta$ changes little
+# over one step, and more closely the more steps there are.
 
 # %%
 real = dl.load_mnist(train=False)[0][:4]
@@ -486,7 +489,8 @@ exercises.check_round_trip_calls(round_trip_calls)
 # %% [markdown] tags=["exercise:ch05-open-fresh-noise"]
 # **Exercise 3 (open question).** Both samplers of section 1 aim at the same marginals, yet on this model the
 # stochastic one, which adds fresh noise at every step, scored better than deterministic DDIM with many steps
-# (section 2: DDPM-100 against DDIM-100 on 256 samples, DDPM-1000 against DDIM-50 on 1,000). Why can fresh noise at
+# (section 2: DDPM-100 against DDIM-100 on 256 samples, and DDPM-1000 below the range of DDIM-50's three seeds on
+# 1,000, from one set of its own). Why can fresh noise at
 # every step make the samples *better*? Then set section 3's slider to 5 steps and move $\eta$ from 0 to 1: what do
 # you expect to see, and why would the advantage turn around when the steps are few?
 

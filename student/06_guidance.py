@@ -230,7 +230,9 @@ print(f"fraction of null labels in a drawn batch of 10,000: {(batch_labels == 10
 # = -\sqrt{1-\bar\alpha_t}\,\nabla\log\big[p_t(x)\,p_t(c \mid x)^{w}\big]$: the guided $\varepsilon$ is the (scaled) score of
 # $p_t(x)\,p_t(c \mid x)^{w}$ at every noise level, tilted towards images that the *implicit classifier*
 # $p_t(c \mid x) \propto p_t(x \mid c)/p_t(x)$, which the two predictions define between them, finds unmistakable. The samples do not exactly follow the tilted clean distribution
-# $p_0(x)\,p_0(c \mid x)^w$, because noising and tilting do not commute.) By hand for one $x_t$, then with the library:
+# $p_0(x)\,p_0(c \mid x)^w$, because noising and tilting do not commute: noising $p_0(x)\,p_0(c \mid x)^w$ blurs the
+# product, which is not the product of the blurred factors, so the tilted scores at the different noise levels do not
+# belong to one clean distribution.) By hand for one $x_t$, then with the library:
 
 # %%
 xt = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -338,15 +340,15 @@ best = sweep["w"][min(range(len(sweep["w"])), key=lambda i: sweep["mnist_fid"][i
 print(f"lowest MNIST-FID at w = {best:g}")
 
 # %% [markdown]
-# Read the three panels together. **Accuracy** climbs from chance at $w = 0$ and, for this model,
-# has nearly all of its gain at $w = 1$, the plain conditional model (the committed lines below:
-# 97.5% at $w = 1$, 100% from $w = 2$). **Diversity** within a class is flat
-# from $w = 0$ to $0.5$, falls by about a tenth between $w = 0.5$ and $3$, then stays flat: past
-# $w = 3$ the samples of one digit are as alike as guidance makes them. **MNIST-FID** is lowest
-# at $w = 1$ and grows with more guidance: strokes thicken and saturate, unusual shapes disappear. At $w = 1$ it even
+# Read the three panels together. **Accuracy** climbs from chance at $w = 0$ and, for this model, has nearly all of
+# its gain at $w = 1$, the plain conditional model (the committed lines below: 97.5% at $w = 1$, 100% from $w = 2$).
+# **Diversity** within a class is flat from $w = 0$ to $0.5$, falls by about a tenth between $w = 0.5$ and $3$, then
+# stays flat: past $w = 3$ the samples of one digit are as alike as guidance makes them. **MNIST-FID** is lowest at
+# $w = 1$ and grows with more guidance: strokes thicken and saturate, unusual shapes disappear. At $w = 1$ it even
 # falls below the floor of 100 real digits: an FID from 100 samples is noisy and strongly biased, so read the curve's
-# shape, not single values. One point breaks the pattern: $w = 0.5$ scores worse than $w = 0$. The benchmark measured
-# the scales from $w = 0.5$ up on 1,000 samples each with Heun-18 (so its numbers differ from the sweep's):
+# shape, not single values. One point breaks the pattern in this small sweep: $w = 0.5$ scores worse than $w = 0$ (the
+# end of this section looks at it sample by sample). The benchmark measured the scales from $w = 0.5$ up on 1,000
+# samples each with Heun-18 (so its numbers differ from the sweep's):
 
 # %%
 committed = load_measured("committed")
@@ -388,7 +390,7 @@ print(f"same noise, w = 0 vs 0.5: {only_0} samples recognised only at w = 0, {on
 # (96.0%). The dip fits the explanation, but weakly. The rows start from the same noise, so compare sample by sample:
 # 55 samples are recognised only at $w = 0$, 40 only at $w = 0.5$, a split at least this uneven that two equally likely
 # outcomes would give with probability 0.151 (the last line). It also cannot be the whole story:
-# most samples at $w = 0.5$ are still recognised as *some* digit, only half of them as the requested one. An open
+# most samples at $w = 0.5$ are still recognised as *some* digit, but only half of all samples as the requested one. An open
 # question for you: what else could make a half-guided sample look less like MNIST than an unguided one?
 #
 # So the library samples at $w = 1$ unless told otherwise: the plain conditional model makes the most MNIST-like
@@ -444,8 +446,8 @@ for name, row in committed["figures"]["models"].items():
 #
 # ## Summary
 #
-# - The U-Net adds a sinusoidal code of the noise level and a learned vector of the label (or the null label) to every
-#   residual block as a per-channel shift; skip connections carry the down path's features to the up path, and
+# - The U-Net turns a sinusoidal code of the noise level, plus a learned vector of the label (or the null label), into
+#   a per-channel shift in every residual block; skip connections carry the down path's features to the up path, and
 #   self-attention at 7x7 lets every position read every other.
 # - Label dropout trains the conditional and unconditional models in one network.
 # - Classifier-free guidance: $\varepsilon_{\text{uncond}} + w(\varepsilon_{\text{cond}} - \varepsilon_{\text{uncond}})$; $w = 0$ unconditional, $w = 1$ conditional, $w > 1$ sharper.
