@@ -269,11 +269,11 @@ for name, t in per_step.items():
     print(f"{name:<38} {1000 * t:6.2f} ms a step ({t / per_step['flow matching']:.2f}x)")
 
 # %% [markdown]
-# A MeanFlow step costs a few flow-matching steps here (the last column; timings on a shared machine move from run
-# to run). Computing the JVP for only the 75 examples with r < s instead of all 256 skips more than two thirds of
-# the JVP's examples but saves much less of its time (compare the last two lines with the first): the library then
-# makes two network calls, a plain one for the r = s examples and the JVP for the others, and on a network this
-# small much of a call's time does not grow with the batch.
+# A MeanFlow step costs a few flow-matching steps here (the last column; timings on a shared machine move from run to
+# run). Computing the JVP for only the 75 examples with r < s instead of all 256 skips more than two thirds of the
+# JVP's examples but saves next to none of its time here (the last two lines): the library then makes two network
+# calls, a plain one for the r = s examples and the JVP for the others, and on a network this small, probably, much of
+# a call's time does not grow with the batch (not measured here).
 #
 # ## 4. Two moons in one step
 #
@@ -297,8 +297,11 @@ print(f"energy distance: MeanFlow 1 jump {energy_distance(one_jump, held_out):.4
       f"(perfect samples: {min(floor):.4f} to {max(floor):.4f})")
 
 # %% [markdown]
-# One jump scores 0.0021, against 0.7232 for one Euler step of the flow model and -0.0002 for thirty-two: just
-# above the range of perfect samples (up to 0.0014), from one network call.
+# One jump scores 0.0021, against 0.7232 for one Euler step of the flow model and -0.0002 for thirty-two: just above
+# the range of perfect samples (up to 0.0014), from one network call. The figure shows what that number barely
+# registers: the single jump's cloud lies along the moons but also fills the space between them, where the data has no
+# points. Energy distance compares two clouds as wholes, and a cloud that covers the moons' region with about the
+# right spread scores close to the moons themselves; look at the points as well as the score.
 #
 # With more steps, MeanFlow jumps over each interval of an even grid, $x_r = x_s - (s - r)\,u_\theta(x_s, r, s)$,
 # one call per step. And since r = s was three quarters of its training, the same network is also a flow model:
@@ -450,7 +453,8 @@ for k in (1, 2, 4, 8):
 # and 1.341, from 0.502 to 0.553, beyond the uncertainty of a share of 2,000 points (printed). Fresh noise does not
 # undo either change, likely because each jump starts in part from the last one's cloud. MeanFlow's later jumps add no
 # fresh noise: they continue along the paths from where the last jump ended; its upper share stays between 0.491 and
-# 0.500, and its spread between 1.291 and 1.383, around the real points' 1.324 with no trend.
+# 0.500, and its spread between 1.291 and 1.383, around the real points' 1.324 with no trend (the widest, 1.383, is
+# its single jump, which section 4's figure shows filling the gap between the moons).
 #
 # **Growing the grid.** The bias shrinks with the grid's step, so why not a fine grid? Song et al. (2023) give an
 # intuition for not starting with one: on a coarse grid the target's noise is small next to the change it asks for
@@ -530,10 +534,11 @@ for name, t in seconds.items():
 # %% [markdown]
 # On two moons the teacherless MeanFlow model cost about as much as the teacher and its distillation together, or more
 # (the lines above; timings move from run to run), because each of its steps pays for the JVP; for that it made the
-# best single jump of the one-step models (0.0021, against 0.0074 distilled and 0.0206 for consistency training on the
-# grown grid), and its velocity is a flow model nearly as good as the teacher. Consistency training was the cheapest
-# way to one step, on either grid (its loss makes the same two network calls whatever N is), and the least accurate of
-# the one-step models: 0.0392 on the fixed grid, 0.0206 on the grown one.
+# best single jump of the one-step models by energy distance (0.0021, against 0.0074 distilled and 0.0206 for
+# consistency training on the grown grid; section 4's figure shows what that score leaves out), and its velocity is a
+# flow model nearly as good as the teacher. Consistency training was the cheapest way to one step, on either grid (its
+# loss makes the same two network calls whatever N is), and the least accurate of the one-step models: 0.0392 on the
+# fixed grid, 0.0206 on the grown one.
 #
 # ## 7. MNIST: one step without a teacher, against chapter 9's students
 #
@@ -648,14 +653,14 @@ for name, info in ((ch09.TEACHER, teacher_info), ("mnist_meanflow", mnist_meanfl
 # with MeanFlow (its last run reached the step count it was given before its time limit). More calls help it, and it
 # is better than the teacher's Euler at one and two steps (1798.1, 395.0), but at four it is behind the teacher's
 # Euler-4 (86.0). On two moons too it was the least accurate one-step model (section 6). We have not measured why;
-# three differences are candidates. Its target carries section 5's bias, which shrinks only as N grows, and the finest
-# grid, N = 128, came only in the last sixth of its training: the run was resumed with fewer planned steps, so its
-# stages were not section 5's equal ones (the three coarsest grids took two thirds of the training; the README gives N
-# at each step). It has no anchor like MeanFlow's r = s examples, plain flow matching with an unbiased target: all its
-# targets but those at n = 1 come from its own jumps. And Song & Dhariwal's recipe has parts that the library leaves
-# out, among them a Pseudo-Huber distance, $\sqrt{\lVert d \rVert^2 + c^2} - c$ for a gap d, in place of the squared
-# one, noise levels drawn from a log-normal rather than uniformly over the grid, and far finer final grids, and it was
-# run for far more steps than these.
+# three differences are candidates. Its target carries section 5's bias, which shrinks only as N grows, and its grid
+# did not grow in section 5's equal stages: the run was resumed with fewer planned steps, so the three coarsest grids
+# took two thirds of the training and N = 32 almost none (the README gives N at each step); the finest, N = 128, had
+# the last sixth, as equal stages would have given it. It has no anchor like MeanFlow's r = s examples, plain flow
+# matching with an unbiased target: all its targets but those at n = 1 come from its own jumps. And Song & Dhariwal's
+# recipe has parts that the library leaves out, among them a Pseudo-Huber distance,
+# $\sqrt{\lVert d \rVert^2 + c^2} - c$ for a gap d, in place of the squared one, noise levels drawn from a log-normal rather than uniformly over the
+# grid, and far finer final grids, and it was run for far more steps than these.
 #
 # The last lines show a difference that the table hides. A MeanFlow step took 1.03 s here against 0.38 s for one of
 # the teacher's flow-matching steps, and a consistency-training step 0.49 s: two calls of the network, one of them

@@ -104,7 +104,7 @@ print("sqrt(alpha-bar_t) at t = " + ", ".join(f"{int(step)}: {value:.4f}" for st
 # $\alpha = \cos\phi$, $\sigma = \sin\phi$), and the **flow velocity** $\varepsilon - x_0$ is the straight path's, the target of
 # chapter 4's models; from $x_s$ and the flow velocity, $x_0 = x_s - s\,v$ and $\varepsilon = x_s + (1-s)\,v$. Given $x$
 # and the path, $\varepsilon$ gives $x_0$ where $\alpha \neq 0$, $x_0$ gives $\varepsilon$ where $\sigma \neq 0$, and the velocity gives both
-# everywhere (solve the two linear equations for $x$ and $dx/d\tau$: their determinant $\alpha\sigma' - \alpha'\sigma$ is
+# everywhere (solve $x = \alpha x_0 + \sigma\varepsilon$ and $dx/d\tau = \alpha' x_0 + \sigma'\varepsilon$ for $x_0$ and $\varepsilon$: their determinant $\alpha\sigma' - \alpha'\sigma$ is
 # $\cos^2\phi + \sin^2\phi = 1$ on the circle and $(1-s) + s = 1$ on the line), so a network may be trained to output any
 # of them. (Here $\alpha$ and $\sigma$ are the path's weights, as in chapter 2's section 6; the per-step
 # $\alpha_t = 1-\beta_t$ and reverse-step $\sigma_t$ of the bound below, chapter 2's sections 2 and 5, are other letters.)
@@ -256,7 +256,8 @@ print(f"relative to t = 1, L_simple gives t = 100 {(weights[1] / weights[100]).i
 # from the first few dozen steps, where the network only has to remove a trace of noise, and gives it to all
 # the others: most to the middle ($t = 349$ gains 120 times on $t = 1$), and as much to $t = 100$ as to
 # $t = 999$ (59 times each); not to the largest $t$ in particular. Ho et al. (Sec. 3.4) argue that this lets the network spend its
-# capacity on the harder denoising at larger $t$, and measured better samples with it. The price: a model
+# capacity on the harder denoising at larger $t$ (harder to recover $x_0$; the noise itself is easiest to name
+# there, as section 3 measures), and measured better samples with it. The price: a model
 # trained on $L_\text{simple}$ is not trained for the best likelihood (Nichol & Dhariwal 2021 learn $\sigma_t$ and
 # add the bound back as a small extra term to get both).
 #
@@ -281,7 +282,8 @@ print(f"relative to t = 1, L_simple gives t = 100 {(weights[1] / weights[100]).i
 #
 # $$w_t = \tfrac12\big(e^{\Delta\lambda_t} - 1\big), \qquad \frac{w_t}{\Delta\lambda_t} = \frac{e^{\Delta\lambda_t} - 1}{2\,\Delta\lambda_t} \to \frac12 \quad \text{as } \Delta\lambda_t \to 0 ,$$
 #
-# always a little above $\tfrac12$, and more so where a step spans more log-SNR. The cell checks the identity too:
+# always above $\tfrac12$: barely where a step spans little log-SNR, more where it spans more (the first steps, as
+# printed below). The cell checks the identity too:
 
 # %%
 def per_unit_lambda(sch, step_weights):
@@ -467,12 +469,13 @@ for i in (1, len(timesteps) // 2, len(timesteps) - 1):
           f"ideal for 2,000 training points {errors_2d['ideal for 2,000 training points'][i]:.3g}")
 
 # %% [markdown]
-# The memorising ideal denoiser does badly on new points at low noise (at $t = 41$ its error is 9.42, the
-# network's 0.635): it pulls them onto the nearest *training* point. The network has learned the shape of
-# the moons rather than where its training points lie, and does far better there. In the middle the two
-# are close ($t = 499$: 0.077 and 0.119). At the highest noise the ideal denoiser is the better one
-# ($t = 999$: 5.96e-05 against 0.000495): there $x_t$ is almost pure noise, the right answer is almost $x_t$
-# itself, and the small network gets it only approximately.
+# The memorising ideal denoiser does badly on new points at low noise (at $t = 41$ its error is 9.42, the network's
+# 0.635): it pulls them onto the nearest *training* point. The network, which trained on all the points, does far
+# better there: it answers with a smooth function of $x_t$, not a pull towards the nearest stored point, though this
+# comparison cannot say how much of the gap comes from the ten times as many points it saw. In the middle the network
+# is still ahead, by less ($t = 499$: 0.077 against the ideal's 0.119). At the highest noise the ideal denoiser is the
+# better one ($t = 999$: 5.96e-05 against 0.000495): there $x_t$ is almost pure noise, the right answer is almost
+# $x_t$ itself, and the small network gets it only approximately.
 #
 # **MNIST.** Now the committed U-Net (its architecture: chapter 6, section 1; trained by `python -m diffusion_lib train`, its command in
 # `diffusion_lib/checkpoints/mnist_cond/README.md`; we call it without a label). It was trained with
@@ -549,7 +552,8 @@ for t_value in (600, 400, 300, 200, 100, 10):
 #
 # - Predicting $\varepsilon$ is enough: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta)/\sqrt{\bar\alpha_t}$; $x_0$, $v$ and flow-velocity prediction are reparametrisations of it; each loss is an $\varepsilon$-loss weighted by noise level, and objectives differ in the weight they put on each log-SNR.
 # - The ideal denoiser of a finite set is a softmax-weighted average of its points; sampling with it only reproduces training images.
-# - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising ideal at low noise.
+# - A trained network is useful precisely because it is *not* that function: on held-out data it beats the memorising
+#   ideal of a subset of its training data at low noise.
 # - The variational bound on $-\log p_\theta(x_0)$ is a sum of KL terms between Gaussians; with the model's mean written
 #   through $\varepsilon_\theta$ each is $w_t \lVert \varepsilon - \varepsilon_\theta\rVert^2$ with $w_t = \beta_t^2 / (2\sigma_t^2 \alpha_t (1-\bar\alpha_t))$.
 #   $L_\text{simple}$ sets $w_t = 1$, which shifts weight from the least noisy steps to all the others.

@@ -141,12 +141,12 @@ with torch.no_grad():
     print(f"by hand vs progressive_target: {(by_hand - progressive_target(teacher, x, s, s_next)).abs().max():.1e}")
 
 # %% [markdown]
-# The student can only match the teacher's 2N-step sampler, never the exact ODE: each round inherits the
-# previous round's error and adds its own. So the first teacher should be a good sampler (the committed run
-# starts from Euler with 32 steps), and the last rounds should be the hardest: every round halves the steps, but
-# the last ones do it with the longest steps, where the path bends most within one step, so two teacher steps
-# differ most from one. (Section 4's rows bear this out: each halving, from 8 steps down to 1, costs more FID than
-# the one before.)
+# The student can only match the teacher's 2N-step sampler, never the exact ODE: each round inherits the previous
+# round's error and adds its own. So the first teacher should be a good sampler (the committed run starts from Euler
+# with 32 steps), and the last rounds should be the hardest: every round halves the steps, but the last ones do it
+# with the longest steps, where the path bends most within one step, so two teacher steps differ most from one.
+# (Section 4's rows fit this: each halving, from 8 steps down to 1, adds more FID than the one before, though each
+# increment also carries what the earlier rounds left.)
 #
 # On two moons the whole procedure, from an 8-step teacher to a 1-step student, takes seconds:
 
@@ -224,7 +224,7 @@ display(show_grid(torch.cat([dl.generate(st, si, 8, "euler", k, seed=1)[0] for k
 #
 # $$\mathcal L = \big\lVert f_\theta(x_{s_n}, s_n) - f_{\theta^-}(\hat x_{s_{n-1}}, s_{n-1})\big\rVert^2,$$
 #
-# where $\theta^-$ is a slowly moving copy of the student's weights $\theta$ (below), $x_{s_n} = (1-s_n)\,x_0 + s_n\,\varepsilon$ is a point on the forward path of a real image at one of the
+# where $\theta^-$ is a moving average of the student's weights $\theta$ (below), $x_{s_n} = (1-s_n)\,x_0 + s_n\,\varepsilon$ is a point on the forward path of a real image at one of the
 # grid times $s_n = n/M$ ($M = 16$ here, $n$ drawn uniformly from 1 to $M$), and $\hat x_{s_{n-1}}$ is one teacher
 # step from it towards the data, so that the two points lie on (nearly) one ODE path. The step is Heun's,
 # $\hat x_{s_{n-1}} = x + (s_{n-1} - s_n)\,\tfrac12\big[v_T(x, s_n) + v_T(\tilde x, s_{n-1})\big]$ with $\tilde x$ the Euler step's end,
@@ -379,12 +379,12 @@ widgets.interact(show_side_by_side, steps=widgets.IntSlider(value=2, min=1, max=
 # %% [markdown]
 # ## 6. What it costs, and where few steps lose
 #
-# **Training time against sampling time.** A distilled student is paid for once, in training, and saves
-# time on every image after. The cell reads each 4-step student's training time (stored in its checkpoint)
-# and the measured time per image, and computes how many images it must make before it has paid for itself:
-# against the teacher's Heun-18 (the library's default sampler for it, with a lower FID than every student on seed 0), and
-# against the cheapest teacher sampler in the table that is at least as good as the student on seed 0 (a fair
-# price for the same quality):
+# **Training time against sampling time.** A distilled student is paid for once, in training, and saves time on every
+# image after. The cell reads each 4-step student's training time (stored in its checkpoint) and the measured time per
+# image, and computes how many images it must make before it has paid for itself: against the teacher's Heun-18 (the
+# library's default sampler for it, with a lower FID than every student on seed 0), and against the cheapest teacher
+# sampler in the table whose MNIST-FID is at least as good as the student's on seed 0 (a fair price for the same
+# quality, by that measure; the share recognised can still differ by a point):
 
 # %%
 heun = by_key[("mnist_uncond", "heun", 18)]
@@ -406,8 +406,8 @@ for name, key in (("mnist_reflow", ("mnist_reflow", "euler", 4)), ("mnist_progre
 # The break-even is where the time saved equals the training time: against Heun-18, after 15,813 to 37,855 images,
 # about 20 to 45 minutes of sampling with Heun-18 on the benchmark's machine. (The progressive 4-step student was ready
 # after three of its five rounds; reflow's time includes about ten minutes of drawing pairs.) Priced at equal quality the break-even moves out to between 83,332 and
-# 137,989 images: for each student the table holds a teacher sampler with 10 or 20 calls that is at least as good
-# on seed 0 (DDIM-10, DPM-Solver++ with 10 and with 20 steps), and against those the students save only 8.8 to
+# 137,989 images: for each student the table holds a teacher sampler with 10 or 20 calls whose MNIST-FID is at least
+# as good on seed 0 (DDIM-10, DPM-Solver++ with 10 and with 20 steps), and against those the students save only 8.8 to
 # 27.9 ms an image. A system that serves millions of images repays the training many times over; a learner drawing
 # a few hundred digits does not.
 #
