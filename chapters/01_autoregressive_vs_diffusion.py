@@ -181,20 +181,22 @@ for side in sides:
           f"  DDIM-50: 50 calls x {costs[side][0] * 1e3:6.2f} ms = {costs[side][0] * 50:6.2f} s")
 
 # %% [markdown]
-# Read the figure, not a slogan: the cost of one call of either network grows with the pixel count
-# (the printed milliseconds). A diffusion sampler multiplies that by a fixed number of calls; the
-# PixelCNN multiplies it by the pixel count again, so its curve is steeper, and whatever the
-# ordering at 28x28, the gap widens with every doubling of the side. (The PixelCNN's curve times a call on the
-# whole image; the library's sampler feeds each call only the rows up to the current one, about half the image
-# on average, so a real sample costs less than the curve, by a similar factor at every side: the slope is the same.)
+# Read the figure, not a slogan: the cost of one call of either network grows with the pixel count (the printed
+# milliseconds), slowly at small sides, where a call's fixed overhead dominates, and more steeply at large ones. A
+# diffusion sampler multiplies that by a fixed number of calls; the PixelCNN multiplies it by the pixel count again,
+# so its curve is steeper: at the smallest sides it is cheaper than DDPM's 1000 calls, passes them between sides 32
+# and 64, and its gap to DDIM widens with every doubling. (The PixelCNN's curve times a call on the whole image; the
+# library's sampler feeds each call only the rows up to the current one, about half the image on average, so a real
+# sample costs less than the curve, by a factor this figure does not measure.)
 #
 # ## 3. Does it look like a digit? Measure it
 #
-# Cost is one axis; quality is the other. A raster-order model decides the top rows before it
-# knows what the bottom will be, so a stroke started as a "7" may end as nothing in particular.
-# To measure this instead of eyeballing it, we ask an independent MNIST classifier (the course's
-# pretrained one) how sure it is about each sample, and count a sample as *recognised* when its top
-# class gets probability at least 0.9. Real test digits, binarised like the PixelCNN's data, set the reference.
+# Cost is one axis; quality is the other. A raster-order model decides the top rows before it knows what the bottom
+# will be, so a stroke started as a "7" may end as nothing in particular unless the model's conditionals are good
+# enough to plan for it: the factorisation itself is exact, and a perfect model in this order would draw whole digits.
+# To measure this instead of eyeballing it, we ask an independent MNIST classifier (the course's pretrained one) how
+# sure it is about each sample, and count a sample as *recognised* when its top class gets probability at least 0.9.
+# Real test digits, binarised like the PixelCNN's data, set the reference.
 
 # %%
 reference = dl.binarize(test_images[:1000]) * 2 - 1
@@ -212,13 +214,15 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
                       captions=[f"{predicted[i].item()}: {confidence[i].item():.2f}" for i in worst]))
 
 # %% [markdown]
-# The PixelCNN's failures are *locally* convincing strokes that do not add up to a digit: each
-# pixel was a sensible continuation of its neighbours, but nothing planned the whole. Diffusion
-# models look at the whole image at every step, and (section 4 shows why to expect it) settle coarse layout
-# at high noise before fine detail at low noise. Compare the two rows of least recognisable samples above
-# for yourself: are the diffusion model's failures ambiguous digits, or fragments? With 32 samples per model
-# the recognised shares above are rough: a share near 70% has a standard error of about 8 points, so only a
-# gap of about 20 points or more between two models is likely to survive a rerun with other samples.
+# The PixelCNN's failures are *locally* convincing strokes that do not add up to a digit: each pixel was a sensible
+# continuation of its neighbours, but nothing planned the whole. Part of that is this small model rather than the
+# order: its stack of masked convolutions sees only the few rows above each pixel, and it is a quarter the size of the
+# diffusion model and learns black-and-white digits, so the two shares compare two models, not two orders. Diffusion
+# models look at the whole image at every step, and (section 4 shows why to expect it) settle coarse layout at high
+# noise before fine detail at low noise. Compare the two rows of least recognisable samples above for yourself: are
+# the diffusion model's failures ambiguous digits, or fragments? With 32 samples per model the recognised shares above
+# are rough: a share near 70% has a standard error of about 8 points, so only a gap of about 20 points or more between
+# two models is likely to survive a rerun with other samples.
 #
 # ## 4. Break it, then learn to fix it
 #
@@ -244,7 +248,7 @@ for name, images in (("PixelCNN", pixel_samples * 2 - 1), ("diffusion", diffusio
 # linear, so $X_t = \sqrt{\bar\alpha_t}\,X_0 + \sqrt{1-\bar\alpha_t}\,E$; the noise's transform $E$
 # has zero mean, is independent of the image, and with this normalisation has power 1 at every
 # frequency: for $\varepsilon \sim \mathcal N(0, I)$, $E(k) = \sum_n \varepsilon_n e^{-2\pi i\,k\cdot n/28}$ has
-# $\mathbb E|E(k)|^2 = \sum_n \mathbb E[\varepsilon_n^2] = HW$ (white noise is flat). The cross term averages away and the powers add:
+# $\mathbb E|E(k)|^2 = \sum_{n,m} \mathbb E[\varepsilon_n\varepsilon_m]\,e^{-2\pi i\,k\cdot(n-m)/28} = \sum_n \mathbb E[\varepsilon_n^2] = HW$ (independent draws: $\mathbb E[\varepsilon_n\varepsilon_m] = 0$ for $n \ne m$; white noise is flat). The cross term averages away and the powers add:
 #
 # $$\mathbb E\,|X_t(k)|^2 / (HW) = \bar\alpha_t\,P_0(k) + (1-\bar\alpha_t).$$
 #
@@ -305,8 +309,10 @@ print("drowned at " + " ".join(f"{t:>4d}" for t in drowned_at[1:].tolist()))
 #
 # - Autoregressive models factorise $p(x)$ pixel by pixel; masked convolutions train them in one pass.
 # - Autoregressive sampling costs one network call per pixel, so the call count grows with the square of the image side, and each call on a larger image costs more too (the time grew far faster than the square above); a diffusion sampler's call count is ours to choose.
-# - At 28x28 the two are comparable (measured above): DDPM-1000 makes more calls than the PixelCNN, DDIM-50 far fewer.
-# - Measured with a classifier, raster-order samples are often locally plausible but globally incoherent.
+# - At 28x28 the order depends on the sampler (measured above): DDPM-1000 makes more calls than the PixelCNN, DDIM-50 far
+#   fewer, and the wall times order the same way.
+# - Measured with a classifier, this small raster-order model's samples are recognised less often than the diffusion
+#   model's; its failures look like fragments of strokes.
 # - Noise drowns a digit's high spatial frequencies first (measured in section 4), so a diffusion sampler, running the noise down, settles the layout before the detail.
 #
 # ## Exercises

@@ -105,7 +105,7 @@ print(f"largest difference between the hand-written chain and dl.q_step after 10
 #
 # The variance follows the recursion $v_t = \alpha_t v_{t-1} + \beta_t$ with $v_0 = 0$, whose
 # solution is $1-\bar\alpha_t$ (substitute: $\alpha_t(1-\bar\alpha_{t-1}) + 1 - \alpha_t = 1 - \bar\alpha_t$). Check it exactly, then check it with samples: run many copies of
-# one pixel through 1000 chained steps, and compare with one jump.
+# one pixel through chained steps (the first 200, to code $t = 199$, as printed), and compare with one jump.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -151,8 +151,9 @@ plt.show()
 # angle inside the cosine $u_t$; it grows at a constant rate from $u_0 \approx 0$ to $u_T = \pi/2$.
 # Since $f(0)$ is almost 1, $\sqrt{\bar\alpha_t} \approx \cos u_t$ and $\sqrt{1-\bar\alpha_t} \approx \sin u_t$, so
 # $x_t \approx \cos(u_t)\,x_0 + \sin(u_t)\,\varepsilon$: the image is *rotated* towards the noise at
-# constant angular speed, and $\mathrm{SNR}_t \approx \cot^2 u_t$. $\cos^2$ is flat at both ends, so the
-# first and the last steps change the image little and the middle steps fall almost linearly.
+# constant angular speed, and $\mathrm{SNR}_t \approx \cot^2 u_t$. $\cos^2$ is flat at both ends, so
+# $\bar\alpha_t$ changes little over the first and the last steps and falls almost linearly in the middle (the last
+# steps still replace most of what is left of the image: $\beta_t$ grows towards 1 there).
 # The offset $s$ keeps the first step from being too small (without it $\beta_1 =
 # 1 - \cos^2(\pi/2T)$ and $\sqrt{\beta_1}$ is four times smaller, as printed below); Nichol & Dhariwal chose it so that $\sqrt{\beta_1}$ is a little below one grey
 # level of an image scaled to $[-1, 1]$, $2/255$. The clip matters at $t = T$ only, where $f(T) = 0$ would make
@@ -245,11 +246,12 @@ plt.show()
 # %% [markdown]
 # ## 4. Drag the timestep
 #
-# Move `t` and switch the schedule: the MNIST digit and the photograph are noised with the same
-# fixed noise at every position, so you watch one trajectory. The dots mark $\bar\alpha_t$ and the
-# SNR on their curves. The photograph, with 128x128 pixels of strong correlated structure, stays
-# recognisable at noise levels where the 28x28 digit can hardly be made out: the same SNR destroys
-# less of a larger image, one reason large-image models shift their schedules towards more noise.
+# Move `t` and switch the schedule: the MNIST digit and the photograph are noised with the same fixed noise at every
+# position, so you watch one trajectory. The dots mark $\bar\alpha_t$ and the SNR on their curves. The photograph,
+# with 128x128 pixels of strong correlated structure, stays recognisable at noise levels where the 28x28 digit can
+# hardly be made out. One picture of each cannot separate size from content and contrast, but it suggests that the
+# same SNR destroys less of a larger image (exercise 3 asks why), one reason large-image models shift their schedules
+# towards more noise.
 
 # %%
 fixed_noises = [torch.randn(digit.shape, generator=torch.Generator().manual_seed(3)),
@@ -270,7 +272,7 @@ widgets.interact(show_noising, t=widgets.IntSlider(value=350, min=0, max=999, st
 display(show_noising(350, "linear"))
 
 # %% [markdown]
-# At $t = 350$ ($\bar\alpha_t = 0.283$, SNR 0.395) the 28x28 digit can no longer be told from the
+# At $t = 350$ ($\bar\alpha_t = 0.283$, SNR 0.395) the 28x28 digit is barely visible in the
 # noise in this view, while the photograph still shows the lighter shape of a head and shoulders
 # against its darker background.
 
