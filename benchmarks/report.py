@@ -128,11 +128,11 @@ def _render_targets(f: dict) -> list[str]:
         add("slowest chapter in fast mode", "at most 60 s", f"{slowest_fast['fast_seconds']:.0f} s ({slowest_fast['chapter']})",
             slowest_fast["fast_seconds"] <= 60)
         slowest = max(c["rows"], key=lambda r: r["full_seconds"])
-        machines = {r.get("machine", "") for r in c["rows"]}
-        add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']}"
-            + (f", on {slowest['machine']}" if "machine" in slowest else "") + "; its committed notebook's own run printed "
-            f"{_committed_seconds(slowest['chapter'])} s" + (f"; the chapters were timed on {len(machines)} machines: see "
-            "'course'" if len(machines) > 1 else "") + ")", slowest["full_seconds"] <= 300)
+        machines = {r["machine"] for r in c["rows"]}
+        add("slowest chapter in full mode", "at most 300 s", f"{slowest['full_seconds']:.0f} s ({slowest['chapter']}, "
+            f"on {slowest['machine']}; its committed notebook's own run printed {_committed_seconds(slowest['chapter'])} s"
+            + (f"; the chapters were timed on {len(machines)} machines: see 'course'" if len(machines) > 1 else "") + ")",
+            slowest["full_seconds"] <= 300)
         totals = [(r["chapter"][:2], _learner_total(r)) for r in c["rows"]]  # each estimate once: it may read the chapter
         over = [(ch, m) for ch, m in totals if m > 100.5]
         add("learner time per chapter, core path (estimate)", "at most 100 min",
@@ -595,8 +595,7 @@ def _render_course(f):
     later = [r for r in f["rows"] if "command" in r]
     if later:
         lines += ["", "Measured later, by themselves: " + "; ".join(
-            f"{r['chapter']} ({r['date']}, " + (f"{r['machine']}, " if "machine" in r else "") + f"`{r['command']}`)"
-            for r in later) + "."]
+            f"{r['chapter']} ({r['date']}, {r['machine']}, `{r['command']}`)" for r in later) + "."]
     if f["rows"]:
         lines += ["", f"Learner minutes: an estimate, not a measurement (`diffusion_lib/course/timing.py`): prose at "
                       f"{WORDS_PER_MINUTE} words/min, code at {CODE_LINES_PER_MINUTE} lines/min, {MINUTES_PER_WIDGET} min per "
